@@ -1,0 +1,58 @@
+"""The data contract every source produces and every later stage relies on.
+
+Interactions: one row per event with
+- ``user_id``, ``item_id``: identifiers as strings (pandas ``str``/object dtype). Sources read id columns as text
+  so that 64-bit integers, zero-padded codes and mixed ids survive unchanged; a missing id stays missing (NA),
+  it is never turned into the text "nan". Validation rejects missing ids.
+- ``rating``: optional, float64. Absent for purely implicit data.
+- ``timestamp``: timezone-aware UTC datetimes (``datetime64[..., UTC]``).
+- any extra columns are kept and ignored by the core pipeline.
+
+Users (optional): ``user_id`` plus attribute columns. Items (optional): ``item_id`` plus attribute columns; a
+``genres`` column, if present, holds ``|``-separated category labels used for preference-share features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+USER = "user_id"
+ITEM = "item_id"
+RATING = "rating"
+TIMESTAMP = "timestamp"
+GENRES = "genres"
+CATEGORY_SEPARATOR = "|"
+
+
+class DataError(ValueError):
+    """Input data that violates the contract; the message says which file/table, column, rows and the fix."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Interactions plus optional user and item attribute tables, as loaded by a source."""
+
+    name: str
+    interactions: pd.DataFrame
+    users: pd.DataFrame | None = None
+    items: pd.DataFrame | None = None
+    # Human-readable origin (a path or a masked URL), for messages and the run record.
+    source: str = ""
+    # Rating scale declared by the source, e.g. (1.0, 5.0) for MovieLens; None when unknown or implicit.
+    rating_range: tuple[float, float] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_ratings(self) -> bool:
+        return RATING in self.interactions.columns and bool(self.interactions[RATING].notna().any())
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The tables that are present, keyed by table name (``interactions``, ``users``, ``items``)."""
+        out = {"interactions": self.interactions}
+        if self.users is not None:
+            out["users"] = self.users
+        if self.items is not None:
+            out["items"] = self.items
+        return out

@@ -1,0 +1,207 @@
+"""The one small base class every recforge model implements.
+
+A model is a frozen config dataclass (documented hyperparameters) plus a :class:`Recommender` subclass whose
+constructor only stores that config. ``fit`` learns state into trailing-underscore attributes; ``score`` returns
+dense scores for a batch of users over the whole catalogue; ``recommend`` ranks them. Users the model never saw
+(index ``-1`` or ``>= n_users_``) get the training popularity ranking, so callers never have to special-case them.
+Persistence is ``.npz`` with ``allow_pickle=False``: loading a model file never executes code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from recmodels.data import Interactions
+
+ProgressCallback = Callable[[str, float], None]
+"""Called as ``progress(stage, fraction_done)`` by iterative models."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to run, as opposed to what to learn: never part of a model's config."""
+
+    seed: int = 42
+    device: str = "auto"  # "auto" | "cpu" | "cuda"; used by torch models
+    threads: int | None = None  # intra-op threads for torch/BLAS; None keeps the library default
+    batch_size: int = 1024  # users scored per batch in ``recommend``
+    progress: ProgressCallback | None = None
+
+    def report(self, stage: str, fraction: float) -> None:
+        if self.progress is not None:
+            self.progress(stage, fraction)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Base for model configs; subclasses are frozen dataclasses with documented fields."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Recommender(ABC):
+    """Base class: ``fit`` → ``score`` / ``recommend`` / ``predict``; ``save`` / ``load``."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]]
+    #: True for models whose ``predict`` estimates explicit ratings (evaluated with RMSE/MAE too).
+    predicts_ratings: ClassVar[bool] = False
+    #: True for models that need ratings to train (they cannot run on implicit-only data).
+    requires_ratings: ClassVar[bool] = False
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+
+    # ---- training -------------------------------------------------------------------------------------
+    def fit(self, data: Interactions, settings: RunSettings | None = None) -> Self:
+        """Learn from ``data``; returns ``self``. Keeps the seen-items matrix for exclusion and fallback."""
+        settings = settings or RunSettings()
+        if len(data) == 0:
+            raise ValueError(f"{self.name}: cannot fit on zero interactions")
+        if self.requires_ratings and data.rating is None:
+            raise ValueError(f"{self.name} needs ratings; this data set has none")
+        self.n_users_ = data.n_users
+        self.n_items_ = data.n_items
+        self.seen_: sp.csr_matrix = data.binary.astype(np.float32)
+        self.popularity_: np.ndarray = data.item_counts.astype(np.float32)
+        self._fit(data, settings)
+        return self
+
+    @abstractmethod
+    def _fit(self, data: Interactions, settings: RunSettings) -> None:
+        """Model-specific training; ``fit`` has already set ``n_users_``, ``n_items_``, ``seen_``, ``popularity_``."""
+
+    # ---- scoring --------------------------------------------------------------------------------------
+    @abstractmethod
+    def _score_known(self, users: np.ndarray) -> np.ndarray:
+        """Scores ``(len(users), n_items_)`` float32 for users that are all in ``[0, n_users_)``."""
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        """Dense float32 scores for each user over every item; unknown users get popularity scores."""
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        known = (users >= 0) & (users < self.n_users_)
+        out = np.empty((len(users), self.n_items_), dtype=np.float32)
+        if known.any():
+            out[known] = self._score_known(users[known])
+        if (~known).any():
+            out[~known] = self.popularity_
+        return out
+
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Estimated ratings for (user, item) pairs; only for models with ``predicts_ratings``."""
+        raise NotImplementedError(f"{self.name} ranks items but does not predict ratings")
+
+    def recommend(
+        self,
+        users: np.ndarray,
+        k: int,
+        exclude_seen: bool = True,
+        batch_size: int = 1024,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item indices and scores per user, best first, as two ``(len(users), k)`` arrays.
+
+        Ties break by lower item index so that results are deterministic. When fewer than ``k`` items remain
+        after excluding seen ones, the tail is padded with item ``-1`` and score ``-inf``.
+        """
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        k = int(min(k, self.n_items_))
+        items_out = np.empty((len(users), k), dtype=np.int64)
+        scores_out = np.empty((len(users), k), dtype=np.float32)
+        for start in range(0, len(users), batch_size):
+            batch = users[start : start + batch_size]
+            scores = self.score(batch)
+            if exclude_seen:
+                known_rows = np.flatnonzero((batch >= 0) & (batch < self.n_users_))
+                seen = self.seen_[batch[known_rows]].tocoo()
+                scores[known_rows[seen.row], seen.col] = -np.inf
+            top_items, top_scores = top_k(scores, k)
+            items_out[start : start + len(batch)] = top_items
+            scores_out[start : start + len(batch)] = top_scores
+        return items_out, scores_out
+
+    # ---- persistence ----------------------------------------------------------------------------------
+    def _state(self) -> dict[str, np.ndarray]:
+        """Model-specific learned arrays to persist (override together with ``_set_state``)."""
+        return {}
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what ``_state`` returned."""
+
+    def save(self, path: str | Path) -> Path:
+        """Write config and learned state to an ``.npz`` file (no pickle)."""
+        self._check_fitted()
+        path = Path(path)
+        seen = self.seen_.tocsr()
+        arrays = {
+            "__model__": np.array(self.name),
+            "__config__": np.array(json.dumps(self.config.to_dict())),
+            "__shape__": np.array([self.n_users_, self.n_items_], dtype=np.int64),
+            "__seen_indptr__": seen.indptr,
+            "__seen_indices__": seen.indices,
+            "__popularity__": self.popularity_,
+        }
+        for key, value in self._state().items():
+            arrays[f"state/{key}"] = value
+        with path.open("wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read a model written by :meth:`save`. Refuses files that need pickle to load."""
+        with np.load(Path(path), allow_pickle=False) as npz:
+            stored_name = str(npz["__model__"])
+            if stored_name != cls.name:
+                raise ValueError(f"{path} holds a {stored_name!r} model, not {cls.name!r}")
+            config = cls.config_class(**json.loads(str(npz["__config__"])))
+            model = cls(config)
+            n_users, n_items = (int(v) for v in npz["__shape__"])
+            model.n_users_, model.n_items_ = n_users, n_items
+            indptr, indices = npz["__seen_indptr__"], npz["__seen_indices__"]
+            model.seen_ = sp.csr_matrix(
+                (np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(n_users, n_items)
+            )
+            model.popularity_ = npz["__popularity__"]
+            state = {k.removeprefix("state/"): npz[k] for k in npz.files if k.startswith("state/")}
+        model._set_state(state)
+        return model
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "n_items_"):
+            raise RuntimeError(f"{self.name} is not fitted yet: call fit() first")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-``k`` of a dense matrix, best first; ``-inf`` entries come back as item ``-1``.
+
+    ``argpartition`` keeps this O(n_items) per row; the ``k`` winners are then ordered by score and, among
+    equal scores, by lower column, so the output is deterministic for a given input.
+    """
+    n_rows, n_cols = scores.shape
+    k = min(k, n_cols)
+    if k == 0:
+        return np.empty((n_rows, 0), dtype=np.int64), np.empty((n_rows, 0), dtype=np.float32)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n_cols else np.tile(np.arange(n_cols), (n_rows, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    # lexsort sorts by the last key first: score descending, then column ascending.
+    order = np.lexsort((part, -part_scores), axis=1)
+    items = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    top_scores = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+    items[np.isneginf(top_scores)] = -1
+    return items, top_scores

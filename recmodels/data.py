@@ -1,0 +1,98 @@
+"""Training data as models see it: integer indices, optional ratings and times, CSR views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True, eq=False)
+class Interactions:
+    """Observed (user, item) events over a fixed index space.
+
+    ``user`` and ``item`` are int32 index arrays in ``[0, n_users)`` / ``[0, n_items)``; ``rating`` (float32) and
+    ``timestamp`` (int64 seconds since the epoch) are optional and aligned with them. Pairs are expected to be
+    unique (the pipeline collapses repeats before training); if not, CSR views sum binary values to 1.
+    """
+
+    n_users: int
+    n_items: int
+    user: np.ndarray
+    item: np.ndarray
+    rating: np.ndarray | None = None
+    timestamp: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.user.shape != self.item.shape:
+            raise ValueError(f"user and item arrays differ in length: {self.user.shape} vs {self.item.shape}")
+        if len(self.user) and (self.user.min() < 0 or self.user.max() >= self.n_users):
+            raise ValueError(f"user indices must lie in [0, {self.n_users})")
+        if len(self.item) and (self.item.min() < 0 or self.item.max() >= self.n_items):
+            raise ValueError(f"item indices must lie in [0, {self.n_items})")
+        for name in ("rating", "timestamp"):
+            values = getattr(self, name)
+            if values is not None and values.shape != self.user.shape:
+                raise ValueError(f"{name} has {values.shape[0]} values for {self.user.shape[0]} events")
+
+    def __len__(self) -> int:
+        return int(self.user.shape[0])
+
+    @cached_property
+    def binary(self) -> sp.csr_matrix:
+        """users × items CSR with 1.0 where an event exists (float32)."""
+        ones = np.ones(len(self), dtype=np.float32)
+        matrix = sp.csr_matrix((ones, (self.user, self.item)), shape=(self.n_users, self.n_items))
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return matrix
+
+    @cached_property
+    def ratings(self) -> sp.csr_matrix:
+        """users × items CSR of ratings (float32); raises if this data has no ratings."""
+        if self.rating is None:
+            raise ValueError("these interactions carry no ratings; use a ranking (implicit) model instead")
+        matrix = sp.csr_matrix(
+            (self.rating.astype(np.float32), (self.user, self.item)), shape=(self.n_users, self.n_items)
+        )
+        matrix.sum_duplicates()
+        return matrix
+
+    @cached_property
+    def item_counts(self) -> np.ndarray:
+        """Number of distinct users per item (float64)."""
+        return np.asarray(self.binary.sum(axis=0)).ravel().astype(np.float64)
+
+    def subset(self, mask: np.ndarray) -> Interactions:
+        """The events where ``mask`` is true, over the same index space."""
+        return Interactions(
+            self.n_users,
+            self.n_items,
+            self.user[mask],
+            self.item[mask],
+            None if self.rating is None else self.rating[mask],
+            None if self.timestamp is None else self.timestamp[mask],
+        )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        user: np.ndarray,
+        item: np.ndarray,
+        rating: np.ndarray | None = None,
+        timestamp: np.ndarray | None = None,
+        n_users: int | None = None,
+        n_items: int | None = None,
+    ) -> Interactions:
+        user = np.asarray(user, dtype=np.int32)
+        item = np.asarray(item, dtype=np.int32)
+        return cls(
+            int(n_users if n_users is not None else (user.max() + 1 if len(user) else 0)),
+            int(n_items if n_items is not None else (item.max() + 1 if len(item) else 0)),
+            user,
+            item,
+            None if rating is None else np.asarray(rating, dtype=np.float32),
+            None if timestamp is None else np.asarray(timestamp, dtype=np.int64),
+        )

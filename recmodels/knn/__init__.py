@@ -1,0 +1,1 @@
+"""Neighbourhood (collaborative filtering) models."""
