@@ -1,0 +1,808 @@
+"""SQL storage for runs, metrics, features and published recommendations (SQLAlchemy 2 Core).
+
+Works with any SQLAlchemy URL; SQLite (``sqlite:///var/recforge.db``) is the embedded default. All SQL is
+built with SQLAlchemy constructs so the same code runs on SQLite and PostgreSQL.
+
+Tables (see the ``Table`` objects below): ``runs``, ``model_metrics``, ``recommendations``, ``features``,
+``champions``, ``schema_version`` (one row), and the view ``champion_recommendations`` (the recommendations of
+the champion model of the latest ``as_of`` that has a champion).
+
+Datetimes: callers may pass tz-aware or naive datetimes (naive means UTC). They are stored as naive UTC
+(``TIMESTAMP WITHOUT TIME ZONE`` on PostgreSQL, fixed-width text on SQLite) so equality filters on ``as_of``
+behave the same everywhere, and they are returned tz-aware UTC.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Select,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    and_,
+    column,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    table,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import DDLCompiler
+from sqlalchemy.sql.ddl import ExecutableDDLElement
+
+DEFAULT_URL = "sqlite:///var/recforge.db"
+# Bump when the schema changes, and add the migration from the previous version to `Store.create_schema`.
+SCHEMA_VERSION = 1
+# Rows per executemany call: large enough to amortise round trips, small enough to bound memory per chunk.
+CHUNK_ROWS = 50_000
+RUN_STATUSES = ("running", "completed", "failed", "partial")
+ENTITIES = ("user", "item")
+
+METRIC_COLUMNS = ("model", "metric", "k", "value", "split")
+RECOMMENDATION_COLUMNS = ("model", "user_id", "rank", "item_id", "score")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A datetime stored as naive UTC and returned tz-aware UTC; accepts aware or naive (= UTC) values."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> datetime | None:
+        return None if value is None else to_naive_utc(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def to_naive_utc(value: datetime) -> datetime:
+    """``value`` as a naive datetime in UTC; naive input is taken to be UTC already."""
+    if value is pd.NaT or value is None:
+        raise TypeError(f"expected a datetime (tz-aware, or naive meaning UTC), got {value!r}")
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if not isinstance(value, datetime):
+        # A plain `date` has no time of day: ask for an explicit datetime rather than guess midnight.
+        kind = "a date" if isinstance(value, date) else type(value).__name__
+        raise TypeError(f"expected a datetime (tz-aware, or naive meaning UTC), got {kind}: {value!r}")
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password shown as ``***``; never echoes an unparsable URL (it may hold a secret)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise ValueError(
+            "could not parse the database URL (not shown: it may contain a password); expected e.g. "
+            "'sqlite:///var/recforge.db' or 'postgresql+psycopg://user:password@host/dbname'"
+        ) from None
+
+
+def mask_source(source: str) -> str:
+    """A data source description with any URL password hidden; paths and other text are returned unchanged."""
+    try:
+        parsed = make_url(source)
+    except ArgumentError:
+        return source
+    return parsed.render_as_string(hide_password=True) if parsed.password is not None else source
+
+
+@dataclass(frozen=True)
+class ChampionDecision:
+    """The model chosen to serve an ``as_of``: which one, by which metric and value, and why."""
+
+    model: str
+    metric: str
+    value: float
+    reason: str
+
+
+metadata = MetaData()
+
+schema_version_table = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", UTCDateTime(), nullable=False),
+)
+
+runs_table = Table(
+    "runs",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("flow_run_id", String(64), nullable=True),
+    Column("dataset", String(200), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("as_of", UTCDateTime(), nullable=False),
+    Column("parameters", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Column("timings", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("champion", String(200), nullable=True),
+    Index("ix_runs_started_at", "started_at"),
+)
+
+metrics_table = Table(
+    "model_metrics",
+    metadata,
+    Column("run_id", String(36), ForeignKey("runs.run_id"), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("metric", String(100), nullable=False),
+    # `k` is NULL for metrics without a cut-off (RMSE, MAE). Primary-key columns cannot be NULL, so the key
+    # uses `k_key` = k or 0 (k itself must be >= 1).
+    Column("k", Integer, nullable=True),
+    Column("k_key", Integer, nullable=False),
+    Column("value", Float, nullable=True),
+    Column("split", String(100), nullable=False),
+    PrimaryKeyConstraint("run_id", "model", "metric", "k_key", "split"),
+)
+
+recommendations_table = Table(
+    "recommendations",
+    metadata,
+    Column("as_of", UTCDateTime(), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("user_id", String(200), nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("item_id", String(200), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("run_id", String(36), ForeignKey("runs.run_id"), nullable=False),
+    PrimaryKeyConstraint("as_of", "model", "user_id", "rank"),
+    Index("ix_recommendations_user_id", "user_id"),
+    Index("ix_recommendations_model_as_of", "model", "as_of"),
+)
+
+features_table = Table(
+    "features",
+    metadata,
+    Column("run_id", String(36), ForeignKey("runs.run_id"), nullable=False),
+    Column("as_of", UTCDateTime(), nullable=False),
+    Column("entity", String(8), nullable=False),
+    Column("entity_id", String(200), nullable=False),
+    Column("feature", String(200), nullable=False),
+    Column("value", Float, nullable=False),
+    PrimaryKeyConstraint("run_id", "as_of", "entity", "entity_id", "feature"),
+    Index("ix_features_entity", "entity", "entity_id"),
+)
+
+champions_table = Table(
+    "champions",
+    metadata,
+    Column("as_of", UTCDateTime(), primary_key=True),
+    Column("model", String(200), nullable=False),
+    Column("metric", String(100), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("run_id", String(36), ForeignKey("runs.run_id"), nullable=False),
+    Column("decided_at", UTCDateTime(), nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+DATA_TABLES = (runs_table, metrics_table, recommendations_table, features_table, champions_table)
+CHAMPION_VIEW_NAME = "champion_recommendations"
+
+
+def _champion_view_select() -> Select[Any]:
+    """Recommendations of the champion model of the latest ``as_of`` that has a champion."""
+    latest = select(func.max(champions_table.c.as_of)).scalar_subquery()
+    return (
+        select(*recommendations_table.c)
+        .select_from(
+            recommendations_table.join(
+                champions_table,
+                and_(
+                    recommendations_table.c.as_of == champions_table.c.as_of,
+                    recommendations_table.c.model == champions_table.c.model,
+                ),
+            )
+        )
+        .where(champions_table.c.as_of == latest)
+    )
+
+
+# A lightweight handle to query the view with (not part of `metadata`, so create_all never makes a table).
+champion_recommendations = table(CHAMPION_VIEW_NAME, *(column(c.name, c.type) for c in recommendations_table.c))
+
+
+class CreateView(ExecutableDDLElement):
+    """``CREATE VIEW <name> AS <select>``, compiled for the connection's dialect."""
+
+    def __init__(self, name: str, selectable: Select[Any]) -> None:
+        self.name = name
+        self.selectable = selectable
+
+
+class DropView(ExecutableDDLElement):
+    """``DROP VIEW IF EXISTS <name>`` (supported by SQLite and PostgreSQL)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+@compiles(CreateView)
+def _compile_create_view(element: CreateView, compiler: DDLCompiler, **kw: Any) -> str:
+    name = compiler.preparer.quote(element.name)
+    body = compiler.sql_compiler.process(element.selectable, literal_binds=True)
+    return f"CREATE VIEW {name} AS {body}"
+
+
+@compiles(DropView)
+def _compile_drop_view(element: DropView, compiler: DDLCompiler, **kw: Any) -> str:
+    return f"DROP VIEW IF EXISTS {compiler.preparer.quote(element.name)}"
+
+
+# PostgreSQL refuses to drop tables a view depends on: drop the view first in `metadata.drop_all`.
+event.listen(metadata, "before_drop", DropView(CHAMPION_VIEW_NAME))
+
+
+def _bulk_insert(
+    conn: Connection,
+    target: Table,
+    columns: Mapping[str, Sequence[Any]],
+    constants: Mapping[str, Any] | None = None,
+) -> int:
+    """Insert rows into ``target`` inside the caller's transaction; returns the number of rows.
+
+    ``columns`` maps column names to equally long sequences of plain Python values (``tolist()`` output);
+    ``constants`` maps column names to one value shared by every row (run_id, as_of). The one path every bulk
+    write goes through, so a PostgreSQL ``COPY`` path belongs here.
+
+    Why not ``conn.execute(insert(target), list_of_dicts)``: SQLAlchemy then builds and type-processes
+    parameters row by row, which costs more than SQLite's own insert. Here the INSERT is still compiled by
+    SQLAlchemy for the connection's dialect (names quoted, its paramstyle), values go through their
+    column type's bind processor (a constant only once), and chunks of plain tuples or dicts go to the
+    driver's ``executemany``.
+    """
+    constants = dict(constants or {})
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"bulk insert into {target.name}: columns differ in length {lengths}")
+    total = next(iter(lengths.values()), 0)
+    if total == 0:
+        return 0
+    dialect = conn.dialect
+    names = [*columns, *constants]
+    compiled = insert(target).compile(dialect=dialect, column_keys=names)
+    # The dialect's own type implementation: the generic type's processor would skip e.g. SQLite's fixed
+    # datetime text format, and equality filters on as_of would then miss the rows.
+    processors = {name: target.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names}
+    processed: dict[str, Sequence[Any]] = {}
+    for name, values in columns.items():
+        processor = processors[name]
+        processed[name] = values if processor is None else list(map(processor, values))
+    for name, value in constants.items():
+        processor = processors[name]
+        processed[name] = [value if processor is None else processor(value)] * total
+    # Positional paramstyles (SQLite's qmark) take tuples in the compiled order; named ones take dicts.
+    order = list(compiled.positiontup or []) if dialect.positional else names
+    sql = str(compiled)
+    for start in range(0, total, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, total)
+        chunk = zip(*(processed[name][start:stop] for name in order), strict=True)
+        if dialect.positional:
+            params: list[Any] = list(chunk)
+        else:
+            params = [dict(zip(order, row, strict=True)) for row in chunk]
+        conn.exec_driver_sql(sql, params)
+    return total
+
+
+def _to_json(value: Any) -> str:
+    """JSON text for a parameters/timings mapping; numpy scalars, datetimes and paths become plain values."""
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, datetime | date):
+            return obj.isoformat()
+        if isinstance(obj, Path):
+            return str(obj)
+        if isinstance(obj, set | frozenset):
+            return sorted(obj, key=str)
+        raise TypeError(f"cannot store {type(obj).__name__} {obj!r} as JSON; pass a str, number, list or dict")
+
+    return json.dumps(value, default=default, sort_keys=True)
+
+
+def _from_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _require_columns(frame: pd.DataFrame, required: Sequence[str], what: str) -> None:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{what} frame lacks column(s) {missing}; it has {list(frame.columns)}. Provide columns {list(required)}."
+        )
+
+
+def _require_no_nulls(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    for name in columns:
+        bad = frame[name].isna()
+        if bad.any():
+            rows = frame.loc[bad].head(5)
+            raise ValueError(
+                f"{what} frame: column {name!r} has {int(bad.sum())} missing value(s), e.g. rows "
+                f"{rows.index.tolist()}:\n{rows.to_string()}\nDrop or fill these rows before writing."
+            )
+
+
+def _require_unique(frame: pd.DataFrame, key: Sequence[str], what: str) -> None:
+    dup = frame.duplicated(subset=list(key), keep=False)
+    if dup.any():
+        rows = frame.loc[dup, list(key)].head(6)
+        raise ValueError(
+            f"{what} frame: {int(dup.sum())} rows share a key {list(key)}, e.g.:\n{rows.to_string()}\n"
+            "Each key must appear once; deduplicate before writing."
+        )
+
+
+def _int_list(series: pd.Series, name: str, what: str, *, minimum: int) -> list[int]:
+    """Integral values of ``series`` as Python ints (floats like 3.0 accepted), all >= ``minimum``."""
+    values = pd.to_numeric(series, errors="coerce")
+    bad = values.isna() | (values != np.floor(values)) | (values < minimum)
+    if bad.any():
+        shown = series[bad].head(5).tolist()
+        raise ValueError(
+            f"{what} frame: column {name!r} must hold integers >= {minimum}; bad values {shown} at rows "
+            f"{series.index[bad][:5].tolist()}."
+        )
+    return values.astype("int64").tolist()
+
+
+def _frame(rows: Sequence[Sequence[Any]], dtypes: dict[str, str]) -> pd.DataFrame:
+    """A DataFrame of ``rows`` with the given column dtypes (also when there are no rows).
+
+    Built column by column so an ``object`` column keeps ``None`` (``from_records`` would turn an all-None
+    column into float NaN).
+    """
+    values = list(zip(*rows, strict=True)) if rows else [()] * len(dtypes)
+    return pd.DataFrame(
+        {name: pd.Series(list(col), dtype=dtype) for (name, dtype), col in zip(dtypes.items(), values, strict=True)}
+    )
+
+
+RECOMMENDATION_DTYPES = {
+    "as_of": "datetime64[us, UTC]",
+    "model": "str",
+    "user_id": "str",
+    "rank": "int64",
+    "item_id": "str",
+    "score": "float64",
+    "run_id": "str",
+}
+
+
+class Store:
+    """Reads and writes recforge's tables through one SQLAlchemy engine.
+
+    ``url`` is any SQLAlchemy URL. For SQLite the parent folder is created and every connection uses WAL mode
+    (readers don't block the writer), a busy timeout, and enforced foreign keys (as PostgreSQL does).
+    """
+
+    def __init__(self, url: str = DEFAULT_URL) -> None:
+        self.url_masked: str = mask_url(url)
+        parsed = make_url(url)
+        self.is_sqlite: bool = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite and parsed.database not in (None, "", ":memory:") and not parsed.database.startswith("file:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine: Engine = create_engine(parsed)
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError(
+                f"the database driver for {self.url_masked} is not installed ({exc.name}); install it "
+                f"(e.g. `pip install psycopg[binary]` and use 'postgresql+psycopg://...') or use a sqlite URL"
+            ) from exc
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_on_connect)
+
+    def __repr__(self) -> str:
+        return f"Store({self.url_masked!r})"
+
+    def dispose(self) -> None:
+        """Close pooled connections (the store stays usable; new connections open on demand)."""
+        self.engine.dispose()
+
+    # -- schema -------------------------------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create missing tables and (re)create the champion view; safe to call on every start."""
+        with self.engine.begin() as conn:
+            # Check the version before changing anything: a database written by another version is left as is.
+            versions: list[int] = []
+            if inspect(conn).has_table(schema_version_table.name):
+                versions = list(conn.execute(select(schema_version_table.c.version)).scalars())
+            if versions and versions != [SCHEMA_VERSION]:
+                raise RuntimeError(
+                    f"database {self.url_masked} has schema version(s) {versions} in table schema_version, "
+                    f"but this recforge uses version {SCHEMA_VERSION} and has no migration for it. Use a new "
+                    "database URL, or upgrade/downgrade recforge to the version that wrote this database."
+                )
+            conn.execute(DropView(CHAMPION_VIEW_NAME))
+            metadata.create_all(conn)
+            conn.execute(CreateView(CHAMPION_VIEW_NAME, _champion_view_select()))
+            if not versions:
+                conn.execute(insert(schema_version_table).values(version=SCHEMA_VERSION, applied_at=_now()))
+
+    # -- runs -----------------------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        *,
+        dataset: str,
+        source: str,
+        as_of: datetime,
+        parameters: dict[str, Any],
+        flow_run_id: str | None,
+    ) -> str:
+        """Record a new run with status ``running``; returns its ``run_id`` (a UUID string)."""
+        run_id = str(uuid.uuid4())
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(runs_table).values(
+                    run_id=run_id,
+                    flow_run_id=None if flow_run_id is None else str(flow_run_id),
+                    dataset=dataset,
+                    source=mask_source(source),
+                    as_of=to_naive_utc(as_of),
+                    parameters=_to_json(parameters),
+                    status="running",
+                    started_at=_now(),
+                )
+            )
+        return run_id
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        timings: dict[str, float],
+        error: str | None = None,
+        champion: str | None = None,
+    ) -> None:
+        """Close a run: final ``status``, stage timings in seconds, error text and champion model if any."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status must be one of {RUN_STATUSES}, got {status!r}")
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(runs_table)
+                .where(runs_table.c.run_id == run_id)
+                .values(
+                    status=status,
+                    finished_at=_now(),
+                    timings=_to_json({str(k): float(v) for k, v in timings.items()}),
+                    error=error,
+                    champion=champion,
+                )
+            )
+            if result.rowcount == 0:
+                raise LookupError(self._unknown_run_message(run_id))
+
+    def latest_runs(self, limit: int = 10) -> pd.DataFrame:
+        """The ``limit`` most recently started runs, newest first; ``parameters``/``timings`` as dicts."""
+        names = [c.name for c in runs_table.c]
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(runs_table).order_by(runs_table.c.started_at.desc()).limit(limit)).all()
+        frame = _frame(
+            rows,
+            {
+                **dict.fromkeys(names, "object"),
+                "run_id": "str",
+                "dataset": "str",
+                "source": "str",
+                "status": "str",
+                "as_of": "datetime64[us, UTC]",
+                "started_at": "datetime64[us, UTC]",
+                "finished_at": "datetime64[us, UTC]",
+            },
+        )
+        frame["parameters"] = [_from_json(v) for v in frame["parameters"]]
+        frame["timings"] = [_from_json(v) for v in frame["timings"]]
+        return frame
+
+    # -- metrics and features -----------------------------------------------------------------------------
+
+    def write_metrics(self, run_id: str, metrics: pd.DataFrame) -> int:
+        """Store evaluation results (columns model, metric, k, value, split); returns the rows written.
+
+        ``k`` is the ranking cut-off, missing for rating metrics. Rows for the same run, model and split are
+        replaced, so writing a run's metrics again never duplicates them.
+        """
+        what = "metrics"
+        _require_columns(metrics, METRIC_COLUMNS, what)
+        _require_no_nulls(metrics, ["model", "metric", "split"], what)
+        has_k = metrics["k"].notna()
+        k_values: list[int | None] = [None] * len(metrics)
+        for position, value in zip(
+            np.flatnonzero(has_k.to_numpy()),
+            _int_list(metrics.loc[has_k, "k"], "k", what, minimum=1),
+            strict=True,
+        ):
+            k_values[position] = value
+        keyed = metrics.assign(_k_key=[k or 0 for k in k_values])
+        _require_unique(keyed, ["model", "metric", "_k_key", "split"], what)
+        values = pd.to_numeric(metrics["value"], errors="coerce").astype("float64").tolist()
+        # NaN (e.g. a metric undefined for an empty split) is stored as NULL: SQLite cannot keep NaN.
+        values = [None if math.isnan(v) else v for v in values]
+        models = metrics["model"].astype(str).tolist()
+        metric_names = metrics["metric"].astype(str).tolist()
+        splits = metrics["split"].astype(str).tolist()
+        with self.engine.begin() as conn:
+            self._require_run(conn, run_id)
+            for model, split in sorted(set(zip(models, splits, strict=True))):
+                conn.execute(
+                    delete(metrics_table).where(
+                        metrics_table.c.run_id == run_id,
+                        metrics_table.c.model == model,
+                        metrics_table.c.split == split,
+                    )
+                )
+            return _bulk_insert(
+                conn,
+                metrics_table,
+                {
+                    "model": models,
+                    "metric": metric_names,
+                    "k": k_values,
+                    "k_key": [k or 0 for k in k_values],
+                    "value": values,
+                    "split": splits,
+                },
+                {"run_id": run_id},
+            )
+
+    def metrics_for_run(self, run_id: str) -> pd.DataFrame:
+        """A run's metrics (model, metric, k as nullable Int64, value, split), by model/split/metric/k."""
+        cols = [metrics_table.c[name] for name in METRIC_COLUMNS]
+        stmt = (
+            select(*cols)
+            .where(metrics_table.c.run_id == run_id)
+            .order_by(metrics_table.c.model, metrics_table.c.split, metrics_table.c.metric, metrics_table.c.k_key)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return _frame(
+            rows, {"model": "str", "metric": "str", "k": "Int64", "value": "float64", "split": "str"}
+        ).reset_index(drop=True)
+
+    def write_features(self, run_id: str, as_of: datetime, entity: str, features: pd.DataFrame, id_column: str) -> int:
+        """Store a wide per-entity feature table in long form; returns the rows written.
+
+        ``features`` has one row per entity (``id_column``) and one numeric or boolean column per feature;
+        missing values are not stored (absent row = unknown). Rows previously written for the same run,
+        ``as_of`` and entity are replaced.
+        """
+        what = f"{entity} features"
+        if entity not in ENTITIES:
+            raise ValueError(f"entity must be one of {ENTITIES}, got {entity!r}")
+        _require_columns(features, [id_column], what)
+        _require_no_nulls(features, [id_column], what)
+        _require_unique(features, [id_column], what)
+        feature_columns = [c for c in features.columns if c != id_column]
+        non_numeric = [
+            c
+            for c in feature_columns
+            if not (pd.api.types.is_numeric_dtype(features[c]) or pd.api.types.is_bool_dtype(features[c]))
+        ]
+        if non_numeric:
+            dtypes = {str(c): str(features[c].dtype) for c in non_numeric}
+            raise ValueError(
+                f"{what} frame: feature column(s) {dtypes} are not numeric; encode them as numbers "
+                "(e.g. one-hot or category codes) or drop them before writing."
+            )
+        naive_as_of = to_naive_utc(as_of)
+        ids = features[id_column].astype(str).to_numpy(dtype=object)
+        with self.engine.begin() as conn:
+            self._require_run(conn, run_id)
+            conn.execute(
+                delete(features_table).where(
+                    features_table.c.run_id == run_id,
+                    features_table.c.as_of == naive_as_of,
+                    features_table.c.entity == entity,
+                )
+            )
+            return _bulk_insert(
+                conn,
+                features_table,
+                _long_features(ids, features, feature_columns),
+                {"run_id": run_id, "as_of": naive_as_of, "entity": entity},
+            )
+
+    # -- recommendations --------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        run_id: str,
+        as_of: datetime,
+        recommendations: pd.DataFrame,
+        champion: ChampionDecision | None,
+    ) -> int:
+        """Replace ``as_of``'s recommendations of the given models and its champion; returns rows inserted.
+
+        ``recommendations`` has columns model, user_id, rank (1-based), item_id, score. One transaction
+        deletes that ``as_of``'s rows for these models, inserts the new ones and replaces the champion row
+        (when ``champion`` is given): a rerun never duplicates; a failure leaves the previous rows in place.
+        """
+        what = "recommendations"
+        _require_columns(recommendations, RECOMMENDATION_COLUMNS, what)
+        _require_no_nulls(recommendations, RECOMMENDATION_COLUMNS, what)
+        _require_unique(recommendations, ["model", "user_id", "rank"], what)
+        ranks = _int_list(recommendations["rank"], "rank", what, minimum=1)
+        scores = pd.to_numeric(recommendations["score"], errors="coerce").astype("float64")
+        if not np.isfinite(scores.to_numpy()).all():
+            bad = recommendations.loc[~np.isfinite(scores.to_numpy())].head(5)
+            raise ValueError(f"{what} frame: column 'score' must be finite numbers; bad rows:\n{bad.to_string()}")
+        naive_as_of = to_naive_utc(as_of)
+        models = recommendations["model"].astype(str)
+        published_models = sorted(models.unique().tolist())
+        columns = {
+            "model": models.tolist(),
+            "user_id": recommendations["user_id"].astype(str).tolist(),
+            "rank": ranks,
+            "item_id": recommendations["item_id"].astype(str).tolist(),
+            "score": scores.tolist(),
+        }
+        with self.engine.begin() as conn:
+            self._require_run(conn, run_id)
+            if published_models:
+                conn.execute(
+                    delete(recommendations_table).where(
+                        recommendations_table.c.as_of == naive_as_of,
+                        recommendations_table.c.model.in_(published_models),
+                    )
+                )
+            inserted = _bulk_insert(conn, recommendations_table, columns, {"as_of": naive_as_of, "run_id": run_id})
+            if champion is not None:
+                self._replace_champion(conn, run_id, naive_as_of, champion)
+        return inserted
+
+    def read_recommendations(
+        self,
+        user_id: str,
+        *,
+        model: str | None = None,
+        as_of: datetime | None = None,
+        limit: int | None = None,
+    ) -> pd.DataFrame:
+        """A user's recommendations ordered by rank (empty frame when there are none).
+
+        ``model`` None: the champion's rows — of the latest ``as_of`` with a champion (the
+        ``champion_recommendations`` view), or of ``as_of``'s champion when given. ``as_of`` None with a
+        model: the latest ``as_of`` published for that model. ``limit`` keeps the top ranks.
+        """
+        rec = recommendations_table
+        if model is None and as_of is None:
+            view = champion_recommendations
+            stmt = select(*view.c).where(view.c.user_id == str(user_id)).order_by(view.c.rank)
+        elif model is None:
+            stmt = (
+                select(*rec.c)
+                .join(
+                    champions_table,
+                    and_(rec.c.as_of == champions_table.c.as_of, rec.c.model == champions_table.c.model),
+                )
+                .where(rec.c.user_id == str(user_id), champions_table.c.as_of == to_naive_utc(as_of))
+                .order_by(rec.c.rank)
+            )
+        else:
+            when: Any = (
+                select(func.max(rec.c.as_of)).where(rec.c.model == model).scalar_subquery()
+                if as_of is None
+                else to_naive_utc(as_of)
+            )
+            stmt = (
+                select(*rec.c)
+                .where(rec.c.user_id == str(user_id), rec.c.model == model, rec.c.as_of == when)
+                .order_by(rec.c.rank)
+            )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return _frame(rows, RECOMMENDATION_DTYPES)
+
+    def counts(self) -> dict[str, int]:
+        """Rows per data table (runs, model_metrics, recommendations, features, champions)."""
+        with self.engine.connect() as conn:
+            return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one()) for t in DATA_TABLES}
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    def _replace_champion(
+        self, conn: Connection, run_id: str, naive_as_of: datetime, champion: ChampionDecision
+    ) -> None:
+        rec = recommendations_table
+        served = conn.execute(
+            select(func.count()).select_from(rec).where(rec.c.as_of == naive_as_of, rec.c.model == champion.model)
+        ).scalar_one()
+        if served == 0:
+            # Raising here rolls back the whole publish: a champion without rows would empty the view.
+            raise ValueError(
+                f"champion model {champion.model!r} has no recommendations for as_of {naive_as_of} UTC in "
+                f"{self.url_masked}; include its rows in the published frame or choose a published model."
+            )
+        conn.execute(delete(champions_table).where(champions_table.c.as_of == naive_as_of))
+        conn.execute(
+            insert(champions_table).values(
+                as_of=naive_as_of,
+                model=champion.model,
+                metric=champion.metric,
+                value=float(champion.value),
+                run_id=run_id,
+                decided_at=_now(),
+                reason=champion.reason,
+            )
+        )
+
+    def _require_run(self, conn: Connection, run_id: str) -> None:
+        found = conn.execute(select(runs_table.c.run_id).where(runs_table.c.run_id == run_id)).first()
+        if found is None:
+            raise LookupError(self._unknown_run_message(run_id))
+
+    def _unknown_run_message(self, run_id: str) -> str:
+        return (
+            f"run {run_id!r} is not in table runs of {self.url_masked}; call Store.start_run first and use "
+            "the run_id it returns."
+        )
+
+
+def _long_features(ids: np.ndarray, frame: pd.DataFrame, feature_columns: Sequence[Any]) -> dict[str, list[Any]]:
+    """Columns entity_id, feature, value: one row per non-missing cell of the wide feature frame."""
+    values = frame[list(feature_columns)].astype("float64").to_numpy()
+    row, col = np.nonzero(~np.isnan(values))
+    names = np.array([str(c) for c in feature_columns], dtype=object)
+    return {
+        "entity_id": ids[row].tolist(),
+        "feature": names[col].tolist(),
+        "value": values[row, col].tolist(),
+    }
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    """Per-connection SQLite settings: WAL (readers don't block the writer), busy timeout, foreign keys on."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # Wait up to 30 s for another writer (e.g. a parallel task) instead of failing with "database is locked".
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()

@@ -1,0 +1,515 @@
+"""Tests for recforge.store on a file-backed SQLite database (the embedded default)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import Connection, inspect, select, update
+
+import recforge.store as store_module
+from recforge.store import (
+    SCHEMA_VERSION,
+    ChampionDecision,
+    Store,
+    champion_recommendations,
+    features_table,
+    mask_source,
+    mask_url,
+    recommendations_table,
+    schema_version_table,
+    to_naive_utc,
+)
+
+AS_OF_1 = datetime(2024, 1, 1, tzinfo=UTC)
+AS_OF_2 = datetime(2024, 2, 1, tzinfo=UTC)
+AS_OF_3 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """An empty store with its schema, in a not-yet-existing sub-folder (the store must create it)."""
+    s = Store(f"sqlite:///{tmp_path / 'sub' / 'recforge.db'}")
+    s.create_schema()
+    yield s
+    s.dispose()
+
+
+@pytest.fixture
+def run_id(store: Store) -> str:
+    return store.start_run(dataset="toy", source="toy.csv", as_of=AS_OF_1, parameters={}, flow_run_id=None)
+
+
+def recs(model: str, per_user: dict[str, list[str]], score_offset: float = 0.0) -> pd.DataFrame:
+    """A recommendations frame: items listed best first; score = offset + 1/rank."""
+    rows = [
+        (model, user, rank, item, score_offset + 1.0 / rank)
+        for user, items in per_user.items()
+        for rank, item in enumerate(items, start=1)
+    ]
+    return pd.DataFrame(rows, columns=["model", "user_id", "rank", "item_id", "score"])
+
+
+def all_recommendations(store: Store) -> pd.DataFrame:
+    """Every stored recommendation row, in primary-key order."""
+    t = recommendations_table
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(t).order_by(t.c.as_of, t.c.model, t.c.user_id, t.c.rank)).all()
+    return pd.DataFrame(rows, columns=list(t.c.keys()))
+
+
+def champions_rows(store: Store) -> list[tuple[Any, ...]]:
+    t = store_module.champions_table
+    with store.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(t.c.as_of, t.c.model, t.c.metric, t.c.value, t.c.reason))]
+
+
+# -- URL masking ----------------------------------------------------------------------------------------------
+
+
+def test_mask_url_hides_the_password() -> None:
+    masked = mask_url("postgresql://u:secret@h/db")
+    assert "secret" not in masked
+    assert masked == "postgresql://u:***@h/db"
+    assert mask_url("sqlite:///var/recforge.db") == "sqlite:///var/recforge.db"
+
+
+def test_unparsable_url_error_does_not_echo_it() -> None:
+    with pytest.raises(ValueError) as info:
+        mask_url("definitely not a url, password=secret")
+    assert "secret" not in str(info.value)
+
+
+def test_store_for_postgres_never_shows_the_password() -> None:
+    # The PostgreSQL driver may or may not be installed here; either way the password must not leak.
+    try:
+        s = Store("postgresql://u:secret@h/db")
+    except ModuleNotFoundError as exc:
+        assert "secret" not in str(exc)
+        assert "u:***@h/db" in str(exc)
+    else:
+        assert s.url_masked == "postgresql://u:***@h/db"
+        assert "secret" not in repr(s)
+
+
+def test_mask_source_masks_urls_only() -> None:
+    assert mask_source("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert mask_source("/data/ml-100k/u.data") == "/data/ml-100k/u.data"
+    assert mask_source("s3://bucket/key.csv") == "s3://bucket/key.csv"
+
+
+# -- datetimes -----------------------------------------------------------------------------------------------
+
+
+def test_to_naive_utc_converts_aware_and_keeps_naive() -> None:
+    plus2 = timezone(timedelta(hours=2))
+    assert to_naive_utc(datetime(2024, 1, 1, 2, 30, tzinfo=plus2)) == datetime(2024, 1, 1, 0, 30)
+    assert to_naive_utc(datetime(2024, 1, 1, 2, 30)) == datetime(2024, 1, 1, 2, 30)
+    assert to_naive_utc(pd.Timestamp("2024-01-01 02:30", tz="Europe/Paris")) == datetime(2024, 1, 1, 1, 30)
+    with pytest.raises(TypeError, match="a date"):
+        to_naive_utc(date(2024, 1, 1))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        to_naive_utc(pd.NaT)  # type: ignore[arg-type]
+
+
+# -- schema ----------------------------------------------------------------------------------------------------
+
+
+def test_create_schema_is_idempotent_and_keeps_data(store: Store, run_id: str) -> None:
+    store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["a", "b"]}), ChampionDecision("pop", "ndcg", 0.5, "only"))
+    before = all_recommendations(store)
+    store.create_schema()
+    store.create_schema()
+    names = set(inspect(store.engine).get_table_names())
+    assert {"runs", "model_metrics", "recommendations", "features", "champions", "schema_version"} <= names
+    assert "champion_recommendations" in inspect(store.engine).get_view_names()
+    with store.engine.connect() as conn:
+        assert list(conn.execute(select(schema_version_table.c.version)).scalars()) == [SCHEMA_VERSION]
+    pd.testing.assert_frame_equal(all_recommendations(store), before)
+    assert store.read_recommendations("u1")["item_id"].tolist() == ["a", "b"]
+
+
+def test_create_schema_refuses_another_schema_version(store: Store) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(update(schema_version_table).values(version=SCHEMA_VERSION + 98))
+    with pytest.raises(RuntimeError, match=f"schema version.*{SCHEMA_VERSION + 98}"):
+        store.create_schema()
+
+
+def test_sqlite_connections_use_wal_and_foreign_keys(store: Store) -> None:
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+
+
+# -- runs ------------------------------------------------------------------------------------------------------
+
+
+def test_run_lifecycle(store: Store) -> None:
+    plus2 = timezone(timedelta(hours=2))
+    first = store.start_run(
+        dataset="ml-100k",
+        source="postgresql://reader:hunter2@db/events",
+        as_of=datetime(2024, 5, 1, 2, 0, tzinfo=plus2),
+        parameters={"k": np.int64(10), "models": ["pop", "itemknn"], "cutoff": datetime(2024, 1, 1)},
+        flow_run_id="flow-123",
+    )
+    second = store.start_run(dataset="toy", source="x.csv", as_of=AS_OF_1, parameters={}, flow_run_id=None)
+    runs = store.latest_runs()
+    assert runs["run_id"].tolist() == [second, first]  # newest first
+    row = runs.set_index("run_id").loc[first]
+    assert row["status"] == "running"
+    assert row["source"] == "postgresql://reader:***@db/events"
+    assert row["as_of"] == pd.Timestamp("2024-05-01 00:00", tz="UTC")
+    assert row["parameters"] == {"k": 10, "models": ["pop", "itemknn"], "cutoff": "2024-01-01T00:00:00"}
+    assert row["flow_run_id"] == "flow-123"
+    assert pd.isna(row["finished_at"])
+
+    store.finish_run(first, status="completed", timings={"ingest": np.float64(1.5), "train": 2}, champion="itemknn")
+    row = store.latest_runs().set_index("run_id").loc[first]
+    assert row["status"] == "completed"
+    assert row["timings"] == {"ingest": 1.5, "train": 2.0}
+    assert row["champion"] == "itemknn"
+    assert row["error"] is None
+    assert row["finished_at"] >= row["started_at"]
+    assert str(store.latest_runs()["as_of"].dtype) == "datetime64[us, UTC]"
+    assert store.latest_runs(limit=1)["run_id"].tolist() == [second]
+
+    store.finish_run(second, status="failed", timings={}, error="boom")
+    assert store.latest_runs().set_index("run_id").loc[second, "error"] == "boom"
+
+
+def test_finish_run_rejects_bad_status_and_unknown_run(store: Store, run_id: str) -> None:
+    with pytest.raises(ValueError, match="'done'"):
+        store.finish_run(run_id, status="done", timings={})
+    with pytest.raises(LookupError, match="no-such-run"):
+        store.finish_run("no-such-run", status="completed", timings={})
+
+
+# -- metrics and features -------------------------------------------------------------------------------------
+
+
+def test_write_and_read_metrics(store: Store, run_id: str) -> None:
+    metrics = pd.DataFrame(
+        {
+            "model": ["pop", "pop", "itemknn", "pop"],
+            "metric": ["ndcg", "rmse", "ndcg", "ndcg"],
+            "k": [10, None, 10.0, 5],
+            "value": [0.25, 0.9, 0.31, np.float32(0.5)],
+            "split": ["temporal_holdout"] * 4,
+        }
+    )
+    assert store.write_metrics(run_id, metrics) == 4
+    expected = pd.DataFrame(
+        {
+            "model": ["itemknn", "pop", "pop", "pop"],
+            "metric": ["ndcg", "ndcg", "ndcg", "rmse"],
+            "k": pd.array([10, 5, 10, pd.NA], dtype="Int64"),
+            "value": [0.31, 0.5, 0.25, 0.9],
+            "split": ["temporal_holdout"] * 4,
+        }
+    ).astype({"model": "str", "metric": "str", "split": "str"})
+    got = store.metrics_for_run(run_id)
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-6)
+
+    # Writing again replaces (no duplicate keys), and another split is kept separately.
+    store.write_metrics(run_id, metrics.assign(value=metrics["value"] * 2))
+    store.write_metrics(run_id, metrics.iloc[:1].assign(split="random_80_20"))
+    got = store.metrics_for_run(run_id)
+    assert len(got) == 5
+    temporal = got[got["split"] == "temporal_holdout"]
+    assert temporal["value"].tolist() == pytest.approx([0.62, 1.0, 0.5, 1.8])
+    assert store.counts()["model_metrics"] == 5
+
+
+def test_write_metrics_rejects_bad_input(store: Store, run_id: str) -> None:
+    good = pd.DataFrame({"model": ["m"], "metric": ["ndcg"], "k": [10], "value": [0.1], "split": ["s"]})
+    with pytest.raises(ValueError, match="split"):
+        store.write_metrics(run_id, good.drop(columns="split"))
+    with pytest.raises(ValueError, match="'k'"):
+        store.write_metrics(run_id, good.assign(k=0))
+    with pytest.raises(ValueError, match="share a key"):
+        store.write_metrics(run_id, pd.concat([good, good]))
+    with pytest.raises(LookupError, match="start_run"):
+        store.write_metrics("missing-run", good)
+    assert store.counts()["model_metrics"] == 0
+
+
+def test_write_features_wide_to_long(store: Store, run_id: str) -> None:
+    wide = pd.DataFrame(
+        {"user_id": ["u2", "u1"], "age": [31, np.nan], "is_new": [True, False], "share_drama": [0.25, 0.5]}
+    )
+    assert store.write_features(run_id, AS_OF_1, "user", wide, "user_id") == 5  # u1's missing age is skipped
+    t = features_table
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(t.c.as_of, t.c.entity, t.c.entity_id, t.c.feature, t.c.value).order_by(t.c.entity_id, t.c.feature)
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (AS_OF_1, "user", "u1", "is_new", 0.0),
+        (AS_OF_1, "user", "u1", "share_drama", 0.5),
+        (AS_OF_1, "user", "u2", "age", 31.0),
+        (AS_OF_1, "user", "u2", "is_new", 1.0),
+        (AS_OF_1, "user", "u2", "share_drama", 0.25),
+    ]
+    # Rewriting the same run/as_of/entity replaces; item features live beside user features.
+    assert store.write_features(run_id, AS_OF_1, "user", wide[["user_id", "age"]], "user_id") == 1
+    items = pd.DataFrame({"item_id": ["i1"], "popularity": [3]})
+    assert store.write_features(run_id, AS_OF_1, "item", items, "item_id") == 1
+    assert store.counts()["features"] == 2
+
+
+def test_write_features_rejects_bad_input(store: Store, run_id: str) -> None:
+    wide = pd.DataFrame({"user_id": ["u1", "u2"], "gender": ["F", "M"], "age": [1, 2]})
+    with pytest.raises(ValueError, match="gender"):
+        store.write_features(run_id, AS_OF_1, "user", wide, "user_id")
+    with pytest.raises(ValueError, match="entity"):
+        store.write_features(run_id, AS_OF_1, "movie", wide[["user_id", "age"]], "user_id")
+    with pytest.raises(ValueError, match="share a key"):
+        store.write_features(run_id, AS_OF_1, "user", pd.DataFrame({"user_id": ["u1", "u1"], "a": [1, 2]}), "user_id")
+    assert store.counts()["features"] == 0
+
+
+# -- publish and read --------------------------------------------------------------------------------------------
+
+
+def test_publish_then_read_back_ordered_by_rank(store: Store, run_id: str) -> None:
+    frame = pd.concat([recs("pop", {"u1": ["a", "b", "c"], "u2": ["b", "a"]}), recs("knn", {"u1": ["c", "d"]})])
+    shuffled = frame.sample(frac=1.0, random_state=0)  # stored order must not depend on input order
+    assert store.publish(run_id, AS_OF_1, shuffled, None) == 7
+
+    got = store.read_recommendations("u1", model="pop")
+    assert got.columns.tolist() == ["as_of", "model", "user_id", "rank", "item_id", "score", "run_id"]
+    assert got["item_id"].tolist() == ["a", "b", "c"]
+    assert got["rank"].tolist() == [1, 2, 3]
+    assert got["score"].tolist() == pytest.approx([1.0, 0.5, 1 / 3])
+    assert (got["as_of"] == pd.Timestamp(AS_OF_1)).all()
+    assert set(got["run_id"]) == {run_id}
+    assert str(got["as_of"].dtype) == "datetime64[us, UTC]"
+    assert store.read_recommendations("u1", model="pop", limit=2)["item_id"].tolist() == ["a", "b"]
+    assert store.read_recommendations("u1", model="knn", as_of=AS_OF_1)["item_id"].tolist() == ["c", "d"]
+    # A naive as_of means UTC, and an aware one in another zone denotes the same instant.
+    same_instant = AS_OF_1.astimezone(timezone(timedelta(hours=-5)))
+    assert len(store.read_recommendations("u2", model="pop", as_of=same_instant)) == 2
+    assert len(store.read_recommendations("u2", model="pop", as_of=AS_OF_1.replace(tzinfo=None))) == 2
+    # No champion yet: the default (champion) read is empty.
+    assert store.read_recommendations("u1").empty
+
+
+def test_read_for_unknown_user_is_an_empty_typed_frame(store: Store, run_id: str) -> None:
+    store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["a"]}), ChampionDecision("pop", "ndcg", 0.1, "only"))
+    for got in (
+        store.read_recommendations("nobody"),
+        store.read_recommendations("nobody", model="pop"),
+        store.read_recommendations("u1", model="unknown-model"),
+    ):
+        assert got.empty
+        assert got.columns.tolist() == ["as_of", "model", "user_id", "rank", "item_id", "score", "run_id"]
+        assert str(got["rank"].dtype) == "int64"
+        assert str(got["as_of"].dtype) == "datetime64[us, UTC]"
+
+
+def test_republishing_the_same_as_of_replaces_rows(store: Store, run_id: str) -> None:
+    champion = ChampionDecision("pop", "ndcg", 0.4, "best ndcg@10")
+    frame = pd.concat([recs("pop", {"u1": ["a", "b"], "u2": ["c"]}), recs("knn", {"u1": ["d"]})])
+    store.publish(run_id, AS_OF_1, frame, champion)
+    counts = store.counts()
+    rerun = store.start_run(dataset="toy", source="toy.csv", as_of=AS_OF_1, parameters={}, flow_run_id=None)
+    store.publish(
+        rerun,
+        AS_OF_1,
+        recs("pop", {"u1": ["b", "a"], "u2": ["c"]}, 10.0).pipe(
+            lambda f: pd.concat([f, recs("knn", {"u1": ["d"]}, 10.0)])
+        ),
+        ChampionDecision("knn", "ndcg", 0.6, "rerun"),
+    )
+    after = store.counts()
+    assert after["recommendations"] == counts["recommendations"] == 4
+    assert after["champions"] == counts["champions"] == 1
+    got = store.read_recommendations("u1", model="pop")
+    assert got["item_id"].tolist() == ["b", "a"]
+    assert got["score"].tolist() == pytest.approx([11.0, 10.5])
+    assert set(got["run_id"]) == {rerun}
+    assert champions_rows(store) == [(AS_OF_1, "knn", "ndcg", 0.6, "rerun")]
+
+
+def test_publishing_one_model_keeps_the_others(store: Store, run_id: str) -> None:
+    store.publish(run_id, AS_OF_1, pd.concat([recs("pop", {"u1": ["a"]}), recs("knn", {"u1": ["b"]})]), None)
+    store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["z"]}), None)
+    assert store.read_recommendations("u1", model="pop")["item_id"].tolist() == ["z"]
+    assert store.read_recommendations("u1", model="knn")["item_id"].tolist() == ["b"]
+
+
+def test_publishing_another_as_of_keeps_the_first(store: Store, run_id: str) -> None:
+    store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["a", "b"]}), None)
+    first = all_recommendations(store)
+    store.publish(run_id, AS_OF_2, recs("pop", {"u1": ["c", "d"]}), None)
+    assert store.counts()["recommendations"] == 4
+    pd.testing.assert_frame_equal(
+        all_recommendations(store).iloc[:2].reset_index(drop=True), first.reset_index(drop=True)
+    )
+    assert store.read_recommendations("u1", model="pop", as_of=AS_OF_1)["item_id"].tolist() == ["a", "b"]
+    # as_of None: the latest as_of published for that model.
+    assert store.read_recommendations("u1", model="pop")["item_id"].tolist() == ["c", "d"]
+
+
+def test_champion_view_serves_the_latest_as_of_with_a_champion(store: Store, run_id: str) -> None:
+    both = {"u1": ["a", "b"]}
+    store.publish(
+        run_id,
+        AS_OF_1,
+        pd.concat([recs("pop", both), recs("knn", {"u1": ["c"]})]),
+        ChampionDecision("pop", "ndcg", 0.3, "first"),
+    )
+    store.publish(
+        run_id,
+        AS_OF_2,
+        pd.concat([recs("pop", {"u1": ["d"]}), recs("knn", {"u1": ["e", "f"]})]),
+        ChampionDecision("knn", "ndcg", 0.4, "knn wins"),
+    )
+    # A later as_of without a champion does not change what the view serves.
+    store.publish(run_id, AS_OF_3, recs("pop", {"u1": ["g"]}), None)
+
+    got = store.read_recommendations("u1")
+    assert got["model"].tolist() == ["knn", "knn"]
+    assert got["item_id"].tolist() == ["e", "f"]
+    assert (got["as_of"] == pd.Timestamp(AS_OF_2)).all()
+    assert store.read_recommendations("u1", limit=1)["item_id"].tolist() == ["e"]
+    # The view itself, as other SQL clients see it.
+    v = champion_recommendations
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(v.c.model, v.c.item_id).order_by(v.c.rank)).all()
+    assert [tuple(r) for r in rows] == [("knn", "e"), ("knn", "f")]
+    # model None with an as_of: that as_of's champion.
+    assert store.read_recommendations("u1", as_of=AS_OF_1)["item_id"].tolist() == ["a", "b"]
+    assert store.read_recommendations("u1", as_of=AS_OF_3).empty
+
+
+def test_champion_without_rows_is_refused_and_rolled_back(store: Store, run_id: str) -> None:
+    store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["a"]}), ChampionDecision("pop", "ndcg", 0.3, "first"))
+    before, before_champions = all_recommendations(store), champions_rows(store)
+    with pytest.raises(ValueError, match="'knn' has no recommendations"):
+        store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["x"]}), ChampionDecision("knn", "ndcg", 0.9, "?"))
+    pd.testing.assert_frame_equal(all_recommendations(store), before)
+    assert champions_rows(store) == before_champions
+
+
+def test_failure_mid_publish_leaves_previous_rows(store: Store, run_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.publish(
+        run_id,
+        AS_OF_1,
+        recs("pop", {"u1": ["a", "b", "c"], "u2": ["d"]}),
+        ChampionDecision("pop", "ndcg", 0.3, "first"),
+    )
+    before, before_champions = all_recommendations(store), champions_rows(store)
+
+    # Small chunks, and the driver-level insert fails on the second chunk: by then the old rows are deleted
+    # and the first new chunk is inserted, all in the open transaction.
+    monkeypatch.setattr(store_module, "CHUNK_ROWS", 2)
+    calls: list[str] = []
+    real = Connection.exec_driver_sql
+
+    def flaky(self: Connection, statement: str, parameters: Any = None, **kw: Any) -> Any:
+        if statement.startswith("INSERT INTO recommendations"):
+            calls.append(statement)
+            if len(calls) == 2:
+                raise RuntimeError("disk full (injected)")
+        return real(self, statement, parameters, **kw)
+
+    monkeypatch.setattr(Connection, "exec_driver_sql", flaky)
+    new = recs("pop", {"u1": ["x", "y", "z"], "u2": ["w"]}, 5.0)
+    with pytest.raises(RuntimeError, match="injected"):
+        store.publish(run_id, AS_OF_1, new, ChampionDecision("pop", "ndcg", 0.9, "second"))
+    assert len(calls) == 2
+    monkeypatch.undo()
+
+    pd.testing.assert_frame_equal(all_recommendations(store), before)
+    assert champions_rows(store) == before_champions
+    assert store.read_recommendations("u1")["item_id"].tolist() == ["a", "b", "c"]
+
+    # With the fault gone, the same publish goes through in chunks.
+    monkeypatch.setattr(store_module, "CHUNK_ROWS", 2)
+    assert store.publish(run_id, AS_OF_1, new, None) == 4
+    assert store.read_recommendations("u1")["item_id"].tolist() == ["x", "y", "z"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.drop(columns="score"), "score"),
+        (lambda f: f.assign(user_id=["u1", None, "u2"]), "user_id"),
+        (lambda f: f.assign(rank=[1, 1, 1]), "share a key"),
+        (lambda f: f.assign(rank=[0, 1, 1]), "rank"),
+        (lambda f: f.assign(rank=[1.5, 2, 1]), "rank"),
+        (lambda f: f.assign(score=[1.0, np.nan, 1.0]), "score"),
+        (lambda f: f.assign(score=[1.0, np.inf, 1.0]), "score"),
+    ],
+)
+def test_publish_rejects_bad_frames_without_touching_rows(store: Store, run_id: str, change: Any, message: str) -> None:
+    store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["a"]}), None)
+    before = all_recommendations(store)
+    bad = change(recs("pop", {"u1": ["x", "y"], "u2": ["z"]}))
+    with pytest.raises(ValueError, match=message):
+        store.publish(run_id, AS_OF_1, bad, None)
+    pd.testing.assert_frame_equal(all_recommendations(store), before)
+
+
+def test_publish_needs_a_started_run(store: Store) -> None:
+    with pytest.raises(LookupError, match="start_run"):
+        store.publish("missing-run", AS_OF_1, recs("pop", {"u1": ["a"]}), None)
+    assert store.counts()["recommendations"] == 0
+
+
+def test_counts(store: Store, run_id: str) -> None:
+    store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["a", "b"], "u2": ["c"]}), ChampionDecision("pop", "m", 1, "r"))
+    assert store.counts() == {"runs": 1, "model_metrics": 0, "recommendations": 3, "features": 0, "champions": 1}
+
+
+def test_bulk_publish_rate(store: Store, run_id: str) -> None:
+    users, per_user, models = 943, 50, ("pop", "itemknn")
+    rng = np.random.default_rng(0)
+    n = users * per_user * len(models)
+    frame = pd.DataFrame(
+        {
+            "model": np.repeat(models, users * per_user),
+            "user_id": np.tile(np.repeat([str(u) for u in range(1, users + 1)], per_user), len(models)),
+            "rank": np.tile(np.arange(1, per_user + 1), users * len(models)),
+            "item_id": rng.integers(1, 1683, n).astype(str),
+            "score": rng.random(n),
+        }
+    )
+    started = time.perf_counter()
+    written = store.publish(run_id, AS_OF_1, frame, ChampionDecision("itemknn", "ndcg", 0.3, "bench"))
+    elapsed = time.perf_counter() - started
+    rate = written / elapsed
+    print(f"\npublish: {written} rows in {elapsed:.2f} s = {rate:,.0f} rows/s (SQLite)")
+    assert written == n == store.counts()["recommendations"]
+    assert rate > 20_000
+    got = store.read_recommendations("943")
+    expected = frame[(frame["model"] == "itemknn") & (frame["user_id"] == "943")]
+    assert got["item_id"].tolist() == expected["item_id"].tolist()
+    assert got["score"].to_numpy() == pytest.approx(expected["score"].to_numpy())
+
+
+def test_schema_and_view_compile_for_postgresql_without_a_server() -> None:
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateTable
+
+    dialect = postgresql.dialect()
+    view = str(
+        store_module.CreateView("champion_recommendations", store_module._champion_view_select()).compile(
+            dialect=dialect
+        )
+    )
+    assert view.startswith("CREATE VIEW champion_recommendations AS SELECT recommendations.as_of")
+    assert "max(champions.as_of)" in view
+    ddl = str(CreateTable(recommendations_table).compile(dialect=dialect))
+    assert "as_of TIMESTAMP WITHOUT TIME ZONE NOT NULL" in ddl
+    assert "PRIMARY KEY (as_of, model, user_id, rank)" in ddl
