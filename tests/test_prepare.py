@@ -1,0 +1,334 @@
+"""Tests for recforge.prepare: interaction cleaning with row accounting, and train-only imputation."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recforge.data.contract import ITEM, RATING, TIMESTAMP, USER, DataError
+from recforge.prepare import (
+    REPEAT_COUNT,
+    CleaningReport,
+    Imputer,
+    ImputeRule,
+    clean_interactions,
+)
+
+
+def _ts(seconds: list[int]) -> pd.Series:
+    return pd.Series(pd.to_datetime(seconds, unit="s", utc=True))
+
+
+def _interactions(rows: list[tuple[str, str, float, int]], **extra: list[object]) -> pd.DataFrame:
+    users, items, ratings, seconds = zip(*rows, strict=True)
+    frame = pd.DataFrame({USER: list(users), ITEM: list(items), RATING: list(ratings), TIMESTAMP: _ts(list(seconds))})
+    for name, values in extra.items():
+        frame[name] = values
+    return frame
+
+
+def _accounted(report: CleaningReport) -> int:
+    return (
+        report.input_rows
+        - sum(report.invalid_rows_dropped.values())
+        - report.exact_duplicates_dropped
+        - report.repeats_collapsed
+    )
+
+
+# ----------------------------------------------------------------------------------------------- cleaning
+
+
+def test_repeats_collapse_to_latest_event_with_count() -> None:
+    frame = _interactions(
+        [
+            ("u1", "i1", 2.0, 300),  # latest of three u1/i1 events -> kept
+            ("u1", "i1", 5.0, 100),
+            ("u2", "i1", 4.0, 200),
+            ("u1", "i1", 3.0, 200),
+        ],
+        source=["c", "a", "x", "b"],
+    )
+    out, report = clean_interactions(frame)
+
+    assert list(out[USER]) == ["u2", "u1"]  # sorted by timestamp: 200 then 300
+    u1 = out.loc[out[USER] == "u1"].iloc[0]
+    assert u1[RATING] == 2.0
+    assert u1[TIMESTAMP] == pd.Timestamp(300, unit="s", tz="UTC")
+    assert u1["source"] == "c"  # extra columns come from the latest event
+    assert u1[REPEAT_COUNT] == 3
+    assert out.loc[out[USER] == "u2", REPEAT_COUNT].item() == 1
+    assert out[REPEAT_COUNT].dtype == np.int64
+    assert isinstance(out.index, pd.RangeIndex) and list(out.index) == [0, 1]
+    assert report.repeats_collapsed == 2
+    assert report.exact_duplicates_dropped == 0
+    assert report.output_rows == 2
+
+
+def test_tied_latest_timestamp_keeps_later_row_in_input_order() -> None:
+    frame = _interactions([("u", "i", 1.0, 50), ("u", "i", 4.0, 50), ("u", "i", 2.0, 10)])
+    out, _ = clean_interactions(frame)
+    assert out[RATING].tolist() == [4.0]
+    assert out[REPEAT_COUNT].tolist() == [3]
+
+
+def test_exact_duplicates_counted_apart_from_repeats() -> None:
+    frame = _interactions(
+        [("u", "i", 3.0, 10), ("u", "i", 3.0, 10), ("u", "i", 4.0, 20), ("v", "i", 1.0, 5), ("v", "i", 1.0, 5)]
+    )
+    out, report = clean_interactions(frame)
+    assert report.exact_duplicates_dropped == 2
+    assert report.repeats_collapsed == 1
+    # Exact duplicates are not events of their own: u/i counts its two distinct events.
+    assert dict(zip(out[USER], out[REPEAT_COUNT], strict=True)) == {"u": 2, "v": 1}
+    assert list(out[USER]) == ["v", "u"]
+
+
+def test_output_sorted_by_timestamp_then_user_then_item() -> None:
+    frame = _interactions(
+        [("b", "y", 1.0, 7), ("a", "z", 1.0, 7), ("a", "x", 1.0, 7), ("c", "c", 1.0, 1), ("a", "a", 1.0, 9)]
+    )
+    out, _ = clean_interactions(frame)
+    assert list(zip(out[USER], out[ITEM], strict=True)) == [
+        ("c", "c"),
+        ("a", "x"),
+        ("a", "z"),
+        ("b", "y"),
+        ("a", "a"),
+    ]
+
+
+def test_drop_reasons_are_counted_and_sum_to_rows_removed() -> None:
+    frame = _interactions(
+        [
+            ("u1", "i1", 4.0, 1),  # 0 kept
+            ("u1", "i2", 9.0, 2),  # 1 flagged by validation (rating out of range)
+            ("u2", "i1", np.nan, 3),  # 2 missing rating
+            ("ghost", "i1", 3.0, 4),  # 3 unknown user
+            ("u2", "gone", 3.0, 5),  # 4 unknown item
+            ("u2", "i2", 2.0, 6),  # 5 kept
+            ("u2", "i2", 2.0, 6),  # 6 exact duplicate of 5
+            ("u2", "i2", 5.0, 7),  # 7 repeat of the pair of 5 -> collapsed into one row
+            ("ghost", "i2", 9.0, 8),  # 8 flagged AND unknown user: counted once, under the flag
+        ]
+    )
+    out, report = clean_interactions(
+        frame,
+        drop_rows={"rating out of range": np.array([1, 8])},
+        known_users=pd.Index(["u1", "u2"]),
+        known_items=pd.Index(["i1", "i2"]),
+    )
+    assert report.invalid_rows_dropped == {
+        "rating out of range": 2,
+        "unknown user": 1,
+        "unknown item": 1,
+        "missing rating": 1,
+    }
+    assert report.exact_duplicates_dropped == 1
+    assert report.repeats_collapsed == 1
+    assert report.input_rows == 9 and report.output_rows == 2 == len(out)
+    assert _accounted(report) == report.output_rows
+    assert list(zip(out[USER], out[ITEM], out[RATING], out[REPEAT_COUNT], strict=True)) == [
+        ("u1", "i1", 4.0, 1),
+        ("u2", "i2", 5.0, 2),
+    ]
+
+
+def test_all_missing_rating_column_is_treated_as_implicit() -> None:
+    frame = _interactions([("u", "i", np.nan, 1), ("v", "i", np.nan, 2)])
+    out, report = clean_interactions(frame)
+    assert len(out) == 2
+    assert "missing rating" not in report.invalid_rows_dropped
+
+
+def test_missing_ids_are_dropped_and_counted_not_lost() -> None:
+    frame = _interactions([("u", "i", 1.0, 1), ("v", "i", 1.0, 2)])
+    frame.loc[1, USER] = None
+    out, report = clean_interactions(frame)
+    assert report.invalid_rows_dropped == {"missing user_id": 1}
+    assert out[USER].tolist() == ["u"]
+
+
+def test_report_records_and_summary() -> None:
+    frame = _interactions([("u", "i", 1.0, 1), ("u", "i", 1.0, 1), ("u", "i", 2.0, 2), ("v", "j", 1.0, 3)])
+    _, report = clean_interactions(frame, drop_rows={"bad": np.array([3])})
+    records = report.to_records()
+    assert records[0] == {"step": "input rows", "rows": 4}
+    assert {"step": "dropped: bad", "rows": 1} in records
+    assert records[-1] == {"step": "output rows", "rows": 1}
+    summary = report.summary()
+    assert "4 rows in -> 1 rows out" in summary and "bad: 1" in summary and "1 exact duplicates" in summary
+
+
+def test_report_rejects_inconsistent_accounting() -> None:
+    with pytest.raises(ValueError, match="does not add up"):
+        CleaningReport(
+            input_rows=10, exact_duplicates_dropped=1, repeats_collapsed=1, invalid_rows_dropped={}, output_rows=9
+        )
+
+
+def test_clean_does_not_mutate_input() -> None:
+    frame = _interactions([("u", "i", 1.0, 2), ("u", "i", 2.0, 1), ("v", "i", 3.0, 0)])
+    before = frame.copy(deep=True)
+    clean_interactions(frame, drop_rows={"x": np.array([2])}, known_users=pd.Index(["u", "v"]))
+    pd.testing.assert_frame_equal(frame, before)
+
+
+def test_cleaning_twice_keeps_repeat_counts() -> None:
+    frame = _interactions([("u", "i", 1.0, 1), ("u", "i", 2.0, 2), ("u", "i", 3.0, 3), ("v", "i", 1.0, 1)])
+    once, _ = clean_interactions(frame)
+    twice, report = clean_interactions(once)
+    pd.testing.assert_frame_equal(once, twice)
+    assert report.repeats_collapsed == 0
+
+
+def test_bad_drop_rows_and_id_mismatch_raise_actionable_errors() -> None:
+    frame = _interactions([("1", "i", 1.0, 1), ("2", "i", 1.0, 2)])
+    with pytest.raises(DataError, match="outside the 2 interactions rows"):
+        clean_interactions(frame, drop_rows={"x": np.array([5])})
+    with pytest.raises(DataError, match="boolean mask"):
+        clean_interactions(frame, drop_rows={"x": np.array([True, False])})
+    with pytest.raises(DataError, match="Read ids as strings"):
+        clean_interactions(frame, known_users=pd.Index([1, 2]))
+    with pytest.raises(DataError, match="lacks column"):
+        clean_interactions(frame.drop(columns=[TIMESTAMP]))
+    with pytest.raises(DataError, match="not datetime"):
+        clean_interactions(frame.assign(timestamp=[1, 2]))
+
+
+def test_collapse_of_one_million_rows_is_fast() -> None:
+    rng = np.random.default_rng(7)
+    n = 1_000_000
+    frame = pd.DataFrame(
+        {
+            USER: pd.Series(rng.integers(0, 20_000, n)).astype(str),
+            ITEM: pd.Series(rng.integers(0, 2_000, n)).astype(str),
+            RATING: rng.integers(1, 6, n).astype(np.float64),
+            TIMESTAMP: pd.to_datetime(rng.integers(0, 10_000_000, n), unit="s", utc=True),
+        }
+    )
+    start = time.perf_counter()
+    out, report = clean_interactions(frame)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 15.0, f"collapsing 1M rows took {elapsed:.1f} s"
+    n_pairs = len(frame[[USER, ITEM]].drop_duplicates())
+    assert len(out) == n_pairs
+    assert int(out[REPEAT_COUNT].sum()) == n - report.exact_duplicates_dropped
+    assert out[TIMESTAMP].is_monotonic_increasing
+
+
+# --------------------------------------------------------------------------------------------- imputation
+
+
+def _users() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            USER: ["a", "b", "c", "d", "t1", "t2"],
+            "age": [20.0, np.nan, 30.0, 40.0, 90.0, 95.0],
+            "occupation": ["doctor", "artist", None, "artist", "retired", "retired"],
+            "genres": ["A|B", None, "A|B", "C", "C", "C"],
+        }
+    )
+
+
+TRAIN_IDS = pd.Index(["a", "b", "c", "d"])
+
+
+def test_imputer_fits_only_on_training_ids() -> None:
+    users = _users()
+    imputer = Imputer([ImputeRule("age", "median")]).fit(users, id_column=USER, fit_ids=TRAIN_IDS)
+    # Train rows' ages 20, 30, 40 -> 30; all rows (with test-only 90, 95) would give 40.
+    assert imputer.statistics_["age"] == 30.0
+    assert users["age"].median() == 40.0
+    out = imputer.transform(users)
+    assert out.loc[1, "age"] == 30.0
+
+
+def test_imputer_strategies_hand_computed() -> None:
+    users = _users()
+    rules = [
+        ImputeRule("age", "mean"),
+        ImputeRule("occupation", "most_frequent"),
+        ImputeRule("genres", "constant", fill_value="unknown"),
+    ]
+    imputer = Imputer(rules).fit(users, id_column=USER, fit_ids=TRAIN_IDS)
+    assert imputer.statistics_ == {"age": 30.0, "occupation": "artist", "genres": "unknown"}
+    out = imputer.transform(users)
+    assert out["age"].tolist() == [20.0, 30.0, 30.0, 40.0, 90.0, 95.0]
+    assert out["occupation"].tolist() == ["doctor", "artist", "artist", "artist", "retired", "retired"]
+    assert out.loc[1, "genres"] == "unknown"
+    assert imputer.report() == [
+        {"column": "age", "strategy": "mean", "value": 30.0, "filled": 1},
+        {"column": "occupation", "strategy": "most_frequent", "value": "artist", "filled": 1},
+        {"column": "genres", "strategy": "constant", "value": "unknown", "filled": 1},
+    ]
+
+
+def test_default_rules_numeric_median_other_most_frequent() -> None:
+    users = _users()
+    users["empty"] = pd.Series([None] * 6, dtype="str")
+    imputer = Imputer().fit(users, id_column=USER, fit_ids=TRAIN_IDS)
+    strategies = {rule.column: rule.strategy for rule in imputer.rules_}
+    assert strategies == {
+        "age": "median",
+        "occupation": "most_frequent",
+        "genres": "most_frequent",
+        "empty": "most_frequent",
+    }
+    # genres is multi-label text: the whole label string is one category; "A|B" occurs twice among train ids.
+    assert imputer.statistics_["genres"] == "A|B"
+    assert imputer.statistics_["age"] == 30.0
+    assert imputer.statistics_["empty"] == "unknown"
+    out = imputer.transform(users)
+    assert out[USER].tolist() == users[USER].tolist()
+    assert out["empty"].eq("unknown").all()
+    assert not out.isna().any().any()
+
+
+def test_most_frequent_tie_takes_smallest_value() -> None:
+    table = pd.DataFrame({"id": ["1", "2", "3"], "city": ["zurich", "athens", None]})
+    imputer = Imputer([ImputeRule("city", "most_frequent")]).fit(table, id_column="id")
+    assert imputer.statistics_["city"] == "athens"
+
+
+def test_transform_does_not_mutate_and_ids_are_never_imputed() -> None:
+    users = _users()
+    users.loc[5, USER] = None
+    before = users.copy(deep=True)
+    imputer = Imputer().fit(users, id_column=USER, fit_ids=TRAIN_IDS)
+    out = imputer.transform(users)
+    pd.testing.assert_frame_equal(users, before)
+    assert pd.isna(out.loc[5, USER])
+    assert USER not in imputer.statistics_
+    with pytest.raises(DataError, match="never imputed"):
+        Imputer([ImputeRule(USER, "most_frequent")]).fit(users, id_column=USER)
+
+
+def test_rule_errors_name_the_columns() -> None:
+    users = _users()
+    with pytest.raises(DataError, match=r"\['agee'\].*\['user_id', 'age', 'occupation', 'genres'\]"):
+        Imputer([ImputeRule("agee", "median")]).fit(users, id_column=USER)
+    with pytest.raises(DataError, match="needs numbers"):
+        Imputer([ImputeRule("occupation", "median")]).fit(users, id_column=USER)
+    with pytest.raises(DataError, match="not text"):
+        Imputer([ImputeRule("occupation", "constant", fill_value=0)]).fit(users, id_column=USER)
+    with pytest.raises(ValueError, match="needs a fill_value"):
+        ImputeRule("age", "constant")
+    with pytest.raises(ValueError, match="unknown strategy"):
+        ImputeRule("age", "mode")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="none of the table's user_id values are in fit_ids"):
+        Imputer().fit(users, id_column=USER, fit_ids=pd.Index([1, 2]))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        Imputer().transform(users)
+    fitted = Imputer([ImputeRule("age", "median")]).fit(users, id_column=USER)
+    with pytest.raises(DataError, match="lacks column"):
+        fitted.transform(users.drop(columns=["age"]))
+
+
+def test_nullable_integer_column_widens_for_fractional_median() -> None:
+    table = pd.DataFrame({"id": ["1", "2", "3"], "n": pd.array([1, 2, None], dtype="Int64")})
+    out = Imputer([ImputeRule("n", "median")]).fit_transform(table, id_column="id")
+    assert out["n"].tolist() == [1.0, 2.0, 1.5]
