@@ -1,0 +1,304 @@
+"""Interactions (and optional user/item tables) from CSV, TSV or Parquet files.
+
+Also home of the column normalisation every tabular source shares (``sql.py`` uses it too): mapping source
+column names to the contract's, reading ids as exact text, ratings as float64 and timestamps as UTC.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from recforge.data.contract import GENRES, ITEM, RATING, TIMESTAMP, USER, DataError, Dataset
+
+#: Contract columns a ``columns`` mapping may rename.
+MAPPABLE_COLUMNS: tuple[str, ...] = (USER, ITEM, RATING, TIMESTAMP)
+#: Units accepted for numeric (epoch) timestamps, as understood by ``pandas.to_datetime``.
+TIMESTAMP_UNITS: tuple[str, ...] = ("D", "h", "m", "s", "ms", "us", "ns")
+_PARQUET_SUFFIXES = {".parquet", ".pq"}
+_TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+_COMPRESSION_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst"}
+# pandas' default missing-value markers (documented for read_csv). Applied to every column but the ids, where
+# only an empty cell means missing: "NA" or "null" may well be a real user or item code.
+_TEXT_NA_VALUES = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+    "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+]  # fmt: skip
+# Epoch values that land after this year were almost surely given in a finer unit than declared.
+_LATEST_PLAUSIBLE_YEAR = 2200
+_SHOW = 5  # offending values quoted in an error message
+
+
+class SourceUnavailableError(DataError, OSError):
+    """A source that could not be reached (network download, database connection).
+
+    It is a :class:`DataError` for messages and also an ``OSError``, so I/O retry policies (the ingest task
+    retries OSErrors) retry it, while contract violations, which are plain DataErrors, fail at once.
+    """
+
+
+def load_files(
+    interactions: Path,
+    users: Path | None = None,
+    items: Path | None = None,
+    columns: dict[str, str] | None = None,
+    sep: str | None = None,
+    timestamp_unit: str = "s",
+    name: str | None = None,
+) -> Dataset:
+    """Load a dataset from delimited text or Parquet files.
+
+    Args:
+        interactions: events file with user id, item id, timestamp and optionally rating columns.
+        users: optional user attribute file (a user id column plus attributes).
+        items: optional item attribute file (an item id column plus attributes, e.g. ``genres``).
+        columns: contract name → source column name, e.g. ``{"user_id": "customer", "item_id": "sku",
+            "timestamp": "ts"}``; the id mappings apply to all three files. Unmapped names are expected as is.
+        sep: field separator for text files; by default ``,`` for ``.csv`` and tab for ``.tsv``/``.tab``.
+            ``.parquet``/``.pq`` files are read as Parquet whatever ``sep`` says, so the files may be mixed.
+        timestamp_unit: unit of numeric (epoch) timestamps: one of :data:`TIMESTAMP_UNITS`. Text timestamps
+            are parsed as ISO 8601; those without an offset are taken as UTC.
+        name: dataset name; defaults to the interactions file's stem.
+
+    Raises:
+        DataError: unreadable file, unknown format, missing column (the message lists the columns found and
+            how to map them), or unparseable ratings/timestamps.
+    """
+    mapping = check_column_mapping(columns)
+    interactions = Path(interactions)
+    id_sources = [mapping.get(USER, USER), mapping.get(ITEM, ITEM)]
+    frame = standardize_interactions(
+        read_table(interactions, sep=sep, text_columns=id_sources), mapping, str(interactions), timestamp_unit
+    )
+    tables: dict[str, pd.DataFrame | None] = {"users": None, "items": None}
+    for table, path, id_column in (("users", users, USER), ("items", items, ITEM)):
+        if path is not None:
+            raw = read_table(Path(path), sep=sep, text_columns=[mapping.get(id_column, id_column)])
+            tables[table] = standardize_entities(raw, id_column, mapping, str(path))
+    paths = {"interactions": interactions, "users": users, "items": items}
+    return Dataset(
+        name=name or _stem(interactions),
+        interactions=frame,
+        users=tables["users"],
+        items=tables["items"],
+        source="; ".join(f"{table}={path}" for table, path in paths.items() if path is not None),
+        rating_range=None,
+        metadata={"timestamp_unit": timestamp_unit, **{t: str(p) for t, p in paths.items() if p is not None}},
+    )
+
+
+def check_column_mapping(columns: Mapping[str, str] | None) -> dict[str, str]:
+    """Validate a contract-name → source-name mapping; unknown contract names are an error."""
+    mapping = dict(columns or {})
+    unknown = sorted(set(mapping) - set(MAPPABLE_COLUMNS))
+    if unknown:
+        raise DataError(
+            f"columns mapping has unknown key(s) {unknown}: keys are the contract's column names "
+            f"{list(MAPPABLE_COLUMNS)} and values your columns, e.g. user_id=customer"
+        )
+    bad = {k: v for k, v in mapping.items() if not isinstance(v, str) or not v}
+    if bad:
+        raise DataError(f"columns mapping values must be non-empty column names; got {bad}")
+    return mapping
+
+
+def read_table(path: Path, sep: str | None = None, text_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a CSV/TSV/Parquet file; ``text_columns`` (ids) are read as text with only empty cells missing."""
+    path = Path(path)
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
+        suffixes = suffixes[:-1]
+    suffix = suffixes[-1] if suffixes else ""
+    if not path.is_file():
+        raise DataError(f"file {path} does not exist (or is not a file)")
+    try:
+        if suffix in _PARQUET_SUFFIXES:
+            return pd.read_parquet(path)
+        separator = sep if sep is not None else _TEXT_SEPARATORS.get(suffix)
+        if separator is None:
+            raise DataError(
+                f"cannot tell the format of {path} from its extension {suffix or '(none)'}: use .csv, .tsv, "
+                ".tab, .parquet or .pq, or give the separator (sep / --sep)"
+            )
+        # utf-8-sig: a byte-order mark from spreadsheet exports would otherwise stick to the first column name.
+        header = pd.read_csv(path, sep=separator, nrows=0, encoding="utf-8-sig").columns
+        text = set(text_columns)
+        return pd.read_csv(
+            path,
+            sep=separator,
+            encoding="utf-8-sig",
+            dtype={c: str for c in header if c in text},
+            keep_default_na=False,
+            na_values={c: [""] if c in text else _TEXT_NA_VALUES for c in header},
+        )
+    except DataError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read {path}: it is not UTF-8 text ({exc}); re-save it as UTF-8") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"cannot read {path}: the file is empty") from exc
+    except (OSError, ValueError, ImportError, pd.errors.ParserError) as exc:
+        kind = "Parquet" if suffix in _PARQUET_SUFFIXES else f"delimited text (sep={sep!r})"
+        raise DataError(f"cannot read {path} as {kind}: {exc}") from exc
+
+
+def standardize_interactions(
+    df: pd.DataFrame, columns: Mapping[str, str], origin: str, timestamp_unit: str = "s"
+) -> pd.DataFrame:
+    """Rename mapped columns to the contract's and convert ids, rating and timestamp to contract dtypes.
+
+    ``origin`` names the file or table in error messages. Contract columns come first; extra columns are kept.
+    """
+    mapping = check_column_mapping(columns)
+    has_rating = mapping.get(RATING, RATING) in df.columns
+    if RATING in mapping and not has_rating:
+        _missing_column(df, RATING, mapping, origin)  # asked for explicitly, so absence is an error
+    required = [USER, ITEM, TIMESTAMP, *([RATING] if has_rating else [])]
+    out = _rename(df, required, mapping, origin)
+    out[USER] = ids_to_text(out[USER])
+    out[ITEM] = ids_to_text(out[ITEM])
+    if has_rating:
+        out[RATING] = _ratings(out[RATING], f"{origin}, column {mapping.get(RATING, RATING)!r}")
+    out[TIMESTAMP] = to_utc(out[TIMESTAMP], timestamp_unit, f"{origin}, column {mapping.get(TIMESTAMP, TIMESTAMP)!r}")
+    return out[required + [c for c in out.columns if c not in required]].reset_index(drop=True)
+
+
+def standardize_entities(df: pd.DataFrame, id_column: str, columns: Mapping[str, str], origin: str) -> pd.DataFrame:
+    """A users (``id_column="user_id"``) or items table: rename the id column and read ids as text."""
+    mapping = check_column_mapping(columns)
+    out = _rename(df, [id_column], mapping, origin)
+    out[id_column] = ids_to_text(out[id_column])
+    if GENRES in out.columns:
+        out[GENRES] = out[GENRES].astype("str")
+    return out[[id_column] + [c for c in out.columns if c != id_column]].reset_index(drop=True)
+
+
+def ids_to_text(values: pd.Series) -> pd.Series:
+    """Identifiers as exact text (``str`` dtype); missing stays missing, integral floats lose their ``.0``.
+
+    Integers convert digit for digit (2**62 + 1 survives); floats only occur when a reader widened an integer
+    column with gaps, so ``7.0`` means id ``7``.
+    """
+    if pd.api.types.is_float_dtype(values.dtype):
+        finite = values.dropna()
+        if (finite == finite.round()).all() and (finite.abs() < 2**63).all():
+            return values.astype("Int64").astype("str")
+        return values.astype("str")
+    if values.dtype == object:
+        return values.map(_id_text, na_action="ignore").astype("str")
+    return values.astype("str")
+
+
+def to_utc(values: pd.Series, unit: str, origin: str) -> pd.Series:
+    """Timestamps as tz-aware UTC datetimes.
+
+    Datetime values: naive ones are taken as UTC, aware ones converted. Numbers (or numeric text): epoch in
+    ``unit``. Other text: ISO 8601, naive → UTC. ``origin`` names the file/table and column for errors.
+    """
+    if unit not in TIMESTAMP_UNITS:
+        raise DataError(f"timestamp unit {unit!r} is not one of {list(TIMESTAMP_UNITS)} (for {origin})")
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC")
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        return values.dt.tz_localize("UTC")
+    if pd.api.types.is_bool_dtype(values.dtype):
+        raise DataError(f"{origin} holds true/false values, not timestamps")
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return _from_epoch(values, unit, origin)
+    numbers = pd.to_numeric(values, errors="coerce")
+    present = values.notna()
+    if present.any() and numbers[present].notna().all():
+        return _from_epoch(numbers, unit, origin)
+    if values.dtype == object and values[present].map(lambda v: hasattr(v, "year")).all():
+        # datetime/date objects, as database drivers return them
+        return pd.to_datetime(values, utc=True)
+    parsed = pd.to_datetime(values.astype("str"), utc=True, format="ISO8601", errors="coerce")
+    bad = parsed.isna() & present
+    if bad.any():
+        raise DataError(
+            f"{origin}: {int(bad.sum())} timestamp(s) are neither epoch numbers nor ISO 8601 datetimes, e.g. "
+            f"{_examples(values, bad)}; write them like 2024-01-31T13:45:00Z or as epoch numbers"
+        )
+    return parsed
+
+
+def _from_epoch(numbers: pd.Series, unit: str, origin: str) -> pd.Series:
+    hint = f"are the timestamps in another unit than {unit!r}? set timestamp_unit (--timestamp-unit)"
+    try:
+        out = pd.to_datetime(numbers, unit=unit, utc=True)
+    except (OverflowError, ValueError) as exc:
+        raise DataError(f"{origin}: epoch timestamps out of range ({exc}); {hint}") from exc
+    late = out.dt.year > _LATEST_PLAUSIBLE_YEAR
+    if late.any():
+        raise DataError(
+            f"{origin}: {int(late.sum())} epoch timestamp(s) fall after {_LATEST_PLAUSIBLE_YEAR}, e.g. "
+            f"{_examples(numbers, late)}; {hint}"
+        )
+    return out
+
+
+def _ratings(values: pd.Series, origin: str) -> pd.Series:
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() & values.notna()
+    if bad.any():
+        raise DataError(
+            f"{origin}: {int(bad.sum())} rating(s) are not numbers, e.g. {_examples(values, bad)}; "
+            "fix them, or map rating to another column"
+        )
+    return numbers.astype("float64")
+
+
+def _rename(df: pd.DataFrame, names: list[str], mapping: Mapping[str, str], origin: str) -> pd.DataFrame:
+    """Copy of ``df`` with the source columns of ``names`` renamed to the contract names."""
+    renames: dict[str, str] = {}
+    for target in names:
+        source = mapping.get(target, target)
+        if source not in df.columns:
+            _missing_column(df, target, mapping, origin)
+        if source != target:
+            if target in df.columns:
+                raise DataError(
+                    f"{origin} has both {source!r} (mapped to {target}) and a column named {target!r}; "
+                    f"rename or drop one of them"
+                )
+            renames[source] = target
+    return df.rename(columns=renames)
+
+
+def _missing_column(df: pd.DataFrame, target: str, mapping: Mapping[str, str], origin: str) -> None:
+    source = mapping.get(target, target)
+    found = [str(c) for c in df.columns]
+    close = difflib.get_close_matches(source, found, n=1, cutoff=0.5)
+    guess = close[0] if close else "<your column>"
+    what = f"column {source!r} (mapped to {target})" if source != target else f"column {target!r}"
+    raise DataError(
+        f"{origin} has no {what}; columns found: {found}. Map yours with --columns {target}={guess} "
+        f"(columns={{{target!r}: {guess!r}}} in Python)"
+    )
+
+
+def _id_text(value: object) -> str:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _examples(values: pd.Series, mask: pd.Series) -> str:
+    rows = values[mask].head(_SHOW)
+    return ", ".join(f"row {i}: {v!r}" for i, v in rows.items())
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in reversed(path.suffixes):
+        if suffix.lower() in _COMPRESSION_SUFFIXES | _PARQUET_SUFFIXES | set(_TEXT_SEPARATORS):
+            name = name[: -len(suffix)]
+        else:
+            break
+    return name or path.name

@@ -1,0 +1,204 @@
+"""Which source to ingest, as one frozen value, and the dispatch from it to the loaders."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recforge.data.contract import DataError, Dataset
+from recforge.data.files import TIMESTAMP_UNITS, check_column_mapping, load_files
+from recforge.data.movielens import OFFICIAL_URL, load_movielens_100k
+from recforge.data.sql import load_sql, mask_url
+from recforge.data.synthetic import generate_synthetic
+
+#: Source kinds :func:`load_dataset` understands.
+KINDS: tuple[str, ...] = ("synthetic", "movielens-100k", "csv", "parquet", "sql")
+_PATH_FIELDS = ("data_dir", "interactions", "users", "items")
+_INT_FIELDS = ("synthetic_users", "synthetic_items", "synthetic_events", "seed")
+_SEP_ALIASES = {"\\t": "\t", "tab": "\t", "TAB": "\t"}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where the interactions come from. Only the fields of the chosen ``kind`` are used.
+
+    Attributes:
+        kind: one of :data:`KINDS`.
+        data_dir: movielens-100k: folder with GroupLens/RecBole files; None downloads to the cache.
+        interactions: csv/parquet: the events file (the extension picks the format per file, so csv and
+            parquet kinds behave the same and files may be mixed).
+        users: csv/parquet: optional user attributes file.
+        items: csv/parquet: optional item attributes file.
+        columns: csv/parquet/sql: contract column name → source column name, e.g. {"user_id": "customer"}.
+        sep: csv: field separator when the extension does not tell it.
+        timestamp_unit: csv/parquet/sql: unit of numeric epoch timestamps ("s", "ms", ...).
+        source_url: sql: the SQLAlchemy database URL; movielens-100k: the zip to download instead of the
+            official one (None = official).
+        table: sql: interactions table name (exactly one of table/query).
+        query: sql: SQL text returning the interactions, run as is.
+        users_table: sql: optional users table name.
+        items_table: sql: optional items table name.
+        schema: sql: schema of the named tables.
+        synthetic_users: synthetic: number of users.
+        synthetic_items: synthetic: number of items.
+        synthetic_events: synthetic: number of events.
+        seed: synthetic: random seed.
+    """
+
+    kind: str = "synthetic"
+    data_dir: Path | None = None
+    interactions: Path | None = None
+    users: Path | None = None
+    items: Path | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    sep: str | None = None
+    timestamp_unit: str = "s"
+    source_url: str | None = None
+    table: str | None = None
+    query: str | None = None
+    users_table: str | None = None
+    items_table: str | None = None
+    schema: str | None = None
+    synthetic_users: int = 1500
+    synthetic_items: int = 800
+    synthetic_events: int = 60_000
+    seed: int = 42
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any]) -> SourceSpec:
+        """Build a spec from a config mapping (e.g. parsed YAML or CLI options).
+
+        Unknown keys and unknown kinds are rejected. Paths may be strings; ``columns`` may be a mapping, a
+        ``"user_id=customer,item_id=sku"`` string or a list of ``"key=value"`` strings; None values are
+        treated as absent.
+        """
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise DataError(f"unknown source setting(s) {unknown}; valid settings: {valid}")
+        values: dict[str, Any] = {k: v for k, v in d.items() if v is not None}
+        kind = values.get("kind", cls.kind)
+        if kind not in KINDS:
+            raise DataError(f"unknown source kind {kind!r}; valid kinds: {list(KINDS)}")
+        for name in _PATH_FIELDS:
+            if name in values:
+                values[name] = Path(values[name]).expanduser()
+        for name in _INT_FIELDS:
+            if name in values:
+                values[name] = _as_int(name, values[name])
+        if "columns" in values:
+            values["columns"] = check_column_mapping(_parse_columns(values["columns"]))
+        if "sep" in values:
+            # A tab is hard to type on a command line or in YAML: accept the escape and the word.
+            values["sep"] = _SEP_ALIASES.get(values["sep"], values["sep"])
+        unit = values.get("timestamp_unit", cls.timestamp_unit)
+        if unit not in TIMESTAMP_UNITS:
+            raise DataError(f"timestamp_unit {unit!r} is not one of {list(TIMESTAMP_UNITS)}")
+        return cls(**values)
+
+    def describe(self) -> str:
+        """One line for logs: the kind and its settings, with any database password masked."""
+        if self.kind == "synthetic":
+            return (
+                f"synthetic(users={self.synthetic_users}, items={self.synthetic_items}, "
+                f"events={self.synthetic_events}, seed={self.seed})"
+            )
+        if self.kind == "movielens-100k":
+            where = str(self.data_dir) if self.data_dir else f"download {mask_url(self.source_url or OFFICIAL_URL)}"
+            return f"movielens-100k({where})"
+        parts: list[str] = []
+        if self.kind == "sql":
+            parts.append(f"url={mask_url(self.source_url or '')}")
+            if self.table:
+                parts.append(f"table={_qualified(self.table, self.schema)}")
+            if self.query:
+                text = " ".join(self.query.split())
+                parts.append(f"query={text[:60] + '…' if len(text) > 60 else text!r}")
+            parts += [f"{t}={_qualified(v, self.schema)}" for t, v in self._tables() if v]
+        else:
+            parts += [f"{n}={getattr(self, n)}" for n in ("interactions", "users", "items") if getattr(self, n)]
+            if self.sep is not None:
+                parts.append(f"sep={self.sep!r}")
+        if self.columns:
+            parts.append("columns=" + ",".join(f"{k}={v}" for k, v in self.columns.items()))
+        if self.timestamp_unit != "s":
+            parts.append(f"timestamp_unit={self.timestamp_unit}")
+        return f"{self.kind}({', '.join(parts)})"
+
+    def _tables(self) -> list[tuple[str, str | None]]:
+        return [("users_table", self.users_table), ("items_table", self.items_table)]
+
+
+def load_dataset(spec: SourceSpec) -> Dataset:
+    """Load the dataset ``spec`` describes; missing settings for its kind are a DataError naming them."""
+    if spec.kind == "synthetic":
+        try:
+            return generate_synthetic(
+                n_users=spec.synthetic_users,
+                n_items=spec.synthetic_items,
+                n_events=spec.synthetic_events,
+                seed=spec.seed,
+            )
+        except ValueError as exc:
+            raise DataError(
+                f"synthetic source: {exc} (adjust synthetic_users, synthetic_items, synthetic_events)"
+            ) from exc
+    if spec.kind == "movielens-100k":
+        return load_movielens_100k(data_dir=spec.data_dir, url=spec.source_url or OFFICIAL_URL)
+    if spec.kind in ("csv", "parquet"):
+        if spec.interactions is None:
+            raise DataError(f"source kind {spec.kind!r} needs interactions (the events file path)")
+        return load_files(
+            spec.interactions,
+            users=spec.users,
+            items=spec.items,
+            columns=spec.columns,
+            sep=spec.sep,
+            timestamp_unit=spec.timestamp_unit,
+        )
+    if spec.kind == "sql":
+        if not spec.source_url:
+            raise DataError("source kind 'sql' needs source_url (a SQLAlchemy URL such as sqlite:///events.db)")
+        return load_sql(
+            spec.source_url,
+            table=spec.table,
+            query=spec.query,
+            columns=spec.columns,
+            users_table=spec.users_table,
+            items_table=spec.items_table,
+            schema=spec.schema,
+            timestamp_unit=spec.timestamp_unit,
+        )
+    raise DataError(f"unknown source kind {spec.kind!r}; valid kinds: {list(KINDS)}")
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise DataError(f"source setting {name} must be an integer; got {value!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"source setting {name} must be an integer; got {value!r}") from None
+
+
+def _parse_columns(value: Any) -> dict[str, str]:
+    """``{"user_id": "customer"}``, ``"user_id=customer,item_id=sku"`` or ``["user_id=customer", ...]``."""
+    if isinstance(value, Mapping):
+        return {str(k): str(v) for k, v in value.items()}
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise DataError(f"columns must be a mapping or 'name=column' pairs; got {value!r}")
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, column = str(item).partition("=")
+        if not eq or not key.strip() or not column.strip():
+            raise DataError(f"columns entry {item!r} is not of the form user_id=<your column>")
+        out[key.strip()] = column.strip()
+    return out
+
+
+def _qualified(name: str, schema: str | None) -> str:
+    return f"{schema}.{name}" if schema else name

@@ -1,0 +1,683 @@
+"""Tests of the ingest sources: synthetic, MovieLens 100K, files, SQL, and the SourceSpec dispatch."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import http.server
+import io
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from recforge.data.contract import GENRES, ITEM, RATING, TIMESTAMP, USER, DataError, Dataset
+from recforge.data.files import SourceUnavailableError, load_files
+from recforge.data.movielens import U_DATA_MD5, load_movielens_100k
+from recforge.data.sources import KINDS, SourceSpec, load_dataset
+from recforge.data.sql import load_sql, mask_url
+from recforge.data.synthetic import GENRE_NAMES, generate_synthetic
+
+ML100K = Path(__file__).resolve().parents[1].parent / "shared/data/ml-100k"
+BIG_ID = 2**62 + 1  # above 2**53: a float round trip would change it
+
+
+def assert_contract(ds: Dataset, ratings: bool = True) -> None:
+    """String ids (no "nan" text), float64 rating, tz-aware UTC timestamps; id columns first in attr tables."""
+    inter = ds.interactions
+    for col in (USER, ITEM):
+        assert pd.api.types.is_string_dtype(inter[col].dtype), col
+        present = inter[col].dropna()
+        assert present.map(type).eq(str).all(), col
+        assert not present.eq("nan").any(), col
+    if ratings:
+        assert inter[RATING].dtype == np.float64
+    else:
+        assert RATING not in inter.columns
+    assert isinstance(inter[TIMESTAMP].dtype, pd.DatetimeTZDtype)
+    assert str(inter[TIMESTAMP].dt.tz) == "UTC"
+    for table, id_col in ((ds.users, USER), (ds.items, ITEM)):
+        if table is not None:
+            assert table.columns[0] == id_col
+            assert table[id_col].dropna().map(type).eq(str).all()
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> Dataset:
+    return generate_synthetic()
+
+
+def test_synthetic_shape_and_contract(synthetic: Dataset) -> None:
+    assert_contract(synthetic)
+    inter = synthetic.interactions
+    assert synthetic.name == "synthetic"
+    assert synthetic.rating_range == (1.0, 5.0)
+    assert len(inter) == 60_000
+    assert synthetic.users is not None and synthetic.items is not None
+    assert list(synthetic.users.columns) == [USER, "age", "gender", "occupation"]
+    assert list(synthetic.items.columns) == [ITEM, "title", GENRES, "release_year"]
+    assert len(synthetic.users) == 1500 and synthetic.users[USER].is_unique
+    assert len(synthetic.items) == 800 and synthetic.items[ITEM].is_unique
+    assert inter[USER].str.fullmatch(r"u\d+").all() and inter[ITEM].str.fullmatch(r"i\d+").all()
+    assert set(inter[USER]) == set(synthetic.users[USER])  # every user has events
+    assert set(inter[ITEM]) <= set(synthetic.items[ITEM])
+    assert inter.groupby(USER).size().min() >= 5
+    assert set(inter[RATING].unique()) == {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert 3.0 < inter[RATING].mean() < 4.0
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    assert inter[TIMESTAMP].min() >= start and inter[TIMESTAMP].max() < start + pd.Timedelta(days=180)
+    assert inter[TIMESTAMP].is_monotonic_increasing
+
+
+def test_synthetic_attributes_have_realistic_gaps(synthetic: Dataset) -> None:
+    users, items = synthetic.users, synthetic.items
+    assert users is not None and items is not None
+    assert 0.05 < users["age"].isna().mean() < 0.11
+    assert 0.02 < users["gender"].isna().mean() < 0.08
+    assert 0.02 < users["occupation"].isna().mean() < 0.08
+    assert 0.02 < items["release_year"].isna().mean() < 0.08
+    assert 0.0 < items[GENRES].isna().mean() < 0.05
+    assert str(users["age"].dtype) == "Int64" and users["age"].dropna().between(13, 80).all()
+    assert set(users["gender"].dropna()) == {"M", "F"}
+    labels = set(items[GENRES].dropna().str.split("|").explode())
+    assert labels == set(GENRE_NAMES)
+
+
+def test_synthetic_has_duplicates_and_later_repeats(synthetic: Dataset) -> None:
+    inter = synthetic.interactions
+    exact = inter.duplicated().mean()
+    assert 0.003 < exact < 0.008
+    # Repeated pairs that are not exact copies: same user and item, later time, a different rating.
+    pairs = (
+        inter.drop_duplicates()
+        .groupby([USER, ITEM])
+        .agg(n=(RATING, "size"), ratings=(RATING, "nunique"), first=(TIMESTAMP, "min"), last=(TIMESTAMP, "max"))
+    )
+    repeated = pairs[pairs["n"] > 1]
+    assert 0.005 * len(inter) < len(repeated) < 0.02 * len(inter)
+    assert (repeated["ratings"] > 1).mean() > 0.95
+    assert (repeated["last"] > repeated["first"]).all()
+
+
+def test_synthetic_is_deterministic_per_seed() -> None:
+    a = generate_synthetic(n_users=200, n_items=120, n_events=4000, seed=7)
+    b = generate_synthetic(n_users=200, n_items=120, n_events=4000, seed=7)
+    c = generate_synthetic(n_users=200, n_items=120, n_events=4000, seed=8)
+    for name, frame in a.tables().items():
+        pd.testing.assert_frame_equal(frame, b.tables()[name])
+    assert not a.interactions.equals(c.interactions)
+    assert not a.users.equals(c.users)  # type: ignore[union-attr]
+    assert len(c.interactions) == 4000 and c.interactions.groupby(USER).size().min() >= 5
+
+
+def test_synthetic_honours_start_and_days() -> None:
+    ds = generate_synthetic(n_users=50, n_items=40, n_events=600, start="2023-06-01", days=10)
+    ts = ds.interactions[TIMESTAMP]
+    assert ts.min() >= pd.Timestamp("2023-06-01", tz="UTC")
+    assert ts.max() < pd.Timestamp("2023-06-11", tz="UTC")
+    shifted = generate_synthetic(n_users=50, n_items=40, n_events=600, start="2023-06-01T00:00+02:00", days=10)
+    assert (ts - shifted.interactions[TIMESTAMP]).eq(pd.Timedelta(hours=2)).all()
+
+
+def test_synthetic_users_have_their_own_active_periods(synthetic: Dataset) -> None:
+    span = synthetic.interactions.groupby(USER)[TIMESTAMP].agg(lambda t: t.max() - t.min())
+    window = pd.Timedelta(days=180)
+    assert (span < 0.5 * window).mean() > 0.4  # many users are active for a part of the window only
+    first = synthetic.interactions.groupby(USER)[TIMESTAMP].min()
+    assert (first > pd.Timestamp("2024-03-01", tz="UTC")).mean() > 0.2  # and users join throughout it
+
+
+def test_synthetic_rejects_impossible_sizes() -> None:
+    with pytest.raises(ValueError, match="each user needs"):
+        generate_synthetic(n_users=100, n_items=50, n_events=300)  # fewer than 5 events per user
+    with pytest.raises(ValueError, match="each user needs"):
+        generate_synthetic(n_users=10, n_items=20, n_events=1000)  # more than half the catalogue per user
+    with pytest.raises(ValueError, match="n_items >= 5"):
+        generate_synthetic(n_users=10, n_items=3, n_events=60)
+
+
+def test_synthetic_is_fast() -> None:
+    began = time.perf_counter()
+    generate_synthetic(seed=3)
+    assert time.perf_counter() - began < 2.0
+
+
+def test_synthetic_popularity_is_long_tailed(synthetic: Dataset) -> None:
+    counts = synthetic.interactions[ITEM].value_counts()
+    top = counts.iloc[: int(np.ceil(0.1 * 800))].sum() / counts.sum()
+    assert top > 0.35
+    assert counts.iloc[-80:].sum() / counts.sum() < 0.02  # and a thin tail
+
+
+def test_synthetic_users_concentrate_on_their_favourite_genre(synthetic: Dataset) -> None:
+    items = synthetic.items
+    assert items is not None
+    genre_of = items.dropna(subset=[GENRES]).assign(genre=lambda d: d[GENRES].str.split("|")).explode("genre")
+    events = synthetic.interactions.merge(genre_of[[ITEM, "genre"]], on=ITEM)
+    per_user = events.groupby([USER, "genre"]).size().unstack(fill_value=0)
+    share = per_user.div(synthetic.interactions.groupby(USER).size(), axis=0)
+    base = events["genre"].value_counts() / len(synthetic.interactions)
+    favourite = share.idxmax(axis=1)
+    # Users' favourite genre takes far more of their events than that genre's share of all events.
+    assert share.max(axis=1).mean() > 2.0 * base[favourite].to_numpy().mean()
+
+
+def test_synthetic_collaborative_signal_beats_popularity(synthetic: Dataset) -> None:
+    """Leave-last-out hit rate@10: item-item cosine neighbours must clearly beat most-popular."""
+    events = synthetic.interactions.drop_duplicates([USER, ITEM]).sort_values(TIMESTAMP, kind="stable")
+    last = events.groupby(USER).tail(1)
+    train = events.drop(last.index)
+    users = {u: i for i, u in enumerate(events[USER].unique())}
+    items = {t: i for i, t in enumerate(events[ITEM].unique())}
+    x = np.zeros((len(users), len(items)))
+    x[train[USER].map(users), train[ITEM].map(items)] = 1.0
+    co = x.T @ x
+    norm = np.sqrt(np.diag(co)) + 1e-9
+    sim = co / np.outer(norm, norm)
+    np.fill_diagonal(sim, 0.0)
+    rows = last[USER].map(users).to_numpy()
+    target = last[ITEM].map(items).to_numpy()
+
+    def hit_rate(scores: np.ndarray) -> float:
+        scores = np.where(x[rows] > 0, -np.inf, scores)
+        top = np.argpartition(-scores, 10, axis=1)[:, :10]
+        return float((top == target[:, None]).any(axis=1).mean())
+
+    popularity = hit_rate(np.broadcast_to(x.sum(axis=0), (len(rows), len(items))))
+    neighbours = hit_rate(x[rows] @ sim)
+    assert popularity > 0.05  # popularity carries real signal too
+    assert neighbours > 1.4 * popularity
+
+
+# ---------------------------------------------------------------- MovieLens 100K
+
+
+def test_movielens_shared_folder_loads() -> None:
+    ds = load_movielens_100k(ML100K)
+    assert_contract(ds)
+    assert ds.name == "movielens-100k" and ds.rating_range == (1.0, 5.0)
+    inter, users, items = ds.interactions, ds.users, ds.items
+    assert users is not None and items is not None
+    assert len(inter) == 100_000 and inter[USER].nunique() == 943 and inter[ITEM].nunique() == 1682
+    assert len(users) == 943 and len(items) == 1682
+    assert list(users.columns) == [USER, "age", "gender", "occupation", "zip_code"]
+    assert list(items.columns) == [ITEM, "title", "release_year", GENRES]
+    # First line of u.data: 196 242 3 881250949.
+    first = inter.iloc[0]
+    assert (first[USER], first[ITEM], first[RATING]) == ("196", "242", 3.0)
+    assert first[TIMESTAMP] == pd.Timestamp("1997-12-04 15:55:49", tz="UTC")
+    toy_story = items.set_index(ITEM).loc["1"]
+    assert toy_story[GENRES] == "Animation|Children's|Comedy" and toy_story["release_year"] == 1995
+    assert items[GENRES].notna().mean() > 0.99
+    assert users.set_index(USER).loc["1", "zip_code"] == "85711"
+    # This folder has no u.item, so items come from the RecBole file.
+    assert ds.metadata["items"] == "ml-100k.item" and ds.metadata["interactions"] == "u.data"
+
+
+def _write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_text(text, encoding=encoding)
+    return path
+
+
+U_ITEM = (
+    "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+    "2|Misérables, Les (1995)|01-Jan-1995||http://y|0|0|0|0|0|0|0|0|1|0|0|0|1|0|0|0|0|0|0\n"
+    "3|unknown||||1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+)
+
+
+def test_movielens_grouplens_item_file_is_latin1_with_genre_flags(tmp_path: Path) -> None:
+    _write(tmp_path / "u.data", "1\t1\t5\t0\n1\t2\t3\t60\n2\t3\t1\t86400\n")
+    _write(tmp_path / "u.item", U_ITEM, encoding="latin-1")
+    ds = load_movielens_100k(tmp_path)
+    items = ds.items
+    assert items is not None and ds.users is None
+    assert items[ITEM].tolist() == ["1", "2", "3"]
+    assert items["title"].tolist()[:2] == ["Toy Story (1995)", "Misérables, Les (1995)"]
+    assert items[GENRES].tolist()[:2] == ["Animation|Children's|Comedy", "Drama|Musical"]
+    assert pd.isna(items[GENRES].iloc[2])  # only the "unknown" flag → no genre
+    assert items["release_year"].tolist()[:2] == [1995, 1995] and pd.isna(items["release_year"].iloc[2])
+    assert ds.interactions[TIMESTAMP].tolist() == [
+        pd.Timestamp("1970-01-01 00:00:00", tz="UTC"),
+        pd.Timestamp("1970-01-01 00:01:00", tz="UTC"),
+        pd.Timestamp("1970-01-02 00:00:00", tz="UTC"),
+    ]
+
+
+def test_movielens_reads_genre_names_from_u_genre(tmp_path: Path) -> None:
+    _write(tmp_path / "u.data", "1\t1\t5\t0\n")
+    _write(tmp_path / "u.genre", "unknown|0\nFirst|1\nSecond|2\n\n")
+    _write(tmp_path / "u.item", "1|A|01-Jan-2000|||0|1|1\n2|B|||url|0|0|1\n", encoding="latin-1")
+    items = load_movielens_100k(tmp_path).items
+    assert items is not None
+    assert items[GENRES].tolist() == ["First|Second", "Second"]
+
+
+def test_movielens_recbole_only_folder(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "ml-100k.inter",
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n7\t9\t4\t881250949\n8\t9\t2.0\t60.0\n",
+    )
+    _write(
+        tmp_path / "ml-100k.user",
+        "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n7\t31\tF\tunknown\t0123\n",
+    )
+    _write(
+        tmp_path / "ml-100k.item",
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        '9\tThe "Quoted" Film\t1994\tComedy Sci-Fi\n10\tunknown\tunknown\tunknown\n',
+    )
+    ds = load_movielens_100k(tmp_path)
+    assert_contract(ds)
+    inter, users, items = ds.interactions, ds.users, ds.items
+    assert users is not None and items is not None
+    assert inter[USER].tolist() == ["7", "8"] and inter[RATING].tolist() == [4.0, 2.0]
+    assert inter[TIMESTAMP].iloc[1] == pd.Timestamp("1970-01-01 00:01:00", tz="UTC")
+    assert users.iloc[0].tolist()[:3] == ["7", 31, "F"]
+    assert pd.isna(users["occupation"].iloc[0]) and users["zip_code"].iloc[0] == "0123"
+    assert items.iloc[0][["title", "release_year", GENRES]].tolist() == ['The "Quoted" Film', 1994, "Comedy|Sci-Fi"]
+    assert items.iloc[1][["title", "release_year", GENRES]].isna().all()
+
+
+def test_movielens_prefers_grouplens_per_table(tmp_path: Path) -> None:
+    _write(tmp_path / "u.data", "1\t2\t5\t0\n")
+    _write(tmp_path / "ml-100k.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n9\t9\t1\t0\n")
+    _write(tmp_path / "ml-100k.user", "user_id\tage\tgender\toccupation\tzip_code\n1\t20\tM\twriter\t1\n")
+    ds = load_movielens_100k(tmp_path)
+    assert ds.interactions[USER].tolist() == ["1"]  # u.data wins over ml-100k.inter
+    assert ds.users is not None and ds.users["occupation"].tolist() == ["writer"]  # RecBole fallback, untyped header
+    assert ds.items is None
+
+
+def test_movielens_folder_without_either_format(tmp_path: Path) -> None:
+    _write(tmp_path / "ratings.csv", "a,b\n")
+    with pytest.raises(DataError, match=r"u\.data.*ml-100k\.inter") as err:
+        load_movielens_100k(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_movielens_malformed_file_is_named(tmp_path: Path) -> None:
+    bad = _write(tmp_path / "u.data", "1\t2\t5\n")
+    with pytest.raises(DataError, match="expected 4") as err:
+        load_movielens_100k(tmp_path)
+    assert str(bad) in str(err.value)
+
+
+class _ZipServer:
+    """A loopback HTTP server for files in a folder that counts the requests it answered."""
+
+    def __init__(self, root: Path) -> None:
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests += 1
+                super().do_GET()
+
+            def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+
+    def url(self, name: str) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/{name}"
+
+
+@pytest.fixture
+def zip_server(tmp_path: Path) -> Iterator[tuple[_ZipServer, Path]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    server = _ZipServer(root)
+    server.thread.start()
+    yield server, root
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def _ml_zip(path: Path, u_data: bytes) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("ml-100k/u.data", u_data)
+        zf.writestr("ml-100k/u.user", (ML100K / "u.user").read_bytes())
+        zf.writestr("ml-100k/u.item", U_ITEM.encode("latin-1"))
+
+
+def test_movielens_download_verifies_extracts_and_caches(tmp_path: Path, zip_server: tuple[_ZipServer, Path]) -> None:
+    server, root = zip_server
+    _ml_zip(root / "ml-100k.zip", (ML100K / "u.data").read_bytes())
+    cache = tmp_path / "cache" / "ml-100k"
+    ds = load_movielens_100k(cache_dir=cache, url=server.url("ml-100k.zip"))
+    assert len(ds.interactions) == 100_000 and ds.users is not None and len(ds.users) == 943
+    assert ds.items is not None and ds.items[GENRES].tolist()[:2] == ["Animation|Children's|Comedy", "Drama|Musical"]
+    assert (cache / "u.data").is_file() and server.requests == 1
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["ml-100k"]  # no temp folder left behind
+    again = load_movielens_100k(cache_dir=cache, url=server.url("ml-100k.zip"))
+    assert server.requests == 1  # served from the cache
+    pd.testing.assert_frame_equal(again.interactions, ds.interactions)
+
+
+def test_movielens_download_with_wrong_checksum_is_refused(tmp_path: Path, zip_server: tuple[_ZipServer, Path]) -> None:
+    server, root = zip_server
+    data = bytearray((ML100K / "u.data").read_bytes())
+    data[2] = ord("7")  # one changed digit: a corrupt (or tampered) file
+    assert hashlib.md5(bytes(data)).hexdigest() != U_DATA_MD5
+    _ml_zip(root / "tampered.zip", bytes(data))
+    cache = tmp_path / "cache" / "ml-100k"
+    with pytest.raises(DataError, match=f"expected {U_DATA_MD5}"):
+        load_movielens_100k(cache_dir=cache, url=server.url("tampered.zip"))
+    assert not cache.exists()
+    assert list(cache.parent.iterdir()) == []  # the extracted files were deleted
+
+
+def test_movielens_download_of_a_broken_zip_is_refused(tmp_path: Path, zip_server: tuple[_ZipServer, Path]) -> None:
+    server, root = zip_server
+    buffer = io.BytesIO()
+    _ml_zip(root / "ok.zip", (ML100K / "u.data").read_bytes())
+    buffer.write((root / "ok.zip").read_bytes()[:5000])  # truncated transfer
+    (root / "broken.zip").write_bytes(buffer.getvalue())
+    cache = tmp_path / "cache" / "ml-100k"
+    with pytest.raises(DataError, match="not a valid zip"):
+        load_movielens_100k(cache_dir=cache, url=server.url("broken.zip"))
+    with pytest.raises(DataError, match="HTTP 404") as err:
+        load_movielens_100k(cache_dir=cache, url=server.url("missing.zip"))
+    assert not isinstance(err.value, OSError)  # a wrong URL is not worth retrying
+    assert not cache.exists() and list(cache.parent.iterdir()) == []
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_csv_with_column_mapping_preserves_ids(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "orders.csv",
+        "customer,sku,stars,ts,channel\n"
+        f"007,{BIG_ID},4.5,2024-01-01T10:00:00,web\n"
+        "NA,0042,3,2024-01-01T12:00:00+02:00,app\n"
+        ",1,,2024-03-01,web\n",
+    )
+    ds = load_files(path, columns={"user_id": "customer", "item_id": "sku", "rating": "stars", "timestamp": "ts"})
+    assert_contract(ds)
+    inter = ds.interactions
+    assert ds.name == "orders" and ds.source == f"interactions={path}"
+    assert list(inter.columns) == [USER, ITEM, TIMESTAMP, RATING, "channel"]
+    assert inter[USER].tolist()[:2] == ["007", "NA"]  # "NA" is a real code in an id column
+    assert pd.isna(inter[USER].iloc[2])  # an empty id stays missing, not the text "nan"
+    assert inter[ITEM].tolist() == [str(BIG_ID), "0042", "1"]
+    assert inter[RATING].iloc[:2].tolist() == [4.5, 3.0] and pd.isna(inter[RATING].iloc[2])
+    assert inter[TIMESTAMP].tolist() == [
+        pd.Timestamp("2024-01-01 10:00", tz="UTC"),  # naive → UTC
+        pd.Timestamp("2024-01-01 10:00", tz="UTC"),  # +02:00 converted
+        pd.Timestamp("2024-03-01 00:00", tz="UTC"),
+    ]
+    assert inter["channel"].tolist() == ["web", "app", "web"]
+
+
+def test_missing_column_error_explains_the_mapping(tmp_path: Path) -> None:
+    path = _write(tmp_path / "events.tsv", "customer\titem_id\ttimestamp\nu1\ti1\t0\n")
+    with pytest.raises(DataError) as err:
+        load_files(path)
+    message = str(err.value)
+    assert str(path) in message and "'user_id'" in message
+    assert "['customer', 'item_id', 'timestamp']" in message
+    assert "--columns user_id=" in message
+    with pytest.raises(DataError, match=r"'stars' \(mapped to rating\)"):
+        load_files(path, columns={"user_id": "customer", "rating": "stars"})
+    with pytest.raises(DataError, match="unknown key"):
+        load_files(path, columns={"customer": "user_id"})  # reversed mapping
+
+
+def test_implicit_epoch_ms_and_parquet_attribute_tables(tmp_path: Path) -> None:
+    events = _write(tmp_path / "events.tsv", f"user_id\titem_id\ttimestamp\n{BIG_ID}\t5\t1700000000123\nu2\t6\t0\n")
+    pd.DataFrame({"item_id": [5, 6], GENRES: ["A|B", None], "price": [9.5, 3.0]}).to_parquet(tmp_path / "items.pq")
+    pd.DataFrame({"user_id": ["u2"], "age": [30]}).to_parquet(tmp_path / "users.parquet")
+    ds = load_files(events, users=tmp_path / "users.parquet", items=tmp_path / "items.pq", timestamp_unit="ms")
+    assert_contract(ds, ratings=False)
+    assert not ds.has_ratings
+    assert ds.interactions[USER].tolist() == [str(BIG_ID), "u2"]
+    assert ds.interactions[TIMESTAMP].iloc[0] == pd.Timestamp("2023-11-14 22:13:20.123", tz="UTC")
+    items = ds.items
+    assert items is not None and items[ITEM].tolist() == ["5", "6"]  # parquet int64 ids → exact text
+    assert items[GENRES].iloc[0] == "A|B" and pd.isna(items[GENRES].iloc[1])
+    assert ds.users is not None and ds.users["age"].tolist() == [30]
+
+
+def test_parquet_interactions_with_int_float_and_naive_datetime_columns(tmp_path: Path) -> None:
+    path = tmp_path / "events.parquet"
+    pd.DataFrame(
+        {
+            "user_id": pd.array([BIG_ID, 2], dtype="int64"),
+            "item_id": [7.0, np.nan],  # an int column widened to float by a gap
+            "rating": pd.array([5, 1], dtype="int64"),
+            "timestamp": pd.to_datetime(["2024-05-01 08:00", "2024-05-02 09:30"]),
+        }
+    ).to_parquet(path)
+    ds = load_files(path)
+    assert_contract(ds)
+    assert ds.interactions[USER].tolist() == [str(BIG_ID), "2"]
+    assert ds.interactions[ITEM].iloc[0] == "7" and pd.isna(ds.interactions[ITEM].iloc[1])
+    assert ds.interactions[RATING].tolist() == [5.0, 1.0]
+    assert ds.interactions[TIMESTAMP].iloc[1] == pd.Timestamp("2024-05-02 09:30", tz="UTC")
+
+
+def test_timestamp_problems_are_explained(tmp_path: Path) -> None:
+    text = _write(tmp_path / "a.csv", "user_id,item_id,timestamp\nu,i,2024-01-01\nu,i,yesterday\n")
+    with pytest.raises(DataError, match=r"row 1: 'yesterday'"):
+        load_files(text)
+    millis = _write(tmp_path / "b.csv", "user_id,item_id,timestamp\nu,i,1700000000123\n")
+    with pytest.raises(DataError, match="timestamp_unit"):
+        load_files(millis)  # declared seconds, given milliseconds
+    with pytest.raises(DataError, match="not one of"):
+        load_files(millis, timestamp_unit="weeks")
+    stars = _write(tmp_path / "c.csv", "user_id,item_id,timestamp,rating\nu,i,0,five\n")
+    with pytest.raises(DataError, match=r"rating.*'five'"):
+        load_files(stars)
+
+
+def test_unreadable_or_unknown_files_are_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.csv"
+    with pytest.raises(DataError, match=r"nope\.csv"):
+        load_files(missing)
+    garbage = tmp_path / "bad.parquet"
+    garbage.write_bytes(b"this is not parquet")
+    with pytest.raises(DataError, match=r"bad\.parquet.*Parquet"):
+        load_files(garbage)
+    odd = _write(tmp_path / "events.txt", "user_id;item_id;timestamp\nu;i;0\n")
+    with pytest.raises(DataError, match="sep"):
+        load_files(odd)
+    assert load_files(odd, sep=";").interactions[ITEM].tolist() == ["i"]
+    clash = _write(tmp_path / "clash.csv", "customer,user_id,item_id,timestamp\na,b,i,0\n")
+    with pytest.raises(DataError, match="both 'customer'"):
+        load_files(clash, columns={"user_id": "customer"})
+
+
+def test_csv_with_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes("user_id,item_id,timestamp\nu1,i1,0\n".encode("utf-8-sig"))
+    assert load_files(path).interactions[USER].tolist() == ["u1"]
+
+
+# ---------------------------------------------------------------- SQL
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    engine = sa.create_engine(url)
+    meta = sa.MetaData()
+    events = sa.Table(
+        "events",
+        meta,
+        sa.Column("customer", sa.BigInteger),
+        sa.Column("sku", sa.String),
+        sa.Column("stars", sa.Integer),
+        sa.Column("at", sa.DateTime),
+    )
+    products = sa.Table("products", meta, sa.Column("sku", sa.String), sa.Column("genres", sa.String))
+    meta.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            events.insert(),
+            [
+                {"customer": BIG_ID, "sku": "007", "stars": 5, "at": pd.Timestamp("2024-02-01 10:00").to_pydatetime()},
+                {"customer": 2, "sku": "008", "stars": 2, "at": pd.Timestamp("2024-02-02 11:00").to_pydatetime()},
+                {"customer": 2, "sku": "007", "stars": 4, "at": pd.Timestamp("2024-02-03 12:00").to_pydatetime()},
+            ],
+        )
+        conn.execute(products.insert(), [{"sku": "007", "genres": "A|B"}, {"sku": "008", "genres": None}])
+    engine.dispose()
+    return url
+
+
+SQL_COLUMNS = {"user_id": "customer", "item_id": "sku", "rating": "stars", "timestamp": "at"}
+
+
+def test_sql_table_with_items_table(sqlite_url: str) -> None:
+    ds = load_sql(sqlite_url, table="events", columns=SQL_COLUMNS, items_table="products")
+    assert_contract(ds)
+    inter = ds.interactions
+    assert ds.name == "events" and ds.source == f"{sqlite_url} (table events)"
+    assert inter[USER].tolist() == [str(BIG_ID), "2", "2"]
+    assert inter[ITEM].tolist() == ["007", "008", "007"]
+    assert inter[RATING].tolist() == [5.0, 2.0, 4.0]
+    assert inter[TIMESTAMP].iloc[2] == pd.Timestamp("2024-02-03 12:00", tz="UTC")
+    assert ds.items is not None and ds.items[ITEM].tolist() == ["007", "008"]
+
+
+def test_sql_integer_ids_with_nulls_stay_exact(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'gaps.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE clicks (user_id BIGINT, item_id BIGINT, timestamp BIGINT)"))
+        conn.execute(sa.text(f"INSERT INTO clicks VALUES ({BIG_ID}, NULL, 60), (NULL, {BIG_ID}, 120)"))
+    engine.dispose()
+    inter = load_sql(url, table="clicks").interactions
+    assert inter[USER].iloc[0] == str(BIG_ID) and pd.isna(inter[USER].iloc[1])
+    assert inter[ITEM].iloc[1] == str(BIG_ID) and pd.isna(inter[ITEM].iloc[0])
+    assert inter[TIMESTAMP].tolist() == [pd.Timestamp(60, unit="s", tz="UTC"), pd.Timestamp(120, unit="s", tz="UTC")]
+
+
+def test_sql_query_runs_as_given(sqlite_url: str) -> None:
+    query = "SELECT customer, sku, at FROM events WHERE stars >= 4 ORDER BY at"
+    ds = load_sql(sqlite_url, query=query, columns={"user_id": "customer", "item_id": "sku", "timestamp": "at"})
+    assert_contract(ds, ratings=False)
+    assert ds.interactions[[USER, ITEM]].values.tolist() == [[str(BIG_ID), "007"], ["2", "007"]]
+    assert ds.metadata["query"] == query
+
+
+def test_sql_table_names_are_not_sql_text(sqlite_url: str) -> None:
+    with pytest.raises(DataError, match=r"available tables and views: \['events', 'products'\]"):
+        load_sql(sqlite_url, table="events; DROP TABLE products", columns=SQL_COLUMNS)
+    engine = sa.create_engine(sqlite_url)
+    assert sorted(sa.inspect(engine).get_table_names()) == ["events", "products"]  # nothing was dropped
+    engine.dispose()
+
+
+def test_sql_argument_and_query_errors(sqlite_url: str) -> None:
+    with pytest.raises(DataError, match="exactly one"):
+        load_sql(sqlite_url)
+    with pytest.raises(DataError, match="exactly one"):
+        load_sql(sqlite_url, table="events", query="SELECT 1")
+    with pytest.raises(DataError, match="reading the query"):
+        load_sql(sqlite_url, query="SELECT * FROM no_such_table")
+    with pytest.raises(DataError, match=r"has no column 'user_id'.*\['customer', 'sku', 'stars', 'at'\]"):
+        load_sql(sqlite_url, table="events")
+
+
+def test_sql_query_side_effects_are_rolled_back(sqlite_url: str) -> None:
+    cols = {"user_id": "customer", "item_id": "sku", "timestamp": "at"}
+    deleted = load_sql(sqlite_url, query="DELETE FROM events WHERE stars < 3 RETURNING customer, sku, at", columns=cols)
+    assert deleted.interactions[ITEM].tolist() == ["008"]
+    assert len(load_sql(sqlite_url, table="events", columns=SQL_COLUMNS).interactions) == 3
+
+
+def test_unreachable_sources_are_retryable_os_errors(tmp_path: Path, zip_server: tuple[_ZipServer, Path]) -> None:
+    with pytest.raises(SourceUnavailableError, match="cannot connect") as err:
+        load_sql(f"sqlite:///{tmp_path / 'no_such_dir' / 'x.db'}", table="events")
+    assert isinstance(err.value, OSError) and isinstance(err.value, DataError)
+    server, _ = zip_server
+    closed = server.url("ml-100k.zip")
+    server.server.shutdown()
+    server.server.server_close()  # nothing listens on that port any more
+    with pytest.raises(SourceUnavailableError, match="could not download"):
+        load_movielens_100k(cache_dir=tmp_path / "cache", url=closed)
+
+
+def test_mask_url_hides_passwords() -> None:
+    assert mask_url("postgresql+psycopg://bob:s3cret@db.example:5432/shop") == (
+        "postgresql+psycopg://bob:***@db.example:5432/shop"
+    )
+    assert mask_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert "s3cret" not in mask_url("not a url://bob:s3cret@host")
+    with pytest.raises(DataError) as err:  # an invalid SQLite URL carrying a password
+        load_sql("sqlite://bob:s3cret@//tmp/x.db", table="events")
+    assert "s3cret" not in str(err.value) and "bob:***@" in str(err.value)
+
+
+# ---------------------------------------------------------------- SourceSpec
+
+
+def test_source_spec_from_mapping() -> None:
+    spec = SourceSpec.from_mapping(
+        {"kind": "csv", "interactions": "data/events.csv", "columns": "user_id=customer, item_id=sku", "seed": "3"}
+    )
+    assert spec.interactions == Path("data/events.csv") and spec.seed == 3
+    assert spec.columns == {"user_id": "customer", "item_id": "sku"}
+    assert SourceSpec.from_mapping({"columns": ["rating=stars"], "sep": None}).columns == {"rating": "stars"}
+    with pytest.raises(DataError, match=r"unknown source setting\(s\) \['path'\].*'interactions'"):
+        SourceSpec.from_mapping({"kind": "csv", "path": "x.csv"})
+    with pytest.raises(DataError, match=r"valid kinds: .*'movielens-100k'"):
+        SourceSpec.from_mapping({"kind": "excel"})
+    with pytest.raises(DataError, match="integer"):
+        SourceSpec.from_mapping({"synthetic_users": "many"})
+    assert SourceSpec.from_mapping({"sep": "\\t"}).sep == "\t" and SourceSpec.from_mapping({"sep": ";"}).sep == ";"
+    with pytest.raises(DataError, match="timestamp_unit 'sec'"):
+        SourceSpec.from_mapping({"timestamp_unit": "sec"})
+    with pytest.raises(DataError, match="unknown key"):
+        SourceSpec.from_mapping({"columns": {"customer": "user_id"}})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.kind = "sql"  # type: ignore[misc]
+
+
+def test_load_dataset_dispatches_every_kind(tmp_path: Path, sqlite_url: str) -> None:
+    assert set(KINDS) == {"synthetic", "movielens-100k", "csv", "parquet", "sql"}
+    small = load_dataset(SourceSpec(synthetic_users=30, synthetic_items=40, synthetic_events=400, seed=1))
+    assert small.name == "synthetic" and len(small.interactions) == 400
+    with pytest.raises(DataError, match="synthetic_events"):
+        load_dataset(SourceSpec(synthetic_users=30, synthetic_items=20, synthetic_events=400))
+    assert len(load_dataset(SourceSpec(kind="movielens-100k", data_dir=ML100K)).interactions) == 100_000
+    csv = _write(tmp_path / "e.csv", "u,i,t\na,b,0\n")
+    cols = {"user_id": "u", "item_id": "i", "timestamp": "t"}
+    assert load_dataset(SourceSpec(kind="csv", interactions=csv, columns=cols)).interactions[USER].tolist() == ["a"]
+    pq = tmp_path / "e.parquet"
+    pd.read_csv(csv).to_parquet(pq)
+    assert load_dataset(SourceSpec(kind="parquet", interactions=pq, columns=cols)).interactions[ITEM].tolist() == ["b"]
+    sql = load_dataset(SourceSpec(kind="sql", source_url=sqlite_url, table="events", columns=SQL_COLUMNS))
+    assert len(sql.interactions) == 3
+    with pytest.raises(DataError, match="needs interactions"):
+        load_dataset(SourceSpec(kind="csv"))
+    with pytest.raises(DataError, match="needs source_url"):
+        load_dataset(SourceSpec(kind="sql", table="events"))
+    with pytest.raises(DataError, match="valid kinds"):
+        load_dataset(SourceSpec(kind="excel"))
+
+
+def test_describe_is_one_line_without_passwords() -> None:
+    sql = SourceSpec(kind="sql", source_url="postgresql://bob:s3cret@db/shop", query="SELECT *\n  FROM events")
+    text = sql.describe()
+    assert text == "sql(url=postgresql://bob:***@db/shop, query='SELECT * FROM events')"
+    assert SourceSpec().describe() == "synthetic(users=1500, items=800, events=60000, seed=42)"
+    files = SourceSpec(kind="csv", interactions=Path("e.csv"), columns={"user_id": "c"}).describe()
+    assert files == "csv(interactions=e.csv, columns=user_id=c)"
+    assert "\n" not in SourceSpec(kind="movielens-100k").describe()
