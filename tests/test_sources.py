@@ -681,3 +681,19 @@ def test_describe_is_one_line_without_passwords() -> None:
     files = SourceSpec(kind="csv", interactions=Path("e.csv"), columns={"user_id": "c"}).describe()
     assert files == "csv(interactions=e.csv, columns=user_id=c)"
     assert "\n" not in SourceSpec(kind="movielens-100k").describe()
+
+
+def test_rating_range_is_parsed_and_applied(tmp_path: Path) -> None:
+    from recforge.data.sources import SourceSpec, load_dataset
+
+    path = tmp_path / "e.csv"
+    path.write_text("user_id,item_id,rating,timestamp\nu1,i1,4,1000\nu2,i1,9,2000\n")
+    for given in ("0,10", [0, 10], (0.0, 10.0)):
+        spec = SourceSpec.from_mapping({"kind": "csv", "interactions": str(path), "rating_range": given})
+        assert spec.rating_range == (0.0, 10.0)
+        assert load_dataset(spec).rating_range == (0.0, 10.0)
+    assert "rating_range=0-10" in spec.describe()
+    assert load_dataset(SourceSpec.from_mapping({"kind": "csv", "interactions": str(path)})).rating_range is None
+    for bad in ("5,1", "one,five", [1]):
+        with pytest.raises(DataError, match="rating_range"):
+            SourceSpec.from_mapping({"kind": "csv", "interactions": str(path), "rating_range": bad})

@@ -46,6 +46,8 @@ class SourceSpec:
         synthetic_items: synthetic: number of items.
         synthetic_events: synthetic: number of events.
         seed: synthetic: random seed.
+        rating_range: the valid rating scale, e.g. (1, 5); ratings outside it fail validation. Overrides the
+            scale a source declares itself (MovieLens and synthetic declare 1–5); None keeps the source's.
     """
 
     kind: str = "synthetic"
@@ -66,6 +68,7 @@ class SourceSpec:
     synthetic_items: int = 800
     synthetic_events: int = 60_000
     seed: int = 42
+    rating_range: tuple[float, float] | None = None
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any]) -> SourceSpec:
@@ -94,6 +97,8 @@ class SourceSpec:
         if "sep" in values:
             # A tab is hard to type on a command line or in YAML: accept the escape and the word.
             values["sep"] = _SEP_ALIASES.get(values["sep"], values["sep"])
+        if "rating_range" in values:
+            values["rating_range"] = _parse_rating_range(values["rating_range"])
         unit = values.get("timestamp_unit", cls.timestamp_unit)
         if unit not in TIMESTAMP_UNITS:
             raise DataError(f"timestamp_unit {unit!r} is not one of {list(TIMESTAMP_UNITS)}")
@@ -126,14 +131,36 @@ class SourceSpec:
             parts.append("columns=" + ",".join(f"{k}={v}" for k, v in self.columns.items()))
         if self.timestamp_unit != "s":
             parts.append(f"timestamp_unit={self.timestamp_unit}")
+        if self.rating_range is not None:
+            parts.append(f"rating_range={self.rating_range[0]:g}-{self.rating_range[1]:g}")
         return f"{self.kind}({', '.join(parts)})"
 
     def _tables(self) -> list[tuple[str, str | None]]:
         return [("users_table", self.users_table), ("items_table", self.items_table)]
 
 
+def _parse_rating_range(value: Any) -> tuple[float, float]:
+    """``(1, 5)``, ``[1, 5]`` or ``"1,5"`` → ``(1.0, 5.0)``; anything else is a DataError saying the format."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        low, high = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise DataError(f"rating_range must be two numbers 'min,max' such as '1,5', got {value!r}") from None
+    if not low < high:
+        raise DataError(f"rating_range must have min < max, got {low} and {high}")
+    return (low, high)
+
+
 def load_dataset(spec: SourceSpec) -> Dataset:
-    """Load the dataset ``spec`` describes; missing settings for its kind are a DataError naming them."""
+    """Load the dataset ``spec`` describes, with ``spec.rating_range`` (if set) as its rating scale."""
+    dataset = _load(spec)
+    if spec.rating_range is not None:
+        dataset = dataclasses.replace(dataset, rating_range=spec.rating_range)
+    return dataset
+
+
+def _load(spec: SourceSpec) -> Dataset:
+    """Dispatch on ``spec.kind``; missing settings for its kind are a DataError naming them."""
     if spec.kind == "synthetic":
         try:
             return generate_synthetic(

@@ -1,0 +1,259 @@
+"""The ``recforge`` command line: ``run``, ``recommendations``, ``models``.
+
+Option values are validated before Prefect starts, so a typo costs a clear message, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from recforge.config import DB_URL_ENV, ConfigError, RunConfig, build_config, load_toml, resolve_db_url
+from recforge.data.contract import DataError
+
+DATASET_KINDS = ("synthetic", "movielens-100k", "csv", "parquet", "sql")
+
+
+def _prefect_defaults() -> None:
+    """Environment defaults that make a server-less local run reliable (set before Prefect is imported)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary local API takes ~10 s to start on 2 busy cores and sometimes longer than Prefect's default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def _parse_columns(text: str) -> dict[str, str]:
+    """``user_id=customer,item_id=sku`` → mapping from contract column to source column."""
+    mapping = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise argparse.ArgumentTypeError(f"--columns expects name=column pairs, got {part!r}")
+        key, value = (s.strip() for s in part.split("=", 1))
+        mapping[key] = value
+    return mapping
+
+
+def _parse_as_of(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--as-of expects an ISO date or datetime such as 1998-04-01 or 1998-04-01T06:00:00Z, got {text!r}"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recforge", description="Interaction logs in, ranked recommendation tables in SQL out."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the recommend pipeline once")
+    run.add_argument("--config", help="TOML file with run options ([run] table); flags override it")
+    run.add_argument("--dataset", choices=DATASET_KINDS, help="data source kind (default: synthetic)")
+    run.add_argument("--data-dir", help="movielens-100k: folder with u.data/u.user/u.item or RecBole files")
+    run.add_argument("--interactions", help="csv/parquet: interactions file")
+    run.add_argument("--users", help="csv/parquet: optional users attribute file")
+    run.add_argument("--items", help="csv/parquet: optional items attribute file")
+    run.add_argument(
+        "--columns",
+        type=_parse_columns,
+        help="column mapping, e.g. user_id=customer,item_id=sku,timestamp=ts",
+    )
+    run.add_argument("--sep", help="csv: field separator (default from the extension)")
+    run.add_argument("--timestamp-unit", choices=("s", "ms", "us", "ns"), help="unit of numeric timestamps")
+    run.add_argument("--rating-range", help="valid rating scale 'min,max', e.g. 1,5 (ratings outside fail validation)")
+    run.add_argument("--source-url", help="sql: SQLAlchemy URL of the database to read interactions from")
+    run.add_argument("--table", help="sql: table holding the interactions")
+    run.add_argument("--query", help="sql: SELECT returning the interactions (instead of --table)")
+    run.add_argument(
+        "--db-url", help=f"SQLAlchemy URL to publish to (default ${DB_URL_ENV} or sqlite:///var/recforge.db)"
+    )
+    run.add_argument("--models", help="comma-separated model names (see `recforge models`)")
+    run.add_argument("--as-of", type=_parse_as_of, help="only events before this instant count (default: now)")
+    run.add_argument("--top-n", type=_positive_int, help="recommendations per user (default 50)")
+    run.add_argument("--k", type=_positive_int, help="metric cut-off (default 10)")
+    run.add_argument(
+        "--task-runner", choices=("thread", "process", "dask"), help="how model tasks run (default thread)"
+    )
+    run.add_argument("--dask-address", help="address of an existing Dask scheduler (with --task-runner dask)")
+    run.add_argument("--max-workers", type=_positive_int, help="concurrent model tasks")
+    run.add_argument("--seed", type=int, help="random seed (default 42)")
+    run.add_argument("--output-dir", help="folder for Data Docs and reports (default var)")
+
+    recs = sub.add_parser("recommendations", help="print what was published for a user")
+    recs.add_argument("--user", required=True, help="user id as in the source data")
+    recs.add_argument("--model", help="model name (default: the current champion)")
+    recs.add_argument("--as-of", type=_parse_as_of, help="a published as_of (default: the latest)")
+    recs.add_argument("--limit", type=_positive_int, default=10, help="rows to show (default 10)")
+    recs.add_argument("--db-url", help="SQLAlchemy URL (default $RECFORGE_DB_URL or sqlite:///var/recforge.db)")
+
+    sub.add_parser("models", help="list the registered models and their families")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Merge a TOML config file (if any) with the flags given on the command line; flags win."""
+    values: dict[str, Any] = load_toml(args.config) if args.config else {}
+    if "db_url" in values and not args.db_url:
+        args.db_url = values.pop("db_url")
+    values.pop("db_url", None)
+    source: dict[str, Any] = dict(values.get("source", {}))
+    flag_to_source = {
+        "data_dir": args.data_dir,
+        "interactions": args.interactions,
+        "users": args.users,
+        "items": args.items,
+        "columns": args.columns,
+        "sep": args.sep,
+        "timestamp_unit": args.timestamp_unit,
+        "rating_range": args.rating_range,
+        "source_url": args.source_url,
+        "table": args.table,
+        "query": args.query,
+    }
+    if args.dataset and args.dataset != source.get("kind"):
+        source = {"kind": args.dataset}
+    source.update({k: v for k, v in flag_to_source.items() if v is not None})
+    if "kind" not in source:
+        if "source_url" in source:
+            source["kind"] = "sql"
+        elif str(source.get("interactions", "")).endswith((".parquet", ".pq")):
+            source["kind"] = "parquet"
+        elif "interactions" in source:
+            source["kind"] = "csv"
+        else:
+            source["kind"] = "synthetic"
+    values["source"] = source
+    flags = {
+        "models": None if args.models is None else args.models.split(","),
+        "as_of": args.as_of,
+        "top_n": args.top_n,
+        "k": args.k,
+        "task_runner": args.task_runner,
+        "dask_address": args.dask_address,
+        "max_workers": args.max_workers,
+        "seed": args.seed,
+        "output_dir": args.output_dir,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return build_config(values, origin=f"options{' in ' + args.config if args.config else ''}")
+
+
+def _format_leaderboard(summary: dict[str, Any]) -> str:
+    import pandas as pd
+
+    board = pd.DataFrame(summary["leaderboard"])
+    columns = [
+        c
+        for c in (
+            "model",
+            "family",
+            "ndcg",
+            "precision",
+            "recall",
+            "map",
+            "mrr",
+            "hit_rate",
+            "coverage",
+            "rmse",
+            "mae",
+            "seconds",
+            "error",
+        )
+        if c in board.columns
+    ]
+    board = board[columns]
+    if "error" in board.columns and board["error"].isna().all():
+        board = board.drop(columns="error")
+    return board.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if args.db_url:
+        # Passed by environment, not as a flow parameter, so a password never shows among the run's parameters.
+        os.environ[DB_URL_ENV] = args.db_url
+    from flows.recommend import recommend
+    from flows.runners import make_task_runner
+
+    runner = make_task_runner(config.task_runner, config.max_workers, config.dask_address)
+    summary = recommend.with_options(task_runner=runner)(config=config)
+    print()
+    print(f"recforge run {summary['run_id']} — {summary['dataset']} as of {summary['as_of']}: {summary['status']}")
+    print(f"Leaderboard (top-N metrics @{config.k} on the per-user temporal holdout):")
+    print(_format_leaderboard(summary))
+    print(f"Champion: {summary['champion']} ({summary['champion_reason']})")
+    print(f"Published to {summary['database']}: {summary['rows_written']}")
+    print("Tables: recommendations, champion_recommendations (view), model_metrics, runs, features, champions")
+    if summary.get("data_docs"):
+        print(f"Validation report (Great Expectations Data Docs): {summary['data_docs']}")
+    print(f"Try: recforge recommendations --user <id>{' --db-url ...' if args.db_url else ''}")
+    return 0
+
+
+def cmd_recommendations(args: argparse.Namespace) -> int:
+    from recforge.store import Store
+
+    store = Store(resolve_db_url(args.db_url))
+    frame = store.read_recommendations(args.user, model=args.model, as_of=args.as_of, limit=args.limit)
+    if frame.empty:
+        which = f"model {args.model!r}" if args.model else "the champion model"
+        print(
+            f"no recommendations from {which} for user {args.user!r} in {store.url_masked}; "
+            "check the id, or run `recforge run` first",
+            file=sys.stderr,
+        )
+        return 1
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def cmd_models(_: argparse.Namespace) -> int:
+    from recmodels.registry import DEFAULT_MODELS, get_model_class, model_names
+
+    print(f"{'model':<16} {'family':<26} {'predicts ratings':<17} default")
+    for name in model_names():
+        cls = get_model_class(name)
+        rating = "yes" if cls.predicts_ratings else "no"
+        print(f"{name:<16} {cls.family:<26} {rating:<17} {'yes' if name in DEFAULT_MODELS else 'no'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _prefect_defaults()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"run": cmd_run, "recommendations": cmd_recommendations, "models": cmd_models}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:
+        print(f"recforge: {exc}", file=sys.stderr)
+        return 2
+    except DataError as exc:
+        print(f"recforge: data problem: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("recforge: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the flow already logged the traceback; the user gets the reason
+        print(f"recforge: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

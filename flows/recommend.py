@@ -1,0 +1,168 @@
+"""The ``recommend`` flow: ingest → validate → prepare → train/evaluate all models in parallel → publish."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+
+from recforge.config import RunConfig, resolve_db_url
+from recforge.data.sources import SourceSpec
+from recforge.pipeline import (
+    ModelEvaluation,
+    ModelRecommendations,
+    choose_champion,
+    leaderboard,
+    metrics_frame,
+)
+from recforge.store import Store
+from tasks.ingest import ingest
+from tasks.prepare import prepare_data
+from tasks.publish import close_run, open_run, publish
+from tasks.train import evaluate_model, recommend_model
+from tasks.validate import validate
+
+
+class ModelsFailed(RuntimeError):
+    """Some models failed; the others were published. The message lists the failures."""
+
+
+@flow(name="recommend", validate_parameters=True)
+def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dict[str, Any]:
+    """Run the nightly pipeline once for ``config.as_of`` and publish ranked recommendations to SQL.
+
+    ``db_url`` is best left unset (it would show among the run's parameters): the URL then comes from
+    ``$RECFORGE_DB_URL`` or defaults to ``sqlite:///var/recforge.db``.
+    """
+    config = config or RunConfig()
+    logger = get_run_logger()
+    url = resolve_db_url(db_url)
+    as_of = config.resolved_as_of()
+    output_dir = Path(config.output_dir)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 3)
+        clock = now
+
+    dataset = ingest(config.source)
+    lap("ingest")
+    run_id = open_run(
+        url,
+        dataset.name,
+        SourceSpec.from_mapping(config.source).describe(),
+        as_of,
+        config.model_dump(mode="json"),
+        str(flow_run.id) if flow_run.id else None,
+    )
+    try:
+        report = validate(dataset, config.min_interactions, output_dir / "gx")
+        lap("validate")
+        data = prepare_data(dataset, report, as_of, config.test_fraction)
+        lap("prepare")
+
+        names = config.model_list()
+        evaluations = {n: evaluate_model.submit(n, data, config.k, config.seed) for n in names}
+        # Each refit starts as soon as its own evaluation is done, so families stay in parallel; it receives the
+        # evaluation result and skips itself when that model already failed.
+        refits = {n: recommend_model.submit(n, data, config.top_n, config.seed, evaluations[n]) for n in names}
+        results: list[ModelEvaluation] = [evaluations[n].result() for n in names]
+        lap("train_evaluate")
+        recommendations: list[ModelRecommendations] = []
+        refit_errors: dict[str, str] = {}
+        for name in names:
+            refits[name].wait()
+            state = refits[name].state
+            if not state.is_completed():
+                refit_errors[name] = str(state.message or state.name)
+            elif (published := refits[name].result()) is not None:
+                recommendations.append(published)
+        lap("refit_recommend")
+
+        failed = {r.model: r.error for r in results if not r.ok} | refit_errors
+        ok_results = [r for r in results if r.ok and r.model not in refit_errors]
+        board = leaderboard(results, config.primary_metric)
+        _leaderboard_artifact(board, config.k)
+        champion = choose_champion(ok_results, config.primary_metric, config.k) if ok_results else None
+        if recommendations:
+            frame = pd.concat([r.frame for r in recommendations], ignore_index=True)
+            written = publish(url, run_id, data, metrics_frame(results, config.k), frame, champion)
+        else:
+            written = {}
+        lap("publish")
+        status = "completed" if not failed else ("partial" if recommendations else "failed")
+        error = "; ".join(f"{m}: {e}" for m, e in failed.items()) or None
+        close_run(url, run_id, status, timings, error, champion.model if champion else None)
+        summary = {
+            "run_id": run_id,
+            "status": status,
+            "dataset": dataset.name,
+            "as_of": as_of.isoformat(),
+            "database": Store(url).url_masked,
+            "champion": None if champion is None else champion.model,
+            "champion_reason": None if champion is None else champion.reason,
+            "leaderboard": board.to_dict(orient="records"),
+            "rows_written": written,
+            "row_counts": data.row_counts,
+            "timings": timings,
+            "failed_models": failed,
+            "data_docs": None if report.data_docs_index is None else str(report.data_docs_index),
+        }
+        _summary_artifact(summary, data.cleaning.summary(), report.summary())
+        logger.info("run %s %s; champion %s", run_id, status, summary["champion"])
+    except Exception as exc:
+        lap("failed")
+        close_run(url, run_id, "failed", timings, f"{type(exc).__name__}: {exc}")
+        raise
+    if failed:
+        raise ModelsFailed(
+            f"{len(failed)} of {len(names)} models failed ({error}); the others were published as run {run_id}"
+        )
+    return summary
+
+
+def _leaderboard_artifact(board: pd.DataFrame, k: int) -> None:
+    shown = board.drop(columns=[c for c in board.columns if c.endswith("_seconds")], errors="ignore")
+    records = [
+        {key: (round(v, 4) if isinstance(v, float) else v) for key, v in row.items()}
+        for row in shown.to_dict(orient="records")
+    ]
+    create_table_artifact(key="leaderboard", table=records, description=f"Models side by side, top-N metrics @{k}")
+
+
+def _summary_artifact(summary: dict[str, Any], cleaning: str, validation: str) -> None:
+    timing_rows = "\n".join(f"| {stage} | {seconds:.2f} |" for stage, seconds in summary["timings"].items())
+    count_rows = "\n".join(f"| {stage} | {rows:,} |" for stage, rows in summary["row_counts"].items())
+    failed = "\n".join(f"- **{m}** failed: {e}" for m, e in summary["failed_models"].items()) or "- none"
+    markdown = f"""# recforge run `{summary["run_id"]}`
+
+- **data set**: {summary["dataset"]}, as of {summary["as_of"]}
+- **status**: {summary["status"]}
+- **champion**: {summary["champion"]} — {summary["champion_reason"]}
+- **database**: `{summary["database"]}`
+- **validation**: {validation}
+- **cleaning**: {cleaning}
+
+## Rows per stage
+| stage | rows |
+|---|---|
+{count_rows}
+
+## Timings
+| stage | seconds |
+|---|---|
+{timing_rows}
+
+## Failed models
+{failed}
+"""
+    create_markdown_artifact(key="run-summary", markdown=markdown, description="What this run did")

@@ -1,0 +1,43 @@
+"""Task runners by name: threads (default), a process pool, or a Dask cluster through prefect-dask."""
+
+from __future__ import annotations
+
+import os
+
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from recforge.config import ConfigError
+
+
+def make_task_runner(name: str, max_workers: int | None = None, dask_address: str | None = None) -> TaskRunner:
+    """Build the task runner called ``name``; explains what is missing instead of failing deep inside Prefect."""
+    if name == "thread":
+        return ThreadPoolTaskRunner(max_workers=max_workers)
+    if name == "process":
+        if not os.environ.get("PREFECT_API_URL"):
+            # Without a server each worker process starts its own temporary API on one SQLite file and they
+            # lock each other out (checked on Prefect 3.9); fail early with the fix instead.
+            raise ConfigError(
+                "--task-runner process needs a running Prefect server: start one with `prefect server start` "
+                "and set PREFECT_API_URL=http://127.0.0.1:4200/api, or use --task-runner thread"
+            )
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        return ProcessPoolTaskRunner(max_workers=max_workers)
+    if name == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise ConfigError("--task-runner dask needs prefect-dask: pip install 'recforge[dask]'") from None
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        workers = max_workers or 2
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+    raise ConfigError(f"unknown task runner {name!r}; choose thread, process or dask")

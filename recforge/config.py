@@ -1,0 +1,120 @@
+"""Run configuration: everything one pipeline run needs, from flags, a TOML file, or deployment parameters.
+
+A :class:`RunConfig` is what the ``recommend`` flow takes as its parameter, so it must stay JSON-serialisable and
+must never carry secrets: the database URL is resolved at run time from ``--db-url`` / ``RECFORGE_DB_URL``
+(see :func:`resolve_db_url`) and only its password-masked form is logged or stored.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_DB_URL = "sqlite:///var/recforge.db"
+DB_URL_ENV = "RECFORGE_DB_URL"
+
+TaskRunnerName = Literal["thread", "process", "dask"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message says which option and how."""
+
+
+class RunConfig(BaseModel):
+    """Parameters of one ``recommend`` run. Unknown keys are rejected so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: dict[str, Any] = Field(
+        default_factory=lambda: {"kind": "synthetic"},
+        description="Where interactions come from: keys of recforge.data.sources.SourceSpec (kind, data_dir, ...).",
+    )
+    models: list[str] | None = Field(
+        default=None, description="Model names from the registry; None trains the default set."
+    )
+    as_of: datetime | None = Field(
+        default=None,
+        description="Only events strictly before this instant exist for the run (default: now, UTC).",
+    )
+    top_n: int = Field(default=50, ge=1, le=10_000, description="Recommendations published per user and model.")
+    k: int = Field(default=10, ge=1, le=1000, description="Cut-off of the top-N evaluation metrics.")
+    test_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of each user's latest events held out.")
+    primary_metric: str = Field(default="ndcg", description="Metric @k that picks the champion model.")
+    min_interactions: int = Field(default=10, ge=1, description="Validation floor on the interactions row count.")
+    seed: int = Field(default=42, description="Seed for every random choice (models, splits, synthetic data).")
+    output_dir: str = Field(default="var", description="Folder for Data Docs, reports and model files.")
+    task_runner: TaskRunnerName = Field(default="thread", description="How model tasks run concurrently.")
+    dask_address: str | None = Field(default=None, description="Existing Dask scheduler (dask runner only).")
+    max_workers: int | None = Field(default=None, ge=1, description="Concurrent model tasks (thread/process).")
+
+    @field_validator("as_of")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        from recmodels.registry import get_model_class
+
+        names = [v.strip() for v in value if v.strip()]
+        if not names:
+            raise ValueError("models is empty; name at least one (see `recforge models`)")
+        for name in names:
+            get_model_class(name)  # raises with the list of valid names
+        return list(dict.fromkeys(names))
+
+    @field_validator("source")
+    @classmethod
+    def _valid_source(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from recforge.data.sources import SourceSpec
+
+        SourceSpec.from_mapping(value)  # raises with the list of valid keys/kinds
+        return value
+
+    def resolved_as_of(self) -> datetime:
+        return self.as_of if self.as_of is not None else datetime.now(UTC)
+
+    def model_list(self) -> list[str]:
+        from recmodels.registry import DEFAULT_MODELS
+
+        return list(self.models) if self.models is not None else list(DEFAULT_MODELS)
+
+
+def resolve_db_url(explicit: str | None = None) -> str:
+    """The database URL: an explicit value, else ``$RECFORGE_DB_URL``, else the embedded SQLite default."""
+    return explicit or os.environ.get(DB_URL_ENV) or DEFAULT_DB_URL
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file; a top-level ``[run]`` table, if present, holds the run options."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return dict(data.get("run", data))
+
+
+def build_config(values: dict[str, Any], origin: str = "options") -> RunConfig:
+    """Validate ``values`` into a :class:`RunConfig`; errors name each bad option and why."""
+    try:
+        return RunConfig(**values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            problems.append(f"  {where}: {err['msg']}")
+        raise ConfigError(f"invalid {origin}:\n" + "\n".join(problems)) from None

@@ -1,0 +1,1 @@
+"""Thin, typed Prefect tasks around the pure stages in ``recforge``."""

@@ -1,0 +1,41 @@
+"""Train: one task per model for evaluation, and one per model for the publishing refit."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from recforge.pipeline import ModelEvaluation, ModelRecommendations, PreparedData, evaluate, fit_and_recommend
+
+
+@task(name="evaluate-model", cache_policy=NO_CACHE, task_run_name="evaluate-{name}")
+def evaluate_model(name: str, data: PreparedData, k: int, seed: int) -> ModelEvaluation:
+    """Fit on the training part, measure on the temporal holdout; a failure is returned, not raised."""
+    result = evaluate(name, data, k=k, seed=seed)
+    logger = get_run_logger()
+    if result.ok:
+        shown = {m: round(v, 4) for m, v in result.metrics.items() if not m.endswith("_seconds")}
+        logger.info("%s evaluated in %.2f s: %s", name, result.seconds, shown)
+    else:
+        logger.error("%s failed during evaluation: %s", name, result.error)
+    return result
+
+
+@task(name="fit-and-recommend", cache_policy=NO_CACHE, task_run_name="recommend-{name}")
+def recommend_model(
+    name: str, data: PreparedData, top_n: int, seed: int, evaluation: ModelEvaluation
+) -> ModelRecommendations | None:
+    """Refit on all events before as_of and rank top-N unseen items for every user (skipped if evaluation failed)."""
+    if not evaluation.ok:
+        get_run_logger().warning("%s: not refitted because its evaluation failed", name)
+        return None
+    result = fit_and_recommend(name, data, top_n=top_n, seed=seed)
+    get_run_logger().info(
+        "%s: %d recommendations (fit %.2f s, recommend %.2f s)",
+        name,
+        len(result.frame),
+        result.fit_seconds,
+        result.recommend_seconds,
+    )
+    return result

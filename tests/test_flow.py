@@ -1,0 +1,165 @@
+"""Whole-flow runs under one session-wide ``prefect_test_harness``: synthetic, MovieLens 100K, bad input, CLI."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from recforge.config import RunConfig
+from recforge.data.synthetic import generate_synthetic
+from recforge.store import Store
+
+pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
+
+
+def _table(url: str, name: str) -> pd.DataFrame:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return pd.read_sql(sa.text(f"SELECT * FROM {name}"), conn)  # test-only, fixed names
+    finally:
+        engine.dispose()
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(list(frame.columns)).reset_index(drop=True)
+
+
+def test_synthetic_run_publishes_every_model(tmp_path: Path) -> None:
+    from flows.recommend import recommend
+
+    url = f"sqlite:///{tmp_path / 'rf.db'}"
+    config = RunConfig(top_n=20, output_dir=str(tmp_path / "var"))
+    summary = recommend(config=config, db_url=url)
+
+    assert summary["status"] == "completed"
+    board = pd.DataFrame(summary["leaderboard"]).set_index("model")
+    assert set(board.index) == {"popularity", "item_knn"}
+    assert board.loc["item_knn", "ndcg"] > board.loc["popularity", "ndcg"]
+    assert summary["champion"] == "item_knn"
+
+    recs = _table(url, "recommendations")
+    n_users = generate_synthetic().users["user_id"].nunique()
+    for model in ("popularity", "item_knn"):
+        per_model = recs[recs["model"] == model]
+        assert per_model["user_id"].nunique() == n_users
+        assert per_model.groupby("user_id")["rank"].max().max() == 20
+        assert not per_model.duplicated(["user_id", "rank"]).any()
+    runs = _table(url, "runs")
+    assert runs["status"].tolist() == ["completed"]
+    metrics = _table(url, "model_metrics")
+    assert {"ndcg", "precision", "recall", "map", "mrr", "hit_rate", "coverage"} <= set(metrics["metric"])
+    assert len(_table(url, "features")) > 0
+    champion_rows = _table(url, "champion_recommendations")
+    assert set(champion_rows["model"]) == {"item_knn"}
+
+    # Reruns for the same as_of replace that as_of's rows instead of duplicating them.
+    same_as_of = config.model_copy(update={"as_of": datetime.fromisoformat(summary["as_of"])})
+    recommend(config=same_as_of, db_url=url)
+    recommend(config=same_as_of, db_url=url)
+    again = _table(url, "recommendations")
+    assert len(again) == len(recs)
+    assert not again.duplicated(["as_of", "model", "user_id", "rank"]).any()
+    assert len(_table(url, "runs")) == 3
+
+
+def test_movielens_run_respects_as_of(tmp_path: Path, ml100k_dir: Path) -> None:
+    from flows.recommend import recommend
+
+    url = f"sqlite:///{tmp_path / 'ml.db'}"
+    as_of = datetime(1998, 2, 1, tzinfo=UTC)
+    config = RunConfig(
+        source={"kind": "movielens-100k", "data_dir": str(ml100k_dir)},
+        as_of=as_of,
+        output_dir=str(tmp_path / "var"),
+    )
+    summary = recommend(config=config, db_url=url)
+    assert summary["status"] == "completed"
+    # MovieLens events run from 1997-09-20 to 1998-04-22: a February cut keeps part of them.
+    assert 50_000 < summary["row_counts"]["before_as_of"] < 100_000
+    board = pd.DataFrame(summary["leaderboard"]).set_index("model")
+    assert 0.05 < board.loc["popularity", "ndcg"] < board.loc["item_knn", "ndcg"]
+    store = Store(url)
+    top = store.read_recommendations("1", model="item_knn", limit=5)
+    assert list(top["rank"]) == [1, 2, 3, 4, 5]
+    seen = pd.read_csv(ml100k_dir / "u.data", sep="\t", names=["u", "i", "r", "t"])
+    seen_before = seen[(seen["u"] == 1) & (seen["t"] < as_of.timestamp())]["i"].astype(str)
+    assert not set(top["item_id"]) & set(seen_before)
+
+
+def _write_csv(path: Path, rows: list[tuple[object, object, object, int]]) -> Path:
+    pd.DataFrame(rows, columns=["user", "item", "stars", "ts"]).to_csv(path, index=False)
+    return path
+
+
+def test_corrupted_input_fails_at_validation_and_keeps_published_rows(tmp_path: Path) -> None:
+    from flows.recommend import recommend
+    from recforge.validation import ValidationFailed
+
+    url = f"sqlite:///{tmp_path / 'bad.db'}"
+    good = generate_synthetic(n_users=200, n_items=120, n_events=4_000).interactions
+    rows = [
+        (u, i, r, int(t.timestamp()))
+        for u, i, r, t in good[["user_id", "item_id", "rating", "timestamp"]].itertuples(index=False)
+    ]
+    columns = {"user_id": "user", "item_id": "item", "rating": "stars", "timestamp": "ts"}
+    as_of = datetime(2030, 1, 1, tzinfo=UTC)
+    source = {
+        "kind": "csv",
+        "interactions": str(_write_csv(tmp_path / "good.csv", rows)),
+        "columns": columns,
+        "rating_range": [1, 5],
+    }
+    config = RunConfig(source=source, as_of=as_of, output_dir=str(tmp_path / "var"), top_n=10)
+    recommend(config=config, db_url=url)
+    before = {name: _sorted(_table(url, name)) for name in ("recommendations", "champions", "model_metrics")}
+
+    corrupted = list(rows)
+    corrupted[3] = (corrupted[3][0], corrupted[3][1], 11.0, corrupted[3][3])  # rating out of 1..5
+    corrupted[7] = (None, corrupted[7][1], 4.0, corrupted[7][3])  # null user id
+    bad_source = dict(source, interactions=str(_write_csv(tmp_path / "bad.csv", corrupted)))
+    with pytest.raises(ValidationFailed) as excinfo:
+        recommend(config=config.model_copy(update={"source": bad_source}), db_url=url)
+    message = str(excinfo.value)
+    assert "interactions" in message and "rating" in message and "user_id" in message
+
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(_sorted(_table(url, name)), frame)
+    assert _table(url, "runs")["status"].tolist().count("failed") == 1
+
+
+def test_cli_run_models_and_recommendations(
+    tmp_path: Path, ml100k_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    code = main(
+        [
+            "run",
+            "--dataset",
+            "movielens-100k",
+            "--data-dir",
+            str(ml100k_dir),
+            "--db-url",
+            url,
+            "--models",
+            "popularity,item_knn",
+            "--top-n",
+            "15",
+            "--output-dir",
+            str(tmp_path / "var"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "Leaderboard" in out and "item_knn" in out and "Champion: item_knn" in out
+    assert main(["recommendations", "--user", "42", "--db-url", url, "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("item_knn") == 3
+    assert main(["recommendations", "--user", "no-such-user", "--db-url", url]) == 1
+    assert "no recommendations" in capsys.readouterr().err

@@ -1,0 +1,178 @@
+"""The shared model contract: every registered model passes these, on real MovieLens 100K data.
+
+A new model joins by being registered and naming its minimum NDCG@10 under the standard protocol below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recforge.data.movielens import load_movielens_100k
+from recforge.evaluation import evaluate_topn
+from recforge.ids import IdIndex
+from recforge.split import TemporalSplit, temporal_holdout
+from recmodels.base import RunSettings, top_k
+from recmodels.data import Interactions
+from recmodels.registry import DEFAULT_MODELS, families, get_model_class, model_names
+
+# Minimum NDCG@10 on ML-100K (per-user temporal holdout, 20%): a floor a little under what each model measures,
+# so a regression fails while run-to-run noise does not. docs/BENCHMARKS.md has the measured values.
+MIN_NDCG = {"popularity": 0.11, "item_knn": 0.18}
+
+
+@pytest.fixture(scope="module")
+def ml_split(ml100k_dir: Path) -> TemporalSplit:
+    return temporal_holdout(load_movielens_100k(ml100k_dir).interactions, test_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def ml_train(ml_split: TemporalSplit) -> Interactions:
+    index = IdIndex.from_frame(ml_split.train)
+    return index.interactions(ml_split.train, ratings=True)
+
+
+@pytest.fixture(scope="module")
+def popularity_ndcg(ml_split: TemporalSplit) -> float:
+    return evaluate_topn(get_model_class("popularity"), ml_split, k=10)["ndcg"]
+
+
+def test_every_model_has_a_floor() -> None:
+    assert set(MIN_NDCG) == set(model_names())
+    assert set(DEFAULT_MODELS) <= set(model_names())
+    assert sum(len(v) for v in families().values()) == len(model_names())
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_fits_ml100k_and_reaches_its_floor(name: str, ml_split: TemporalSplit, popularity_ndcg: float) -> None:
+    metrics = evaluate_topn(get_model_class(name), ml_split, k=10, settings=RunSettings(seed=7))
+    assert metrics["ndcg"] >= MIN_NDCG[name], metrics
+    assert metrics["users"] == 943
+    if name != "popularity":
+        assert metrics["ndcg"] > popularity_ndcg + 0.02, (metrics["ndcg"], popularity_ndcg)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_unknown_users_get_popularity(name: str, ml_train: Interactions) -> None:
+    model = get_model_class(name)().fit(ml_train)
+    scores = model.score(np.array([-1, ml_train.n_users, 10**9]))
+    expected = ml_train.item_counts.astype(np.float32)
+    assert np.array_equal(scores, np.tile(expected, (3, 1)))
+    items, _ = model.recommend(np.array([-1]), k=5)
+    assert list(items[0]) == list(np.argsort(-expected, kind="stable")[:5])
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_recommend_excludes_seen_and_is_sorted(name: str, ml_train: Interactions) -> None:
+    model = get_model_class(name)().fit(ml_train)
+    users = np.arange(0, ml_train.n_users, 97)
+    items, scores = model.recommend(users, k=20)
+    assert items.shape == scores.shape == (len(users), 20)
+    seen = ml_train.binary
+    for row, user in enumerate(users):
+        assert not set(items[row]) & set(seen[user].indices)
+        assert np.all(np.diff(scores[row]) <= 0)
+    with_seen, _ = model.recommend(users[:3], k=20, exclude_seen=False)
+    assert with_seen.shape == (3, 20)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_save_load_round_trip(name: str, ml_train: Interactions, tmp_path: Path) -> None:
+    model = get_model_class(name)().fit(ml_train)
+    path = model.save(tmp_path / f"{name}.npz")
+    loaded = get_model_class(name).load(path)
+    users = np.array([0, 5, 500, -1])
+    assert loaded.config == model.config
+    np.testing.assert_array_equal(loaded.score(users), model.score(users))
+    np.testing.assert_array_equal(loaded.recommend(users, 10)[0], model.recommend(users, 10)[0])
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_same_seed_same_result(name: str, ml_train: Interactions) -> None:
+    users = np.arange(50)
+    first = get_model_class(name)().fit(ml_train, RunSettings(seed=3)).score(users)
+    second = get_model_class(name)().fit(ml_train, RunSettings(seed=3)).score(users)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_load_refuses_other_model_and_pickles(ml_train: Interactions, tmp_path: Path) -> None:
+    path = get_model_class("popularity")().fit(ml_train).save(tmp_path / "pop.npz")
+    with pytest.raises(ValueError, match="popularity"):
+        get_model_class("item_knn").load(path)
+    # An object array can only be stored with pickle; loading must refuse it instead of unpickling.
+    crafted = tmp_path / "crafted.npz"
+    np.savez(crafted, __model__=np.array([{"evil": 1}], dtype=object))
+    with pytest.raises(ValueError, match="pickle"):
+        get_model_class("popularity").load(crafted)
+
+
+def test_unknown_model_name_lists_choices() -> None:
+    with pytest.raises(ValueError, match="choose from: popularity, item_knn"):
+        get_model_class("nope")
+
+
+def test_unfitted_model_says_so() -> None:
+    with pytest.raises(RuntimeError, match="not fitted"):
+        get_model_class("item_knn")().score(np.array([0]))
+
+
+# ---- model-specific maths ------------------------------------------------------------------------------
+
+
+def _tiny() -> Interactions:
+    # users × items:   i0 i1 i2 i3
+    #             u0    1  1  0  0
+    #             u1    1  1  1  0
+    #             u2    0  0  1  1
+    user = np.array([0, 0, 1, 1, 1, 2, 2])
+    item = np.array([0, 1, 0, 1, 2, 2, 3])
+    return Interactions.from_arrays(user, item, n_users=3, n_items=4)
+
+
+def test_item_knn_cosine_by_hand() -> None:
+    model = get_model_class("item_knn")(get_model_class("item_knn").config_class(neighbors=3)).fit(_tiny())
+    sim = model.similarity_.toarray()
+    # cos(i0, i1) = 2 / (√2·√2) = 1; cos(i0, i2) = 1 / (√2·√2) = 0.5; cos(i2, i3) = 1 / (√2·1) ≈ 0.7071
+    assert sim[0, 1] == pytest.approx(1.0)
+    assert sim[0, 2] == pytest.approx(0.5)
+    assert sim[2, 3] == pytest.approx(1 / np.sqrt(2))
+    assert sim[0, 3] == 0.0 and np.all(np.diag(sim) == 0)
+    # u0 has i0, i1: score(i2) = sim(i0,i2) + sim(i1,i2) = 1.0; score(i3) = 0
+    np.testing.assert_allclose(model.score(np.array([0]))[0, 2:], [1.0, 0.0], atol=1e-6)
+
+
+def test_item_knn_keeps_only_k_neighbours() -> None:
+    config = get_model_class("item_knn").config_class(neighbors=1)
+    sim = get_model_class("item_knn")(config).fit(_tiny()).similarity_.toarray()
+    assert np.all((sim > 0).sum(axis=1) <= 1)
+    assert np.argmax(sim[2]) == 3  # i2's single nearest neighbour is i3 (0.707 > 0.5)
+
+
+def test_item_knn_rejects_bad_config() -> None:
+    with pytest.raises(ValueError, match="neighbors"):
+        get_model_class("item_knn").config_class(neighbors=0)
+
+
+def test_popularity_counts_distinct_users_and_recent_window() -> None:
+    data = _tiny()
+    model = get_model_class("popularity")().fit(data)
+    np.testing.assert_array_equal(model.score(np.array([0]))[0], [2, 2, 2, 1])
+    stamped = Interactions.from_arrays(
+        data.user,
+        data.item,
+        timestamp=np.array([0, 0, 0, 0, 86_400 * 10, 86_400 * 10, 86_400 * 9]),
+        n_users=3,
+        n_items=4,
+    )
+    recent = get_model_class("popularity")(get_model_class("popularity").config_class(recent_days=2)).fit(stamped)
+    np.testing.assert_array_equal(recent.score(np.array([0]))[0], [0, 0, 2, 1])
+
+
+def test_top_k_orders_ties_by_index_and_marks_exhausted_rows() -> None:
+    scores = np.array([[1, 3, 3, 0, -np.inf], [5, 5, 5, 5, 5]], dtype=np.float32)
+    items, values = top_k(scores, 3)
+    assert items.tolist() == [[1, 2, 0], [0, 1, 2]]
+    items, values = top_k(scores, 5)
+    assert items[0].tolist() == [1, 2, 0, 3, -1] and np.isneginf(values[0, -1])
