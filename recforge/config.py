@@ -76,9 +76,9 @@ class RunConfig(BaseModel):
     @field_validator("source")
     @classmethod
     def _valid_source(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from recforge.data.sources import SourceSpec
+        from recforge.data.sources import SourceSpec, check_complete
 
-        SourceSpec.from_mapping(value)  # raises with the list of valid keys/kinds
+        check_complete(SourceSpec.from_mapping(value))  # raises naming the bad or missing setting
         return value
 
     def resolved_as_of(self) -> datetime:

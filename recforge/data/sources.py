@@ -159,8 +159,20 @@ def load_dataset(spec: SourceSpec) -> Dataset:
     return dataset
 
 
+def check_complete(spec: SourceSpec) -> None:
+    """Raise a DataError naming the setting a kind needs but ``spec`` lacks (cheap: reads no data)."""
+    if spec.kind in ("csv", "parquet") and spec.interactions is None:
+        raise DataError(f"source kind {spec.kind!r} needs interactions (the events file path, --interactions)")
+    if spec.kind == "sql":
+        if not spec.source_url:
+            raise DataError("source kind 'sql' needs source_url (a SQLAlchemy URL such as sqlite:///events.db)")
+        if (spec.table is None) == (spec.query is None):
+            raise DataError("source kind 'sql' needs exactly one of table (--table) or query (--query)")
+
+
 def _load(spec: SourceSpec) -> Dataset:
     """Dispatch on ``spec.kind``; missing settings for its kind are a DataError naming them."""
+    check_complete(spec)
     if spec.kind == "synthetic":
         try:
             return generate_synthetic(

@@ -1,0 +1,128 @@
+"""Command-line parsing and error messages: bad options get a clear message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from flows.cli import build_parser, config_from_args, main
+from recforge.config import ConfigError, RunConfig, build_config, load_toml, resolve_db_url
+
+
+def _config(argv: list[str]) -> RunConfig:
+    return config_from_args(build_parser().parse_args(["run", *argv]))
+
+
+def test_defaults_are_the_synthetic_nightly_run() -> None:
+    config = _config([])
+    assert config.source == {"kind": "synthetic"}
+    assert config.model_list() and config.top_n == 50 and config.k == 10 and config.task_runner == "thread"
+
+
+def test_flags_build_the_source_and_options() -> None:
+    config = _config(
+        [
+            "--dataset", "csv", "--interactions", "e.csv", "--columns", "user_id=customer,item_id=sku",
+            "--rating-range", "1,10", "--models", "item_knn,popularity", "--as-of", "1998-03-01",
+            "--top-n", "7", "--task-runner", "dask",
+        ]
+    )  # fmt: skip
+    assert config.source == {
+        "kind": "csv",
+        "interactions": "e.csv",
+        "columns": {"user_id": "customer", "item_id": "sku"},
+        "rating_range": "1,10",
+    }
+    assert config.models == ["item_knn", "popularity"]
+    assert config.as_of == datetime(1998, 3, 1, tzinfo=UTC)
+    assert config.top_n == 7 and config.task_runner == "dask"
+
+
+def test_kind_is_inferred_from_the_inputs() -> None:
+    assert _config(["--interactions", "e.parquet"]).source["kind"] == "parquet"
+    assert _config(["--interactions", "e.tsv"]).source["kind"] == "csv"
+    assert _config(["--source-url", "sqlite:///x.db", "--table", "t"]).source["kind"] == "sql"
+
+
+def test_toml_config_with_flag_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(
+        '[run]\nmodels = ["popularity"]\ntop_n = 20\ndb_url = "sqlite:///x.db"\n'
+        '[run.source]\nkind = "csv"\ninteractions = "a.csv"\ncolumns = { user_id = "u" }\n'
+    )
+    args = build_parser().parse_args(["run", "--config", str(path), "--top-n", "5"])
+    config = config_from_args(args)
+    assert config.models == ["popularity"] and config.top_n == 5
+    assert config.source == {"kind": "csv", "interactions": "a.csv", "columns": {"user_id": "u"}}
+    assert args.db_url == "sqlite:///x.db"  # taken out of the flow parameters
+    assert "db_url" not in config.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--models", "popularity,nope"], "unknown model 'nope'; choose from"),
+        (["run", "--models", ","], "models is empty"),
+        (["run", "--dataset", "csv"], "needs interactions"),
+        (["run", "--dataset", "sql", "--source-url", "sqlite:///x.db"], "exactly one of table"),
+        (["run", "--interactions", "x.csv", "--columns", "user_id=a,oops=b"], "oops"),
+        (["run", "--rating-range", "5,1"], "min < max"),
+        (["run", "--config", "/no/such/file.toml"], "does not exist"),
+    ],
+)
+def test_bad_options_give_a_message_not_a_traceback(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recforge: ") and message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--top-n", "0"],
+        ["run", "--as-of", "yesterday"],
+        ["run", "--task-runner", "ray"],
+        ["run", "--dataset", "oracle"],
+        ["frobnicate"],
+    ],
+)
+def test_argparse_rejects_malformed_values(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv)
+    assert excinfo.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_process_runner_without_server_explains_the_fix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert main(["run", "--task-runner", "process"]) == 2
+    assert "prefect server start" in capsys.readouterr().err
+
+
+def test_models_command_lists_families(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "popularity" in out and "baseline" in out and "item_knn" in out and "collaborative_filtering" in out
+
+
+def test_toml_errors_and_db_url_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml(bad)
+    with pytest.raises(ConfigError, match="top_n"):
+        build_config({"top_n": 0})
+    with pytest.raises(ConfigError, match="colour"):
+        build_config({"colour": "blue"})
+    monkeypatch.delenv("RECFORGE_DB_URL", raising=False)
+    assert resolve_db_url() == "sqlite:///var/recforge.db"
+    monkeypatch.setenv("RECFORGE_DB_URL", "sqlite:///env.db")
+    assert resolve_db_url() == "sqlite:///env.db"
+    assert resolve_db_url("sqlite:///flag.db") == "sqlite:///flag.db"

@@ -1,0 +1,106 @@
+"""The pipeline's stage functions without Prefect: prepare, evaluate, refit, leaderboard, champion."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+
+from recforge.data.synthetic import generate_synthetic
+from recforge.pipeline import (
+    ModelEvaluation,
+    PreparedData,
+    choose_champion,
+    evaluate,
+    fit_and_recommend,
+    leaderboard,
+    metrics_frame,
+    prepare,
+)
+from recforge.validation import validate_dataset
+
+AS_OF = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def prepared() -> PreparedData:
+    dataset = generate_synthetic(n_users=300, n_items=150, n_events=9_000)
+    report = validate_dataset(dataset, min_interactions=10)
+    return prepare(dataset, report, AS_OF, test_fraction=0.2)
+
+
+def test_prepare_cuts_at_as_of_and_splits_without_leakage(prepared: PreparedData) -> None:
+    assert (prepared.interactions["timestamp"] < pd.Timestamp(AS_OF)).all()
+    counts = prepared.row_counts
+    assert counts["loaded"] == 9_000 and counts["cleaned"] < counts["loaded"]  # duplicates collapsed
+    assert counts["before_as_of"] < counts["cleaned"]  # the synthetic data runs past May
+    split = prepared.split
+    no_train = ~prepared.interactions["user_id"].isin(split.train["user_id"])
+    assert no_train.any() and int(prepared.interactions.loc[no_train, "user_id"].nunique()) == split.users_without_train
+    accounted = counts["train"] + counts["test"] + split.dropped_unseen_items + int(no_train.sum())
+    assert accounted == counts["before_as_of"]
+    # Per user, every test event is at or after the user's last training event.
+    last_train = prepared.split.train.groupby("user_id")["timestamp"].max()
+    first_test = prepared.split.test.groupby("user_id")["timestamp"].min()
+    assert (first_test >= last_train.reindex(first_test.index)).all()
+    # Attributes were imputed; features computed from events before as_of only.
+    assert prepared.users is not None and not prepared.users["gender"].isna().any()
+    assert prepared.user_features["activity_count"].sum() == prepared.interactions["repeat_count"].sum()
+
+
+def test_prepare_refuses_an_as_of_before_all_data() -> None:
+    dataset = generate_synthetic(n_users=50, n_items=40, n_events=600)
+    report = validate_dataset(dataset)
+    with pytest.raises(ValueError, match="before as_of"):
+        prepare(dataset, report, datetime(2000, 1, 1, tzinfo=UTC))
+
+
+def test_evaluate_and_refit(prepared: PreparedData) -> None:
+    pop = evaluate("popularity", prepared, k=10)
+    knn = evaluate("item_knn", prepared, k=10)
+    assert pop.ok and knn.ok and knn.metrics["ndcg"] > pop.metrics["ndcg"]
+    published = fit_and_recommend("item_knn", prepared, top_n=5)
+    frame = published.frame
+    # Every user of the users table gets recommendations, including any without events before as_of.
+    assert set(frame["user_id"]) == set(prepared.users["user_id"])
+    assert frame.groupby("user_id")["rank"].apply(list).map(lambda r: r == [1, 2, 3, 4, 5]).all()
+    seen = set(zip(prepared.interactions["user_id"], prepared.interactions["item_id"], strict=True))
+    assert not any((u, i) in seen for u, i in zip(frame["user_id"], frame["item_id"], strict=True))
+
+
+def test_failed_model_is_reported_not_raised(prepared: PreparedData, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recmodels.knn.item import ItemKNN
+
+    def boom(self: ItemKNN, data: object, settings: object) -> None:
+        raise MemoryError("out of memory in similarity block")
+
+    monkeypatch.setattr(ItemKNN, "_fit", boom)
+    result = evaluate("item_knn", prepared)
+    assert not result.ok and "MemoryError" in (result.error or "")
+
+
+def _result(model: str, ndcg: float, error: str | None = None) -> ModelEvaluation:
+    metrics = {} if error else {"ndcg": ndcg, "precision": ndcg / 2, "fit_seconds": 0.1}
+    return ModelEvaluation(model, "family", metrics, 0.5, error)
+
+
+def test_champion_leaderboard_and_metrics_frame() -> None:
+    results = [_result("a", 0.10), _result("b", 0.30), _result("c", 0.0, error="boom"), _result("d", 0.20)]
+    champion = choose_champion(results, "ndcg", k=10)
+    assert champion.model == "b" and champion.value == pytest.approx(0.30)
+    assert "runner-up d 0.2000" in champion.reason and champion.metric == "ndcg@10"
+    board = leaderboard(results)
+    assert board["model"].tolist() == ["b", "d", "a", "c"]
+    assert board.loc[3, "error"] == "boom"
+    frame = metrics_frame(results, k=10)
+    assert set(frame["model"]) == {"a", "b", "d"}
+    ndcg_b = frame[(frame["model"] == "b") & (frame["metric"] == "ndcg")]
+    assert ndcg_b["k"].tolist() == [10] and ndcg_b["split"].tolist() == ["temporal_holdout"]
+    assert frame[frame["metric"] == "fit_seconds"]["k"].isna().all()
+    with pytest.raises(ValueError, match="no model produced"):
+        choose_champion([_result("c", 0.0, error="boom")])
+    rmse_champion = choose_champion(
+        [ModelEvaluation("x", "f", {"rmse": 0.9}, 1.0), ModelEvaluation("y", "f", {"rmse": 0.95}, 1.0)], "rmse"
+    )
+    assert rmse_champion.model == "x"
