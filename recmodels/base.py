@@ -137,7 +137,7 @@ class Recommender(ABC):
         """Model-specific learned arrays to persist (override together with ``_set_state``)."""
         return {}
 
-    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:  # noqa: B027 (optional hook)
         """Restore what ``_state`` returned."""
 
     def save(self, path: str | Path) -> Path:
