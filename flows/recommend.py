@@ -67,7 +67,8 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
     try:
         report = validate(dataset, config.min_interactions, output_dir / "gx")
         lap("validate")
-        data = prepare_data(dataset, report, as_of, config.test_fraction)
+        impute = {table: config.impute_for(table) for table in ("users", "items")}
+        data = prepare_data(dataset, report, as_of, config.test_fraction, impute)
         lap("prepare")
 
         names = config.model_list()

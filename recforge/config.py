@@ -45,6 +45,11 @@ class RunConfig(BaseModel):
     k: int = Field(default=10, ge=1, le=1000, description="Cut-off of the top-N evaluation metrics.")
     test_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of each user's latest events held out.")
     primary_metric: str = Field(default="ndcg", description="Metric @k that picks the champion model.")
+    impute: dict[str, str] = Field(
+        default_factory=dict,
+        description='Per attribute column: {"users.age": "median" | "mean" | "most_frequent" | "constant:VALUE" | '
+        '"none"}; undeclared columns get median (numeric) or most_frequent (other).',
+    )
     min_interactions: int = Field(default=10, ge=1, description="Validation floor on the interactions row count.")
     seed: int = Field(default=42, description="Seed for every random choice (models, splits, synthetic data).")
     output_dir: str = Field(default="var", description="Folder for Data Docs, reports and model files.")
@@ -72,6 +77,23 @@ class RunConfig(BaseModel):
         for name in names:
             get_model_class(name)  # raises with the list of valid names
         return list(dict.fromkeys(names))
+
+    @field_validator("impute")
+    @classmethod
+    def _valid_impute(cls, value: dict[str, str]) -> dict[str, str]:
+        strategies = ("mean", "median", "most_frequent", "none")
+        for key, spec in value.items():
+            table, _, column = key.partition(".")
+            if table not in ("users", "items") or not column:
+                raise ValueError(f"impute key {key!r} must be 'users.<column>' or 'items.<column>'")
+            if spec not in strategies and not spec.startswith("constant:"):
+                raise ValueError(f"impute strategy {spec!r} for {key}: use one of {strategies} or 'constant:VALUE'")
+        return value
+
+    def impute_for(self, table: str) -> dict[str, str]:
+        """Declared imputation of one table's columns, keyed by column."""
+        prefix = f"{table}."
+        return {k.removeprefix(prefix): v for k, v in self.impute.items() if k.startswith(prefix)}
 
     @field_validator("source")
     @classmethod

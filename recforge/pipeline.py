@@ -8,6 +8,7 @@ Prefect. Stage order: load → validate → :func:`prepare` (clean, cut at ``as_
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,7 @@ from recforge.data.contract import ITEM, RATING, USER, Dataset
 from recforge.evaluation import evaluate_ratings, evaluate_topn
 from recforge.features import item_features, user_features
 from recforge.ids import IdIndex
-from recforge.prepare import CleaningReport, Imputer, clean_interactions
+from recforge.prepare import CleaningReport, Imputer, clean_interactions, declared_rules
 from recforge.split import TemporalSplit, events_before, temporal_holdout
 from recforge.store import ChampionDecision
 from recforge.validation import ValidationReport
@@ -81,8 +82,14 @@ def prepare(
     report: ValidationReport,
     as_of: datetime,
     test_fraction: float = 0.2,
+    impute: Mapping[str, Mapping[str, str]] | None = None,
 ) -> PreparedData:
-    """Clean the validated data, keep events before ``as_of``, split by time, impute and compute features."""
+    """Clean the validated data, keep events before ``as_of``, split by time, impute and compute features.
+
+    ``impute`` declares strategies per table and column (``{"users": {"age": "mean"}}``); the fill values are
+    learned from the entities of the training part only.
+    """
+    impute = impute or {}
     loaded = len(dataset.interactions)
     cleaned, cleaning = clean_interactions(
         dataset.interactions,
@@ -103,11 +110,13 @@ def prepare(
     imputation: list[dict[str, Any]] = []
     users = items = None
     if dataset.users is not None:
-        imputer = Imputer().fit(dataset.users, id_column=USER, fit_ids=train_users)
+        rules = declared_rules(dataset.users, USER, impute.get("users", {}))
+        imputer = Imputer(rules).fit(dataset.users, id_column=USER, fit_ids=train_users)
         users = imputer.transform(dataset.users)
         imputation += [{"table": "users", **row} for row in imputer.report()]
     if dataset.items is not None:
-        imputer = Imputer().fit(dataset.items, id_column=ITEM, fit_ids=train_items)
+        rules = declared_rules(dataset.items, ITEM, impute.get("items", {}))
+        imputer = Imputer(rules).fit(dataset.items, id_column=ITEM, fit_ids=train_items)
         items = imputer.transform(dataset.items)
         imputation += [{"table": "items", **row} for row in imputer.report()]
     return PreparedData(

@@ -299,6 +299,41 @@ def _most_frequent(values: pd.Series, numeric: bool) -> object:
         return _python_scalar(top[0])
 
 
+def declared_rules(table: pd.DataFrame, id_column: str, declared: Mapping[str, str]) -> tuple[ImputeRule, ...]:
+    """Rules for every attribute column: the default (numeric → median, other → most_frequent) unless declared.
+
+    ``declared`` maps a column to ``"mean"``, ``"median"``, ``"most_frequent"``, ``"constant:VALUE"`` or ``"none"``
+    (leave its missing values alone). A declared column the table lacks is an error naming the table's columns.
+    """
+    unknown = sorted(set(declared) - set(table.columns))
+    if unknown:
+        raise DataError(
+            f"imputation declared for column(s) {unknown} that the table does not have; its columns are "
+            f"{list(table.columns)}"
+        )
+    rules = []
+    for column in table.columns:
+        if column == id_column:
+            continue
+        spec = declared.get(column)
+        if spec is None:
+            rules.append(ImputeRule(column, "median" if _is_numeric(table[column]) else "most_frequent"))
+        elif spec == "none":
+            continue
+        elif spec.startswith("constant:"):
+            raw = spec.removeprefix("constant:")
+            try:
+                value: object = float(raw) if _is_numeric(table[column]) else raw
+            except ValueError:
+                raise DataError(
+                    f"column {column!r} is numeric; its constant fill value must be a number, got {raw!r}"
+                ) from None
+            rules.append(ImputeRule(column, "constant", value))
+        else:
+            rules.append(ImputeRule(column, spec))  # type: ignore[arg-type]  # ImputeRule validates the name
+    return tuple(rules)
+
+
 class Imputer:
     """Fills missing values of an attribute table with statistics of the training entities (sklearn-like).
 

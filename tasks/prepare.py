@@ -22,6 +22,9 @@ def prepare_data(dataset: Dataset, report: ValidationReport, as_of: datetime, te
     logger.info("cleaning: %s", data.cleaning.summary())
     logger.info("rows per stage: %s", data.row_counts)
     lines = [f"| {k} | {v:,} |" for k, v in data.row_counts.items()]
+    imputed = [
+        f"| {r['table']} | {r['column']} | {r['strategy']} | {r['value']} | {r['filled']:,} |" for r in data.imputation
+    ]
     create_markdown_artifact(
         key="preparation",
         markdown="\n".join(
@@ -33,6 +36,10 @@ def prepare_data(dataset: Dataset, report: ValidationReport, as_of: datetime, te
                 *lines,
                 "",
                 f"**Cleaning**: {data.cleaning.summary()}",
+                "",
+                "| table | column | imputation | fill value (from training entities) | values filled |",
+                "|---|---|---|---|---|",
+                *imputed,
             ]
         ),
         description="Row counts per stage and cleaning summary",

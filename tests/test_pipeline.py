@@ -104,3 +104,31 @@ def test_champion_leaderboard_and_metrics_frame() -> None:
         [ModelEvaluation("x", "f", {"rmse": 0.9}, 1.0), ModelEvaluation("y", "f", {"rmse": 0.95}, 1.0)], "rmse"
     )
     assert rmse_champion.model == "x"
+
+
+def test_declared_imputation_overrides_defaults() -> None:
+    dataset = generate_synthetic(n_users=300, n_items=150, n_events=9_000)
+    report = validate_dataset(dataset, min_interactions=10)
+    declared = {"users": {"age": "constant:-1", "gender": "none"}, "items": {"release_year": "mean"}}
+    data = prepare(dataset, report, AS_OF, impute=declared)
+    users, raw_users = data.users, dataset.users
+    assert users is not None and data.items is not None
+    missing_age = raw_users["age"].isna()
+    assert missing_age.any() and (users.loc[missing_age, "age"] == -1).all()
+    assert users["gender"].isna().sum() == raw_users["gender"].isna().sum() > 0  # "none": left alone
+    assert not users["occupation"].isna().any()  # undeclared: default most_frequent
+    by_column = {(r["table"], r["column"]): r for r in data.imputation}
+    assert by_column[("items", "release_year")]["strategy"] == "mean"
+    assert ("users", "gender") not in by_column
+    with pytest.raises(ValueError, match="does not have"):
+        prepare(dataset, report, AS_OF, impute={"users": {"shoe_size": "median"}})
+
+
+def test_impute_config_is_validated() -> None:
+    from recforge.config import ConfigError, build_config
+
+    config = build_config({"impute": {"users.age": "mean", "items.year": "constant:0"}})
+    assert config.impute_for("users") == {"age": "mean"} and config.impute_for("items") == {"year": "constant:0"}
+    for bad in ({"age": "mean"}, {"users.age": "average"}, {"orders.x": "mean"}):
+        with pytest.raises(ConfigError, match="impute"):
+            build_config({"impute": bad})
