@@ -15,9 +15,15 @@ from recforge.validation import ValidationReport
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
-def prepare_data(dataset: Dataset, report: ValidationReport, as_of: datetime, test_fraction: float) -> PreparedData:
+def prepare_data(
+    dataset: Dataset,
+    report: ValidationReport,
+    as_of: datetime,
+    test_fraction: float,
+    impute: dict[str, dict[str, str]],
+) -> PreparedData:
     """Run the cleaning, imputation, split and feature stages; log what was dropped and why."""
-    data = prepare(dataset, report, as_of, test_fraction=test_fraction)
+    data = prepare(dataset, report, as_of, test_fraction=test_fraction, impute=impute)
     logger = get_run_logger()
     logger.info("cleaning: %s", data.cleaning.summary())
     logger.info("rows per stage: %s", data.row_counts)

@@ -88,7 +88,11 @@ def item_cosine_topk(
         np.divide(co, denom, out=co, where=denom > 0)
         co[denom <= 0] = 0.0
         co[np.arange(stop - start), np.arange(start, stop)] = 0.0  # an item is not its own neighbour
-        top = np.argpartition(-co, k - 1, axis=1)[:, :k] if k < n_items else np.tile(np.arange(n_items), (stop - start, 1))
+        top = (
+            np.argpartition(-co, k - 1, axis=1)[:, :k]
+            if k < n_items
+            else np.tile(np.arange(n_items), (stop - start, 1))
+        )
         top_vals = np.take_along_axis(co, top, axis=1)
         keep = top_vals > min_similarity
         rows.append(np.repeat(np.arange(start, stop), keep.sum(axis=1)))
