@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--db-url", help=f"SQLAlchemy URL to publish to (default ${DB_URL_ENV} or sqlite:///var/recforge.db)"
     )
     run.add_argument("--models", help="comma-separated model names (see `recforge models`)")
+    run.add_argument("--families", help="train every model of these comma-separated families (see `recforge models`)")
     run.add_argument("--as-of", type=_parse_as_of, help="only events before this instant count (default: now)")
     run.add_argument("--top-n", type=_positive_int, help="recommendations per user (default 50)")
     run.add_argument("--k", type=_positive_int, help="metric cut-off (default 10)")
@@ -141,6 +142,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     values["source"] = source
     flags = {
         "models": None if args.models is None else args.models.split(","),
+        "families": None if args.families is None else args.families.split(","),
         "as_of": args.as_of,
         "top_n": args.top_n,
         "k": args.k,

@@ -37,6 +37,9 @@ class RunConfig(BaseModel):
     models: list[str] | None = Field(
         default=None, description="Model names from the registry; None trains the default set."
     )
+    families: list[str] | None = Field(
+        default=None, description="Train every registered model of these families (combined with models)."
+    )
     as_of: datetime | None = Field(
         default=None,
         description="Only events strictly before this instant exist for the run (default: now, UTC).",
@@ -78,6 +81,20 @@ class RunConfig(BaseModel):
             get_model_class(name)  # raises with the list of valid names
         return list(dict.fromkeys(names))
 
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        from recmodels.registry import families
+
+        known = families()
+        names = [v.strip() for v in value if v.strip()]
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise ValueError(f"unknown or empty families {unknown or value}; choose from: {', '.join(known)}")
+        return list(dict.fromkeys(names))
+
     @field_validator("impute")
     @classmethod
     def _valid_impute(cls, value: dict[str, str]) -> dict[str, str]:
@@ -107,9 +124,16 @@ class RunConfig(BaseModel):
         return self.as_of if self.as_of is not None else datetime.now(UTC)
 
     def model_list(self) -> list[str]:
-        from recmodels.registry import DEFAULT_MODELS
+        """The models to train: those named, plus every model of the named families; else the default set."""
+        from recmodels.registry import DEFAULT_MODELS, families
 
-        return list(self.models) if self.models is not None else list(DEFAULT_MODELS)
+        if self.models is None and self.families is None:
+            return list(DEFAULT_MODELS)
+        chosen = list(self.models or [])
+        by_family = families()
+        for family in self.families or []:
+            chosen += by_family[family]
+        return list(dict.fromkeys(chosen))
 
 
 def resolve_db_url(explicit: str | None = None) -> str:

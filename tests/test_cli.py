@@ -40,6 +40,12 @@ def test_flags_build_the_source_and_options() -> None:
     assert config.top_n == 7 and config.task_runner == "dask"
 
 
+def test_families_select_every_model_of_a_family() -> None:
+    assert _config(["--families", "baseline"]).model_list() == ["popularity"]
+    both = _config(["--families", "collaborative_filtering", "--models", "popularity"]).model_list()
+    assert both[0] == "popularity" and "item_knn" in both
+
+
 def test_kind_is_inferred_from_the_inputs() -> None:
     assert _config(["--interactions", "e.parquet"]).source["kind"] == "parquet"
     assert _config(["--interactions", "e.tsv"]).source["kind"] == "csv"
@@ -65,6 +71,7 @@ def test_toml_config_with_flag_overrides(tmp_path: Path) -> None:
     [
         (["run", "--models", "popularity,nope"], "unknown model 'nope'; choose from"),
         (["run", "--models", ","], "models is empty"),
+        (["run", "--families", "quantum"], "choose from"),
         (["run", "--dataset", "csv"], "needs interactions"),
         (["run", "--dataset", "sql", "--source-url", "sqlite:///x.db"], "exactly one of table"),
         (["run", "--interactions", "x.csv", "--columns", "user_id=a,oops=b"], "oops"),
