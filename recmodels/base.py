@@ -190,18 +190,30 @@ class Recommender(ABC):
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise top-``k`` of a dense matrix, best first; ``-inf`` entries come back as item ``-1``.
 
-    ``argpartition`` keeps this O(n_items) per row; the ``k`` winners are then ordered by score and, among
-    equal scores, by lower column, so the output is deterministic for a given input.
+    Ties break by lower column everywhere, including at the cut-off: every column scoring above the k-th value is
+    kept, then the lowest columns among those equal to it. So a top-10 is always the prefix of the top-20, and the
+    result depends only on the scores. ``argpartition`` keeps this O(n_items) per row.
     """
     n_rows, n_cols = scores.shape
     k = min(k, n_cols)
     if k == 0:
         return np.empty((n_rows, 0), dtype=np.int64), np.empty((n_rows, 0), dtype=np.float32)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < n_cols else np.tile(np.arange(n_cols), (n_rows, 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    # lexsort sorts by the last key first: score descending, then column ascending.
-    order = np.lexsort((part, -part_scores), axis=1)
-    items = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    top_scores = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+    above = scores > kth
+    tied = scores == kth
+    needed = k - above.sum(axis=1, keepdims=True)
+    chosen = above | tied
+    # Only rows with more ties at the k-th value than free slots need the (costly) running count of ties.
+    excess = np.flatnonzero(tied.sum(axis=1) > needed[:, 0])
+    if len(excess):
+        rows_tied = tied[excess]
+        chosen[excess] = above[excess] | (rows_tied & (np.cumsum(rows_tied, axis=1, dtype=np.int32) <= needed[excess]))
+    # Row-major nonzero lists each row's k chosen columns in ascending order.
+    cols = np.nonzero(chosen)[1].reshape(n_rows, k)
+    chosen_scores = np.take_along_axis(scores, cols, axis=1)
+    # Stable sort on descending score keeps ascending column order among equal scores.
+    order = np.argsort(-chosen_scores, axis=1, kind="stable")
+    items = np.take_along_axis(cols, order, axis=1).astype(np.int64)
+    top_scores = np.take_along_axis(chosen_scores, order, axis=1).astype(np.float32)
     items[np.isneginf(top_scores)] = -1
     return items, top_scores

@@ -203,3 +203,15 @@ def test_top_k_orders_ties_by_index_and_marks_exhausted_rows() -> None:
     assert items.tolist() == [[1, 2, 0], [0, 1, 2]]
     items, values = top_k(scores, 5)
     assert items[0].tolist() == [1, 2, 0, 3, -1] and np.isneginf(values[0, -1])
+
+
+def test_top_k_is_a_prefix_of_a_longer_top_k_under_ties() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(200, 300)).astype(np.float32)  # many ties straddle every cut-off
+    long_items, _ = top_k(scores, 40)
+    for k in (1, 5, 10, 33):
+        items, values = top_k(scores, k)
+        np.testing.assert_array_equal(items, long_items[:, :k])
+        # Reference: full stable sort by descending score then ascending column.
+        reference = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(items, reference)
