@@ -1,4 +1,4 @@
-"""Top-N and rating metrics against small cases computed by hand."""
+"""Top-N, beyond-accuracy and rating metrics against small cases computed by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,25 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recforge.metrics import mae, rmse, topn_metrics, topn_per_user
+from recforge.metrics import (
+    TOPN_KEYS,
+    activity_groups,
+    catalogue_coverage,
+    check_ks,
+    exposure_counts,
+    exposure_gini,
+    gini_index,
+    intra_list_diversity_per_user,
+    mae,
+    novelty_per_user,
+    popularity_bias_per_user,
+    popularity_percentiles,
+    rmse,
+    self_information,
+    topn_metrics,
+    topn_per_user,
+    topn_per_user_at,
+)
 
 L3 = math.log2(3)  # discount denominator of rank 2
 L4 = 2.0  # log2(4): rank 3
@@ -120,3 +138,147 @@ def test_rmse_and_mae() -> None:
         rmse(np.array([np.nan, 1.0]), np.array([1.0, 1.0]))
     with pytest.raises(ValueError, match="pred has 2 values"):
         mae(np.array([1.0, 1.0]), np.array([1.0]))
+
+
+# ---- several cut-offs at once -------------------------------------------------------------------------------
+
+
+def naive_per_user(ranked: list[int], relevant: set[int], k: int) -> dict[str, float]:
+    """Textbook definitions with Python loops, one user at a time (the project's MAP normalisation)."""
+    hits = [1.0 if item >= 0 and item in relevant else 0.0 for item in ranked[:k]]
+    n_hits = sum(hits)
+    dcg = sum(h / math.log2(j + 2) for j, h in enumerate(hits))
+    idcg = sum(1 / math.log2(j + 2) for j in range(min(len(relevant), k)))
+    ap = sum(sum(hits[: j + 1]) / (j + 1) for j, h in enumerate(hits) if h) / min(len(relevant), k)
+    first = next((j + 1 for j, h in enumerate(hits) if h), None)
+    return {
+        "precision": n_hits / k,
+        "recall": n_hits / len(relevant),
+        "ndcg": dcg / idcg,
+        "map": ap,
+        "mrr": 0.0 if first is None else 1 / first,
+        "hit_rate": float(first is not None),
+    }
+
+
+def test_several_cutoffs_match_naive_loops_on_random_lists() -> None:
+    rng = np.random.default_rng(7)
+    n_users, n_items, k_max = 40, 30, 12
+    ranked = np.stack([rng.permutation(n_items)[:k_max] for _ in range(n_users)])
+    ranked[rng.random(ranked.shape) < 0.05] = -1  # some padding slots, also between items
+    rel_sets = [set(rng.choice(n_items, size=rng.integers(1, 15), replace=False).tolist()) for _ in range(n_users)]
+    relevant = relevance([sorted(r) for r in rel_sets], n_items)
+
+    got = topn_per_user_at(ranked, relevant, ks=(10, 1, 5, 12, 5))
+    assert sorted(got) == [1, 5, 10, 12]
+    for k in (1, 5, 10, 12):
+        for user in range(n_users):
+            expected = naive_per_user(ranked[user].tolist(), rel_sets[user], k)
+            for key in TOPN_KEYS:
+                assert got[k][key][user] == pytest.approx(expected[key], abs=1e-12), (k, user, key)
+        # The single-k function gives the same arrays.
+        single = topn_per_user(ranked, relevant, k=k)
+        for key in TOPN_KEYS:
+            np.testing.assert_allclose(single[key], got[k][key], rtol=0, atol=1e-15)
+
+
+def test_check_ks_rejects_bad_cutoffs() -> None:
+    assert check_ks(10) == (10,)
+    assert check_ks([20, 5, 10, 5]) == (5, 10, 20)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        check_ks((5, 0))
+    with pytest.raises(ValueError, match="empty"):
+        check_ks(())
+    recommended, relevant = two_users()
+    with pytest.raises(ValueError, match="columns but k=5"):
+        topn_per_user_at(recommended, relevant, ks=(3, 5))
+
+
+# ---- beyond accuracy ------------------------------------------------------------------------------------------
+
+
+def test_coverage_and_exposure_counts() -> None:
+    recommended = np.array([[0, 1, -1], [1, 3, 0]])
+    np.testing.assert_array_equal(exposure_counts(recommended, n_items=5), [2, 2, 0, 1, 0])
+    np.testing.assert_array_equal(exposure_counts(recommended, n_items=5, k=1), [1, 1, 0, 0, 0])
+    assert catalogue_coverage(recommended, n_items=5) == pytest.approx(3 / 5)
+    assert catalogue_coverage(recommended, n_items=5, k=1) == pytest.approx(2 / 5)
+    with pytest.raises(ValueError, match="outside"):
+        exposure_counts(recommended, n_items=3)
+
+
+def test_gini_by_hand() -> None:
+    assert gini_index(np.array([1, 1, 1, 1])) == pytest.approx(0.0)
+    # One item takes every slot: (n - 1) / n.
+    assert gini_index(np.array([0, 0, 0, 4])) == pytest.approx(0.75)
+    # Sorted 1, 2, 3: (-2·1 + 0·2 + 2·3) / (3 · 6) = 4 / 18.
+    assert gini_index(np.array([3, 1, 2])) == pytest.approx(4 / 18)
+    assert math.isnan(gini_index(np.zeros(3)))
+    with pytest.raises(ValueError, match="non-negative"):
+        gini_index(np.array([1.0, -1.0]))
+    # Exposure counts [2, 2, 0, 1, 0] sorted 0, 0, 1, 2, 2: (-4·0 - 2·0 + 0·1 + 2·2 + 4·2) / (5 · 5) = 12 / 25.
+    recommended = np.array([[0, 1, -1], [1, 3, 0]])
+    assert exposure_gini(recommended, n_items=5) == pytest.approx(12 / 25)
+
+
+def test_novelty_by_hand() -> None:
+    # 8 training users; item 0 seen by 8 (0 bits), item 1 by 4 (1 bit), item 2 by 2 (2 bits), item 3 by nobody.
+    popularity = np.array([8.0, 4.0, 2.0, 0.0])
+    np.testing.assert_allclose(self_information(popularity, 8), [0.0, 1.0, 2.0, 3.0])  # unseen counts as 1 user
+    recommended = np.array([[0, 1], [2, -1], [-1, -1]])
+    got = novelty_per_user(recommended, popularity, n_train_users=8)
+    np.testing.assert_allclose(got[:2], [0.5, 2.0])  # padding is not an item
+    assert math.isnan(got[2])
+    np.testing.assert_allclose(novelty_per_user(recommended, popularity, 8, k=1)[:2], [0.0, 2.0])
+    with pytest.raises(ValueError, match="at least the largest item count"):
+        novelty_per_user(recommended, popularity, n_train_users=4)
+
+
+def test_popularity_bias_by_hand() -> None:
+    popularity = np.array([5.0, 1.0, 3.0, 3.0])
+    # Ranks by popularity (ties averaged): 4, 1, 2.5, 2.5 out of 4.
+    np.testing.assert_allclose(popularity_percentiles(popularity), [1.0, 0.25, 0.625, 0.625])
+    recommended = np.array([[0, 2], [1, -1]])
+    np.testing.assert_allclose(popularity_bias_per_user(recommended, popularity), [(1.0 + 0.625) / 2, 0.25])
+
+
+def test_intra_list_diversity_by_hand() -> None:
+    # Items: 0 {a, b}, 1 {b, c}, 2 {a, b}, 3 {} (no attributes), 4 {d}.
+    attributes = sp.csr_matrix(
+        np.array(
+            [
+                [1, 1, 0, 0],
+                [0, 1, 1, 0],
+                [1, 1, 0, 0],
+                [0, 0, 0, 0],
+                [0, 0, 0, 1],
+            ]
+        )
+    )
+    recommended = np.array(
+        [
+            [0, 1, 2],  # pairs: (0,1) 1 - 1/3, (0,2) 0, (1,2) 1 - 1/3 → mean 4/9
+            [0, 3, 4],  # item 3 has no attributes: only (0,4) counts, distance 1
+            [3, -1, 1],  # no pair with attributes on both sides
+            [0, 2, -1],  # identical attribute sets: 0
+        ]
+    )
+    got = intra_list_diversity_per_user(recommended, attributes)
+    np.testing.assert_allclose(got[[0, 1, 3]], [4 / 9, 1.0, 0.0])
+    assert math.isnan(got[2])
+    np.testing.assert_allclose(intra_list_diversity_per_user(recommended, attributes, k=2)[0], 2 / 3)
+    # A single-item list has no pair.
+    assert np.isnan(intra_list_diversity_per_user(recommended, attributes, k=1)).all()
+
+
+def test_activity_groups_quantile_and_fixed_thresholds() -> None:
+    events = np.array([5, 10, 20, 30, 40, 50, 60, 100])
+    # 25th percentile 17.5 → cold ≤ 17; 75th percentile 52.5 → heavy ≥ 53.
+    groups = activity_groups(events)
+    assert (groups.cold_max, groups.heavy_min) == (17.0, 53.0)
+    assert groups.labels.tolist() == ["cold", "cold", "regular", "regular", "regular", "regular", "heavy", "heavy"]
+    fixed = activity_groups(events, cold_max=20, heavy_min=60)
+    assert fixed.labels.tolist() == ["cold", "cold", "cold", "regular", "regular", "regular", "heavy", "heavy"]
+    assert fixed.mask("regular").sum() == 3
+    with pytest.raises(ValueError, match="greater than cold_max"):
+        activity_groups(events, cold_max=50, heavy_min=50)
