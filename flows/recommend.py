@@ -93,7 +93,10 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         ok_results = [r for r in results if r.ok and r.model not in refit_errors]
         board = leaderboard(results, config.primary_metric)
         _leaderboard_artifact(board, config.k)
-        champion = choose_champion(ok_results, config.primary_metric, config.k) if ok_results else None
+        # Guard rails (coverage floor, no significant regression) may reject every model: then no champion row
+        # is written and the view keeps serving the previous champion.
+        selection = choose_champion(ok_results, config.primary_metric, config.k) if ok_results else None
+        champion = selection.to_decision() if selection is not None and selection.model else None
         if recommendations:
             frame = pd.concat([r.frame for r in recommendations], ignore_index=True)
             written = publish(url, run_id, data, metrics_frame(results, config.k), frame, champion)
@@ -110,7 +113,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             "as_of": as_of.isoformat(),
             "database": Store(url).url_masked,
             "champion": None if champion is None else champion.model,
-            "champion_reason": None if champion is None else champion.reason,
+            "champion_reason": None if selection is None else selection.reason,
             "leaderboard": board.to_dict(orient="records"),
             "rows_written": written,
             "row_counts": data.row_counts,

@@ -7,8 +7,9 @@ Prefect. Stage order: load → validate → :func:`prepare` (clean, cut at ``as_
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recforge.champion import LOWER_IS_BETTER, Candidate, ChampionRules, ChampionSelection, select_champion
 from recforge.data.contract import ITEM, RATING, USER, Dataset
-from recforge.evaluation import evaluate_ratings, evaluate_topn
+from recforge.evaluation import FullEvaluation, evaluate_full, evaluate_ratings
 from recforge.features import item_features, user_features
 from recforge.ids import IdIndex
 from recforge.prepare import CleaningReport, Imputer, clean_interactions, declared_rules
@@ -26,9 +28,6 @@ from recforge.store import ChampionDecision
 from recforge.validation import ValidationReport
 from recmodels.base import Recommender, RunSettings
 from recmodels.registry import get_model_class
-
-# Metrics where lower is better; every other metric is maximised when picking a champion.
-LOWER_IS_BETTER = frozenset({"rmse", "mae"})
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,7 @@ class ModelEvaluation:
     metrics: dict[str, float]
     seconds: float
     error: str | None = None
+    full: FullEvaluation | None = None  # tidy metrics over all k and user groups, per-user values
 
     @property
     def ok(self) -> bool:
@@ -147,18 +147,56 @@ def make_model(name: str) -> Recommender:
     return get_model_class(name)()
 
 
-def evaluate(name: str, data: PreparedData, k: int = 10, seed: int = 42) -> ModelEvaluation:
-    """Fit ``name`` on the training part and measure it on the held-out part (plus RMSE/MAE if it rates)."""
+def evaluate(
+    name: str,
+    data: PreparedData,
+    k: int = 10,
+    seed: int = 42,
+    ks: Sequence[int] = (5, 10, 20),
+    bootstrap: int = 1000,
+    settings: RunSettings | None = None,
+) -> ModelEvaluation:
+    """Fit ``name`` on the training part and measure it on the held-out part (plus RMSE/MAE if it rates).
+
+    ``metrics`` holds every metric at the leaderboard cut-off ``k`` under plain names (``ndcg``, ``coverage``,
+    ...), the bootstrap interval of each as ``<name>_ci_low`` / ``<name>_ci_high``, and timings; ``full`` keeps
+    the tidy table over all ``ks`` and activity groups plus per-user values for paired tests.
+    """
     cls = get_model_class(name)
-    settings = RunSettings(seed=seed)
+    settings = settings or RunSettings(seed=seed)
     start = time.perf_counter()
     try:
-        metrics = dict(evaluate_topn(lambda: cls(), data.split, k=k, settings=settings))
+        full = evaluate_full(
+            lambda: cls(),
+            data.split,
+            ks=sorted({*ks, k}),
+            item_attributes=data.items,
+            bootstrap=bootstrap,
+            seed=seed,
+            settings=settings,
+        )
+        metrics = _metrics_at(full, k)
         if cls.predicts_ratings and data.has_ratings:
-            metrics.update(evaluate_ratings(lambda: cls(), data.interactions, seed=seed, settings=settings))
+            rating = evaluate_ratings(lambda: cls(), data.interactions, seed=seed, settings=settings)
+            metrics.update(rmse=rating["rmse"], mae=rating["mae"], rating_fit_seconds=rating["fit_seconds"])
     except Exception as exc:  # one model's failure must not sink the others; the flow reports it
         return ModelEvaluation(name, cls.family, {}, time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
-    return ModelEvaluation(name, cls.family, metrics, time.perf_counter() - start)
+    return ModelEvaluation(name, cls.family, metrics, time.perf_counter() - start, full=full)
+
+
+def _metrics_at(full: FullEvaluation, k: int) -> dict[str, float]:
+    """The overall metrics at cut-off ``k`` with their intervals, under plain names, plus timings."""
+    summary = full.summary
+    rows = summary[summary["group"].eq("all") & (summary["k"].eq(k) | summary["k"].isna()).fillna(True)]
+    out: dict[str, float] = {}
+    for metric, value, low, high in zip(rows["metric"], rows["value"], rows["ci_low"], rows["ci_high"], strict=True):
+        out[metric] = float(value)
+        if np.isfinite(low) and np.isfinite(high):
+            out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = float(low), float(high)
+    out["users"] = float(len(full.per_user))
+    out["fit_seconds"] = float(full.info["fit_seconds"])
+    out["score_seconds"] = float(full.info["score_seconds"])
+    return out
 
 
 def fit_and_recommend(name: str, data: PreparedData, top_n: int = 50, seed: int = 42) -> ModelRecommendations:
@@ -209,43 +247,70 @@ def leaderboard(results: list[ModelEvaluation], primary_metric: str = "ndcg") ->
     return table.reset_index(drop=True)
 
 
-def choose_champion(results: list[ModelEvaluation], primary_metric: str = "ndcg", k: int = 10) -> ChampionDecision:
-    """The successful model with the best primary metric; ties go to the earlier model in the list."""
-    candidates = [r for r in results if r.ok and primary_metric in r.metrics and np.isfinite(r.metrics[primary_metric])]
-    if not candidates:
-        raise ValueError(f"no model produced {primary_metric!r}; cannot choose a champion")
-    sign = 1.0 if primary_metric in LOWER_IS_BETTER else -1.0
-    best = min(candidates, key=lambda r: sign * r.metrics[primary_metric])
-    others = sorted((r for r in candidates if r is not best), key=lambda r: sign * r.metrics[primary_metric])
-    runner_up = (
-        f"; runner-up {others[0].model} {others[0].metrics[primary_metric]:.4f}" if others else "; only candidate"
-    )
-    metric_name = primary_metric if primary_metric in LOWER_IS_BETTER else f"{primary_metric}@{k}"
-    return ChampionDecision(
-        model=best.model,
-        metric=metric_name,
-        value=float(best.metrics[primary_metric]),
-        reason=f"best {metric_name} on the temporal holdout ({best.metrics[primary_metric]:.4f}){runner_up}",
-    )
+def choose_champion(
+    results: list[ModelEvaluation],
+    primary_metric: str = "ndcg",
+    k: int = 10,
+    coverage_floor: float = 0.05,
+    previous: ChampionDecision | None = None,
+) -> ChampionSelection:
+    """Pick the champion under the declared rule: best primary metric, coverage floor, no significant regression.
 
-
-def metrics_frame(results: list[ModelEvaluation], k: int) -> pd.DataFrame:
-    """Long-format metrics (model, metric, k, value, split) for the ``model_metrics`` table."""
-    rows = []
+    Models whose evaluation carries per-user values (``full``) are compared with paired tests; the decision and
+    its reason (including every rejected model and why) go to the ``champions`` table.
+    """
+    metric = primary_metric if primary_metric in LOWER_IS_BETTER else f"{primary_metric}@{k}"
+    rules = ChampionRules(
+        primary_metric=metric,
+        coverage_floor=coverage_floor if metric not in LOWER_IS_BETTER else 0.0,
+    )
+    candidates = []
     for result in results:
+        if result.full is not None:
+            candidate = Candidate.from_evaluation(result.full)
+            if primary_metric in LOWER_IS_BETTER and primary_metric in result.metrics:
+                candidate = dataclasses.replace(
+                    candidate, metrics={**candidate.metrics, primary_metric: result.metrics[primary_metric]}
+                )
+        else:
+            keyed = {(m if m in LOWER_IS_BETTER else f"{m}@{k}"): v for m, v in result.metrics.items()}
+            candidate = Candidate(result.model, keyed, {}, {}, None, result.error)
+        candidates.append(candidate)
+    return select_champion(candidates, rules, previous)
+
+
+def metrics_frame(results: list[ModelEvaluation], k: int, protocol: str = "temporal_holdout") -> pd.DataFrame:
+    """Long-format metrics (model, metric, k, value, split) for the ``model_metrics`` table.
+
+    Every metric at every evaluated cut-off, its bootstrap interval as ``<metric>_ci_low`` / ``_ci_high``, and the
+    per-activity-group values under split ``<protocol>:<group>``; rating metrics under ``random_80_20``; timings
+    under ``timing``.
+    """
+    rows: list[tuple[str, str, int | None, float, str]] = []
+    for result in results:
+        if result.full is not None:
+            table = result.full.summary
+            for metric, cut, group, value, low, high in zip(
+                table["metric"],
+                table["k"],
+                table["group"],
+                table["value"],
+                table["ci_low"],
+                table["ci_high"],
+                strict=True,
+            ):
+                split = protocol if group == "all" else f"{protocol}:{group}"
+                cut_off = None if pd.isna(cut) else int(cut)
+                if np.isfinite(value):
+                    rows.append((result.model, metric, cut_off, float(value), split))
+                if np.isfinite(low) and np.isfinite(high):
+                    rows.append((result.model, f"{metric}_ci_low", cut_off, float(low), split))
+                    rows.append((result.model, f"{metric}_ci_high", cut_off, float(high), split))
         for metric, value in result.metrics.items():
             if metric in LOWER_IS_BETTER:
                 rows.append((result.model, metric, None, float(value), "random_80_20"))
-            elif metric.endswith("_seconds") or metric in {"users"}:
-                rows.append(
-                    (
-                        result.model,
-                        metric,
-                        None,
-                        float(value),
-                        "timing" if "seconds" in metric else "temporal_holdout",
-                    )
-                )
-            else:
-                rows.append((result.model, metric, k, float(value), "temporal_holdout"))
+            elif metric.endswith("_seconds"):
+                rows.append((result.model, metric, None, float(value), "timing"))
+            elif result.full is None and not metric.endswith(("_ci_low", "_ci_high")) and metric != "users":
+                rows.append((result.model, metric, k, float(value), protocol))
     return pd.DataFrame(rows, columns=["model", "metric", "k", "value", "split"])
