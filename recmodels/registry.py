@@ -5,8 +5,9 @@ from __future__ import annotations
 from recmodels.base import Recommender
 from recmodels.baselines.popularity import Popularity
 from recmodels.knn.item import ItemKNN
+from recmodels.knn.user import UserKNN
 
-_MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (Popularity, ItemKNN)}
+_MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (Popularity, ItemKNN, UserKNN)}
 
 #: Models trained when the user does not choose (every registered family).
 DEFAULT_MODELS: tuple[str, ...] = ("popularity", "item_knn")

@@ -1,0 +1,325 @@
+"""Shared maths of the neighbourhood models (``item_knn``, ``user_knn``).
+
+Everything here is oriented by *entities* (the side whose similarities are computed: items for item–item, users
+for user–user) and their *features* (the other side). All functions take scipy CSR matrices, work block by block
+over entities so that memory stays bounded by a budget of dense values, and contain no Python loop over
+(entity, entity) or (user, item) pairs.
+
+- :func:`weigh_rows` — ``"none"`` / ``"tfidf"`` / ``"bm25"`` re-weighting of an entity × feature matrix, with the
+  formulas of implicit's ``tfidf_weight`` / ``bm25_weight``.
+- :func:`cosine_topk` — (asymmetric, shrunk, sharpened) cosine similarity pruned to each entity's top-K.
+- :func:`rating_similarity` — surprise-style similarities over co-rated features: ``"cosine"``, ``"pearson"``
+  and ``"pearson_baseline"`` (on baseline residuals, shrunk by ``(n − 1) / (n − 1 + λ)``), with a minimum support.
+- :func:`als_baselines` — global mean plus user and item biases by alternating regularised means (surprise's
+  ``baseline_als``).
+- :func:`neighbourhood_offsets` — for many (entity, feature) pairs at once, the similarity-weighted mean residual
+  over the ``k`` most similar entities that have the feature (the neighbourhood term of a kNN rating prediction).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from recmodels.base import RunSettings
+
+Weighting = Literal["none", "bm25", "tfidf"]
+RatingSimilarity = Literal["pearson", "cosine", "pearson_baseline"]
+
+WEIGHTINGS: tuple[str, ...] = ("none", "bm25", "tfidf")
+RATING_SIMILARITIES: tuple[str, ...] = ("pearson", "cosine", "pearson_baseline")
+
+# Dense work budget per block, in values: block_rows × n_entities × (dense arrays alive at once) stays under this
+# (16 M float64 values ≈ 128 MB), whatever the catalogue size.
+BLOCK_VALUES = 16_000_000
+# Neighbourhood aggregation handles at most this many (pair, candidate neighbour) elements at once.
+_ELEMENT_BUDGET = 1_000_000
+
+
+def _block_rows(n_entities: int, arrays: int) -> int:
+    """Rows per block so that ``arrays`` dense ``rows × n_entities`` arrays fit in :data:`BLOCK_VALUES`."""
+    return max(1, min(n_entities, BLOCK_VALUES // max(1, n_entities * arrays)))
+
+
+def _block_product(left: sp.csr_matrix, right: sp.csc_matrix) -> np.ndarray:
+    """Dense ``left @ right`` for a block of rows. Sparse × sparse: at ML-100K's 5 % density this beats dense
+    BLAS by 2–3× on the benchmark machine, and it needs no dense copy of the whole matrix."""
+    return (left @ right).toarray()
+
+
+def weigh_rows(matrix: sp.csr_matrix, weighting: str, bm25_k1: float = 1.2, bm25_b: float = 0.75) -> sp.csr_matrix:
+    """Re-weight an entity × feature matrix (rows are the "documents", columns the "terms"); float32 CSR.
+
+    ``"tfidf"``: ``sqrt(x) · idf_f`` with ``idf_f = log(n_rows) − log(1 + rows containing f)``, so a feature
+    shared by many entities (a heavy user, for item–item) counts less. ``"bm25"``: ``x (k1 + 1) / (k1 · L_e + x)
+    · idf_f`` with the length norm ``L_e = 1 − b + b · |e| / mean |e|``, which also damps long rows. ``"none"``
+    returns the values unchanged. These are implicit's ``tfidf_weight`` and ``bm25_weight`` formulas.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    out = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
+    if weighting == "none" or out.nnz == 0:
+        return out.astype(np.float32)
+    n_rows = out.shape[0]
+    idf = np.log(n_rows) - np.log1p(np.bincount(out.indices, minlength=out.shape[1]))
+    rows = np.repeat(np.arange(n_rows), np.diff(out.indptr))
+    if weighting == "tfidf":
+        out.data = np.sqrt(out.data) * idf[out.indices]
+    else:
+        lengths = np.asarray(out.sum(axis=1)).ravel()
+        length_norm = (1.0 - bm25_b) + bm25_b * lengths / max(lengths.mean(), 1e-12)
+        out.data = out.data * (bm25_k1 + 1.0) / (bm25_k1 * length_norm[rows] + out.data) * idf[out.indices]
+    return out.astype(np.float32)
+
+
+def _keep_top(block: np.ndarray, start: int, keep: int, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """COO parts (rows, cols, values) of each row's ``keep`` largest values above ``threshold``."""
+    n_rows, n_cols = block.shape
+    if keep < n_cols:
+        top = np.argpartition(-block, keep - 1, axis=1)[:, :keep]
+    else:
+        top = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
+    values = np.take_along_axis(block, top, axis=1)
+    mask = values > threshold
+    rows = np.repeat(np.arange(start, start + n_rows), mask.sum(axis=1))
+    return rows, top[mask], values[mask]
+
+
+def _assemble(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int) -> sp.csr_matrix:
+    """One float32 CSR ``n × n`` from per-block COO parts, with sorted column indices (needed for look-ups)."""
+    rows = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, dtype=np.int64)
+    cols = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, dtype=np.int64)
+    vals = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, dtype=np.float32)
+    out = sp.csr_matrix((vals.astype(np.float32), (rows, cols)), shape=(n, n))
+    out.sort_indices()
+    return out
+
+
+def cosine_topk(
+    vectors: sp.csr_matrix,
+    neighbors: int,
+    shrinkage: float = 0.0,
+    min_similarity: float = 0.0,
+    settings: RunSettings | None = None,
+    stage: str = "similarities",
+    normalize: bool = True,
+    alpha: float = 0.5,
+    exponent: float = 1.0,
+) -> sp.csr_matrix:
+    """Row ``t`` holds entity ``t``'s ``neighbors`` most similar other entities (float32 CSR, rows = targets).
+
+    ``vectors`` is entity × feature. The similarity of target ``t`` to neighbour ``n`` is the asymmetric cosine
+    ``(t·n / (‖t‖^(2α) ‖n‖^(2(1−α)) + shrinkage))^exponent`` — the plain cosine for ``α = 0.5``,
+    ``exponent = 1`` — or ``(t·n)^exponent`` when ``normalize`` is false (for BM25 weights, which carry their own
+    length normalisation). Values at or below ``min_similarity`` (tested before the exponent) are dropped and an
+    entity is never its own neighbour. Computed one block of target rows of the dense ``n × n`` product at a time
+    and pruned right away, so memory is bounded by :data:`BLOCK_VALUES`.
+    """
+    vectors = sp.csr_matrix(vectors, dtype=np.float32)
+    n = vectors.shape[0]
+    sq_norms = np.asarray(vectors.multiply(vectors).sum(axis=1), dtype=np.float64).ravel()
+    target_scale = (sq_norms**alpha).astype(np.float32)
+    neighbour_scale = (sq_norms ** (1.0 - alpha)).astype(np.float32)
+    right = vectors.T.tocsc()
+    keep = min(neighbors, max(n - 1, 1))
+    block = _block_rows(n, 2)
+    parts = []
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        sims = _block_product(vectors[start:stop], right)
+        if normalize:
+            denom = np.outer(target_scale[start:stop], neighbour_scale)
+            if shrinkage:
+                denom += shrinkage
+            np.divide(sims, denom, out=sims, where=denom > 0)
+            sims[denom <= 0] = 0.0
+        sims[np.arange(stop - start), np.arange(start, stop)] = 0.0  # not its own neighbour
+        rows, cols, vals = _keep_top(sims, start, keep, min_similarity)
+        if exponent != 1.0:
+            vals = np.sign(vals) * np.abs(vals) ** exponent
+        parts.append((rows, cols, vals))
+        if settings is not None:
+            settings.report(stage, stop / n)
+    return _assemble(parts, n)
+
+
+def rating_similarity(
+    values: sp.csr_matrix,
+    kind: str,
+    shrinkage: float = 0.0,
+    min_support: int = 1,
+    max_neighbors: int | None = None,
+    settings: RunSettings | None = None,
+    stage: str = "rating similarities",
+) -> sp.csr_matrix:
+    """Positive similarities between the rows of ``values`` over their co-rated columns (float32 CSR, n × n).
+
+    ``values`` is entity × feature with an entry wherever a rating exists (raw ratings for ``"cosine"`` and
+    ``"pearson"``; baseline residuals ``r − b`` for ``"pearson_baseline"``). With ``C`` the ``n_ab`` features
+    both ``a`` and ``b`` have, as in surprise's ``similarities`` module:
+
+    - cosine: ``Σ_C x_a x_b / sqrt(Σ_C x_a² · Σ_C x_b²)``;
+    - pearson: the correlation over ``C`` (each side centred on its own mean over ``C``);
+    - pearson_baseline: the cosine of the residuals over ``C``.
+
+    Each value is then multiplied by ``(n_ab − 1) / (n_ab − 1 + shrinkage)`` when ``shrinkage > 0`` (surprise does
+    this for pearson_baseline; here it applies to every kind), and pairs with ``n_ab < min_support`` get 0. Only
+    positive similarities are kept — the prediction rule averages over positively similar neighbours only — and,
+    if ``max_neighbors`` is set, only each row's largest ``max_neighbors`` of them.
+    """
+    if kind not in RATING_SIMILARITIES:
+        raise ValueError(f"similarity must be one of {RATING_SIMILARITIES}, got {kind!r}")
+    vals = sp.csr_matrix(values, dtype=np.float64)
+    n = vals.shape[0]
+    pattern = vals.copy()
+    pattern.data[:] = 1.0
+    squares = vals.multiply(vals).tocsr()
+    vals_t, pattern_t, squares_t = vals.T.tocsc(), pattern.T.tocsc(), squares.T.tocsc()
+    keep = n if max_neighbors is None else min(max_neighbors, n)
+    block = _block_rows(n, 8)
+    parts = []
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        rows = slice(start, stop)
+        count = _block_product(pattern[rows], pattern_t)
+        prods = _block_product(vals[rows], vals_t)
+        sq_a = _block_product(squares[rows], pattern_t)  # Σ_C x_a², over the features b also has
+        sq_b = _block_product(pattern[rows], squares_t)  # Σ_C x_b²
+        if kind == "pearson":
+            sum_a = _block_product(vals[rows], pattern_t)
+            sum_b = _block_product(pattern[rows], vals_t)
+            prods = count * prods - sum_a * sum_b
+            sq_a = count * sq_a - sum_a**2
+            sq_b = count * sq_b - sum_b**2
+            del sum_a, sum_b
+        denom = np.sqrt(np.maximum(sq_a * sq_b, 0.0))
+        sims = np.zeros_like(prods)
+        np.divide(prods, denom, out=sims, where=denom > 1e-12)
+        if shrinkage > 0:
+            sims *= np.maximum(count - 1.0, 0.0) / (np.maximum(count - 1.0, 0.0) + shrinkage)
+        sims[count < min_support] = 0.0
+        sims[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        parts.append(_keep_top(sims, start, keep, 0.0))
+        if settings is not None:
+            settings.report(stage, stop / n)
+    return _assemble(parts, n)
+
+
+def als_baselines(
+    ratings: sp.csr_matrix, epochs: int = 10, reg_users: float = 15.0, reg_items: float = 10.0
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """``(μ, b_user, b_item)`` for ``r̂ = μ + b_u + b_i``, by alternating regularised means (float64).
+
+    Each epoch sets ``b_i = Σ_u (r_ui − μ − b_u) / (reg_items + n_i)`` for every item, then
+    ``b_u = Σ_i (r_ui − μ − b_i) / (reg_users + n_u)`` for every user — surprise's ``baseline_als``, vectorised.
+    """
+    coo = ratings.tocoo()
+    rows, cols, data = coo.row, coo.col, coo.data.astype(np.float64)
+    n_users, n_items = ratings.shape
+    mu = float(data.mean()) if len(data) else 0.0
+    per_user = np.bincount(rows, minlength=n_users)
+    per_item = np.bincount(cols, minlength=n_items)
+    b_user = np.zeros(n_users)
+    b_item = np.zeros(n_items)
+    for _ in range(epochs):
+        b_item = np.bincount(cols, data - mu - b_user[rows], minlength=n_items) / (reg_items + per_item)
+        b_user = np.bincount(rows, data - mu - b_item[cols], minlength=n_users) / (reg_users + per_user)
+    return mu, b_user, b_item
+
+
+def neighbourhood_offsets(
+    similarity: sp.csr_matrix,
+    residuals: sp.csr_matrix,
+    entity: np.ndarray,
+    feature: np.ndarray,
+    k: int,
+    min_neighbors: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbourhood term of a kNN rating prediction for each (entity, feature) pair.
+
+    ``similarity`` is entity × entity (zero = not a neighbour); ``residuals`` is feature × entity and holds
+    ``r − centre`` wherever the entity rated the feature. For pair ``p = (e, f)`` the candidates are the entities
+    that have ``f``; the (at most) ``k`` with the largest positive ``sim(e, ·)`` form the neighbourhood ``N``, and
+    the term is ``Σ_N sim · residual / Σ_N |sim|`` — 0 when ``|N| < min_neighbors``. Returns the terms (float64)
+    and ``|N|`` (int64) per pair.
+
+    Vectorised over pairs: pairs are sorted by their number of candidates and handled in chunks padded to a
+    rectangle of at most :data:`_ELEMENT_BUDGET` cells, in which one ``argpartition`` per chunk picks every
+    pair's top ``k``.
+    """
+    entity = np.asarray(entity, dtype=np.int64)
+    feature = np.asarray(feature, dtype=np.int64)
+    n_pairs = len(entity)
+    terms = np.zeros(n_pairs)
+    sizes = np.zeros(n_pairs, dtype=np.int64)
+    if n_pairs == 0:
+        return terms, sizes
+    lookup = SimilarityLookup(similarity)
+    indptr, indices, data = residuals.indptr, residuals.indices, residuals.data
+    lengths = (indptr[feature + 1] - indptr[feature]).astype(np.int64)
+    order = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    start = 0
+    while start < n_pairs:
+        # Largest chunk whose padded rectangle (pairs × longest candidate list) fits the budget; lengths ascend,
+        # so the rectangle size grows monotonically with the chunk end.
+        rect = np.arange(1, n_pairs - start + 1) * np.maximum(sorted_lengths[start:], 1)
+        stop = start + max(1, int(np.searchsorted(rect, _ELEMENT_BUDGET, side="right")))
+        chunk = order[start:stop]
+        width = int(sorted_lengths[stop - 1])
+        start = stop
+        if width == 0:
+            continue
+        cols = np.arange(width)
+        valid = cols[None, :] < lengths[chunk, None]
+        position = np.where(valid, indptr[feature[chunk], None] + cols[None, :], 0)
+        sims = lookup(entity[chunk], indices[position])
+        sims[~valid | (sims <= 0)] = 0.0  # only positively similar neighbours vote
+        res = data[position].astype(np.float64)
+        if width > k:
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            sims = np.take_along_axis(sims, top, axis=1)
+            res = np.take_along_axis(res, top, axis=1)
+        count = (sims > 0).sum(axis=1)
+        weight = np.abs(sims).sum(axis=1)
+        vote = (sims * res).sum(axis=1)
+        ok = (count >= max(min_neighbors, 1)) & (weight > 0)
+        terms[chunk] = np.where(ok, vote / np.where(ok, weight, 1.0), 0.0)
+        sizes[chunk] = count
+    return terms, sizes
+
+
+class SimilarityLookup:
+    """Vectorised ``similarity[rows, cols]`` look-ups into a sparse entity × entity matrix (float64 result).
+
+    Small matrices (at most :data:`BLOCK_VALUES` cells) are densified once, which makes a look-up a plain
+    gather; larger ones are searched with ``searchsorted`` on the sorted (row, column) keys of their entries.
+    """
+
+    def __init__(self, similarity: sp.csr_matrix) -> None:
+        n_rows, n_cols = similarity.shape
+        self.n_cols = n_cols
+        self.dense: np.ndarray | None = None
+        if n_rows * n_cols <= BLOCK_VALUES:
+            self.dense = similarity.toarray().astype(np.float32)
+            return
+        csr = sp.csr_matrix(similarity)
+        csr.sort_indices()
+        rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(csr.indptr))
+        self.keys = rows * n_cols + csr.indices
+        self.values = csr.data.astype(np.float64)
+
+    def __call__(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``similarity[rows[p], cols[p, c]]`` for a ``(P,)`` row vector and a ``(P, C)`` column array."""
+        if self.dense is not None:
+            return self.dense[rows[:, None], cols].astype(np.float64)
+        out = np.zeros(cols.shape)
+        if len(self.keys) == 0:
+            return out
+        keys = rows[:, None] * self.n_cols + cols
+        found = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        hit = self.keys[found] == keys
+        out[hit] = self.values[found[hit]]
+        return out
