@@ -25,6 +25,7 @@ from recforge.store import Store
 from tasks.ingest import ingest
 from tasks.prepare import prepare_data
 from tasks.publish import close_run, open_run, publish
+from tasks.report import write_run_report
 from tasks.train import evaluate_model, recommend_model
 from tasks.validate import validate
 
@@ -121,6 +122,21 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             "failed_models": failed,
             "data_docs": None if report.data_docs_index is None else str(report.data_docs_index),
         }
+        summary["report"] = write_run_report(
+            summary,
+            output_dir,
+            k=config.k,
+            primary_metric=config.primary_metric,
+            data=data,
+            recommendations=frame if recommendations else None,
+            metrics=metrics_frame(results, config.k),
+            validation=report.to_records(),
+            validation_summary=report.summary(),
+            refit_timings={
+                r.model: {"fit_seconds": r.fit_seconds, "recommend_seconds": r.recommend_seconds}
+                for r in recommendations
+            },
+        )
         _summary_artifact(summary, data.cleaning.summary(), report.summary())
         logger.info("run %s %s; champion %s", run_id, status, summary["champion"])
     except Exception as exc:
@@ -153,6 +169,7 @@ def _summary_artifact(summary: dict[str, Any], cleaning: str, validation: str) -
 - **status**: {summary["status"]}
 - **champion**: {summary["champion"]} — {summary["champion_reason"]}
 - **database**: `{summary["database"]}`
+- **report**: {summary.get("report") or "not written (see the flow run's logs)"}
 - **validation**: {validation}
 - **cleaning**: {cleaning}
 

@@ -199,7 +199,9 @@ def _metrics_at(full: FullEvaluation, k: int) -> dict[str, float]:
     return out
 
 
-def fit_and_recommend(name: str, data: PreparedData, top_n: int = 50, seed: int = 42) -> ModelRecommendations:
+def fit_and_recommend(
+    name: str, data: PreparedData, top_n: int = 50, seed: int = 42, settings: RunSettings | None = None
+) -> ModelRecommendations:
     """Refit ``name`` on every event before ``as_of`` and rank ``top_n`` unseen items for every known user.
 
     Users listed in the users table but without events get the model's fallback (popularity) ranking.
@@ -208,7 +210,7 @@ def fit_and_recommend(name: str, data: PreparedData, top_n: int = 50, seed: int 
     train = index.interactions(data.interactions, ratings=get_model_class(name).requires_ratings or data.has_ratings)
     model = make_model(name)
     start = time.perf_counter()
-    model.fit(train, RunSettings(seed=seed))
+    model.fit(train, settings or RunSettings(seed=seed))
     fit_seconds = time.perf_counter() - start
     user_ids = index.users
     if data.users is not None:

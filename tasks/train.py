@@ -7,13 +7,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from recforge.pipeline import ModelEvaluation, ModelRecommendations, PreparedData, evaluate, fit_and_recommend
+from recforge.progress import progress_callback
+from recmodels.base import RunSettings
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE, task_run_name="evaluate-{name}")
 def evaluate_model(name: str, data: PreparedData, k: int, seed: int) -> ModelEvaluation:
     """Fit on the training part, measure on the temporal holdout; a failure is returned, not raised."""
-    result = evaluate(name, data, k=k, seed=seed)
     logger = get_run_logger()
+    settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (evaluation)", log=logger.info))
+    result = evaluate(name, data, k=k, seed=seed, settings=settings)
     if result.ok:
         shown = {m: round(v, 4) for m, v in result.metrics.items() if not m.endswith("_seconds")}
         logger.info("%s evaluated in %.2f s: %s", name, result.seconds, shown)
@@ -30,7 +33,8 @@ def recommend_model(
     if not evaluation.ok:
         get_run_logger().warning("%s: not refitted because its evaluation failed", name)
         return None
-    result = fit_and_recommend(name, data, top_n=top_n, seed=seed)
+    settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (refit)", log=get_run_logger().info))
+    result = fit_and_recommend(name, data, top_n=top_n, seed=seed, settings=settings)
     get_run_logger().info(
         "%s: %d recommendations (fit %.2f s, recommend %.2f s)",
         name,
