@@ -1,0 +1,328 @@
+"""Biased matrix factorisation ("Funk SVD") for explicit ratings, fitted by alternating least squares.
+
+The rating model is ``r̂_ui = μ + b_u + b_i + p_u · q_i`` fitted to the *observed* ratings only, minimising
+
+    J = Σ_(u,i) observed (r_ui − r̂_ui)² + Σ_u n_u (λ‖p_u‖² + λ_b b_u²) + Σ_i n_i (λ‖q_i‖² + λ_b b_i²),
+
+with ``n_u`` / ``n_i`` the rating counts (regularisation that grows with the data, as in ALS-WR, Zhou et al.
+2008). Each half-step solves every user's (then every item's) ridge problem for ``[p_u, b_u]`` exactly, so
+``J`` never increases; ``loss_history_`` records it per epoch. The solves are batched: the per-user Gram
+matrices ``Σ_i a_i a_iᵀ`` (``a_i = [q_i, 1]``) are one sparse × dense product of the rating pattern with the
+upper triangles of the items' outer products, followed by one batched Cholesky solve — no Python loop over
+users or ratings. Cost per half-step: about ``n_ratings · (k+1)² / 2`` multiply-adds. Memory: the other
+side's outer products, ``max(n_users, n_items) · (k+1)(k+2)/2`` float32 (9 MB for ML-100K's items at k=50).
+
+Ranking. Ranking by predicted rating is poor for top-N (it favours obscure items that few but enthusiastic
+users rated: NDCG@10 0.001 on ML-100K). With ``rank_by="missing_aware"`` (the default) a second factorisation
+of the same form ranks items: it also sees every *unobserved* cell as a weak rating ``missing_rating`` with
+weight ``missing_weight`` (Steck 2010, "Training and testing of recommender systems on data missing not at
+random"), so that what users choose to rate shapes the scores. ``predict`` always uses the observed-only
+rating model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from recmodels.base import ModelConfig, Recommender, RunSettings
+from recmodels.data import Interactions
+
+_RANK_BY = ("missing_aware", "rating")
+_GRAM_VALUES = 8_000_000  # Gram-matrix values built at once (rows per chunk = this / (k+1)²)
+
+
+@dataclass(frozen=True)
+class BiasedMFConfig(ModelConfig):
+    """Hyperparameters of :class:`BiasedMF` (defaults chosen on the ML-100K validation slices).
+
+    factors: latent dimensions ``k``.
+    regularization: λ on the factors, per rating of the user or item (ALS-WR scaling).
+    bias_regularization: λ_b on the user and item biases, per rating.
+    epochs: ALS sweeps (one user half-step and one item half-step each); ALS converges in a few.
+    init_scale: standard deviation of the random normal initial factors (drawn from the run seed).
+    rank_by: "missing_aware" ranks with a second fit that also weighs unobserved cells (see the module doc);
+        "rating" ranks by the predicted rating itself (cheaper, poor for top-N).
+    missing_weight: weight of each unobserved cell in the missing-aware fit (1 = as much as a rating).
+    missing_rating: the value unobserved cells are pulled towards in the missing-aware fit.
+    """
+
+    factors: int = 50
+    regularization: float = 0.14
+    bias_regularization: float = 0.02
+    epochs: int = 10
+    init_scale: float = 0.1
+    rank_by: str = "missing_aware"
+    missing_weight: float = 1.0
+    missing_rating: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.factors < 1:
+            raise ValueError(f"factors must be ≥ 1, got {self.factors}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
+        # Positive penalties keep every ridge system positive definite (solved by Cholesky).
+        for field in ("regularization", "bias_regularization"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
+        if self.init_scale < 0:
+            raise ValueError(f"init_scale must be ≥ 0, got {self.init_scale}")
+        if self.rank_by not in _RANK_BY:
+            raise ValueError(f"rank_by must be one of {_RANK_BY}, got {self.rank_by!r}")
+        if not 0 < self.missing_weight <= 1:
+            raise ValueError(f"missing_weight must lie in (0, 1], got {self.missing_weight}")
+
+
+@dataclass
+class FactorModel:
+    """``offset + user_bias[u] + item_bias[i] + user_factors[u] · item_factors[i]`` (float64 arrays)."""
+
+    offset: float
+    user_bias: np.ndarray
+    item_bias: np.ndarray
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+
+    def pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Values for aligned index arrays, all in range."""
+        dots = np.einsum("ij,ij->i", self.user_factors[users], self.item_factors[items])
+        return self.offset + self.user_bias[users] + self.item_bias[items] + dots
+
+    def rows(self, users: np.ndarray) -> np.ndarray:
+        """Dense ``(len(users), n_items)`` values."""
+        out = self.user_factors[users] @ self.item_factors.T
+        out += self.item_bias[np.newaxis, :]
+        out += (self.offset + self.user_bias[users])[:, np.newaxis]
+        return out
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {
+            f"{prefix}offset": np.array(self.offset),
+            f"{prefix}user_bias": self.user_bias,
+            f"{prefix}item_bias": self.item_bias,
+            f"{prefix}user_factors": self.user_factors,
+            f"{prefix}item_factors": self.item_factors,
+        }
+
+    @classmethod
+    def from_arrays(cls, state: dict[str, np.ndarray], prefix: str) -> FactorModel:
+        return cls(
+            float(state[f"{prefix}offset"]),
+            state[f"{prefix}user_bias"],
+            state[f"{prefix}item_bias"],
+            state[f"{prefix}user_factors"],
+            state[f"{prefix}item_factors"],
+        )
+
+
+class BiasedMF(Recommender):
+    """Biased MF rating predictor (ALS); ranks with a missing-aware fit of the same form by default."""
+
+    name = "biased_mf"
+    family = "matrix_factorization"
+    config_class = BiasedMFConfig
+    config: BiasedMFConfig
+    predicts_ratings = True
+    requires_ratings = True
+
+    def _fit(self, data: Interactions, settings: RunSettings) -> None:
+        ratings = data.ratings.astype(np.float64)
+        self.rating_range_ = np.array([ratings.data.min(), ratings.data.max()], dtype=np.float64)
+        self.loss_history_: list[float] = []
+        self.model_ = fit_biased_mf(
+            ratings,
+            self.config,
+            settings,
+            missing_weight=0.0,
+            stage="biased_mf ratings",
+            losses=self.loss_history_,
+        )
+        self.ranker_ = (
+            fit_biased_mf(
+                ratings, self.config, settings, self.config.missing_weight, stage="biased_mf ranking"
+            )
+            if self.config.rank_by == "missing_aware"
+            else None
+        )
+
+    def _score_known(self, users: np.ndarray) -> np.ndarray:
+        return (self.ranker_ or self.model_).rows(users).astype(np.float32)
+
+    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Predicted ratings, clipped to the training rating range; unknown users/items drop their terms."""
+        self._check_fitted()
+        return predict_pairs(self.model_, users, items, self.rating_range_)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        state = self.model_.arrays("rating/") | {"rating_range": self.rating_range_}
+        if self.ranker_ is not None:
+            state |= self.ranker_.arrays("ranking/")
+        return state
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.model_ = FactorModel.from_arrays(state, "rating/")
+        self.rating_range_ = state["rating_range"]
+        self.ranker_ = FactorModel.from_arrays(state, "ranking/") if "ranking/offset" in state else None
+        self.loss_history_ = []
+
+
+def predict_pairs(
+    model: FactorModel, users: np.ndarray, items: np.ndarray, rating_range: np.ndarray
+) -> np.ndarray:
+    """``model`` at (user, item) pairs; an unknown index (−1 or out of range) drops its bias and the dot
+    product.
+
+    So a new user gets ``μ + b_i``, a new item ``μ + b_u``, both unknown ``μ``. Clipped to ``rating_range``.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    if users.shape != items.shape:
+        raise ValueError(f"users and items differ in length: {users.shape} vs {items.shape}")
+    known_u = (users >= 0) & (users < len(model.user_bias))
+    known_i = (items >= 0) & (items < len(model.item_bias))
+    out = np.full(users.shape, model.offset, dtype=np.float64)
+    out[known_u] += model.user_bias[users[known_u]]
+    out[known_i] += model.item_bias[items[known_i]]
+    both = known_u & known_i
+    out[both] += np.einsum("ij,ij->i", model.user_factors[users[both]], model.item_factors[items[both]])
+    return np.clip(out, rating_range[0], rating_range[1])
+
+
+def fit_biased_mf(
+    ratings: sp.csr_matrix,
+    config: BiasedMFConfig,
+    settings: RunSettings,
+    missing_weight: float,
+    stage: str,
+    losses: list[float] | None = None,
+) -> FactorModel:
+    """ALS for ``μ + b_u + b_i + p_u·q_i`` on the observed cells of ``ratings`` (float64 CSR, users × items).
+
+    With ``missing_weight`` w > 0 every unobserved cell also counts, as rating ``config.missing_rating`` with
+    weight w; the offset is then the weighted mean over all cells. ``losses`` (observed-only fits) receives
+    the objective ``J`` after every epoch.
+    """
+    n_users, n_items = ratings.shape
+    k = config.factors
+    by_item = ratings.T.tocsr()
+    n_observed = ratings.nnz
+    offset = float(ratings.data.mean())
+    if missing_weight > 0:
+        n_missing = n_users * n_items - n_observed
+        weighted = ratings.data.sum() + missing_weight * config.missing_rating * n_missing
+        offset = float(weighted / (n_observed + missing_weight * n_missing))
+    rng = np.random.default_rng(settings.seed)
+    model = FactorModel(
+        offset,
+        np.zeros(n_users),
+        np.zeros(n_items),
+        rng.normal(0.0, config.init_scale, (n_users, k)),
+        rng.normal(0.0, config.init_scale, (n_items, k)),
+    )
+    for epoch in range(config.epochs):
+        model.user_factors, model.user_bias = _solve_side(
+            ratings, model.item_factors, model.item_bias, offset, config, missing_weight
+        )
+        model.item_factors, model.item_bias = _solve_side(
+            by_item, model.user_factors, model.user_bias, offset, config, missing_weight
+        )
+        if losses is not None:
+            losses.append(objective(model, ratings, config))
+        settings.report(stage, (epoch + 1) / config.epochs)
+    return model
+
+
+def _solve_side(
+    ratings: sp.csr_matrix,
+    other_factors: np.ndarray,
+    other_bias: np.ndarray,
+    offset: float,
+    config: BiasedMFConfig,
+    missing_weight: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ridge solution of every row's ``[factors, bias]`` given the other side's factors and biases.
+
+    Row ``u`` solves ``(G_u + diag(reg) · n_u) z = h_u`` with design rows ``a_i = [q_i, 1]`` and targets
+    ``y_ui = r_ui − offset − b_i``; unobserved cells (weight w, target ``missing_rating − offset − b_i``) add
+    ``w Σ_all a_i a_iᵀ`` to ``G_u`` and are removed again for the observed cells, which carry weight 1
+    instead.
+    """
+    n_rows = ratings.shape[0]
+    k = other_factors.shape[1]
+    design = np.hstack([other_factors, np.ones((len(other_factors), 1))])
+    # Only the upper triangle of each outer product (Gram matrices are symmetric), in float32: the sparse
+    # product below is the dominant cost, and float32 sums of at most a few thousand terms lose nothing that
+    # matters to a ridge solve that is done in float64.
+    upper_r, upper_c = np.triu_indices(k + 1)
+    outer = (design[:, upper_r] * design[:, upper_c]).astype(np.float32)
+    # Position of every (r, c) of a full (k+1)×(k+1) matrix in the upper-triangle list.
+    full_from_upper = np.empty((k + 1, k + 1), dtype=np.int64)
+    full_from_upper[upper_r, upper_c] = np.arange(len(upper_r))
+    full_from_upper[upper_c, upper_r] = np.arange(len(upper_r))
+    full_from_upper = full_from_upper.ravel()
+    counts = np.diff(ratings.indptr)
+    reg = np.append(np.full(k, config.regularization), config.bias_regularization)
+    # Observed targets, then (for missing-aware fits) the part the missing-cell term already counts removed.
+    target = ratings.copy()
+    target.data = ratings.data - offset - other_bias[ratings.indices]
+    w = missing_weight
+    dense_gram = np.zeros((k + 1, k + 1))
+    dense_rhs = np.zeros(k + 1)
+    if w > 0:
+        missing_target = config.missing_rating - offset - other_bias
+        target.data -= w * missing_target[ratings.indices]
+        dense_gram = w * (design.T @ design)
+        dense_rhs = w * (design.T @ missing_target)
+    pattern = ratings.copy()
+    pattern.data = np.ones(pattern.nnz, dtype=np.float32)
+    solution = np.empty((n_rows, k + 1))
+    chunk = max(1, _GRAM_VALUES // (k + 1) ** 2)
+    for start in range(0, n_rows, chunk):
+        stop = min(start + chunk, n_rows)
+        triangle = np.asarray(pattern[start:stop] @ outer, dtype=np.float64)
+        gram = np.take(triangle, full_from_upper, axis=1)  # (rows, (k+1)²), both triangles filled
+        gram *= 1.0 - w
+        gram += dense_gram.ravel()
+        # max(n, 1) keeps a row without ratings (possible in a wider index space) well posed: it solves to 0.
+        gram[:, :: k + 2] += np.maximum(counts[start:stop], 1)[:, np.newaxis] * reg[np.newaxis, :]
+        gram = gram.reshape(stop - start, k + 1, k + 1)
+        rhs = np.asarray(target[start:stop] @ design) + dense_rhs
+        solution[start:stop] = batched_spd_solve(gram, rhs)
+    return solution[:, :k].copy(), solution[:, k].copy()
+
+
+def batched_spd_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve ``gram[b] x[b] = rhs[b]`` for a stack of symmetric positive-definite matrices ``(B, n, n)``.
+
+    A batched Cholesky factorisation, then forward and back substitution vectorised over the batch (``n``
+    numpy steps each). ``numpy.linalg.solve`` does the same job but its per-matrix LU goes through threaded
+    OpenBLAS calls that were 4–30× slower for n ≈ 100 on a busy 2-core machine; this also needs only
+    SciPy-independent numpy (batched ``scipy.linalg.cho_solve`` needs SciPy ≥ 1.15).
+    """
+    lower = np.linalg.cholesky(gram)
+    n = gram.shape[-1]
+    y = np.empty_like(rhs)
+    for j in range(n):  # L y = rhs
+        y[:, j] = (rhs[:, j] - np.einsum("bk,bk->b", lower[:, j, :j], y[:, :j])) / lower[:, j, j]
+    x = np.empty_like(rhs)
+    for j in range(n - 1, -1, -1):  # Lᵀ x = y
+        x[:, j] = (y[:, j] - np.einsum("bk,bk->b", lower[:, j + 1 :, j], x[:, j + 1 :])) / lower[:, j, j]
+    return x
+
+
+def objective(model: FactorModel, ratings: sp.csr_matrix, config: BiasedMFConfig) -> float:
+    """``J`` of the module docstring for an observed-only fit (squared error plus count-scaled penalties)."""
+    coo = ratings.tocoo()
+    error = coo.data - model.pairs(coo.row, coo.col)
+    n_u = np.diff(ratings.indptr)
+    n_i = np.bincount(ratings.indices, minlength=ratings.shape[1])
+    penalty = sum(
+        float(np.sum(n * (config.regularization * np.sum(f**2, axis=1) + config.bias_regularization * b**2)))
+        for n, f, b in (
+            (n_u, model.user_factors, model.user_bias),
+            (n_i, model.item_factors, model.item_bias),
+        )
+    )
+    return float(np.sum(error**2) + penalty)
