@@ -1,0 +1,70 @@
+"""Small helpers shared by the torch models: device choice, seeded generators, thread count.
+
+Kept deliberately tiny and stable, because every torch model imports it:
+
+- :func:`resolve_device` turns ``RunSettings.device`` ("auto", "cpu", "cuda", "cuda:1", ...) into a
+  ``torch.device``, refusing a device that is not there instead of failing later inside a kernel.
+- :func:`seeded_generator` gives a local ``torch.Generator`` so a model's randomness never touches (or depends on)
+  torch's global RNG.
+- :func:`set_threads` applies ``RunSettings.threads`` to torch's intra-op thread pool.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["resolve_device", "seeded_generator", "set_threads"]
+
+
+def resolve_device(setting: str) -> torch.device:
+    """The device named by ``setting``: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:N", "mps".
+
+    Raises ``ValueError`` for an unknown name or an accelerator this machine does not have, naming the fix.
+    """
+    name = setting.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(
+            f"unknown device {setting!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N' (RunSettings.device)"
+        ) from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {setting!r} was requested but torch sees no CUDA GPU (torch {torch.__version__}); "
+                "use device='cpu' or 'auto', or install a CUDA build of torch"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {setting!r} does not exist: this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {setting!r} was requested but MPS is not available; use 'cpu' or 'auto'")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {setting!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
+def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh ``torch.Generator`` on ``device`` seeded with ``seed`` (torch's global RNG is left alone).
+
+    The same seed gives the same stream on the same device type; CPU and CUDA streams differ from each other.
+    """
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed(int(seed))
+    return generator
+
+
+def set_threads(n: int | None) -> int:
+    """Set torch's intra-op CPU threads to ``n`` (``None`` leaves it unchanged); returns the previous count.
+
+    The setting is process-wide, so a caller that wants to restore it passes the returned value back.
+    """
+    previous = torch.get_num_threads()
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"threads must be ≥ 1 (or None for torch's default), got {n}")
+        if n != previous:
+            torch.set_num_threads(int(n))
+    return previous
