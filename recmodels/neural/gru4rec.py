@@ -1,0 +1,151 @@
+"""GRU4Rec: a recurrent next-item model over each user's time-ordered history (Hidasi et al. 2016, 2018).
+
+Items are embedded, a GRU reads the user's sequence, and the hidden state after each event scores every item
+as the next one (dot product with an output item embedding plus an item bias). Training takes a loss at every
+step of every sequence, each user's history once per epoch (cut into segments of ``max_len`` targets with
+warm-up context before each), with full-catalogue or sampled softmax cross-entropy or the BPR-max loss of the
+2018 paper over in-batch plus sampled negatives. A user's recommendations come from the state after their
+newest ``max_len`` training events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from recmodels.neural.sequences import SequenceData, segment_batches
+from recmodels.neural.training import LOSSES, Batch, NeuralConfig, NeuralRecommender, next_item_loss
+
+
+@dataclass(frozen=True)
+class GRU4RecConfig(NeuralConfig):
+    """Hyperparameters of :class:`GRU4Rec` (training fields: :class:`NeuralConfig`).
+
+    embedding_dim: size of the input item embeddings.
+    hidden_size: GRU units per layer (also the size of the output item embeddings).
+    layers: stacked GRU layers.
+    dropout: dropout on the embedded inputs and on the GRU outputs.
+    max_len: the GRU reads at most this many of a user's newest events when scoring; in training, each
+        segment has at most ``max_len`` targets preceded by up to ``max_len`` warm-up events (``None``: whole
+        histories).
+    loss: "ce" (softmax cross-entropy) or "bpr_max".
+    negatives: ``None`` scores the whole catalogue in the loss; an integer adds that many uniformly sampled
+        items to the in-batch negatives (for catalogues too large for a full softmax).
+    bpr_reg: weight of BPR-max's score regulariser (only for ``loss="bpr_max"``).
+    horizon: each state is trained to rank the next ``horizon`` items (the loss averages over them); 1 is
+        classic next-item prediction.
+    """
+
+    embedding_dim: int = 64
+    hidden_size: int = 128
+    layers: int = 1
+    dropout: float = 0.5
+    max_len: int | None = 20
+    loss: str = "ce"
+    negatives: int | None = None
+    bpr_reg: float = 1.0
+    horizon: int = 10
+    max_epochs: int = 15
+    batch_size: int = 256
+    learning_rate: float = 1e-2
+    patience: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("embedding_dim", "hidden_size", "layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError(f"max_len must be ≥ 1 or None, got {self.max_len}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be ≥ 1, got {self.horizon}")
+        if self.negatives is not None and self.negatives < 0:
+            raise ValueError(f"negatives must be ≥ 0 or None (full catalogue), got {self.negatives}")
+
+
+class GRU4RecNet(nn.Module):
+    """Item embedding → GRU → output item embedding; ``forward`` gives the hidden state after every event."""
+
+    def __init__(self, n_items: int, config: GRU4RecConfig) -> None:
+        super().__init__()
+        self.pad = n_items
+        self.embed = nn.Embedding(n_items + 1, config.embedding_dim, padding_idx=n_items)
+        self.gru = nn.GRU(
+            config.embedding_dim,
+            config.hidden_size,
+            config.layers,
+            batch_first=True,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.out = nn.Embedding(n_items, config.hidden_size)
+        self.out_bias = nn.Parameter(torch.zeros(n_items))
+        nn.init.normal_(self.embed.weight, std=0.1)
+        nn.init.normal_(self.out.weight, std=0.1)
+        with torch.no_grad():
+            self.embed.weight[n_items].zero_()
+
+    def forward(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``(B, W, hidden)`` states for right-padded ``items`` (B, W); positions ≥ ``lengths`` are masked.
+
+        Padded positions are zeroed and lie after the real ones: a recurrent (causal) state never sees them.
+        """
+        mask = torch.arange(items.shape[1], device=items.device)[None, :] < lengths[:, None]
+        x = self.drop(self.embed(items.masked_fill(~mask, self.pad)))
+        states, _ = self.gru(x)
+        return self.drop(states) * mask[..., None]
+
+    def last_state(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The state after each row's last real event, ``(B, hidden)``; every length must be ≥ 1."""
+        states = self.forward(items, lengths)
+        return states[torch.arange(len(lengths), device=items.device), lengths - 1]
+
+
+class GRU4Rec(NeuralRecommender):
+    """Session/sequence-based recommendations from a GRU over each user's time-ordered history."""
+
+    name = "gru4rec"
+    family = "neural"
+    config_class = GRU4RecConfig
+    config: GRU4RecConfig
+    net_: GRU4RecNet
+
+    def _build_net(self) -> GRU4RecNet:
+        return GRU4RecNet(self.n_items_, self.config)
+
+    def _history_window(self) -> int | None:
+        return self.config.max_len
+
+    def _epoch_batches(self, train: SequenceData, rng: np.random.Generator) -> Iterable[Batch]:
+        context = 0 if self.config.max_len is None else self.config.max_len
+        segments = train.segments(self.config.max_len, context)
+        return segment_batches(train, segments, self.config.batch_size, rng, self.config.horizon)
+
+    def _loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        _, items, lengths, targets = batch
+        states = self.net_(items, lengths)
+        scored = targets[..., 0] >= 0
+        return next_item_loss(
+            states[scored],
+            targets[scored],
+            self.net_.out.weight,
+            self.net_.out_bias,
+            self.config.loss,
+            self.config.negatives,
+            self.generator_,
+            self.config.bpr_reg,
+        )
+
+    def _history_scores(self, users: np.ndarray, history: SequenceData) -> torch.Tensor:
+        items, lengths = history.last(users, self.config.max_len)
+        device = self.device_
+        state = self.net_.last_state(torch.from_numpy(items).to(device), torch.from_numpy(lengths).to(device))
+        return state @ self.net_.out.weight.T + self.net_.out_bias

@@ -1,0 +1,494 @@
+"""The one training loop of the deep models, plus what they share around it.
+
+- :class:`NeuralConfig`: the training hyperparameters every deep model has (epochs, batch size, AdamW, early
+  stopping, clipping); each model's config subclasses it and adds its architecture.
+- :func:`torch_run`: the context a fit runs in: device from ``RunSettings.device``, intra-op threads from
+  ``RunSettings.threads`` (default 1 on CPU, see :func:`default_threads`; restored afterwards), torch's global
+  RNG forked and seeded from ``RunSettings.seed`` (module initialisation and dropout draw from it), so a fit
+  is reproducible on CPU and leaves the caller's RNG alone.
+- :func:`train`: mini-batches from a model-supplied iterator, AdamW, gradient clipping, bf16 autocast on CUDA
+  only, validation NDCG@k after every epoch, early stopping with the best epoch's weights restored, progress
+  through ``settings.report``. Returns a :class:`TrainingLog` (epochs, seconds per epoch, loss and validation
+  curves).
+- :class:`Validation`: NDCG@k of a scoring function on the validation slice (each user's newest training
+  events, cut by :meth:`SequenceData.split_tail`), ranking unseen items exactly like the evaluation protocol.
+- :func:`next_item_loss`: full or sampled softmax cross-entropy, or BPR-max, for next-item models.
+- :func:`module_state` / :func:`load_module_state`: weights as plain numpy arrays (saved without pickle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from recmodels.base import ModelConfig, Recommender, RunSettings, top_k
+from recmodels.data import Interactions
+from recmodels.neural.sequences import SequenceData
+from recmodels.torch_utils import resolve_device, seeded_generator, set_threads
+
+Batch = tuple[np.ndarray, ...]
+LOSSES = ("ce", "bpr_max")
+
+
+@dataclass(frozen=True)
+class NeuralConfig(ModelConfig):
+    """Training hyperparameters shared by the deep models (their configs subclass this).
+
+    max_epochs: upper bound on passes over the training data; early stopping usually ends sooner.
+    batch_size: training examples per optimiser step (sequence segments for sequence models, positive
+        pairs for NeuMF).
+    learning_rate: AdamW step size.
+    weight_decay: AdamW decoupled weight decay.
+    patience: stop after this many epochs without a better validation NDCG, and restore the best epoch's
+        weights; ignored when there is no validation slice.
+    validation_fraction: share of each user's newest training events held out for early stopping
+        (``ceil(fraction × n)``, keeping at least two events for training); 0 trains ``max_epochs`` epochs on
+        everything.
+    clip_norm: gradients are rescaled to at most this global L2 norm (0 disables clipping).
+    refit: after early stopping, train a fresh network on *all* the training events (validation slice
+        included) for the best epoch count, instead of keeping the network that never saw the newest events.
+        Doubles the cost; worth it for models whose user state is learned (NeuMF's user embeddings) rather
+        than read from the history at scoring time.
+    """
+
+    max_epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 3
+    validation_fraction: float = 0.1
+    clip_norm: float = 5.0
+    refit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be ≥ 1, got {self.max_epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be ≥ 0, got {self.weight_decay}")
+        if self.patience < 1:
+            raise ValueError(f"patience must be ≥ 1, got {self.patience}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction}")
+        if self.clip_norm < 0:
+            raise ValueError(f"clip_norm must be ≥ 0 (0 disables clipping), got {self.clip_norm}")
+
+
+@dataclass
+class TrainingLog:
+    """What one fit did: per-epoch curves and the epoch whose weights were kept (1-based; 0 = none ran).
+
+    refit_seconds: time of the final training on all events (``NeuralConfig.refit``), 0 without one.
+    """
+
+    best_epoch: int = 0
+    refit_seconds: float = 0.0
+    seconds_per_epoch: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    validation_ndcg: list[float] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.seconds_per_epoch)
+
+
+def default_threads(settings: RunSettings, device: torch.device) -> int | None:
+    """Intra-op threads for a fit: ``settings.threads`` if set, else 1 on the CPU (unchanged on accelerators).
+
+    These networks run many small kernels (a GRU step, a 64-wide MLP); with two threads every kernel ends in a
+    thread barrier, and on a busy 2-core machine a descheduled thread stalls each one: measured here, a
+    two-epoch GRU4Rec fit took 9 s of CPU with one thread and 57 s (spinning) with two. Pass
+    ``RunSettings(threads=n)`` to override on an idle machine with more cores.
+    """
+    if settings.threads is not None:
+        return settings.threads
+    return 1 if device.type == "cpu" else None
+
+
+@contextlib.contextmanager
+def torch_run(settings: RunSettings) -> Iterator[torch.device]:
+    """Device, threads and a seeded, forked global RNG for one fit; everything is restored on exit."""
+    device = resolve_device(settings.device)
+    previous_threads = set_threads(default_threads(settings, device))
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(settings.seed)
+            yield device
+    finally:
+        set_threads(previous_threads)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """bf16 mixed precision on CUDA; CPU runs in float32 (autocast there is slower and changes results)."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Validation:
+    """NDCG@k on a validation slice, computed the way the evaluation protocol computes it.
+
+    users: users that have validation events; relevant: their validation items (rows aligned with ``users``);
+    exclude: the items each of them has in the training part (never ranked, like seen items at test time).
+    """
+
+    def __init__(
+        self, users: np.ndarray, relevant: sp.csr_matrix, exclude: sp.csr_matrix, k: int = 10
+    ) -> None:
+        self.users = users
+        self.relevant = relevant
+        self.exclude = exclude
+        self.k = k
+
+    @classmethod
+    def from_split(cls, head: SequenceData, tail: SequenceData, k: int = 10) -> Validation | None:
+        """Validation on ``tail`` for a model trained on ``head``; ``None`` when no user has a usable tail."""
+        seen = head.to_csr()
+        relevant = tail.to_csr() - tail.to_csr().multiply(seen)  # repeats of training items cannot be ranked
+        relevant.eliminate_zeros()
+        users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+        if len(users) == 0:
+            return None
+        return cls(users, relevant[users], seen[users], k)
+
+    def ndcg(self, score: Callable[[np.ndarray], np.ndarray]) -> float:
+        """Mean NDCG@k of ``score(users)`` (dense ``(len(users), n_items)``) over the validation users."""
+        scores = score(self.users).astype(np.float32, copy=True)
+        seen = self.exclude.tocoo()
+        scores[seen.row, seen.col] = -np.inf
+        items, _ = top_k(scores, self.k)
+        return ndcg_at_k(items, self.relevant)
+
+
+def ndcg_at_k(items: np.ndarray, relevant: sp.csr_matrix) -> float:
+    """Mean NDCG of ranked ``items`` (rows of item indices, ``-1`` = none) against binary ``relevant``."""
+    n_rows, k = items.shape
+    rows = np.repeat(np.arange(n_rows), k)
+    hits = np.asarray(relevant[rows, np.maximum(items, 0).ravel()]).reshape(n_rows, k) > 0
+    hits &= items >= 0
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    n_relevant = np.minimum(np.diff(relevant.indptr), k)
+    ideal = np.cumsum(discount)[np.maximum(n_relevant, 1) - 1]
+    return float(np.mean((hits * discount).sum(axis=1) / ideal))
+
+
+def train(
+    module: nn.Module,
+    epoch_batches: Callable[[np.random.Generator], Iterable[Batch]],
+    loss_fn: Callable[[tuple[torch.Tensor, ...]], torch.Tensor],
+    config: NeuralConfig,
+    settings: RunSettings,
+    device: torch.device,
+    validation: Validation | None,
+    score: Callable[[np.ndarray], np.ndarray],
+    stage: str,
+) -> TrainingLog:
+    """Train ``module`` with AdamW and return the log; the best validation epoch's weights stay in ``module``.
+
+    epoch_batches: called once per epoch with the fit's numpy generator; yields batches of numpy arrays, which
+        are moved to ``device`` as tensors (integer arrays as int64) and handed to ``loss_fn``.
+    score: the model's scoring function for :meth:`Validation.ndcg` (called in eval mode, without gradients).
+    """
+    module.to(device)
+    optimizer = torch.optim.AdamW(
+        module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    rng = np.random.default_rng(settings.seed)
+    log = TrainingLog()
+    best_ndcg, best_weights, since_best = -math.inf, None, 0
+    for epoch in range(config.max_epochs):
+        started = time.perf_counter()
+        module.train()
+        batches = list(epoch_batches(rng))
+        total, weight = 0.0, 0
+        for position, batch in enumerate(batches):
+            tensors = tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in batch)
+            with autocast(device):
+                loss = loss_fn(tensors)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_norm > 0:
+                nn.utils.clip_grad_norm_(module.parameters(), config.clip_norm)
+            optimizer.step()
+            total += float(loss.detach())
+            weight += 1
+            settings.report(stage, (epoch + (position + 1) / len(batches)) / config.max_epochs)
+        log.train_loss.append(total / max(weight, 1))
+        if validation is not None:
+            with torch.no_grad():
+                module.eval()
+                ndcg = validation.ndcg(score)
+            log.validation_ndcg.append(ndcg)
+        log.seconds_per_epoch.append(time.perf_counter() - started)
+        if validation is None:
+            log.best_epoch = epoch + 1
+            continue
+        if ndcg > best_ndcg:
+            best_ndcg, since_best, log.best_epoch = ndcg, 0, epoch + 1
+            best_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        else:
+            since_best += 1
+            if since_best >= config.patience:
+                break
+    if best_weights is not None:
+        module.load_state_dict(best_weights)
+    module.eval()
+    settings.report(stage, 1.0)
+    return log
+
+
+def next_item_loss(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    kind: str,
+    negatives: int | None,
+    generator: torch.Generator | None = None,
+    bpr_reg: float = 1.0,
+) -> torch.Tensor:
+    """Mean loss of predicting ``targets`` from ``hidden`` (N, d) via ``weight`` (n_items, d) and ``bias``.
+
+    targets: ``(N,)`` next items, or ``(N, T)`` the next ``T`` items with ``-1`` where a row has fewer; each
+        row's loss is the mean over its targets (a softmax spread over the near future).
+    negatives: ``None`` scores the whole catalogue; an integer ``m`` scores the batch's own next items
+        (in-batch negatives, popularity-distributed) plus ``m`` uniformly sampled items, GRU4Rec style. An
+        item that is one of a row's targets never counts as that row's negative.
+    kind: "ce" softmax cross-entropy; "bpr_max" (Hidasi & Karatzoglou 2018):
+        ``-log Σ_j s_j σ(r_i - r_j) + bpr_reg · Σ_j s_j r_j²``, ``s`` the softmax of the negatives' scores.
+    """
+    if targets.dim() == 1:
+        targets = targets[:, None]
+    valid = targets >= 0
+    safe = targets.clamp(min=0)
+    n_items = weight.shape[0]
+    if negatives is None:
+        logits = (hidden @ weight.T + bias).float()  # (N, n_items)
+        is_target = torch.zeros_like(logits, dtype=torch.bool)
+        is_target.scatter_(1, safe, valid)
+        negative_logits = logits.masked_fill(is_target, -math.inf)
+    else:
+        sampled = torch.randint(n_items, (negatives,), generator=generator, device=targets.device)
+        candidates = torch.cat([safe[:, 0][valid[:, 0]], sampled])
+        logits = (hidden @ weight[candidates].T + bias[candidates]).float()  # (N, M)
+        is_target = ((candidates[None, :, None] == safe[:, None, :]) & valid[:, None, :]).any(dim=2)
+        negative_logits = logits.masked_fill(is_target, -math.inf)
+    positive = ((hidden[:, None, :] * weight[safe]).sum(-1) + bias[safe]).float()  # (N, T)
+    n_valid = valid.sum(dim=1).clamp(min=1)
+    if kind == "ce":
+        # log-softmax of each target against the negatives plus itself.
+        denominator = torch.logaddexp(torch.logsumexp(negative_logits, dim=1, keepdim=True), positive)
+        per_target = denominator - positive
+    elif kind == "bpr_max":
+        share = torch.softmax(negative_logits, dim=1)  # (N, M): weights of the negatives
+        ranked = torch.sigmoid(positive[:, :, None] - negative_logits[:, None, :])  # (N, T, M)
+        per_target = -torch.log((share[:, None, :] * ranked).sum(-1) + 1e-24)
+        per_target = (
+            per_target + bpr_reg * (share * negative_logits.nan_to_num(neginf=0.0).square()).sum(1)[:, None]
+        )
+    else:
+        raise ValueError(f"unknown loss {kind!r}; choose from: {', '.join(LOSSES)}")
+    return ((per_target * valid).sum(dim=1) / n_valid).mean()
+
+
+def score_users(
+    users: np.ndarray,
+    encode: Callable[[np.ndarray], torch.Tensor],
+    batch_size: int = 256,
+) -> np.ndarray:
+    """``encode(batch)`` → ``(len(batch), n_items)`` scores over ``users`` in batches, as a float32 array."""
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(users), batch_size):
+            parts.append(encode(users[start : start + batch_size]).float().cpu().numpy())
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+WEIGHTS_PREFIX = "weights."
+
+
+def module_state(module: nn.Module) -> dict[str, np.ndarray]:
+    """The module's state dict as CPU numpy arrays, keys prefixed ``weights.`` (saved without pickle)."""
+    return {
+        WEIGHTS_PREFIX + name: tensor.detach().cpu().numpy() for name, tensor in module.state_dict().items()
+    }
+
+
+def load_module_state(module: nn.Module, state: dict[str, np.ndarray]) -> None:
+    """Load the ``weights.`` arrays of :func:`module_state`; missing or unexpected names raise."""
+    expected = set(module.state_dict())
+    given = {name.removeprefix(WEIGHTS_PREFIX) for name in state if name.startswith(WEIGHTS_PREFIX)}
+    if given != expected:
+        raise ValueError(
+            f"saved weights do not match the model: missing {sorted(expected - given)}, "
+            f"unexpected {sorted(given - expected)}; was the file written with another config or version?"
+        )
+    module.load_state_dict(
+        {name: torch.from_numpy(np.array(state[WEIGHTS_PREFIX + name])) for name in expected}
+    )
+
+
+class NeuralRecommender(Recommender):
+    """Base of the deep models: the shared fit, batched full-catalogue scoring from history, and persistence.
+
+    A subclass supplies the network (:meth:`_build_net`), one epoch of batches (:meth:`_epoch_batches`), the
+    loss of a batch (:meth:`_loss`) and scores from users' histories (:meth:`_history_scores`). ``fit`` orders
+    each user's events in time, cuts the validation slice off the end, trains with :func:`train`, and keeps
+    every user's (newest :meth:`_history_window`) events for scoring: the state of a sequence model comes from
+    the end of the history it was given. Users without any training event score like unknown users
+    (popularity). After ``load`` the network runs on the CPU.
+    """
+
+    config: NeuralConfig
+    #: Sequence models learn from event order and refuse data without timestamps.
+    needs_order: ClassVar[bool] = True
+    #: Users scored per forward pass in ``score`` (bounds memory: a batch holds batch × n_items scores).
+    score_batch: ClassVar[int] = 256
+
+    # ---- hooks ----------------------------------------------------------------------------------------
+    @abstractmethod
+    def _build_net(self) -> nn.Module:
+        """A freshly initialised network for ``n_users_`` × ``n_items_`` (called inside the seeded RNG)."""
+
+    @abstractmethod
+    def _epoch_batches(self, train: SequenceData, rng: np.random.Generator) -> Iterable[Batch]:
+        """One epoch of training batches (numpy arrays) drawn from the training sequences."""
+
+    @abstractmethod
+    def _loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Scalar loss of one batch (tensors on the training device)."""
+
+    @abstractmethod
+    def _history_scores(self, users: np.ndarray, history: SequenceData) -> torch.Tensor:
+        """``(len(users), n_items_)`` scores for users that all have at least one event in ``history``."""
+
+    def _history_window(self) -> int | None:
+        """How many of a user's newest events scoring reads (``None``: all); the rest need not be stored."""
+        return None
+
+    # ---- shared implementation ------------------------------------------------------------------------
+    def _fit(self, data: Interactions, settings: RunSettings) -> None:
+        rng = np.random.default_rng(settings.seed)
+        sequences = SequenceData.from_interactions(data, None if self.needs_order else rng)
+        if self.needs_order and not (sequences.lengths >= 2).any():
+            raise ValueError(
+                f"{self.name}: no user has two or more events, so there is no next item to learn from; "
+                "a sequence model needs histories (use popularity or an order-free model for such data)"
+            )
+        head, tail = sequences.split_tail(self.config.validation_fraction)
+        validation = Validation.from_split(head, tail) if self.config.validation_fraction > 0 else None
+        with torch_run(settings) as device:
+            self.device_ = device
+            self.threads_ = default_threads(settings, device)
+            self.generator_ = seeded_generator(settings.seed, device)
+            self.net_ = self._build_net().to(device)
+            self.history_ = head
+            log = train(
+                self.net_,
+                partial(self._epoch_batches, head),
+                self._loss,
+                self.config,
+                settings,
+                device,
+                validation,
+                partial(self._scores, history=head),
+                self.name,
+            )
+            if self.config.refit and validation is not None:
+                started = time.perf_counter()
+                torch.manual_seed(settings.seed)  # the same initial weights as the validated run
+                self.generator_ = seeded_generator(settings.seed, device)
+                self.net_ = self._build_net().to(device)
+                self.history_ = sequences
+                train(
+                    self.net_,
+                    partial(self._epoch_batches, sequences),
+                    self._loss,
+                    dataclasses.replace(self.config, max_epochs=log.best_epoch),
+                    settings,
+                    device,
+                    None,
+                    partial(self._scores, history=sequences),
+                    f"{self.name} (refit)",
+                )
+                log.refit_seconds = time.perf_counter() - started
+            self.training_log_ = log
+        self.history_ = self._trimmed(sequences)
+
+    def _trimmed(self, sequences: SequenceData) -> SequenceData:
+        window = self._history_window()
+        if window is None:
+            return sequences
+        lengths = np.minimum(sequences.lengths, window)
+        items, _ = sequences.last(np.arange(sequences.n_users), window)
+        keep = np.arange(items.shape[1])[None, :] < lengths[:, None]
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return SequenceData(sequences.n_users, sequences.n_items, indptr, items[keep])
+
+    def _scores(self, users: np.ndarray, history: SequenceData) -> np.ndarray:
+        users = np.asarray(users, dtype=np.int64)
+        out = np.empty((len(users), self.n_items_), dtype=np.float32)
+        active = history.lengths[users] > 0
+        self.net_.eval()
+        if active.any():
+            out[active] = score_users(
+                users[active], partial(self._history_scores, history=history), self.score_batch
+            )
+        out[~active] = self.popularity_  # nothing to build a state from: behave like an unknown user
+        return out
+
+    def _score_known(self, users: np.ndarray) -> np.ndarray:
+        previous = set_threads(self.threads_)
+        try:
+            return self._scores(users, self.history_)
+        finally:
+            set_threads(previous)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        log = self.training_log_
+        return {
+            **module_state(self.net_),
+            "history_indptr": self.history_.indptr,
+            "history_items": self.history_.items.astype(np.int32),
+            "log_best_epoch": np.array(log.best_epoch),
+            "log_refit_seconds": np.array(log.refit_seconds),
+            "log_seconds_per_epoch": np.array(log.seconds_per_epoch, dtype=np.float64),
+            "log_train_loss": np.array(log.train_loss, dtype=np.float64),
+            "log_validation_ndcg": np.array(log.validation_ndcg, dtype=np.float64),
+        }
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.device_ = torch.device("cpu")
+        self.threads_ = default_threads(RunSettings(device="cpu"), self.device_)
+        self.generator_ = seeded_generator(0)
+        with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten; leave the caller's RNG
+            self.net_ = self._build_net()
+        load_module_state(self.net_, state)
+        self.net_.eval()
+        indptr = state["history_indptr"].astype(np.int64)
+        self.history_ = SequenceData(
+            self.n_users_, self.n_items_, indptr, state["history_items"].astype(np.int64)
+        )
+        self.training_log_ = TrainingLog(
+            best_epoch=int(state["log_best_epoch"]),
+            refit_seconds=float(state["log_refit_seconds"]),
+            seconds_per_epoch=state["log_seconds_per_epoch"].tolist(),
+            train_loss=state["log_train_loss"].tolist(),
+            validation_ndcg=state["log_validation_ndcg"].tolist(),
+        )

@@ -1,0 +1,420 @@
+"""The deep models (recmodels.neural): sequences, losses, the training loop, and each model on tiny tasks.
+
+Every model test uses a tiny network and a few epochs so that the file runs in seconds; the ML-100K floors
+live in the shared contract suite (tests/test_models.py, ``MIN_NDCG``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from recmodels.base import RunSettings
+from recmodels.data import Interactions
+from recmodels.neural import (
+    Caser,
+    CaserConfig,
+    GRU4Rec,
+    GRU4RecConfig,
+    NeuMF,
+    NeuMFConfig,
+    NeuralRecommender,
+    SequenceData,
+)
+from recmodels.neural.caser import CaserNet
+from recmodels.neural.gru4rec import GRU4RecNet
+from recmodels.neural.neumf import recency_weights, sample_unseen
+from recmodels.neural.sequences import segment_batches
+from recmodels.neural.training import Validation, ndcg_at_k, next_item_loss
+
+# ---- SequenceData -----------------------------------------------------------------------------------------
+
+
+def test_sequences_follow_time_then_item_index() -> None:
+    # user 0: t=5 item 3, t=1 item 2, t=5 item 0 (tie at t=5 → item 0 before item 3); user 1 has no events;
+    # user 2: t=9 item 1, t=2 item 4.
+    data = Interactions.from_arrays(
+        user=np.array([0, 0, 2, 0, 2]),
+        item=np.array([3, 2, 1, 0, 4]),
+        timestamp=np.array([5, 1, 9, 5, 2]),
+        n_users=3,
+        n_items=5,
+    )
+    seq = SequenceData.from_interactions(data)
+    assert seq.sequence(0).tolist() == [2, 0, 3]
+    assert seq.sequence(1).tolist() == []
+    assert seq.sequence(2).tolist() == [4, 1]
+    assert seq.lengths.tolist() == [3, 0, 2]
+    assert seq.pad == 5
+    assert seq.to_csr().toarray().tolist() == [[1, 0, 1, 1, 0], [0, 0, 0, 0, 0], [0, 1, 0, 0, 1]]
+
+
+def test_sequence_models_refuse_data_without_timestamps() -> None:
+    data = Interactions.from_arrays(np.array([0, 0, 1]), np.array([0, 1, 1]))
+    with pytest.raises(ValueError, match="timestamps"):
+        SequenceData.from_interactions(data)
+    with pytest.raises(ValueError, match="timestamps"):
+        GRU4Rec(GRU4RecConfig(max_epochs=1)).fit(data)
+    single = Interactions.from_arrays(np.array([0, 1]), np.array([0, 1]), timestamp=np.array([1, 2]))
+    with pytest.raises(ValueError, match="two or more events"):
+        Caser(CaserConfig(max_epochs=1)).fit(single)
+    # Order-free use (NeuMF's validation cut) gets a seeded random order instead.
+    first = SequenceData.from_interactions(data, np.random.default_rng(1))
+    again = SequenceData.from_interactions(data, np.random.default_rng(1))
+    assert np.array_equal(first.items, again.items)
+    assert sorted(first.sequence(0).tolist()) == [0, 1]
+
+
+def test_split_tail_keeps_two_events_and_cuts_the_newest() -> None:
+    seq = SequenceData.from_lists([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [5, 6, 7], [1, 2], []], n_items=10)
+    head, tail = seq.split_tail(0.25)
+    # ceil(0.25·10) = 3 newest of user 0; ceil(0.25·3) = 1 for user 1; user 2 must keep 2 → no tail.
+    assert [head.sequence(u).tolist() for u in range(4)] == [[0, 1, 2, 3, 4, 5, 6], [5, 6], [1, 2], []]
+    assert [tail.sequence(u).tolist() for u in range(4)] == [[7, 8, 9], [7], [], []]
+    with pytest.raises(ValueError, match="fraction"):
+        seq.split_tail(1.0)
+
+
+def test_last_and_gather_right_pad_with_the_pad_index() -> None:
+    seq = SequenceData.from_lists([[0, 1, 2, 3], [4], [5, 6]], n_items=7)
+    items, lengths = seq.last(np.array([0, 1, 2]), max_len=3)
+    assert items.tolist() == [[1, 2, 3], [4, 7, 7], [5, 6, 7]]
+    assert lengths.tolist() == [3, 1, 2]
+    items, lengths = seq.last(np.array([1, 0]), max_len=None)
+    assert items.tolist() == [[4, 7, 7, 7], [0, 1, 2, 3]] and lengths.tolist() == [1, 4]
+
+
+def test_segments_cover_every_target_once_with_context() -> None:
+    # One user with 6 events at positions 0..5: targets are positions 1..5 (inputs 0..4).
+    seq = SequenceData.from_lists([[10, 11, 12, 13, 14, 15], [3]], n_items=16)
+    rows = seq.segments(max_len=2, context=1)
+    # runs of ≤ 2 targets: inputs [0,2), [2,4), [4,5); each with ≤ 1 warm-up input; user 1 has no target.
+    assert rows.tolist() == [[0, 0, 2, 0], [0, 1, 4, 2], [0, 3, 5, 4]]
+    assert seq.segments(max_len=None, context=0).tolist() == [[0, 0, 5, 0]]
+
+
+def test_segment_batches_targets_and_horizon_by_hand() -> None:
+    seq = SequenceData.from_lists([[10, 11, 12, 13, 14, 15]], n_items=16)
+    rows = seq.segments(max_len=2, context=1)
+    batches = segment_batches(seq, rows[1:2], batch_size=4, rng=np.random.default_rng(0), horizon=2)
+    users, inputs, lengths, targets = batches[0]
+    assert users.tolist() == [0] and lengths.tolist() == [3]
+    assert inputs.tolist() == [[11, 12, 13]]
+    # position 0 (item 11) is warm-up: no loss; positions 1, 2 predict (13, 14) and (14, 15).
+    assert targets.tolist() == [[[-1, -1], [13, 14], [14, 15]]]
+    last = segment_batches(seq, rows[2:3], batch_size=4, rng=np.random.default_rng(0), horizon=2)[0][3]
+    # The last input (14) has only one item after it: the second target is missing (-1).
+    assert last.tolist() == [[[-1, -1], [15, -1]]]
+
+
+# ---- losses and metrics ---------------------------------------------------------------------------------
+
+
+def test_next_item_loss_full_softmax_matches_cross_entropy() -> None:
+    torch.manual_seed(0)
+    hidden, weight, bias = torch.randn(4, 3), torch.randn(6, 3), torch.randn(6)
+    targets = torch.tensor([0, 5, 2, 2])
+    expected = F.cross_entropy(hidden @ weight.T + bias, targets)
+    got = next_item_loss(hidden, targets, weight, bias, "ce", negatives=None)
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_next_item_loss_horizon_by_hand() -> None:
+    # Two items, zero bias, 1-d states: logits are h·w. Row 0: h=1, w=(2, 0) → logits (2, 0), targets [0, 1].
+    hidden, weight, bias = torch.tensor([[1.0]]), torch.tensor([[2.0], [0.0]]), torch.zeros(2)
+    got = next_item_loss(hidden, torch.tensor([[0, 1]]), weight, bias, "ce", negatives=None)
+    # Each target competes only against non-targets (none here): both terms are log(e^s / e^s) = 0.
+    assert float(got) == pytest.approx(0.0, abs=1e-6)
+    one = next_item_loss(hidden, torch.tensor([[1, -1]]), weight, bias, "ce", negatives=None)
+    assert float(one) == pytest.approx(math.log(1 + math.exp(2.0)), rel=1e-6)  # -log(e^0 / (e^0 + e^2))
+
+
+def test_bpr_max_by_hand() -> None:
+    # logits (1, 2, 3) for a target 0: negatives 1, 2 with softmax weights s = (e^2, e^3) / (e^2 + e^3).
+    hidden, weight, bias = torch.tensor([[1.0]]), torch.tensor([[1.0], [2.0], [3.0]]), torch.zeros(3)
+    s = np.exp([2.0, 3.0]) / np.exp([2.0, 3.0]).sum()
+    sig = 1 / (1 + np.exp(-(1.0 - np.array([2.0, 3.0]))))
+    expected = -np.log((s * sig).sum()) + 0.5 * (s * np.array([4.0, 9.0])).sum()
+    got = next_item_loss(hidden, torch.tensor([0]), weight, bias, "bpr_max", negatives=None, bpr_reg=0.5)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_sampled_loss_never_uses_a_rows_target_as_its_negative() -> None:
+    # Both rows target item 1: in-batch candidates are (1, 1); sampling 0 extra items leaves no negatives, so
+    # the loss of each row is -log(e^s / e^s) = 0 — counting the other row's copy would make it log 2.
+    hidden, weight, bias = torch.ones(2, 2), torch.randn(4, 2), torch.zeros(4)
+    got = next_item_loss(hidden, torch.tensor([1, 1]), weight, bias, "ce", negatives=0)
+    assert float(got) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ndcg_at_k_by_hand() -> None:
+    relevant = sp.csr_matrix(np.array([[0, 1, 0, 1], [1, 0, 0, 0]], dtype=np.float32))
+    items = np.array([[1, 0], [2, -1]])
+    # Row 0: hit at rank 1 → DCG 1, IDCG 1 + 1/log2(3); row 1: no hit → 0.
+    expected = (1 / (1 + 1 / np.log2(3)) + 0.0) / 2
+    assert ndcg_at_k(items, relevant) == pytest.approx(expected)
+
+
+def test_validation_excludes_training_items_and_repeats() -> None:
+    head = SequenceData.from_lists([[0, 1], [2, 3]], n_items=4)
+    tail = SequenceData.from_lists([[2], [3]], n_items=4)  # user 1's tail repeats a training item
+    validation = Validation.from_split(head, tail)
+    assert validation is not None and validation.users.tolist() == [0]
+    # A scorer that likes seen item 0 most must still be credited for ranking item 2 first among the unseen.
+    assert validation.ndcg(lambda users: np.array([[9.0, 8.0, 1.0, 0.0]])) == pytest.approx(1.0)
+
+
+def test_sample_unseen_never_returns_a_seen_item() -> None:
+    seen = sp.csr_matrix(np.array([[1, 1, 1, 0, 0], [0, 0, 0, 0, 1]], dtype=np.float32))
+    draws = sample_unseen(seen, np.array([0, 0, 1]), per_row=50, rng=np.random.default_rng(0))
+    assert set(draws[:2].ravel()) <= {3, 4}
+    assert set(draws[2]) <= {0, 1, 2, 3} and len(set(draws[2])) > 1
+
+
+# ---- networks ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("net_name", ["gru4rec", "caser"])
+def test_padded_positions_do_not_change_outputs(net_name: str) -> None:
+    torch.manual_seed(0)
+    n_items = 9
+    if net_name == "gru4rec":
+        net = GRU4RecNet(n_items, GRU4RecConfig(embedding_dim=4, hidden_size=5))
+
+        def run(items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            return net(items, lengths)
+    else:
+        caser = CaserNet(3, n_items, CaserConfig(embedding_dim=4, window=3, horizontal_filters=2))
+
+        def run(items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            return caser(torch.tensor([0, 2]), items, lengths)
+
+        net = caser
+    net.eval()
+    items = torch.tensor([[1, 2, 3, 9, 9], [4, 5, 9, 9, 9]])
+    lengths = torch.tensor([3, 2])
+    reference = run(items, lengths)
+    scrambled = items.clone()
+    scrambled[0, 3:] = torch.tensor([7, 0])  # real item ids in padded slots
+    scrambled[1, 2:] = torch.tensor([1, 1, 8])
+    changed = run(scrambled, lengths)
+    real = torch.arange(5)[None, :] < lengths[:, None]
+    assert reference.shape[:2] == (2, 5)
+    assert torch.equal(reference[real], changed[real])
+    # Sanity: the real positions do depend on the real items.
+    other = items.clone()
+    other[0, 0] = 6
+    assert not torch.allclose(run(other, lengths)[0, 2], reference[0, 2])
+
+
+def test_caser_every_position_equals_the_papers_single_window() -> None:
+    """Per-position convolutions give, at position t, exactly Caser's computation on the window ending at
+    t."""
+    torch.manual_seed(3)
+    config = CaserConfig(embedding_dim=4, window=3, horizontal_filters=2, vertical_filters=2, dropout=0.0)
+    net = CaserNet(2, 8, config).eval()
+    items = torch.tensor([[5, 1, 7, 2, 4]])
+    states = net(torch.tensor([1]), items, torch.tensor([5]))
+    for t in range(5):
+        window = items[0, max(0, t - 2) : t + 1]
+        emb = torch.cat([torch.zeros(3 - len(window), 4), net.item_embed(window)])  # (L, d), zeros first
+        image = emb[None, None]  # (1, 1, L, d) as in the paper's Conv2d formulation
+        vertical = net.vertical(image).reshape(-1)  # (n_v · d)
+        horizontal = []
+        for conv in net.horizontal:
+            conv2d_weight = conv.weight.transpose(1, 2)[:, None]  # (n_h, 1, h, d): a full-width filter
+            out = F.relu(F.conv2d(image, conv2d_weight, conv.bias))[0, :, :, 0]  # (n_h, L - h + 1)
+            horizontal.append(out.max(dim=1).values)
+        z = F.relu(net.fc(torch.cat([vertical, *horizontal])))
+        expected = torch.cat([z, net.user_embed(torch.tensor(1))])
+        torch.testing.assert_close(states[0, t], expected, rtol=1e-5, atol=1e-6)
+
+
+# ---- models on planted patterns ---------------------------------------------------------------------------
+
+
+def _cyclic(n_users: int = 40, n_items: int = 12, length: int = 8, seed: int = 0) -> Interactions:
+    """Every user walks the cycle 0 → 1 → … → n_items - 1 → 0 from a random start, one item per second.
+
+    ``length < n_items``, so no item repeats and each user's next item is one they have not seen.
+    """
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n_items, n_users)
+    user = np.repeat(np.arange(n_users), length)
+    step = np.tile(np.arange(length), n_users)
+    item = (starts[user] + step) % n_items
+    return Interactions.from_arrays(user, item, timestamp=step, n_users=n_users, n_items=n_items)
+
+
+TINY_GRU = GRU4RecConfig(
+    embedding_dim=8,
+    hidden_size=16,
+    max_len=8,
+    max_epochs=25,
+    batch_size=16,
+    learning_rate=0.02,
+    dropout=0.0,
+    horizon=1,
+)
+TINY_CASER = CaserConfig(
+    embedding_dim=8,
+    window=2,
+    horizontal_filters=4,
+    vertical_filters=2,
+    dropout=0.0,
+    max_epochs=25,
+    batch_size=16,
+    learning_rate=0.02,
+    horizon=1,
+)
+TINY_NEUMF = NeuMFConfig(factors=8, mlp_layers=(16, 8), max_epochs=30, batch_size=64, learning_rate=0.02)
+
+
+@pytest.mark.parametrize("config", [TINY_GRU, TINY_CASER], ids=["gru4rec", "caser"])
+def test_sequence_models_learn_a_cycle(config: GRU4RecConfig | CaserConfig) -> None:
+    data = _cyclic()
+    cls = GRU4Rec if isinstance(config, GRU4RecConfig) else Caser
+    model = cls(dataclasses.replace(config, validation_fraction=0.0)).fit(data, RunSettings(seed=0))
+    seq = SequenceData.from_interactions(data)
+    newest = np.array([seq.sequence(u)[-1] for u in range(data.n_users)])
+    scores = model.score(np.arange(data.n_users))
+    assert scores.shape == (data.n_users, data.n_items) and scores.dtype == np.float32
+    hit_rate = float(np.mean(scores.argmax(axis=1) == (newest + 1) % data.n_items))
+    assert hit_rate >= 0.95, hit_rate
+    # The next item is one the user has not seen, so it survives the exclusion of seen items.
+    top, _ = model.recommend(np.arange(data.n_users), k=1)
+    assert float(np.mean(top[:, 0] == (newest + 1) % data.n_items)) >= 0.95
+
+
+def test_neumf_learns_planted_blocks() -> None:
+    # 4 blocks of 6 users × 5 items; each user saw 4 of their block's 5 items: the fifth must come first.
+    rng = np.random.default_rng(0)
+    users, items, missing = [], [], []
+    for u in range(24):
+        block = u % 4
+        drop = int(rng.integers(5))
+        missing.append(block * 5 + drop)
+        for j in range(5):
+            if j != drop:
+                users.append(u)
+                items.append(block * 5 + j)
+    data = Interactions.from_arrays(np.array(users), np.array(items), n_users=24, n_items=20)
+    model = NeuMF(dataclasses.replace(TINY_NEUMF, validation_fraction=0.0)).fit(data, RunSettings(seed=0))
+    top, _ = model.recommend(np.arange(24), k=1)
+    assert float(np.mean(top[:, 0] == np.array(missing))) >= 0.9
+
+
+# ---- the shared machinery, through each model --------------------------------------------------------------
+
+FAST = {
+    "gru4rec": dataclasses.replace(TINY_GRU, max_epochs=3),
+    "caser": dataclasses.replace(TINY_CASER, max_epochs=3),
+    "neumf": dataclasses.replace(TINY_NEUMF, max_epochs=3),
+}
+CLASSES: dict[str, type[NeuralRecommender]] = {"gru4rec": GRU4Rec, "caser": Caser, "neumf": NeuMF}
+
+
+@pytest.mark.parametrize("name", list(FAST))
+def test_save_load_and_seed_determinism(name: str, tmp_path: Path) -> None:
+    data = _cyclic(n_users=30)
+    cls, config = CLASSES[name], FAST[name]
+    model = cls(config).fit(data, RunSettings(seed=5))
+    users = np.array([0, 3, 29, -1])
+    loaded = cls.load(model.save(tmp_path / f"{name}.npz"))
+    assert loaded.config == model.config
+    np.testing.assert_allclose(loaded.score(users), model.score(users), rtol=1e-5, atol=1e-6)
+    assert loaded.training_log_.validation_ndcg == model.training_log_.validation_ndcg
+    same = cls(config).fit(data, RunSettings(seed=5)).score(users)
+    np.testing.assert_array_equal(same, model.score(users))
+    other = cls(config).fit(data, RunSettings(seed=6)).score(users)
+    assert not np.array_equal(other, same)
+    # The fit forks torch's global RNG: the caller's random stream is untouched.
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    cls(config).fit(data, RunSettings(seed=5))
+    assert torch.equal(torch.rand(1), expected)
+
+
+@pytest.mark.parametrize("name", list(FAST))
+def test_early_stopping_keeps_the_best_epoch(name: str) -> None:
+    data = _cyclic(n_users=30)
+    config = dataclasses.replace(FAST[name], max_epochs=6, patience=1, validation_fraction=0.2, refit=False)
+    reports: list[tuple[str, float]] = []
+    model = CLASSES[name](config).fit(data, RunSettings(seed=1, progress=lambda s, f: reports.append((s, f))))
+    log = model.training_log_
+    curve = log.validation_ndcg
+    assert len(curve) == log.epochs == len(log.seconds_per_epoch) == len(log.train_loss)
+    assert log.best_epoch == int(np.argmax(curve)) + 1
+    # patience=1: training stops at the first epoch that does not improve on the best so far.
+    assert log.epochs == config.max_epochs or curve[-1] <= max(curve[:-1])
+    fractions = [f for _, f in reports]
+    assert all(stage == name for stage, _ in reports)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert log.refit_seconds == 0.0
+    # The weights kept are the best epoch's: re-scoring the validation slice reproduces its NDCG.
+    head, tail = SequenceData.from_interactions(data, np.random.default_rng(1)).split_tail(0.2)
+    validation = Validation.from_split(head, tail)
+    assert validation is not None
+    assert validation.ndcg(lambda u: model._scores(u, head)) == pytest.approx(max(curve), abs=1e-6)
+
+
+def test_refit_equals_a_fresh_fit_on_everything_for_the_best_epoch_count() -> None:
+    data = _cyclic(n_users=30)
+    config = dataclasses.replace(FAST["neumf"], max_epochs=4, validation_fraction=0.25, refit=True)
+    reports: list[str] = []
+    model = NeuMF(config).fit(data, RunSettings(seed=2, progress=lambda stage, _: reports.append(stage)))
+    log = model.training_log_
+    assert log.refit_seconds > 0 and reports[-1] == "neumf (refit)"
+    # Same seed, same initial weights, all events, best_epoch epochs, no validation: the same network.
+    plain = dataclasses.replace(config, max_epochs=log.best_epoch, validation_fraction=0.0, refit=False)
+    direct = NeuMF(plain).fit(data, RunSettings(seed=2))
+    users = np.arange(30)
+    np.testing.assert_array_equal(model.score(users), direct.score(users))
+    without = NeuMF(dataclasses.replace(config, refit=False)).fit(data, RunSettings(seed=2))
+    assert not np.array_equal(without.score(users), model.score(users))
+
+
+def test_recency_weights_by_hand() -> None:
+    seq = SequenceData.from_lists([[4, 5, 6], [7]], n_items=8)
+    np.testing.assert_allclose(recency_weights(seq, 2.0), [0.5, 0.5**0.5, 1.0, 1.0])
+    np.testing.assert_array_equal(recency_weights(seq, None), [1, 1, 1, 1])
+
+
+def test_users_without_history_score_like_popularity() -> None:
+    data = _cyclic(n_users=10)
+    # Widen the user space: users 10 and 11 are known indices without a single event.
+    wide = Interactions.from_arrays(data.user, data.item, timestamp=data.timestamp, n_users=12, n_items=12)
+    model = GRU4Rec(FAST["gru4rec"]).fit(wide, RunSettings(seed=0))
+    scores = model.score(np.array([10, 11, 0]))
+    np.testing.assert_array_equal(scores[:2], np.tile(wide.item_counts.astype(np.float32), (2, 1)))
+    assert not np.array_equal(scores[2], scores[0])
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "value", "match"),
+    [
+        (GRU4RecConfig, "loss", "mse", "loss"),
+        (GRU4RecConfig, "max_len", 0, "max_len"),
+        (CaserConfig, "window", 0, "window"),
+        (NeuMFConfig, "mlp_layers", (7, 4), "mlp_layers"),
+        (NeuMFConfig, "negatives", 0, "negatives"),
+        (GRU4RecConfig, "validation_fraction", 1.0, "validation_fraction"),
+        (CaserConfig, "patience", 0, "patience"),
+    ],
+)
+def test_configs_reject_bad_values(cls: type, field: str, value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        cls(**{field: value})
+
+
+def test_unknown_device_is_refused_before_training() -> None:
+    with pytest.raises(ValueError, match="device"):
+        GRU4Rec(FAST["gru4rec"]).fit(_cyclic(n_users=5), RunSettings(device="tpu"))
