@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from recmodels.base import Recommender
+from recmodels.baselines.ease import EASE
 from recmodels.baselines.popularity import Popularity
 from recmodels.knn.item import ItemKNN
 from recmodels.knn.user import UserKNN
+from recmodels.mf.als import ALS
+from recmodels.mf.biased_mf import BiasedMF
+from recmodels.mf.bpr import BPR
+from recmodels.mf.nmf import NMF
+from recmodels.mf.pure_svd import PureSVD
+from recmodels.neural import Caser, GRU4Rec, NeuMF
 
-_MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (Popularity, ItemKNN, UserKNN)}
+_MODELS: dict[str, type[Recommender]] = {
+    cls.name: cls
+    for cls in (Popularity, ItemKNN, UserKNN, PureSVD, BiasedMF, NMF, EASE, ALS, BPR, NeuMF, Caser, GRU4Rec)
+}
 
 #: Models trained when the user does not choose (every registered family).
 DEFAULT_MODELS: tuple[str, ...] = ("popularity", "item_knn")
