@@ -5,7 +5,11 @@ built with SQLAlchemy constructs so the same code runs on SQLite and PostgreSQL.
 
 Tables (see the ``Table`` objects below): ``runs``, ``model_metrics``, ``recommendations``, ``features``,
 ``champions``, ``schema_version`` (one row), and the view ``champion_recommendations`` (the recommendations of
-the champion model of the latest ``as_of`` that has a champion).
+the champion model of the latest ``as_of`` that has a champion). The ``Table`` objects describe the schema for
+queries; the DDL lives in Alembic revisions (``recforge/migrations``), applied by ``Store.create_schema``.
+
+Bulk writes (recommendations, metrics, features): PostgreSQL through psycopg 3 gets binary ``COPY``, other
+databases chunked ``executemany``; either way inside the transaction that first deletes the rows replaced.
 
 Datetimes: callers may pass tz-aware or naive datetimes (naive means UTC). They are stored as naive UTC
 (``TIMESTAMP WITHOUT TIME ZONE`` on PostgreSQL, fixed-width text on SQLite) so equality filters on ``as_of``
@@ -16,8 +20,10 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -25,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import (
     Column,
     Connection,
@@ -48,7 +56,6 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    inspect,
     select,
     table,
     update,
@@ -60,9 +67,11 @@ from sqlalchemy.sql.compiler import DDLCompiler
 from sqlalchemy.sql.ddl import ExecutableDDLElement
 
 DEFAULT_URL = "sqlite:///var/recforge.db"
-# Bump when the schema changes, and add the migration from the previous version to `Store.create_schema`.
+# The pre-Alembic compatibility mark in table schema_version. Schema changes are Alembic revisions in
+# recforge/migrations; bump this (in a revision) only for a change that recforge versions from before Alembic,
+# which open a database only when this row holds 1, must refuse.
 SCHEMA_VERSION = 1
-# Rows per executemany call: large enough to amortise round trips, small enough to bound memory per chunk.
+# Rows per executemany call or COPY write: large enough to amortise round trips, small enough to bound memory.
 CHUNK_ROWS = 50_000
 RUN_STATUSES = ("running", "completed", "failed", "partial")
 ENTITIES = ("user", "item")
@@ -180,9 +189,12 @@ recommendations_table = Table(
     Column("rank", Integer, nullable=False),
     Column("item_id", String(200), nullable=False),
     Column("score", Float, nullable=False),
-    Column("run_id", String(36), ForeignKey("runs.run_id"), nullable=False),
+    # No foreign key to runs (revision 0002): PostgreSQL would check it per row of a multi-million-row
+    # publish; `Store.publish` checks the run once and key-share-locks its row instead.
+    Column("run_id", String(36), nullable=False),
+    # Serves every read (they give as_of, model and user_id) and the deletes of a republish.
     PrimaryKeyConstraint("as_of", "model", "user_id", "rank"),
-    Index("ix_recommendations_user_id", "user_id"),
+    # Serves "the latest as_of of a model" (read_recommendations with a model and no as_of).
     Index("ix_recommendations_model_as_of", "model", "as_of"),
 )
 
@@ -268,23 +280,22 @@ def _compile_drop_view(element: DropView, compiler: DDLCompiler, **kw: Any) -> s
 event.listen(metadata, "before_drop", DropView(CHAMPION_VIEW_NAME))
 
 
+ColumnValues = Sequence[Any] | np.ndarray | pd.Series
+"""One column of a bulk write: a list, numpy array or pandas Series of plain values (None/NaN = NULL)."""
+
+
 def _bulk_insert(
     conn: Connection,
     target: Table,
-    columns: Mapping[str, Sequence[Any]],
+    columns: Mapping[str, ColumnValues],
     constants: Mapping[str, Any] | None = None,
 ) -> int:
     """Insert rows into ``target`` inside the caller's transaction; returns the number of rows.
 
-    ``columns`` maps column names to equally long sequences of plain Python values (``tolist()`` output);
-    ``constants`` maps column names to one value shared by every row (run_id, as_of). The one path every bulk
-    write goes through, so a PostgreSQL ``COPY`` path belongs here.
-
-    Why not ``conn.execute(insert(target), list_of_dicts)``: SQLAlchemy then builds and type-processes
-    parameters row by row, which costs more than SQLite's own insert. Here the INSERT is still compiled by
-    SQLAlchemy for the connection's dialect (names quoted, its paramstyle), values go through their
-    column type's bind processor (a constant only once), and chunks of plain tuples or dicts go to the
-    driver's ``executemany``.
+    ``columns`` maps column names to equally long columns of values; ``constants`` maps column names to one
+    value shared by every row (run_id, as_of). The one path every bulk write goes through: PostgreSQL through
+    psycopg gets binary ``COPY`` (:func:`_copy_insert`), other databases chunked ``executemany``
+    (:func:`_executemany_insert`). Rows go in chunks of ``CHUNK_ROWS``.
     """
     constants = dict(constants or {})
     lengths = {name: len(values) for name, values in columns.items()}
@@ -293,31 +304,214 @@ def _bulk_insert(
     total = next(iter(lengths.values()), 0)
     if total == 0:
         return 0
+    if _can_copy(conn, target, [*columns, *constants]):
+        _copy_insert(conn, target, columns, constants, total)
+    else:
+        _executemany_insert(conn, target, columns, constants, total)
+    return total
+
+
+def _executemany_insert(
+    conn: Connection, target: Table, columns: Mapping[str, ColumnValues], constants: Mapping[str, Any], total: int
+) -> None:
+    """Chunks of rows through the driver's ``executemany`` (SQLite, and PostgreSQL drivers other than psycopg).
+
+    Why not ``conn.execute(insert(target), list_of_dicts)``: SQLAlchemy then builds and type-processes
+    parameters row by row, which costs more than SQLite's own insert. Here the INSERT is still compiled by
+    SQLAlchemy for the connection's dialect (names quoted, its paramstyle), values go through their
+    column type's bind processor (a constant only once), and chunks of plain tuples or dicts go to the
+    driver's ``executemany``.
+    """
     dialect = conn.dialect
     names = [*columns, *constants]
     compiled = insert(target).compile(dialect=dialect, column_keys=names)
-    # The dialect's own type implementation: the generic type's processor would skip e.g. SQLite's fixed
-    # datetime text format, and equality filters on as_of would then miss the rows.
-    processors = {name: target.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names}
-    processed: dict[str, Sequence[Any]] = {}
-    for name, values in columns.items():
-        processor = processors[name]
-        processed[name] = values if processor is None else list(map(processor, values))
-    for name, value in constants.items():
-        processor = processors[name]
-        processed[name] = [value if processor is None else processor(value)] * total
+    processors = _bind_processors(conn, target, names)
+    processed_constants = {
+        name: value if processors[name] is None else processors[name](value) for name, value in constants.items()
+    }
     # Positional paramstyles (SQLite's qmark) take tuples in the compiled order; named ones take dicts.
     order = list(compiled.positiontup or []) if dialect.positional else names
     sql = str(compiled)
     for start in range(0, total, CHUNK_ROWS):
         stop = min(start + CHUNK_ROWS, total)
-        chunk = zip(*(processed[name][start:stop] for name in order), strict=True)
+        # Python objects for one chunk at a time: for millions of rows, whole-column lists would take GBs.
+        chunk_columns: dict[str, Sequence[Any]] = {}
+        for name, values in columns.items():
+            plain = _plain_list(values.iloc[start:stop] if isinstance(values, pd.Series) else values[start:stop])
+            processor = processors[name]
+            chunk_columns[name] = plain if processor is None else list(map(processor, plain))
+        for name, value in processed_constants.items():
+            chunk_columns[name] = [value] * (stop - start)
+        rows = zip(*(chunk_columns[name] for name in order), strict=True)
         if dialect.positional:
-            params: list[Any] = list(chunk)
+            params: list[Any] = list(rows)
         else:
-            params = [dict(zip(order, row, strict=True)) for row in chunk]
+            params = [dict(zip(order, row, strict=True)) for row in rows]
         conn.exec_driver_sql(sql, params)
-    return total
+
+
+def _bind_processors(conn: Connection, target: Table, names: Sequence[str]) -> dict[str, Any]:
+    # The dialect's own type implementation: the generic type's processor would skip e.g. SQLite's fixed
+    # datetime text format, and equality filters on as_of would then miss the rows.
+    dialect = conn.dialect
+    return {name: target.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names}
+
+
+def _plain_list(values: ColumnValues) -> list[Any]:
+    """Plain Python values (numpy/pandas scalars become int/float/str; NaN stays NaN)."""
+    return values.tolist() if isinstance(values, np.ndarray | pd.Series) else list(values)
+
+
+# -- PostgreSQL binary COPY ------------------------------------------------------------------------------------
+# Format (https://www.postgresql.org/docs/current/sql-copy.html, "Binary Format"): a signature, flags and
+# header-extension length, then per row a 16-bit field count and per field a 32-bit byte length (-1 = NULL)
+# and the value in the type's binary send format (big-endian), then a 16-bit -1. Rows are assembled with
+# pyarrow's vectorised kernels (~0.3 us a row here), not row by row: psycopg's `write_row` took 2-5 us a row
+# on this 2-core machine, as much CPU as PostgreSQL spent storing the row.
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_COPY_NULL = struct.pack(">i", -1)
+# timestamp: microseconds since 2000-01-01 (PostgreSQL's epoch), here as an offset from the Unix epoch.
+_PG_EPOCH_US = 946_684_800_000_000
+
+
+def _copy_kind(column_type: Any) -> str | None:
+    """How a column's values are sent in binary COPY: 'text', 'int4', 'float8', 'timestamp', or None."""
+    impl = column_type.impl if isinstance(column_type, TypeDecorator) else column_type
+    if isinstance(impl, String):  # includes Text
+        return "text"
+    if type(impl) is Integer:  # not BigInteger/SmallInteger (other widths)
+        return "int4"
+    if type(impl) is Float and impl.precision is None:  # PostgreSQL: double precision
+        return "float8"
+    if isinstance(impl, DateTime) and not impl.timezone:
+        return "timestamp"
+    return None
+
+
+def _can_copy(conn: Connection, target: Table, names: Sequence[str]) -> bool:
+    """Whether this insert can use binary COPY: psycopg 3, a UTF-8 client encoding, supported column types."""
+    if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg":
+        return False
+    # Text fields of a binary COPY are in the client encoding; the rows are built as UTF-8.
+    if conn.connection.driver_connection.info.encoding != "utf-8":  # type: ignore[union-attr]
+        return False
+    return all(_copy_kind(target.c[name].type) is not None for name in names)
+
+
+def _copy_insert(
+    conn: Connection, target: Table, columns: Mapping[str, ColumnValues], constants: Mapping[str, Any], total: int
+) -> None:
+    """``COPY target (...) FROM STDIN (FORMAT BINARY)`` on the connection's psycopg connection, in its open
+    transaction (so a failure also rolls back the caller's deletes), ``CHUNK_ROWS`` rows per write.
+
+    Names reach the statement only as quoted identifiers (psycopg's ``sql.Identifier``), never as text.
+    """
+    from psycopg import sql
+
+    names = [*columns, *constants]
+    processors = _bind_processors(conn, target, names)
+    kinds = {name: _copy_kind(target.c[name].type) for name in names}
+    arrays = {}
+    for name, values in columns.items():
+        processor = processors[name]
+        if processor is not None:  # e.g. UTCDateTime: aware -> naive UTC
+            values = [None if v is None else processor(v) for v in _plain_list(values)]
+        arrays[name] = _arrow_column(values, kinds[name])  # type: ignore[arg-type]
+    # Constants: encoded once, and after the per-row fields so they join as a single piece.
+    tail = b"".join(
+        _copy_constant(value if processors[name] is None else processors[name](value), kinds[name])  # type: ignore[arg-type]
+        for name, value in constants.items()
+    )
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(target.name), sql.SQL(", ").join(sql.Identifier(name) for name in names)
+    )
+    dbapi_cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with dbapi_cursor.copy(statement) as copy:
+            copy.write(_COPY_SIGNATURE)
+            for start in range(0, total, CHUNK_ROWS):
+                chunk = {name: array.slice(start, CHUNK_ROWS) for name, array in arrays.items()}
+                copy.write(_copy_rows(chunk, kinds, len(names), tail))
+            copy.write(_COPY_TRAILER)
+    finally:
+        dbapi_cursor.close()
+
+
+def _arrow_column(values: ColumnValues, kind: str) -> pa.Array:
+    """A column as an Arrow array of the COPY kind's type; None (and NaN) become nulls."""
+    arrow_type = {
+        "text": pa.large_string(),
+        "int4": pa.int32(),
+        "float8": pa.float64(),
+        "timestamp": pa.timestamp("us"),
+    }[kind]
+    if isinstance(values, pd.Series):
+        values = values.array  # Arrow-backed str columns convert without copying
+    array = pa.array(values, type=arrow_type, from_pandas=True)
+    # An Arrow-backed pandas column (e.g. after pd.concat) may come in several chunks.
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def _copy_constant(value: Any, kind: str) -> bytes:
+    """One field (length + value) of binary COPY for a value shared by all rows."""
+    if value is None:
+        return _COPY_NULL
+    if kind == "text":
+        data = str(value).encode("utf-8")
+    elif kind == "int4":
+        data = struct.pack(">i", value)
+    elif kind == "float8":
+        data = struct.pack(">d", value)
+    else:
+        epoch_us = pa.scalar(value, pa.timestamp("us")).value
+        data = struct.pack(">q", epoch_us - _PG_EPOCH_US)
+    return struct.pack(">i", len(data)) + data
+
+
+def _fixed_binary(values: np.ndarray) -> pa.Array:
+    """Each element of a numpy array (any fixed-size dtype, e.g. a structured one) as one binary value."""
+    values = np.ascontiguousarray(values)
+    width = values.dtype.itemsize
+    fixed = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(values), [None, pa.py_buffer(values.view(np.uint8))]
+    )
+    return fixed.cast(pa.large_binary())
+
+
+def _copy_fields(array: pa.Array, kind: str) -> pa.Array:
+    """Per row, the field (32-bit length + value bytes, or -1 for NULL) of one column."""
+    if kind == "text":
+        data = array.cast(pa.large_binary())
+        lengths = pc.fill_null(pc.binary_length(data), -1).to_numpy(zero_copy_only=False)
+        empty = pa.scalar(b"", pa.large_binary())
+        return pc.binary_join_element_wise(_fixed_binary(lengths.astype(">i4")), pc.fill_null(data, empty), empty)
+    if kind == "timestamp":
+        numbers = pc.fill_null(array.cast(pa.int64()), 0).to_numpy(zero_copy_only=False) - _PG_EPOCH_US
+        value_dtype = ">i8"
+    else:
+        numbers = pc.fill_null(array, 0).to_numpy(zero_copy_only=False)
+        value_dtype = ">i4" if kind == "int4" else ">f8"
+    packed = np.empty(len(array), dtype=[("length", ">i4"), ("value", value_dtype)])
+    packed["length"] = packed.dtype["value"].itemsize
+    packed["value"] = numbers
+    fields = _fixed_binary(packed)
+    if array.null_count:
+        fields = pc.if_else(pc.is_valid(array), fields, pa.scalar(_COPY_NULL, pa.large_binary()))
+    return fields
+
+
+def _copy_rows(
+    arrays: Mapping[str, pa.Array], kinds: Mapping[str, str | None], field_count: int, tail: bytes
+) -> memoryview:
+    """The binary COPY bytes of a chunk of rows: per row the field count, the column fields, ``tail``."""
+    pieces = [pa.scalar(struct.pack(">h", field_count), pa.large_binary())]
+    pieces += [_copy_fields(array, kinds[name]) for name, array in arrays.items()]  # type: ignore[arg-type]
+    pieces.append(pa.scalar(tail, pa.large_binary()))
+    rows = pc.binary_join_element_wise(*pieces, pa.scalar(b"", pa.large_binary()))
+    # A large_binary array's values lie back to back in its data buffer, between the first and last offset.
+    offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64, count=len(rows) + 1, offset=rows.offset * 8)
+    return memoryview(rows.buffers()[2])[int(offsets[0]) : int(offsets[-1])]
 
 
 def _to_json(value: Any) -> str:
@@ -370,8 +564,24 @@ def _require_unique(frame: pd.DataFrame, key: Sequence[str], what: str) -> None:
         )
 
 
-def _int_list(series: pd.Series, name: str, what: str, *, minimum: int) -> list[int]:
-    """Integral values of ``series`` as Python ints (floats like 3.0 accepted), all >= ``minimum``."""
+def _require_fits(frame: pd.DataFrame, target: Table, columns: Sequence[str], what: str) -> None:
+    """Text values must fit their ``VARCHAR(n)`` column: PostgreSQL rejects longer ones, SQLite would keep
+    them, so both refuse them here, before anything is written."""
+    for name in columns:
+        limit = target.c[name].type.length
+        lengths = frame[name].astype(str).str.len()
+        bad = lengths > limit
+        if bad.any():
+            shown = frame.loc[bad, name].astype(str).head(3).str.slice(0, 40).tolist()
+            raise ValueError(
+                f"{what} frame: column {name!r} has {int(bad.sum())} value(s) longer than {limit} characters "
+                f"(column {target.name}.{name} is VARCHAR({limit})), e.g. rows {frame.index[bad][:3].tolist()} "
+                f"starting {shown}. Shorten these ids or map them to shorter ones."
+            )
+
+
+def _int_array(series: pd.Series, name: str, what: str, *, minimum: int) -> np.ndarray:
+    """Integral values of ``series`` as an int64 array (floats like 3.0 accepted), all >= ``minimum``."""
     values = pd.to_numeric(series, errors="coerce")
     bad = values.isna() | (values != np.floor(values)) | (values < minimum)
     if bad.any():
@@ -380,7 +590,7 @@ def _int_list(series: pd.Series, name: str, what: str, *, minimum: int) -> list[
             f"{what} frame: column {name!r} must hold integers >= {minimum}; bad values {shown} at rows "
             f"{series.index[bad][:5].tolist()}."
         )
-    return values.astype("int64").tolist()
+    return values.astype("int64").to_numpy()
 
 
 def _frame(rows: Sequence[Sequence[Any]], dtypes: dict[str, str]) -> pd.DataFrame:
@@ -439,23 +649,32 @@ class Store:
     # -- schema -------------------------------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create missing tables and (re)create the champion view; safe to call on every start."""
+        """Create or upgrade the schema to the newest revision (Alembic); safe to call on every start.
+
+        A new database gets every table and the view; one at an older revision is migrated, keeping its rows;
+        one created by recforge before it used Alembic is recognised and stamped. All in one transaction
+        (PostgreSQL rolls back DDL too). See :mod:`recforge.migrations`.
+        """
+        from recforge import migrations  # Alembic: imported only when needed (slow import)
+
         with self.engine.begin() as conn:
-            # Check the version before changing anything: a database written by another version is left as is.
-            versions: list[int] = []
-            if inspect(conn).has_table(schema_version_table.name):
-                versions = list(conn.execute(select(schema_version_table.c.version)).scalars())
-            if versions and versions != [SCHEMA_VERSION]:
+            migrations.upgrade(conn, self.url_masked)
+            versions = list(conn.execute(select(schema_version_table.c.version)).scalars())
+            if versions != [SCHEMA_VERSION]:
+                # Rolls back the transaction: a database marked by another recforge is left as it was.
                 raise RuntimeError(
                     f"database {self.url_masked} has schema version(s) {versions} in table schema_version, "
                     f"but this recforge uses version {SCHEMA_VERSION} and has no migration for it. Use a new "
                     "database URL, or upgrade/downgrade recforge to the version that wrote this database."
                 )
-            conn.execute(DropView(CHAMPION_VIEW_NAME))
-            metadata.create_all(conn)
-            conn.execute(CreateView(CHAMPION_VIEW_NAME, _champion_view_select()))
-            if not versions:
-                conn.execute(insert(schema_version_table).values(version=SCHEMA_VERSION, applied_at=_now()))
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at, e.g. ``"0001"`` (None before ``create_schema``)."""
+        from recforge import migrations
+
+        with self.engine.connect() as conn:
+            revisions = migrations.current_revisions(conn)
+        return ", ".join(revisions) or None
 
     # -- runs -----------------------------------------------------------------------------------------------
 
@@ -536,7 +755,7 @@ class Store:
 
     # -- metrics and features -----------------------------------------------------------------------------
 
-    def write_metrics(self, run_id: str, metrics: pd.DataFrame) -> int:
+    def write_metrics(self, run_id: str, metrics: pd.DataFrame, *, conn: Connection | None = None) -> int:
         """Store evaluation results (columns model, metric, k, value, split); returns the rows written.
 
         ``k`` is the ranking cut-off, missing for rating metrics. Rows for the same run, model and split are
@@ -549,19 +768,20 @@ class Store:
         k_values: list[int | None] = [None] * len(metrics)
         for position, value in zip(
             np.flatnonzero(has_k.to_numpy()),
-            _int_list(metrics.loc[has_k, "k"], "k", what, minimum=1),
+            _int_array(metrics.loc[has_k, "k"], "k", what, minimum=1).tolist(),
             strict=True,
         ):
             k_values[position] = value
         keyed = metrics.assign(_k_key=[k or 0 for k in k_values])
         _require_unique(keyed, ["model", "metric", "_k_key", "split"], what)
+        _require_fits(metrics, metrics_table, ["model", "metric", "split"], what)
         values = pd.to_numeric(metrics["value"], errors="coerce").astype("float64").tolist()
         # NaN (e.g. a metric undefined for an empty split) is stored as NULL: SQLite cannot keep NaN.
         values = [None if math.isnan(v) else v for v in values]
         models = metrics["model"].astype(str).tolist()
         metric_names = metrics["metric"].astype(str).tolist()
         splits = metrics["split"].astype(str).tolist()
-        with self.engine.begin() as conn:
+        with self._transaction(conn) as conn:
             self._require_run(conn, run_id)
             for model, split in sorted(set(zip(models, splits, strict=True))):
                 conn.execute(
@@ -599,7 +819,16 @@ class Store:
             rows, {"model": "str", "metric": "str", "k": "Int64", "value": "float64", "split": "str"}
         ).reset_index(drop=True)
 
-    def write_features(self, run_id: str, as_of: datetime, entity: str, features: pd.DataFrame, id_column: str) -> int:
+    def write_features(
+        self,
+        run_id: str,
+        as_of: datetime,
+        entity: str,
+        features: pd.DataFrame,
+        id_column: str,
+        *,
+        conn: Connection | None = None,
+    ) -> int:
         """Store a wide per-entity feature table in long form; returns the rows written.
 
         ``features`` has one row per entity (``id_column``) and one numeric or boolean column per feature;
@@ -613,6 +842,9 @@ class Store:
         _require_no_nulls(features, [id_column], what)
         _require_unique(features, [id_column], what)
         feature_columns = [c for c in features.columns if c != id_column]
+        _require_fits(features[[id_column]].set_axis(["entity_id"], axis=1), features_table, ["entity_id"], what)
+        names = pd.DataFrame({"feature": [str(c) for c in feature_columns]})
+        _require_fits(names, features_table, ["feature"], f"{what} (column names)")
         non_numeric = [
             c
             for c in feature_columns
@@ -626,7 +858,7 @@ class Store:
             )
         naive_as_of = to_naive_utc(as_of)
         ids = features[id_column].astype(str).to_numpy(dtype=object)
-        with self.engine.begin() as conn:
+        with self._transaction(conn) as conn:
             self._require_run(conn, run_id)
             conn.execute(
                 delete(features_table).where(
@@ -650,18 +882,23 @@ class Store:
         as_of: datetime,
         recommendations: pd.DataFrame,
         champion: ChampionDecision | None,
+        *,
+        conn: Connection | None = None,
     ) -> int:
         """Replace ``as_of``'s recommendations of the given models and its champion; returns rows inserted.
 
         ``recommendations`` has columns model, user_id, rank (1-based), item_id, score. One transaction
         deletes that ``as_of``'s rows for these models, inserts the new ones and replaces the champion row
         (when ``champion`` is given): a rerun never duplicates; a failure leaves the previous rows in place.
+        On PostgreSQL the rows go in by binary COPY; publishes of the same ``as_of`` and model take turns,
+        others (other dates, other models) run side by side.
         """
         what = "recommendations"
         _require_columns(recommendations, RECOMMENDATION_COLUMNS, what)
         _require_no_nulls(recommendations, RECOMMENDATION_COLUMNS, what)
         _require_unique(recommendations, ["model", "user_id", "rank"], what)
-        ranks = _int_list(recommendations["rank"], "rank", what, minimum=1)
+        _require_fits(recommendations, recommendations_table, ["model", "user_id", "item_id"], what)
+        ranks = _int_array(recommendations["rank"], "rank", what, minimum=1)
         scores = pd.to_numeric(recommendations["score"], errors="coerce").astype("float64")
         if not np.isfinite(scores.to_numpy()).all():
             bad = recommendations.loc[~np.isfinite(scores.to_numpy())].head(5)
@@ -669,16 +906,20 @@ class Store:
         naive_as_of = to_naive_utc(as_of)
         models = recommendations["model"].astype(str)
         published_models = sorted(models.unique().tolist())
-        columns = {
-            "model": models.tolist(),
-            "user_id": recommendations["user_id"].astype(str).tolist(),
+        # Columns stay arrays: the COPY path reads them without building Python objects per value.
+        columns: dict[str, ColumnValues] = {
+            "model": models,
+            "user_id": recommendations["user_id"].astype(str),
             "rank": ranks,
-            "item_id": recommendations["item_id"].astype(str).tolist(),
-            "score": scores.tolist(),
+            "item_id": recommendations["item_id"].astype(str),
+            "score": scores.to_numpy(),
         }
-        with self.engine.begin() as conn:
+        with self._transaction(conn) as conn:
+            self._lock_publication(conn, naive_as_of, published_models, champion is not None)
             self._require_run(conn, run_id)
             if published_models:
+                # Row-level deletes of this as_of and these models only: publishes of other dates or models
+                # proceed side by side.
                 conn.execute(
                     delete(recommendations_table).where(
                         recommendations_table.c.as_of == naive_as_of,
@@ -689,6 +930,28 @@ class Store:
             if champion is not None:
                 self._replace_champion(conn, run_id, naive_as_of, champion)
         return inserted
+
+    def publish_run(
+        self,
+        run_id: str,
+        as_of: datetime,
+        metrics: pd.DataFrame,
+        features: Sequence[tuple[str, pd.DataFrame, str]],
+        recommendations: pd.DataFrame,
+        champion: ChampionDecision | None,
+    ) -> dict[str, int]:
+        """A run's metrics, features (``(entity, frame, id_column)`` each) and recommendations in ONE transaction.
+
+        Either everything is written or nothing is: a bad feature id or a lost connection halfway through
+        leaves the database exactly as it was (no metrics of a run whose recommendations never landed).
+        Returns rows written per table (``features_user``, ``features_item``, ...).
+        """
+        with self.engine.begin() as conn:
+            written = {"model_metrics": self.write_metrics(run_id, metrics, conn=conn)}
+            for entity, frame, id_column in features:
+                written[f"features_{entity}"] = self.write_features(run_id, as_of, entity, frame, id_column, conn=conn)
+            written["recommendations"] = self.publish(run_id, as_of, recommendations, champion, conn=conn)
+        return written
 
     def read_recommendations(
         self,
@@ -742,14 +1005,24 @@ class Store:
 
     # -- helpers ------------------------------------------------------------------------------------------
 
+    @contextmanager
+    def _transaction(self, conn: Connection | None) -> Iterator[Connection]:
+        """The caller's connection (its transaction commits or rolls back everything), or a new transaction."""
+        if conn is not None:
+            yield conn
+            return
+        with self.engine.begin() as new:
+            yield new
+
     def _replace_champion(
         self, conn: Connection, run_id: str, naive_as_of: datetime, champion: ChampionDecision
     ) -> None:
         rec = recommendations_table
+        # One row is enough to know (counting them all took seconds at millions of rows).
         served = conn.execute(
-            select(func.count()).select_from(rec).where(rec.c.as_of == naive_as_of, rec.c.model == champion.model)
-        ).scalar_one()
-        if served == 0:
+            select(rec.c.rank).where(rec.c.as_of == naive_as_of, rec.c.model == champion.model).limit(1)
+        ).first()
+        if served is None:
             # Raising here rolls back the whole publish: a champion without rows would empty the view.
             raise ValueError(
                 f"champion model {champion.model!r} has no recommendations for as_of {naive_as_of} UTC in "
@@ -769,9 +1042,33 @@ class Store:
         )
 
     def _require_run(self, conn: Connection, run_id: str) -> None:
-        found = conn.execute(select(runs_table.c.run_id).where(runs_table.c.run_id == run_id)).first()
+        """Fail unless the run exists; on PostgreSQL also key-share-lock its row until the transaction ends,
+        so it cannot be deleted while rows that reference it are written."""
+        found = conn.execute(
+            select(runs_table.c.run_id).where(runs_table.c.run_id == run_id).with_for_update(read=True, key_share=True)
+        ).first()
         if found is None:
             raise LookupError(self._unknown_run_message(run_id))
+
+    def _lock_publication(
+        self, conn: Connection, naive_as_of: datetime, models: Sequence[str], with_champion: bool
+    ) -> None:
+        """PostgreSQL: serialise publishes of the same (as_of, model), and of the same as_of's champion.
+
+        Two transactions replacing the same rows would otherwise both delete the old rows, then collide on
+        the primary key of the new ones. Transaction-scoped advisory locks, taken in one global (sorted)
+        order so two publishes never wait for each other in a cycle; other dates and models are not
+        blocked. SQLite needs none: it runs one write transaction at a time.
+        """
+        if conn.dialect.name != "postgresql":
+            return
+        stamp = naive_as_of.isoformat()
+        keys = [f"recforge.recommendations/{stamp}/{model}" for model in models]
+        if with_champion:
+            keys.append(f"recforge.champions/{stamp}")
+        for key in sorted(keys):
+            # A 64-bit hash of the key text; a collision only makes two publishes wait for each other.
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
 
     def _unknown_run_message(self, run_id: str) -> str:
         return (

@@ -15,6 +15,9 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("RECFORGE_DB_URL", None)
 
+# Fixtures pg_cluster (a throwaway PostgreSQL server for the session) and pg_url (a new database per test).
+pytest_plugins = ("tests.pg",)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ML100K_DIR = REPO_ROOT.parent / "shared" / "data" / "ml-100k"
 

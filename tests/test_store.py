@@ -1,20 +1,50 @@
-"""Tests for recforge.store on a file-backed SQLite database (the embedded default)."""
+"""Tests for recforge.store and its Alembic migrations.
+
+Every test that takes the ``store`` fixture runs twice: on a file-backed SQLite database (the embedded
+default) and on a new database in a throwaway PostgreSQL cluster (``tests/pg.py``; it fails, not skips,
+where PostgreSQL is not installed).
+"""
 
 from __future__ import annotations
 
+import struct
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
-from sqlalchemy import Connection, inspect, select, update
+from alembic import command as alembic_command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import (
+    Column,
+    Connection,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    column,
+    insert,
+    inspect,
+    select,
+    table,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 import recforge.store as store_module
+from recforge import migrations
 from recforge.store import (
+    CHAMPION_VIEW_NAME,
     SCHEMA_VERSION,
     ChampionDecision,
     Store,
@@ -32,10 +62,29 @@ AS_OF_2 = datetime(2024, 2, 1, tzinfo=UTC)
 AS_OF_3 = datetime(2024, 3, 1, tzinfo=UTC)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database: a SQLite file in a not-yet-existing sub-folder (the store must create
+    it), or a new PostgreSQL database (with a password in the URL)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sub' / 'recforge.db'}"
+    # Looked up only here, so running just the SQLite cases never starts PostgreSQL.
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    """An empty store with its schema, in a not-yet-existing sub-folder (the store must create it)."""
-    s = Store(f"sqlite:///{tmp_path / 'sub' / 'recforge.db'}")
+def store(store_url: str) -> Iterator[Store]:
+    """An empty store with its schema."""
+    s = Store(store_url)
+    s.create_schema()
+    yield s
+    s.dispose()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    """An empty SQLite store with its schema, for SQLite-only behaviour."""
+    s = Store(f"sqlite:///{tmp_path / 'recforge.db'}")
     s.create_schema()
     yield s
     s.dispose()
@@ -142,8 +191,152 @@ def test_create_schema_refuses_another_schema_version(store: Store) -> None:
         store.create_schema()
 
 
-def test_sqlite_connections_use_wal_and_foreign_keys(store: Store) -> None:
+def legacy_metadata() -> MetaData:
+    """The schema recforge created before Alembic, which revision 0001 reproduces: today's ``Table``
+    objects plus what revision 0002 dropped (the foreign key and index below). A later revision that
+    changes the tables must add its undo here too."""
+    legacy = MetaData()
+    for t in store_module.metadata.sorted_tables:
+        t.to_metadata(legacy)
+    rec = legacy.tables["recommendations"]
+    rec.append_constraint(ForeignKeyConstraint(["run_id"], ["runs.run_id"]))
+    Index("ix_recommendations_user_id", rec.c.user_id)
+    return legacy
+
+
+def create_pre_alembic_schema(store: Store) -> None:
+    """What ``Store.create_schema`` did before Alembic: ``create_all``, the view, and schema_version = 1."""
+    with store.engine.begin() as conn:
+        legacy_metadata().create_all(conn)
+        conn.execute(store_module.CreateView(CHAMPION_VIEW_NAME, store_module._champion_view_select()))
+        conn.execute(insert(schema_version_table).values(version=1, applied_at=datetime.now(UTC)))
+
+
+def schema_diff(store: Store, target: MetaData) -> list[Any]:
+    """Alembic's autogenerate comparison of the database with ``target`` (empty: they agree)."""
     with store.engine.connect() as conn:
+        return list(compare_metadata(MigrationContext.configure(conn), target))
+
+
+def migrate(store: Store, action: str, revision: str) -> None:
+    """Run ``alembic upgrade|downgrade <revision>`` on the store's database."""
+    with store.engine.begin() as conn:
+        getattr(alembic_command, action)(migrations.alembic_config(connection=conn), revision)
+
+
+def table_names(store: Store) -> set[str]:
+    return set(inspect(store.engine).get_table_names())
+
+
+def test_migrations_match_the_table_definitions(store: Store) -> None:
+    assert schema_diff(store, store_module.metadata) == []
+    assert store.schema_revision() == migrations.head_revision() == "0002"
+
+
+def test_revision_0001_is_the_pre_alembic_schema(store_url: str) -> None:
+    store = Store(store_url)
+    migrate(store, "upgrade", "0001")
+    assert schema_diff(store, legacy_metadata()) == []
+    assert schema_diff(store, store_module.metadata) != []  # 0002 changed something
+    store.dispose()
+
+
+def test_revision_0002_downgrades_and_upgrades_keeping_rows(store: Store, run_id: str) -> None:
+    store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["a", "b"]}), ChampionDecision("pop", "ndcg", 0.5, "x"))
+    before = all_recommendations(store)
+    migrate(store, "downgrade", "0001")
+    assert store.schema_revision() == "0001"
+    assert schema_diff(store, legacy_metadata()) == []
+    pd.testing.assert_frame_equal(all_recommendations(store), before)
+    store.create_schema()
+    assert store.schema_revision() == "0002"
+    assert schema_diff(store, store_module.metadata) == []
+    pd.testing.assert_frame_equal(all_recommendations(store), before)
+    assert store.read_recommendations("u1")["item_id"].tolist() == ["a", "b"]
+
+
+def test_create_schema_stamps_a_pre_alembic_database_and_keeps_its_rows(store_url: str) -> None:
+    store = Store(store_url)
+    create_pre_alembic_schema(store)
+    run_id = store.start_run(dataset="toy", source="toy.csv", as_of=AS_OF_1, parameters={"k": 1}, flow_run_id=None)
+    store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["a", "b"]}), ChampionDecision("pop", "ndcg", 0.5, "old"))
+    before, before_runs = all_recommendations(store), store.latest_runs()
+    assert store.schema_revision() is None
+    assert "alembic_version" not in table_names(store)
+
+    store.create_schema()
+
+    assert store.schema_revision() == migrations.head_revision()
+    pd.testing.assert_frame_equal(all_recommendations(store), before)
+    pd.testing.assert_frame_equal(store.latest_runs(), before_runs)
+    assert store.read_recommendations("u1")["item_id"].tolist() == ["a", "b"]  # the view still works
+    with store.engine.connect() as conn:
+        assert list(conn.execute(select(schema_version_table.c.version)).scalars()) == [1]
+    assert schema_diff(store, store_module.metadata) == []  # stamped 0001, then upgraded to 0002
+    store.create_schema()  # and from now on an ordinary versioned database
+    assert store.counts()["recommendations"] == 2
+    store.dispose()
+
+
+def test_create_schema_refuses_a_revision_it_does_not_know(store: Store) -> None:
+    version = table("alembic_version", column("version_num"))
+    with store.engine.begin() as conn:
+        conn.execute(update(version).values(version_num="9999"))
+    with pytest.raises(RuntimeError, match=r"revision \['9999'\].*newer recforge"):
+        store.create_schema()
+    assert store.schema_revision() == "9999"
+
+
+def test_create_schema_refuses_an_incomplete_pre_alembic_database(store_url: str) -> None:
+    store = Store(store_url)
+    with store.engine.begin() as conn:
+        store_module.runs_table.create(conn)
+    with pytest.raises(RuntimeError, match=r"has recforge table\(s\) \['runs'\] but lacks") as info:
+        store.create_schema()
+    assert "'model_metrics'" in str(info.value)
+    assert "view champion_recommendations" in str(info.value)
+    assert table_names(store) == {"runs"}  # nothing created, nothing stamped
+    store.dispose()
+
+
+def test_create_schema_refuses_a_pre_alembic_database_of_another_version(store_url: str) -> None:
+    store = Store(store_url)
+    create_pre_alembic_schema(store)
+    with store.engine.begin() as conn:
+        conn.execute(update(schema_version_table).values(version=2))
+    with pytest.raises(RuntimeError, match=r"schema version\(s\) \[2\]"):
+        store.create_schema()
+    assert "alembic_version" not in table_names(store)
+    store.dispose()
+
+
+def test_create_schema_leaves_unrelated_tables_alone(store_url: str) -> None:
+    store = Store(store_url)
+    other = Table("other_app_events", MetaData(), Column("id", Integer, primary_key=True))
+    with store.engine.begin() as conn:
+        other.create(conn)
+        conn.execute(insert(other).values(id=7))
+    store.create_schema()
+    assert store.schema_revision() == migrations.head_revision()
+    with store.engine.connect() as conn:
+        assert conn.execute(select(other.c.id)).scalars().all() == [7]
+    store.dispose()
+
+
+def test_concurrent_create_schema_on_postgresql(pg_url: str) -> None:
+    # Two pipelines starting at once on an empty database: the migration lock makes the second wait, then
+    # find the schema at head.
+    stores = [Store(pg_url), Store(pg_url)]
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(s.create_schema) for s in stores]:
+            done.result(timeout=60)
+    assert stores[0].schema_revision() == migrations.head_revision()
+    for s in stores:
+        s.dispose()
+
+
+def test_sqlite_connections_use_wal_and_foreign_keys(sqlite_store: Store) -> None:
+    with sqlite_store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
@@ -410,24 +603,37 @@ def test_failure_mid_publish_leaves_previous_rows(store: Store, run_id: str, mon
     )
     before, before_champions = all_recommendations(store), champions_rows(store)
 
-    # Small chunks, and the driver-level insert fails on the second chunk: by then the old rows are deleted
-    # and the first new chunk is inserted, all in the open transaction.
+    # Small chunks, and the driver-level write fails on the second chunk: by then the old rows are deleted
+    # and the first new chunk is sent, all in the open transaction.
     monkeypatch.setattr(store_module, "CHUNK_ROWS", 2)
-    calls: list[str] = []
-    real = Connection.exec_driver_sql
+    calls: list[Any] = []
+    if store.is_sqlite:
+        real = Connection.exec_driver_sql
 
-    def flaky(self: Connection, statement: str, parameters: Any = None, **kw: Any) -> Any:
-        if statement.startswith("INSERT INTO recommendations"):
-            calls.append(statement)
-            if len(calls) == 2:
+        def flaky(self: Connection, statement: str, parameters: Any = None, **kw: Any) -> Any:
+            if statement.startswith("INSERT INTO recommendations"):
+                calls.append(statement)
+                if len(calls) == 2:
+                    raise RuntimeError("disk full (injected)")
+            return real(self, statement, parameters, **kw)
+
+        monkeypatch.setattr(Connection, "exec_driver_sql", flaky)
+    else:
+        import psycopg
+
+        real_write = psycopg.Copy.write
+
+        def flaky_write(self: psycopg.Copy, buffer: Any) -> None:
+            calls.append(bytes(buffer))
+            if len(calls) == 3:  # the COPY signature, the first chunk, then the second chunk
                 raise RuntimeError("disk full (injected)")
-        return real(self, statement, parameters, **kw)
+            real_write(self, buffer)
 
-    monkeypatch.setattr(Connection, "exec_driver_sql", flaky)
+        monkeypatch.setattr(psycopg.Copy, "write", flaky_write)
     new = recs("pop", {"u1": ["x", "y", "z"], "u2": ["w"]}, 5.0)
     with pytest.raises(RuntimeError, match="injected"):
         store.publish(run_id, AS_OF_1, new, ChampionDecision("pop", "ndcg", 0.9, "second"))
-    assert len(calls) == 2
+    assert len(calls) == (2 if store.is_sqlite else 3)
     monkeypatch.undo()
 
     pd.testing.assert_frame_equal(all_recommendations(store), before)
@@ -450,6 +656,7 @@ def test_failure_mid_publish_leaves_previous_rows(store: Store, run_id: str, mon
         (lambda f: f.assign(rank=[1.5, 2, 1]), "rank"),
         (lambda f: f.assign(score=[1.0, np.nan, 1.0]), "score"),
         (lambda f: f.assign(score=[1.0, np.inf, 1.0]), "score"),
+        (lambda f: f.assign(item_id=["x" * 201, "y", "z"]), "longer than 200 characters"),
     ],
 )
 def test_publish_rejects_bad_frames_without_touching_rows(store: Store, run_id: str, change: Any, message: str) -> None:
@@ -496,6 +703,132 @@ def test_bulk_publish_rate(store: Store, run_id: str) -> None:
     expected = frame[(frame["model"] == "itemknn") & (frame["user_id"] == "943")]
     assert got["item_id"].tolist() == expected["item_id"].tolist()
     assert got["score"].to_numpy() == pytest.approx(expected["score"].to_numpy())
+
+
+def test_ids_with_special_characters_round_trip(store: Store, run_id: str) -> None:
+    # COPY's text escapes, multi-byte UTF-8 and the empty string must all come back unchanged.
+    odd = ["tab\tid", "new\nline\r", "back\\slash", "quote'\"", "é ü 日本 🙂", "", "comma,semi;", "\\N", "NULL"]
+    frame = recs("pop", {user: [f"item-{user}", "x" * 200] for user in odd})
+    assert store.publish(run_id, AS_OF_1, frame, ChampionDecision("pop", "ndcg", 0.1, "ok")) == 2 * len(odd)
+    for user in odd:
+        got = store.read_recommendations(user)
+        assert got["user_id"].tolist() == [user, user]
+        assert got["item_id"].tolist() == [f"item-{user}", "x" * 200]
+        assert got["score"].tolist() == [1.0, 0.5]
+
+
+def test_binary_copy_rows_hand_computed() -> None:
+    # Per row: field count, then per field a 32-bit length (-1 = NULL) and big-endian bytes; the tail is the
+    # constants' fields, appended to every row.
+    arrays = {
+        "a": pa.array(["ab", None, "é"], pa.large_string()),
+        "n": pa.array([3, None, -2], pa.int32()),
+        "x": pa.array([1.5, 2.0, None], pa.float64()),
+    }
+    kinds = {"a": "text", "n": "int4", "x": "float8"}
+    tail = store_module._copy_constant("r", "text") + store_module._copy_constant(None, "int4")
+    assert tail == struct.pack(">i", 1) + b"r" + struct.pack(">i", -1)
+    got = bytes(store_module._copy_rows(arrays, kinds, 5, tail))
+    count = struct.pack(">h", 5)
+    null = struct.pack(">i", -1)
+    expected = (count + struct.pack(">i", 2) + b"ab" + struct.pack(">ii", 4, 3) + struct.pack(">id", 8, 1.5) + tail) + (
+        count + null + null + struct.pack(">id", 8, 2.0) + tail
+    )
+    expected += count + struct.pack(">i", 2) + "é".encode() + struct.pack(">ii", 4, -2) + null + tail
+    assert got == expected
+    # timestamp: microseconds since 2000-01-01, also before it.
+    assert store_module._copy_constant(datetime(2000, 1, 2), "timestamp") == struct.pack(">iq", 8, 86_400_000_000)
+    before_epoch = pa.array([datetime(1999, 12, 31, 23, 59, 59, 999999), None], pa.timestamp("us"))
+    assert store_module._copy_fields(before_epoch, "timestamp").to_pylist() == [struct.pack(">iq", 8, -1), null]
+
+
+def test_postgresql_store_never_shows_its_password(pg_url: str) -> None:
+    password = make_url(pg_url).password
+    assert password
+    store = Store(pg_url)
+    store.create_schema()
+    assert password not in store.url_masked
+    assert password not in repr(store)
+    assert ":***@127.0.0.1" in store.url_masked
+    with pytest.raises(LookupError) as info:
+        store.publish("missing-run", AS_OF_1, recs("pop", {"u1": ["a"]}), None)
+    assert password not in str(info.value)
+    assert store.url_masked in str(info.value)
+    wrong = Store(make_url(pg_url).set(password="not-the-password-42").render_as_string(hide_password=False))
+    with pytest.raises(OperationalError) as failed:
+        wrong.create_schema()
+    assert "not-the-password-42" not in str(failed.value)
+    assert "password authentication failed" in str(failed.value)
+    store.dispose()
+    wrong.dispose()
+
+
+def hold_publish_open(monkeypatch: pytest.MonkeyPatch, as_of: datetime) -> tuple[threading.Event, threading.Event]:
+    """Make a publish of ``as_of`` pause, transaction open, right after inserting its rows.
+
+    Returns (holding, release): ``holding`` is set once it paused; setting ``release`` lets it commit.
+    """
+    holding, release = threading.Event(), threading.Event()
+    real = store_module._bulk_insert
+
+    def pausing(conn: Connection, target: Any, columns: Any, constants: Any = None) -> int:
+        written = real(conn, target, columns, constants)
+        if target is recommendations_table and constants["as_of"] == to_naive_utc(as_of):
+            holding.set()
+            assert release.wait(60), "the test never released the paused publish"
+        return written
+
+    monkeypatch.setattr(store_module, "_bulk_insert", pausing)
+    return holding, release
+
+
+def test_publishes_of_different_dates_do_not_wait_for_each_other(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(pg_url)
+    store.create_schema()
+    run_id = store.start_run(dataset="toy", source="toy.csv", as_of=AS_OF_1, parameters={}, flow_run_id=None)
+    holding, release = hold_publish_open(monkeypatch, AS_OF_1)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(
+            store.publish, run_id, AS_OF_1, recs("pop", {"u1": ["a", "b"]}), ChampionDecision("pop", "m", 1, "1")
+        )
+        assert holding.wait(30)
+        started = time.perf_counter()
+        second = pool.submit(
+            store.publish, run_id, AS_OF_2, recs("pop", {"u1": ["c"]}), ChampionDecision("pop", "m", 2, "2")
+        )
+        # The second date commits while the first still holds its transaction (and its row locks) open.
+        assert second.result(timeout=20) == 1
+        elapsed = time.perf_counter() - started
+        assert not first.done()
+        release.set()
+        assert first.result(timeout=30) == 2
+    assert elapsed < 10
+    assert store.read_recommendations("u1", model="pop", as_of=AS_OF_1)["item_id"].tolist() == ["a", "b"]
+    assert store.read_recommendations("u1")["item_id"].tolist() == ["c"]  # AS_OF_2's champion
+    store.dispose()
+
+
+def test_concurrent_publishes_of_the_same_date_take_turns(
+    store: Store, run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without serialisation the second would find none of the first's (uncommitted) rows to delete, then
+    # collide with them on the primary key.
+    holding, release = hold_publish_open(monkeypatch, AS_OF_1)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(
+            store.publish, run_id, AS_OF_1, recs("pop", {"u1": ["a", "b"]}), ChampionDecision("pop", "m", 1, "1")
+        )
+        assert holding.wait(30)
+        second = pool.submit(
+            store.publish, run_id, AS_OF_1, recs("pop", {"u1": ["c"]}), ChampionDecision("pop", "m", 2, "2")
+        )
+        time.sleep(1.0)
+        assert not second.done()  # waits for the first to commit
+        release.set()
+        assert first.result(timeout=30) == 2
+        assert second.result(timeout=30) == 1
+    assert store.read_recommendations("u1")["item_id"].tolist() == ["c"]
+    assert champions_rows(store) == [(AS_OF_1, "pop", "m", 2.0, "2")]
 
 
 def test_schema_and_view_compile_for_postgresql_without_a_server() -> None:
