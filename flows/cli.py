@@ -1,4 +1,4 @@
-"""The ``recforge`` command line: ``run``, ``recommendations``, ``models``.
+"""The ``recforge`` command line: ``run``, ``backfill``, ``deploy``, ``serve``, ``recommendations``, ``models``.
 
 Option values are validated before Prefect starts, so a typo costs a clear message, not a traceback.
 """
@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from recforge.config import DB_URL_ENV, ConfigError, RunConfig, build_config, load_toml, resolve_db_url
@@ -46,6 +46,13 @@ def _parse_as_of(text: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
+def _parse_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date such as 1998-01-31, got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -56,6 +63,45 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options that describe a pipeline run (source, models, database, runner), shared by run and backfill."""
+    parser.add_argument("--config", help="TOML file with run options ([run] table); flags override it")
+    parser.add_argument("--dataset", choices=DATASET_KINDS, help="data source kind (default: synthetic)")
+    parser.add_argument("--data-dir", help="movielens-100k: folder with u.data/u.user/u.item or RecBole files")
+    parser.add_argument("--interactions", help="csv/parquet: interactions file")
+    parser.add_argument("--users", help="csv/parquet: optional users attribute file")
+    parser.add_argument("--items", help="csv/parquet: optional items attribute file")
+    parser.add_argument(
+        "--columns",
+        type=_parse_columns,
+        help="column mapping, e.g. user_id=customer,item_id=sku,timestamp=ts",
+    )
+    parser.add_argument("--sep", help="csv: field separator (default from the extension)")
+    parser.add_argument("--timestamp-unit", choices=("s", "ms", "us", "ns"), help="unit of numeric timestamps")
+    parser.add_argument(
+        "--rating-range", help="valid rating scale 'min,max', e.g. 1,5 (ratings outside fail validation)"
+    )
+    parser.add_argument("--source-url", help="sql: SQLAlchemy URL of the database to read interactions from")
+    parser.add_argument("--table", help="sql: table holding the interactions")
+    parser.add_argument("--query", help="sql: SELECT returning the interactions (instead of --table)")
+    parser.add_argument(
+        "--db-url", help=f"SQLAlchemy URL to publish to (default ${DB_URL_ENV} or sqlite:///var/recforge.db)"
+    )
+    parser.add_argument("--models", help="comma-separated model names (see `recforge models`)")
+    parser.add_argument(
+        "--families", help="train every model of these comma-separated families (see `recforge models`)"
+    )
+    parser.add_argument("--top-n", type=_positive_int, help="recommendations per user (default 50)")
+    parser.add_argument("--k", type=_positive_int, help="metric cut-off (default 10)")
+    parser.add_argument(
+        "--task-runner", choices=("thread", "process", "dask"), help="how model tasks run (default thread)"
+    )
+    parser.add_argument("--dask-address", help="address of an existing Dask scheduler (with --task-runner dask)")
+    parser.add_argument("--max-workers", type=_positive_int, help="concurrent model tasks")
+    parser.add_argument("--seed", type=int, help="random seed (default 42)")
+    parser.add_argument("--output-dir", help="folder for Data Docs and reports (default var)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recforge", description="Interaction logs in, ranked recommendation tables in SQL out."
@@ -63,38 +109,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the recommend pipeline once")
-    run.add_argument("--config", help="TOML file with run options ([run] table); flags override it")
-    run.add_argument("--dataset", choices=DATASET_KINDS, help="data source kind (default: synthetic)")
-    run.add_argument("--data-dir", help="movielens-100k: folder with u.data/u.user/u.item or RecBole files")
-    run.add_argument("--interactions", help="csv/parquet: interactions file")
-    run.add_argument("--users", help="csv/parquet: optional users attribute file")
-    run.add_argument("--items", help="csv/parquet: optional items attribute file")
-    run.add_argument(
-        "--columns",
-        type=_parse_columns,
-        help="column mapping, e.g. user_id=customer,item_id=sku,timestamp=ts",
-    )
-    run.add_argument("--sep", help="csv: field separator (default from the extension)")
-    run.add_argument("--timestamp-unit", choices=("s", "ms", "us", "ns"), help="unit of numeric timestamps")
-    run.add_argument("--rating-range", help="valid rating scale 'min,max', e.g. 1,5 (ratings outside fail validation)")
-    run.add_argument("--source-url", help="sql: SQLAlchemy URL of the database to read interactions from")
-    run.add_argument("--table", help="sql: table holding the interactions")
-    run.add_argument("--query", help="sql: SELECT returning the interactions (instead of --table)")
-    run.add_argument(
-        "--db-url", help=f"SQLAlchemy URL to publish to (default ${DB_URL_ENV} or sqlite:///var/recforge.db)"
-    )
-    run.add_argument("--models", help="comma-separated model names (see `recforge models`)")
-    run.add_argument("--families", help="train every model of these comma-separated families (see `recforge models`)")
+    _add_run_options(run)
     run.add_argument("--as-of", type=_parse_as_of, help="only events before this instant count (default: now)")
-    run.add_argument("--top-n", type=_positive_int, help="recommendations per user (default 50)")
-    run.add_argument("--k", type=_positive_int, help="metric cut-off (default 10)")
-    run.add_argument(
-        "--task-runner", choices=("thread", "process", "dask"), help="how model tasks run (default thread)"
+
+    backfill = sub.add_parser(
+        "backfill", help="run the pipeline for every date in [--start, --end] (already published dates skipped)"
     )
-    run.add_argument("--dask-address", help="address of an existing Dask scheduler (with --task-runner dask)")
-    run.add_argument("--max-workers", type=_positive_int, help="concurrent model tasks")
-    run.add_argument("--seed", type=int, help="random seed (default 42)")
-    run.add_argument("--output-dir", help="folder for Data Docs and reports (default var)")
+    backfill.add_argument("--start", required=True, type=_parse_date, help="first as_of date, e.g. 1998-01-01")
+    backfill.add_argument("--end", required=True, type=_parse_date, help="last as_of date (inclusive)")
+    backfill.add_argument("--step", type=_positive_int, default=1, help="days between dates (default 1)")
+    backfill.add_argument("--force", action="store_true", help="rerun dates that were already published")
+    backfill.add_argument(
+        "--concurrency", type=_positive_int, default=2, help="dates running at the same time (default 2)"
+    )
+    backfill.add_argument(
+        "--deployment",
+        help="run each date as a run of this deployment (e.g. recommend/nightly, needs a server and a worker) "
+        "instead of as a subflow in this process",
+    )
+    _add_run_options(backfill)
+    backfill.set_defaults(as_of=None)
+
+    deploy = sub.add_parser("deploy", help="register deploy/prefect.yaml's deployments with the Prefect server")
+    deploy.add_argument("--prefect-file", help="prefect.yaml to deploy (default deploy/prefect.yaml)")
+    deploy.add_argument("--name", action="append", help="deploy only this deployment (repeatable; default all)")
+    deploy.add_argument(
+        "--store-db-secret",
+        action="store_true",
+        help=f"first store ${DB_URL_ENV} in the Prefect Secret block the deployments read the database URL from",
+    )
+
+    serve = sub.add_parser("serve", help="serve the deployments from this process (nightly schedule, backfills)")
+    serve.add_argument("--prefect-file", help="prefect.yaml whose deployments to serve (default deploy/prefect.yaml)")
+    serve.add_argument("--cron", help="schedule of the nightly run instead of the file's, e.g. '30 2 * * *'")
+    serve.add_argument("--timezone", help="time zone of the schedule, e.g. Europe/Berlin (default: the file's)")
+    serve.add_argument("--db-secret", help=f"Prefect Secret block holding the database URL (default ${DB_URL_ENV})")
 
     recs = sub.add_parser("recommendations", help="print what was published for a user")
     recs.add_argument("--user", required=True, help="user id as in the source data")
@@ -160,12 +209,18 @@ def _format_leaderboard(summary: dict[str, Any]) -> str:
     import pandas as pd
 
     board = pd.DataFrame(summary["leaderboard"])
+    if {"ndcg_ci_low", "ndcg_ci_high"} <= set(board.columns):
+        board["ndcg 95% CI"] = [
+            "" if pd.isna(lo) else f"[{lo:.3f}, {hi:.3f}]"
+            for lo, hi in zip(board["ndcg_ci_low"], board["ndcg_ci_high"], strict=True)
+        ]
     columns = [
         c
         for c in (
             "model",
             "family",
             "ndcg",
+            "ndcg 95% CI",
             "precision",
             "recall",
             "map",
@@ -199,6 +254,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"recforge run {summary['run_id']} — {summary['dataset']} as of {summary['as_of']}: {summary['status']}")
     print(f"Leaderboard (top-N metrics @{config.k} on the per-user temporal holdout):")
     print(_format_leaderboard(summary))
+    if summary.get("report"):
+        print(f"Report: {summary['report']}")
     print(f"Champion: {summary['champion']} ({summary['champion_reason']})")
     print(f"Published to {summary['database']}: {summary['rows_written']}")
     print("Tables: recommendations, champion_recommendations (view), model_metrics, runs, features, champions")
@@ -236,11 +293,67 @@ def cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    if args.db_url:
+        os.environ[DB_URL_ENV] = args.db_url  # by environment, as in `run`: never among the parameters
+    from flows.backfill import OUTCOME_COLUMNS, BackfillFailed, as_of_dates, backfill
+    from flows.runners import make_task_runner
+
+    as_of_dates(args.start, args.end, args.step)  # a bad range fails here, before Prefect starts
+    make_task_runner(config.task_runner, config.max_workers, config.dask_address)  # so does a bad runner
+    state = backfill(
+        start=args.start,
+        end=args.end,
+        step=args.step,
+        force=args.force,
+        config=config,
+        concurrency=args.concurrency,
+        child_deployment=args.deployment,
+        return_state=True,
+    )
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BackfillFailed):
+        records = result.outcomes
+    elif isinstance(result, BaseException):
+        raise result
+    else:
+        records = result
+    import pandas as pd
+
+    table = pd.DataFrame(records, columns=list(OUTCOME_COLUMNS))
+    table["error"] = table["error"].map(lambda e: "" if e is None else str(e)[:80])
+    print()
+    print(f"recforge backfill {args.start} to {args.end} every {args.step} day(s):")
+    print(table.to_string(index=False))
+    return 1 if isinstance(result, BackfillFailed) else 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.deploy import DEFAULT_PREFECT_FILE, deploy
+
+    return deploy(args.prefect_file or DEFAULT_PREFECT_FILE, names=args.name, store_db_secret=args.store_db_secret)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.deploy import DEFAULT_PREFECT_FILE, serve
+
+    serve(args.prefect_file or DEFAULT_PREFECT_FILE, cron=args.cron, timezone=args.timezone, db_secret=args.db_secret)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _prefect_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"run": cmd_run, "recommendations": cmd_recommendations, "models": cmd_models}
+    handlers = {
+        "run": cmd_run,
+        "backfill": cmd_backfill,
+        "deploy": cmd_deploy,
+        "serve": cmd_serve,
+        "recommendations": cmd_recommendations,
+        "models": cmd_models,
+    }
     try:
         return handlers[args.command](args)
     except ConfigError as exc:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from recforge.data.contract import Dataset
 from recforge.data.sources import SourceSpec, load_dataset
+from tasks.caching import cached, source_fingerprint
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -19,8 +19,9 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, OperationalError)) and not isinstance(exc, FileNotFoundError)
 
 
+# Cached by the content of the files the source names (see tasks.caching): a rerun reads the stored Dataset.
 @task(
-    cache_policy=NO_CACHE,
+    **cached("ingest", source=source_fingerprint),
     name="ingest",
     retries=2,
     retry_delay_seconds=[2, 10],

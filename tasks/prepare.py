@@ -6,15 +6,16 @@ from datetime import datetime
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from recforge.data.contract import Dataset
 from recforge.pipeline import PreparedData, prepare
 from recforge.validation import ValidationReport
+from tasks.caching import cached
 
 
-@task(name="prepare", cache_policy=NO_CACHE)
+# Cached by the content of the data set, the validation report and the settings (see tasks.caching).
+@task(name="prepare", **cached("prepare"))
 def prepare_data(
     dataset: Dataset,
     report: ValidationReport,

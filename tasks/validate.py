@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from recforge.data.contract import Dataset
 from recforge.validation import ValidationReport, validate_dataset
+from tasks.caching import cached
+
+# Great Expectations parses suite parameters with a module-level pyparsing grammar that is not thread-safe: two
+# validations in threads of one process (e.g. backfill dates running side by side) failed with
+# "SuiteParameterParser.push_first() missing 1 required positional argument". Validate one data set at a time.
+_GX_LOCK = threading.Lock()
 
 
-@task(name="validate", cache_policy=NO_CACHE)
+# Cached by the data set's content and the settings (see tasks.caching); a critical failure is never cached.
+@task(name="validate", **cached("validate"))
 def validate(dataset: Dataset, min_interactions: int, data_docs_dir: Path | None) -> ValidationReport:
     """Validate every table; publish a table artifact of all outcomes, then raise on critical failures."""
-    report = validate_dataset(dataset, min_interactions=min_interactions, data_docs_dir=data_docs_dir)
+    report = _validate_one_at_a_time(dataset, min_interactions, data_docs_dir)
     create_table_artifact(
         key="validation",
         table=report.to_records(),
@@ -29,3 +36,13 @@ def validate(dataset: Dataset, min_interactions: int, data_docs_dir: Path | None
         logger.info("Great Expectations Data Docs: %s", report.data_docs_index)
     report.raise_for_critical()
     return report
+
+
+def _validate_one_at_a_time(dataset: Dataset, min_interactions: int, data_docs_dir: Path | None) -> ValidationReport:
+    """``validate_dataset`` under the process-wide lock.
+
+    A module-level function rather than a ``with`` in the task: the task's function is pickled by value when a
+    Dask or process runner ships the flow, and a lock it referenced directly cannot be pickled.
+    """
+    with _GX_LOCK:
+        return validate_dataset(dataset, min_interactions=min_interactions, data_docs_dir=data_docs_dir)

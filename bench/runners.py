@@ -1,0 +1,264 @@
+"""Task runners compared: training the model set on MovieLens 100K in a plain loop vs Prefect thread, process and
+Dask runners.
+
+    python -m bench.runners [--data-dir ../shared/data/ml-100k] [--models popularity,item_knn] [--repeats 2]
+
+The data is loaded, validated and prepared once (as_of after the last event), outside any timing. Then every
+model is evaluated on the temporal holdout and refitted to rank top-N for every user — the two tasks per model
+of the ``recommend`` flow — first one after another in a plain Python loop, then as Prefect tasks under each
+runner (all runners at 2 workers, against one ``prefect server start`` that this script starts and stops: the
+process runner cannot work without a real server). ``dask`` starts a temporary cluster per flow run, as
+``--task-runner dask`` does; ``dask-cluster`` reuses one cluster for every run, as ``--dask-address`` does.
+
+Per runner it prints the *training wall* (first task submitted → last result back, inside the flow), the *total
+wall* (the flow call: flow run creation and runner start-up included, e.g. spawning the Dask cluster), the sum
+of the task bodies (each task times its own pipeline call), the speedup over the loop (loop wall / training
+wall) and the orchestration overhead (training wall − Σ bodies) / training wall. With two tasks running side
+by side, Σ bodies can exceed the wall and the overhead turns negative: parallelism then pays more than
+orchestration costs. Times are the median over ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
+# "dask-cluster" reuses one LocalCluster for every run (a long-lived cluster); "dask" starts one per flow run.
+RUNNERS = ("loop", "thread", "process", "dask", "dask-cluster")
+WORKERS = 2
+
+
+@dataclass
+class Measurement:
+    """One training of the whole model set."""
+
+    training_wall: float
+    total_wall: float
+    bodies: float
+    pids: set[int]
+    ndcg: dict[str, float]
+
+    @property
+    def overhead(self) -> float:
+        return (self.training_wall - self.bodies) / self.training_wall
+
+
+@contextmanager
+def prefect_server() -> Iterator[str]:
+    """``prefect server start`` on a free local port with a throwaway PREFECT_HOME; yields the API URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = tempfile.mkdtemp(prefix="bench-prefect-")
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    prefect = Path(sys.executable).with_name("prefect")
+    log = Path(home) / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"prefect server did not start; its log:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{api_url}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(1)
+        # Settings must be in the environment before Prefect is imported (and for the spawned workers).
+        os.environ.update(
+            {"PREFECT_HOME": home, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        )
+        yield api_url
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def _evaluate_body(name: str, data: Any, k: int, seed: int) -> tuple[Any, float, int]:
+    from recforge.pipeline import evaluate
+
+    start = time.perf_counter()
+    result = evaluate(name, data, k=k, seed=seed)
+    return result, time.perf_counter() - start, os.getpid()
+
+
+def _refit_body(name: str, data: Any, top_n: int, seed: int) -> tuple[Any, float, int]:
+    from recforge.pipeline import fit_and_recommend
+
+    start = time.perf_counter()
+    result = fit_and_recommend(name, data, top_n=top_n, seed=seed)
+    return result, time.perf_counter() - start, os.getpid()
+
+
+def run_loop(data: Any, names: Sequence[str], k: int, top_n: int, seed: int) -> Measurement:
+    """The baseline: every model's evaluation and refit one after another, no Prefect at all."""
+    start = time.perf_counter()
+    bodies, ndcg = 0.0, {}
+    for name in names:
+        evaluation, seconds, _ = _evaluate_body(name, data, k, seed)
+        _, refit_seconds, _ = _refit_body(name, data, top_n, seed)
+        bodies += seconds + refit_seconds
+        ndcg[name] = evaluation.metrics["ndcg"]
+    wall = time.perf_counter() - start
+    return Measurement(wall, wall, bodies, {os.getpid()}, ndcg)
+
+
+def build_flow(data: Any) -> Any:
+    """The benchmark flow and its two tasks (built after the server is up: Prefect reads settings on import).
+
+    The flow closes over ``data`` instead of taking it as a parameter: flow parameters are sent to the API as
+    JSON, which the recommend flow never does with its data (it prepares the data inside the flow).
+    """
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+
+    evaluate_task = task(_evaluate_body, name="evaluate-model", cache_policy=NO_CACHE)
+    refit_task = task(_refit_body, name="fit-and-recommend", cache_policy=NO_CACHE)
+
+    @flow(name="bench-runners")
+    def train_models(names: list[str], k: int, top_n: int, seed: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        evaluations = {n: evaluate_task.submit(n, data, k, seed) for n in names}
+        refits = {n: refit_task.submit(n, data, top_n, seed, wait_for=[evaluations[n]]) for n in names}
+        outcomes = [evaluations[n].result() for n in names] + [refits[n].result() for n in names]
+        return {
+            "training_wall": time.perf_counter() - start,
+            "bodies": sum(seconds for _, seconds, _ in outcomes),
+            "pids": {pid for _, _, pid in outcomes},
+            "ndcg": {n: outcome[0].metrics["ndcg"] for n, outcome in zip(names, outcomes, strict=False)},
+        }
+
+    return train_models
+
+
+def run_runner(
+    flow_fn: Any, runner: str, names: Sequence[str], k: int, top_n: int, seed: int, dask_address: str | None = None
+) -> Measurement:
+    """One flow run of ``flow_fn`` under ``runner`` (thread, process or dask; ``dask_address``: an existing cluster)."""
+    from flows.runners import make_task_runner
+
+    task_runner = make_task_runner(runner, max_workers=WORKERS, dask_address=dask_address)
+    start = time.perf_counter()
+    out = flow_fn.with_options(task_runner=task_runner)(list(names), k, top_n, seed)
+    total = time.perf_counter() - start
+    return Measurement(out["training_wall"], total, out["bodies"], out["pids"], out["ndcg"])
+
+
+@contextmanager
+def _dask_cluster(wanted: bool) -> Iterator[str | None]:
+    """A LocalCluster of WORKERS single-threaded worker processes when ``wanted``; yields its address."""
+    if not wanted:
+        yield None
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def prepare_ml100k(data_dir: Path, as_of: datetime) -> Any:
+    from recforge.data.movielens import load_movielens_100k
+    from recforge.pipeline import prepare
+    from recforge.validation import validate_dataset
+
+    dataset = load_movielens_100k(data_dir=data_dir)
+    report = validate_dataset(dataset, min_interactions=10)
+    return prepare(dataset, report, as_of)
+
+
+def _row(runner: str, runs: list[Measurement], loop_wall: float) -> str:
+    """A markdown row; speedup is loop wall / training wall, overhead (training wall − Σ bodies) / training wall."""
+    training = statistics.median(m.training_wall for m in runs)
+    total = statistics.median(m.total_wall for m in runs)
+    bodies = statistics.median(m.bodies for m in runs)
+    overhead = statistics.median(m.overhead for m in runs)
+    workers = statistics.median(len(m.pids - {os.getpid()}) for m in runs)
+    where = "this process" if runs[0].pids == {os.getpid()} else f"{workers:.0f} worker processes per run"
+    return (
+        f"| {runner} | {training:.2f} | {total:.2f} | {bodies:.2f} | {loop_wall / training:.2f}× | "
+        f"{overhead:+.0%} | {where} |"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="MovieLens 100K folder")
+    parser.add_argument("--models", help="comma-separated models (default: the default model set)")
+    parser.add_argument("--runners", default=",".join(RUNNERS), help=f"subset of {','.join(RUNNERS)}")
+    parser.add_argument("--repeats", type=int, default=2, help="trainings per runner (median reported)")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--top-n", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    runners = [r for r in args.runners.split(",") if r]
+    unknown = sorted(set(runners) - set(RUNNERS))
+    if unknown:
+        parser.error(f"unknown runners {unknown}; choose from {RUNNERS}")
+    if not (args.data_dir / "u.data").exists() and not (args.data_dir / "ml-100k.inter").exists():
+        parser.error(f"no MovieLens 100K at {args.data_dir}; pass --data-dir")
+
+    from recmodels.registry import DEFAULT_MODELS
+
+    names = args.models.split(",") if args.models else list(DEFAULT_MODELS)
+    data = prepare_ml100k(args.data_dir, datetime(1998, 4, 23, tzinfo=UTC))
+    print(f"MovieLens 100K: {data.row_counts}; models {names}; {os.cpu_count()} CPUs; {WORKERS} workers per runner")
+    # Other work on the machine slows every runner; the load average tells how much (1.0 = one busy core).
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
+
+    # The loop always runs: it is the reference of every speedup.
+    results = {"loop": [run_loop(data, names, args.k, args.top_n, args.seed) for _ in range(args.repeats)]}
+    flow_runners = [r for r in runners if r != "loop"]
+    if flow_runners:
+        with prefect_server():
+            flow_fn = build_flow(data)
+            for runner in flow_runners:
+                with _dask_cluster(runner == "dask-cluster") as address:
+                    name = "dask" if runner == "dask-cluster" else runner
+
+                    def once(name: str = name, address: str | None = address) -> Measurement:
+                        return run_runner(flow_fn, name, names, args.k, args.top_n, args.seed, address)
+
+                    once()  # untimed: imports and first API calls are paid once per runner
+                    results[runner] = [once() for _ in range(args.repeats)]
+    reference = results["loop"][0].ndcg
+    for runner, runs in results.items():
+        for run in runs:
+            # Same work everywhere: a runner that changed the results would make the timing meaningless.
+            assert all(abs(run.ndcg[n] - reference[n]) < 1e-12 for n in names), (runner, run.ndcg, reference)
+
+    loop_wall = statistics.median(m.training_wall for m in results["loop"])
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    print()
+    header = ("runner", "training wall (s)", "total wall (s)", "Σ task bodies (s)", "speedup", "overhead")
+    print("| " + " | ".join((*header, "tasks ran in")) + " |")
+    print("|---|---|---|---|---|---|---|")
+    for runner, runs in results.items():
+        print(_row(runner, runs, loop_wall))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""The ``backfill`` flow: run the ``recommend`` pipeline for every ``as_of`` date in ``[start, end]``.
+
+Open-source Prefect has no built-in backfill and schedules never create runs in the past, so this flow is the
+backfill: one child run per date, at most ``concurrency`` at a time, either
+
+- as ``recommend`` subflows in this process (the default; the child runs share this process's CPUs), or
+- as runs of a deployment (``child_deployment="recommend/nightly"``) started with ``run_deployment``: each date
+  then runs in its own process on a worker, with that deployment's parameters overridden by this flow's
+  config and the date.
+
+Each date's ``as_of`` is midnight UTC of that date, so the run sees only events strictly before that day
+(the ``recommend`` flow cuts the data at ``as_of``). Dates that a completed run already published for the
+same source and models are skipped unless ``force``; a rerun is idempotent because publishing replaces an
+``as_of``'s rows. A failed date does not stop the others: every date's outcome (status, rows, champion, error)
+goes to the ``backfill`` table artifact, and the flow fails at the end if any date failed.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+from sqlalchemy import func, select
+
+from recforge.config import ConfigError, RunConfig, build_config, resolve_db_url
+from recforge.data.sources import SourceSpec
+from recforge.store import Store, mask_source, metrics_table, recommendations_table, runs_table, to_naive_utc
+
+#: Most dates one backfill accepts: a typo in a year should not start ten thousand runs.
+MAX_DATES = 1000
+OUTCOME_COLUMNS = ("date", "status", "rows", "champion", "error", "run_id", "seconds")
+
+
+class BackfillFailed(RuntimeError):
+    """Some dates failed; the others ran. ``outcomes`` holds one record per date (see OUTCOME_COLUMNS)."""
+
+    def __init__(self, message: str, outcomes: list[dict[str, Any]]) -> None:
+        # Both in args, so the exception survives pickling (Prefect may persist a failed flow's result).
+        super().__init__(message, outcomes)
+
+    @property
+    def outcomes(self) -> list[dict[str, Any]]:
+        return list(self.args[1])
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def as_of_dates(start: date, end: date, step: int = 1) -> list[datetime]:
+    """Midnight UTC of ``start``, ``start + step`` days, ... up to and including ``end``."""
+    if isinstance(start, datetime) or isinstance(end, datetime):
+        raise ConfigError("backfill start and end are dates (YYYY-MM-DD), not datetimes")
+    if step < 1:
+        raise ConfigError(f"backfill step must be at least 1 day, got {step}")
+    if end < start:
+        raise ConfigError(f"backfill end {end} is before start {start}; swap them")
+    count = (end - start).days // step + 1
+    if count > MAX_DATES:
+        raise ConfigError(
+            f"backfill from {start} to {end} every {step} day(s) is {count} runs, more than {MAX_DATES}; "
+            "use a larger --step or split the range"
+        )
+    return [datetime.combine(start + timedelta(days=i * step), datetime.min.time(), UTC) for i in range(count)]
+
+
+def published_runs(store: Store, source: str, as_ofs: list[datetime], models: list[str]) -> dict[datetime, str]:
+    """The completed run that already published each of ``as_ofs`` from ``source`` with at least ``models``.
+
+    Keyed by ``as_of`` (UTC); dates without such a run are absent. ``source`` is the run record's masked
+    source description. When several runs qualify, the latest started wins.
+    """
+    wanted = {to_naive_utc(a) for a in as_ofs}
+    runs = runs_table
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(runs.c.run_id, runs.c.as_of)
+            .where(runs.c.source == source, runs.c.status == "completed", runs.c.as_of.in_(sorted(wanted)))
+            .order_by(runs.c.started_at)
+        ).all()
+        trained: dict[str, set[str]] = {}
+        if rows:
+            for run_id, model in conn.execute(
+                select(metrics_table.c.run_id, metrics_table.c.model)
+                .where(metrics_table.c.run_id.in_([r.run_id for r in rows]))
+                .distinct()
+            ):
+                trained.setdefault(run_id, set()).add(model)
+    found: dict[datetime, str] = {}
+    for run_id, as_of in rows:
+        if set(models) <= trained.get(run_id, set()):
+            found[as_of] = run_id  # ordered by start time: the latest qualifying run stays
+    return found
+
+
+def _date_outcome(store: Store, as_of: datetime, *, flow_run_id: str | None, run_id: str | None) -> dict[str, Any]:
+    """Status, champion and error of the run record (by flow run or run id) and the rows ``as_of`` now has."""
+    runs = runs_table
+    condition = runs.c.run_id == run_id if run_id is not None else runs.c.flow_run_id == flow_run_id
+    with store.engine.connect() as conn:
+        record = conn.execute(
+            select(runs.c.run_id, runs.c.status, runs.c.champion, runs.c.error)
+            .where(condition)
+            .order_by(runs.c.started_at.desc())
+        ).first()
+        rows = conn.execute(
+            select(func.count())
+            .select_from(recommendations_table)
+            .where(recommendations_table.c.as_of == to_naive_utc(as_of))
+        ).scalar_one()
+    outcome: dict[str, Any] = {"rows": int(rows)}
+    if record is not None:
+        outcome |= {"run_id": record.run_id, "status": record.status, "champion": record.champion}
+        outcome["error"] = record.error
+    return outcome
+
+
+def _require_deployment(name: str) -> None:
+    """Fail before any child starts when the deployment the dates should run as does not exist."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise ConfigError(
+                f"deployment {name!r} does not exist on this Prefect server; deploy it (`recforge deploy`) or "
+                "leave child_deployment unset to run the dates as subflows"
+            ) from None
+
+
+@task(name="backfill-date", task_run_name="as-of-{as_of:%Y-%m-%d}", cache_policy=NO_CACHE)
+def run_date(
+    as_of: datetime,
+    config: RunConfig,
+    db_url: str | None,
+    child_deployment: str | None,
+) -> dict[str, Any]:
+    """Run the pipeline for one ``as_of`` and return its outcome record; a failure is recorded, not raised."""
+    logger = get_run_logger()
+    store = Store(resolve_db_url(db_url))
+    dated = config.model_copy(update={"as_of": as_of})
+    clock = time.perf_counter()
+    if child_deployment is None:
+        from flows.recommend import recommend
+        from flows.runners import make_task_runner
+
+        runner = make_task_runner(config.task_runner, config.max_workers, config.dask_address)
+        state = recommend.with_options(task_runner=runner)(config=dated, db_url=db_url, return_state=True)
+        child_id = state.state_details.flow_run_id
+    else:
+        from prefect.deployments import run_deployment
+
+        parameters: dict[str, Any] = {"config": dated.model_dump(mode="json")}
+        if db_url is not None:
+            parameters["db_url"] = db_url
+        child = run_deployment(
+            child_deployment,
+            parameters=parameters,
+            timeout=None,
+            poll_interval=2,
+            # A retry of this task (or of the whole backfill run) finds the child it already started.
+            idempotency_key=f"backfill-{flow_run.id}-{as_of:%Y-%m-%d}",
+            tags=["backfill"],
+        )
+        state, child_id = child.state, child.id
+    outcome = _date_outcome(store, as_of, flow_run_id=None if child_id is None else str(child_id), run_id=None)
+    if "status" not in outcome or outcome["status"] == "running":
+        # No run record (the child failed before recording one) or one left open by a crash.
+        completed = state is not None and state.is_completed()
+        outcome |= {"status": "completed" if completed else "failed", "champion": outcome.get("champion")}
+        outcome.setdefault("error", None)
+    if outcome["status"] != "completed" and not outcome.get("error"):
+        outcome["error"] = (state.message if state is not None else None) or "child run did not complete"
+    outcome["seconds"] = round(time.perf_counter() - clock, 2)
+    logger.info(
+        "as_of %s: %s, %s rows, champion %s", as_of.date(), outcome["status"], outcome["rows"], outcome["champion"]
+    )
+    return outcome
+
+
+@flow(
+    name="backfill",
+    flow_run_name="backfill-{start}-to-{end}",
+    validate_parameters=True,
+)
+def backfill(
+    start: date,
+    end: date,
+    step: int = 1,
+    models: list[str] | None = None,
+    force: bool = False,
+    config: RunConfig | None = None,
+    concurrency: int = 2,
+    child_deployment: str | None = None,
+    db_url: str | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``recommend`` for each date from ``start`` to ``end`` (inclusive) every ``step`` days.
+
+    Args:
+        start: first date; its run sees events before midnight UTC of that day.
+        end: last date (inclusive).
+        step: days between dates.
+        models: models to train (default: those of ``config``); overrides ``config.models``.
+        force: rerun dates that a completed run already published.
+        config: the run configuration of every date (``as_of`` is set per date); default: ``RunConfig()``.
+        concurrency: dates running at the same time.
+        child_deployment: run each date as a run of this deployment (e.g. ``recommend/nightly``) instead of
+            as a subflow in this process.
+        db_url: best left unset (it would show among the parameters): ``$RECFORGE_DB_URL`` is used.
+
+    Returns:
+        One record per date, in date order: date, status (completed, partial, failed, skipped), rows
+        (recommendation rows of that as_of after the run), champion, error, run_id, seconds.
+    """
+    logger = get_run_logger()
+    if concurrency < 1:
+        raise ConfigError(f"backfill concurrency must be at least 1, got {concurrency}")
+    config = config or RunConfig()
+    if models is not None:
+        config = build_config({**config.model_dump(exclude_none=True), "models": models}, origin="backfill models")
+    dates = as_of_dates(start, end, step)
+    if child_deployment is not None:
+        _require_deployment(child_deployment)
+    store = Store(resolve_db_url(db_url))
+    store.create_schema()
+    source = mask_source(SourceSpec.from_mapping(config.source).describe())
+    done = {} if force else published_runs(store, source, dates, config.model_list())
+
+    outcomes: dict[datetime, dict[str, Any]] = {}
+    for as_of in dates:
+        if as_of in done:
+            outcomes[as_of] = _date_outcome(store, as_of, flow_run_id=None, run_id=done[as_of]) | {
+                "status": "skipped",
+                "error": None,
+                "seconds": 0.0,
+            }
+    todo = [d for d in dates if d not in outcomes]
+    logger.info(
+        "backfill of %s: %d dates, %d already published (skipped), %d to run, %d at a time",
+        source,
+        len(dates),
+        len(outcomes),
+        len(todo),
+        concurrency,
+    )
+    progress = create_progress_artifact(
+        progress=100.0 * len(outcomes) / len(dates), key="backfill-progress", description=f"backfill of {source}"
+    )
+
+    # A sliding window of `concurrency` child runs: the next date starts as soon as one finishes.
+    queue = list(todo)
+    running: dict[PrefectFuture[dict[str, Any]], datetime] = {}
+    while queue or running:
+        while queue and len(running) < concurrency:
+            as_of = queue.pop(0)
+            running[run_date.submit(as_of, config, db_url, child_deployment)] = as_of
+        finished = next(as_completed(list(running)))
+        as_of = running.pop(finished)
+        finished.wait()  # sets the final state; `.state` alone may still read "Running" from the API
+        state = finished.state
+        if state.is_completed():
+            outcomes[as_of] = finished.result()
+        else:  # the task itself broke (not the child run): record it and go on with the other dates
+            outcomes[as_of] = {"status": "failed", "rows": None, "champion": None, "error": state.message}
+        update_progress_artifact(progress, 100.0 * len(outcomes) / len(dates))
+
+    records = [{**dict.fromkeys(OUTCOME_COLUMNS), **outcomes[d], "date": d.date().isoformat()} for d in dates]
+    records = [{c: r[c] for c in OUTCOME_COLUMNS} for r in records]
+    counts = {s: sum(r["status"] == s for r in records) for s in ("completed", "partial", "failed", "skipped")}
+    create_table_artifact(
+        key="backfill",
+        table=records,
+        description=f"Backfill of {source} from {start} to {end} every {step} day(s): {counts}",
+    )
+    failed = [r for r in records if r["status"] in ("failed", "partial")]
+    if failed:
+        raise BackfillFailed(
+            f"{len(failed)} of {len(records)} dates failed or were partial: "
+            + "; ".join(f"{r['date']}: {r['error']}" for r in failed),
+            records,
+        )
+    return records

@@ -1,0 +1,194 @@
+"""Content-addressed caching of the ingest, validate and prepare tasks.
+
+A rerun of the ``recommend`` flow (say, after a training task failed) finds the loaded data set, its validation
+report and the prepared data in Prefect's result storage (``$PREFECT_HOME/storage`` by default) instead of
+computing them again. The cache key of a task run is a SHA-256 over:
+
+- the stage name and a *code fingerprint*: the source of every ``recforge`` module, the expectation suites
+  and the Python, pandas and numpy versions, so changed code never reads results written by older code;
+- each input's *content*: files named by the source are hashed byte for byte (a MovieLens folder: every file
+  in it), data frames through :func:`pandas.util.hash_pandas_object` with their column names and dtypes,
+  arrays by dtype, shape and bytes, dataclasses field by field, plain values as text.
+
+An input whose content cannot be fingerprinted (a SQL source, which can change at any moment, a missing file,
+an object of unknown type) makes the key ``None``: Prefect then runs the task and caches nothing. Set
+``PREFECT_TASKS_REFRESH_CACHE=true`` to recompute everything once; delete ``$PREFECT_HOME/storage`` to reclaim
+the space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.logging import get_logger
+
+from recforge.data.sources import SourceSpec
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+# Code whose behaviour decides what the cached stages return.
+_CODE_GLOBS = (("recforge", "**/*.py"), ("expectations", "*.json"))
+
+log = get_logger(__name__)
+
+
+class Unfingerprintable(Exception):
+    """An input whose content cannot be hashed reliably; the task then runs without caching."""
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 of the pipeline's source files, expectation suites and the Python/pandas/numpy versions.
+
+    Computed once per process: code does not change under a running interpreter.
+    """
+    digest = hashlib.sha256()
+    digest.update(f"python {sys.version}|pandas {pd.__version__}|numpy {np.__version__}".encode())
+    for folder, pattern in _CODE_GLOBS:
+        for path in sorted((_REPO_ROOT / folder).glob(pattern)):
+            digest.update(str(path.relative_to(_REPO_ROOT)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: Path) -> str:
+    """SHA-256 of a file's bytes (reading is far cheaper than parsing it again)."""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def source_fingerprint(source: Mapping[str, Any]) -> str:
+    """The content of a source as the ingest task would read it.
+
+    Files are hashed by content, so touching a file without changing it keeps the cache and editing it in place
+    (same name, same size) does not. Raises :class:`Unfingerprintable` for SQL sources and missing files.
+    """
+    spec = SourceSpec.from_mapping(source)
+    parts: list[str] = [repr(dataclasses.astuple(spec))]
+    if spec.kind == "sql":
+        raise Unfingerprintable("a SQL source can change between runs without any visible sign")
+    if spec.kind == "movielens-100k" and spec.data_dir is not None:
+        if not spec.data_dir.is_dir():
+            raise Unfingerprintable(f"MovieLens folder {spec.data_dir} does not exist")
+        # Every file in the folder: which ones the loader reads depends on what is there (GroupLens or RecBole).
+        parts += [f"{p.name}:{file_fingerprint(p)}" for p in sorted(spec.data_dir.iterdir()) if p.is_file()]
+    for name in ("interactions", "users", "items"):
+        path = getattr(spec, name)
+        if spec.kind in ("csv", "parquet") and path is not None:
+            if not path.is_file():
+                raise Unfingerprintable(f"{name} file {path} does not exist")
+            parts.append(f"{name}:{file_fingerprint(path)}")
+    # Synthetic data and the verified MovieLens download are fully determined by the settings (and the code).
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def frame_fingerprint(frame: pd.DataFrame | pd.Series) -> str:
+    """SHA-256 of a frame's column names, dtypes, index and values (row order matters)."""
+    digest = hashlib.sha256()
+    if isinstance(frame, pd.Series):
+        digest.update(f"series {frame.name!r} {frame.dtype}".encode())
+    else:
+        digest.update(repr([(str(c), str(t)) for c, t in frame.dtypes.items()]).encode())
+    try:
+        hashed = pd.util.hash_pandas_object(frame, index=True)
+    except TypeError as exc:  # unhashable cells, e.g. lists in an object column
+        raise Unfingerprintable(f"frame values cannot be hashed: {exc}") from None
+    digest.update(hashed.to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint(value: Any) -> str:
+    """A stable content hash of a task input; raises :class:`Unfingerprintable` for types it cannot read."""
+    digest = hashlib.sha256()
+    _feed(digest, value)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, value: Any) -> None:
+    """Add ``value``'s type and content to ``digest``, recursing through containers and dataclasses."""
+    if value is None or isinstance(value, bool | int | float | str):
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+    elif isinstance(value, pd.DataFrame | pd.Series):
+        digest.update(f"frame:{frame_fingerprint(value)};".encode())
+    elif isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise Unfingerprintable("object arrays have no stable byte representation")
+        digest.update(f"array:{value.dtype}:{value.shape};".encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, np.generic):
+        digest.update(f"{value.dtype}:{value.item()!r};".encode())
+    elif isinstance(value, datetime | date):
+        digest.update(f"{type(value).__name__}:{value.isoformat()};".encode())
+    elif isinstance(value, timedelta):
+        digest.update(f"timedelta:{value.total_seconds()!r};".encode())
+    elif isinstance(value, Path):
+        digest.update(f"path:{value};".encode())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        digest.update(f"{type(value).__module__}.{type(value).__qualname__}(".encode())
+        for f in dataclasses.fields(value):
+            digest.update(f"{f.name}=".encode())
+            _feed(digest, getattr(value, f.name))
+        digest.update(b");")
+    elif isinstance(value, Mapping):
+        digest.update(b"{")
+        for key in sorted(value, key=repr):
+            _feed(digest, key)
+            _feed(digest, value[key])
+        digest.update(b"};")
+    elif isinstance(value, list | tuple):
+        digest.update(f"{type(value).__name__}[".encode())
+        for item in value:
+            _feed(digest, item)
+        digest.update(b"];")
+    else:
+        raise Unfingerprintable(f"no content fingerprint for {type(value).__qualname__}")
+
+
+@dataclass
+class ContentHash(CachePolicy):
+    """Cache key from the content of a task's inputs plus the code fingerprint (see the module docstring).
+
+    ``stage`` keeps the keys of different tasks apart; ``special`` maps an input name to its own fingerprint
+    function (e.g. the ingest ``source`` mapping, whose content lives in the files it names).
+    """
+
+    stage: str = ""
+    special: dict[str, Callable[[Any], str]] = field(default_factory=dict)
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        parts = {"stage": self.stage, "code": code_fingerprint()}
+        try:
+            for name in sorted(inputs):
+                hasher = self.special.get(name, fingerprint)
+                parts[f"input:{name}"] = hasher(inputs[name])
+        except (Unfingerprintable, OSError) as exc:
+            log.info("%s: not cached (%s)", self.stage, exc)
+            return None
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def cached(stage: str, **special: Callable[[Any], str]) -> dict[str, Any]:
+    """``@task`` keyword arguments that cache ``stage`` by content and persist its result.
+
+    The result goes to Prefect's default result storage, a folder under the Prefect home
+    (``PREFECT_RESULTS_LOCAL_STORAGE_PATH``), where later runs in any process on this machine find it.
+    """
+    return {"cache_policy": ContentHash(stage=stage, special=dict(special)), "persist_result": True}

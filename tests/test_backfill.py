@@ -1,0 +1,182 @@
+"""Backfills: the date range, then whole backfill runs under prefect_test_harness with a date that fails, a rerun
+that skips what was published, a forced rerun that replaces without duplicating, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from flows.backfill import OUTCOME_COLUMNS, BackfillFailed, as_of_dates, published_runs
+from recforge.config import DB_URL_ENV, ConfigError, RunConfig
+from recforge.data.sources import SourceSpec
+from recforge.data.synthetic import generate_synthetic
+from recforge.store import Store, mask_source
+
+SYNTHETIC = {"kind": "synthetic", "synthetic_users": 120, "synthetic_items": 80, "synthetic_events": 3000}
+# The synthetic events start on 2024-01-01: the first date has no history and fails; the others run.
+START, END, STEP = date(2023, 12, 20), date(2024, 3, 9), 40
+DATES = ["2023-12-20", "2024-01-29", "2024-03-09"]
+
+
+def test_as_of_dates_are_utc_midnights_every_step_days() -> None:
+    assert as_of_dates(date(2024, 2, 27), date(2024, 3, 2), 2) == [
+        datetime(2024, 2, 27, tzinfo=UTC),
+        datetime(2024, 2, 29, tzinfo=UTC),  # a leap day
+        datetime(2024, 3, 2, tzinfo=UTC),
+    ]
+    assert as_of_dates(date(2024, 1, 1), date(2024, 1, 2), 5) == [datetime(2024, 1, 1, tzinfo=UTC)]
+    assert len(as_of_dates(date(1998, 1, 1), date(1998, 1, 31))) == 31
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "step", "message"),
+    [
+        (date(2024, 1, 2), date(2024, 1, 1), 1, "before start"),
+        (date(2024, 1, 1), date(2024, 1, 2), 0, "at least 1 day"),
+        (date(2000, 1, 1), date(2024, 1, 1), 1, "more than 1000"),
+        (datetime(2024, 1, 1), date(2024, 1, 2), 1, "dates"),
+    ],
+)
+def test_as_of_dates_rejects_bad_ranges(start: date, end: date, step: int, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        as_of_dates(start, end, step)
+
+
+def _read(url: str, query: str) -> pd.DataFrame:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return pd.read_sql(sa.text(query), conn)
+    finally:
+        engine.dispose()
+
+
+def _recommendations(url: str) -> pd.DataFrame:
+    frame = _read(url, "SELECT as_of, model, user_id, rank, item_id, score FROM recommendations")
+    return frame.sort_values(["as_of", "model", "user_id", "rank"]).reset_index(drop=True)
+
+
+def _artifact(flow_run_id: Any) -> list[dict[str, Any]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["backfill"]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+            )
+        )
+    assert len(found) == 1
+    data = found[0].data
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def _run(url: str, config: RunConfig, **options: Any) -> tuple[Any, list[dict[str, Any]]]:
+    from flows.backfill import backfill
+
+    state = backfill(start=START, end=END, step=STEP, config=config, db_url=url, return_state=True, **options)
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, BackfillFailed), f"expected the failing date to fail the backfill, got {result!r}"
+    assert state.is_failed() and "2023-12-20" in str(result)
+    records = result.outcomes
+    assert [r["date"] for r in records] == DATES
+    assert all(list(r) == list(OUTCOME_COLUMNS) for r in records)
+    # The artifact holds the same per-date outcomes.
+    shown = _artifact(state.state_details.flow_run_id)
+    assert [(r["date"], r["status"], r["rows"]) for r in shown] == [
+        (r["date"], r["status"], r["rows"]) for r in records
+    ]
+    return state, records
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_harness")
+def test_backfill_failed_date_rerun_skips_and_force_replaces(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'backfill.db'}"
+    config = RunConfig(source=SYNTHETIC, top_n=5, output_dir=str(tmp_path / "var"))
+
+    # 1. The first date fails (no events before it); the two others run anyway and are published.
+    _, first = _run(url, config, concurrency=2)
+    assert [r["status"] for r in first] == ["failed", "completed", "completed"]
+    assert "no interactions" in first[0]["error"] and first[0]["rows"] == 0
+    assert first[1]["error"] is None and first[1]["champion"] in {"popularity", "item_knn"}
+    recs = _recommendations(url)
+    counts = recs.groupby(recs["as_of"].str[:10]).size()
+    assert [first[1]["rows"], first[2]["rows"]] == [counts["2024-01-29"], counts["2024-03-09"]]
+    # Each date saw only its past: the user features of a date count only events before it.
+    events = generate_synthetic(n_users=120, n_items=80, n_events=3000).interactions
+    activity = _read(url, "SELECT as_of, entity_id, value FROM features WHERE feature = 'activity_count'")
+    for day in ("2024-01-29", "2024-03-09"):
+        before = events[events["timestamp"] < pd.Timestamp(day, tz="UTC")]
+        counted = activity[activity["as_of"].str.startswith(day)]
+        assert 0 < counted["value"].sum() <= len(before)
+        assert set(counted["entity_id"]) <= set(before["user_id"])
+        assert (recs[recs["as_of"].str.startswith(day)].groupby(["model", "user_id"])["rank"].max() == 5).all()
+    assert activity[activity["as_of"].str.startswith("2024-01-29")]["value"].sum() < len(events) / 2
+    runs = _read(url, "SELECT run_id, status FROM runs")
+    assert sorted(runs["status"]) == ["completed", "completed", "failed"]
+
+    # 2. A rerun retries only the failed date; the published ones are skipped and point at their runs.
+    _, second = _run(url, config)
+    assert [r["status"] for r in second] == ["failed", "skipped", "skipped"]
+    assert [r["run_id"] for r in second[1:]] == [r["run_id"] for r in first[1:]]
+    assert [r["rows"] for r in second[1:]] == [r["rows"] for r in first[1:]]
+    assert len(_read(url, "SELECT run_id FROM runs")) == 4
+    pd.testing.assert_frame_equal(_recommendations(url), recs)
+
+    # Skipping needs a completed run with every requested model: asking for one more model reruns the date.
+    store = Store(url)
+    source = mask_source(SourceSpec.from_mapping(SYNTHETIC).describe())
+    dates = as_of_dates(START, END, STEP)
+    assert sorted(d.date().isoformat() for d in published_runs(store, source, dates, ["popularity"])) == DATES[1:]
+    assert published_runs(store, source, dates, ["popularity", "ease"]) == {}
+    assert published_runs(store, "csv(interactions=other.csv)", dates, ["popularity"]) == {}
+
+    # 3. Forced: every date runs again and the same rows replace the old ones, without duplicates.
+    _, forced = _run(url, config, force=True)
+    assert [r["status"] for r in forced] == ["failed", "completed", "completed"]
+    assert {r["run_id"] for r in forced[1:]}.isdisjoint(r["run_id"] for r in first[1:])
+    assert [r["rows"] for r in forced] == [r["rows"] for r in first]
+    pd.testing.assert_frame_equal(_recommendations(url), recs)
+    assert len(_read(url, "SELECT run_id FROM runs")) == 7
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_harness")
+def test_cli_backfill_reports_each_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+
+    monkeypatch.setenv(DB_URL_ENV, f"sqlite:///{tmp_path / 'cli.db'}")
+    config = tmp_path / "run.toml"
+    config.write_text(
+        "[run]\nmodels = ['popularity']\ntop_n = 3\n[run.source]\nkind = 'synthetic'\n"
+        "synthetic_users = 120\nsynthetic_items = 80\nsynthetic_events = 3000\n"
+    )
+    argv = ["backfill", "--config", str(config), "--output-dir", str(tmp_path / "var"), "--end", "2024-03-09"]
+    assert main([*argv, "--start", "2024-03-08"]) == 0
+    assert main([*argv, "--start", "2024-03-07"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.rindex("recforge backfill") :].splitlines()
+    assert [line.split()[:2] for line in table[2:]] == [
+        ["2024-03-07", "completed"],
+        ["2024-03-08", "skipped"],
+        ["2024-03-09", "skipped"],
+    ]
+    # A failing date makes the command fail, after the other dates ran.
+    assert main([*argv, "--start", "2023-12-31", "--step", "69"]) == 1
+    out = capsys.readouterr().out
+    rows = [line.split()[:2] for line in out[out.rindex("recforge backfill") :].splitlines()[2:]]
+    assert rows == [["2023-12-31", "failed"], ["2024-03-09", "skipped"]]
+    assert main([*argv, "--start", "2024-03-10"]) == 2  # end before start: a usage error, nothing runs
+    assert "before start" in capsys.readouterr().err
+    # Dates meant to run as runs of a deployment that does not exist: refused before any child starts.
+    assert main([*argv, "--start", "2024-03-09", "--deployment", "recommend/missing"]) == 2
+    assert "deployment 'recommend/missing' does not exist" in capsys.readouterr().err

@@ -1,0 +1,76 @@
+"""The recommend flow on a real local Dask cluster of two worker processes (`recforge run --task-runner dask`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from flows.cli import main
+from recforge.config import DB_URL_ENV
+
+pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
+
+SOURCE = "[run]\nmodels = ['popularity', 'item_knn']\ntop_n = 7\n[run.source]\nkind = 'synthetic'\n" + (
+    "synthetic_users = 150\nsynthetic_items = 90\nsynthetic_events = 4000\n"
+)
+
+
+@pytest.fixture
+def dask_cluster() -> Iterator[Any]:
+    """A LocalCluster of two single-threaded worker processes, closed afterwards."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def _recommendations(url: str) -> pd.DataFrame:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            frame = pd.read_sql(sa.text("SELECT model, user_id, rank, item_id, score FROM recommendations"), conn)
+    finally:
+        engine.dispose()
+    return frame.sort_values(["model", "user_id", "rank"]).reset_index(drop=True)
+
+
+def test_models_train_on_dask_workers_and_publish_what_threads_publish(
+    tmp_path: Path, dask_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed import Client, get_task_stream
+
+    config = tmp_path / "run.toml"
+    config.write_text(SOURCE)
+    common = ["run", "--config", str(config), "--as-of", "2024-05-01", "--output-dir", str(tmp_path / "var")]
+    dask_url, thread_url = f"sqlite:///{tmp_path / 'dask.db'}", f"sqlite:///{tmp_path / 'thread.db'}"
+
+    with Client(dask_cluster) as client, get_task_stream(client) as stream:
+        monkeypatch.setenv(DB_URL_ENV, dask_url)
+        assert main([*common, "--task-runner", "dask", "--dask-address", dask_cluster.scheduler_address]) == 0
+        worker_pids = set(client.run(os.getpid).values())
+
+    # Both models' evaluation and refit ran as Dask tasks in the cluster's worker processes, not in this one.
+    ran = [(t["key"], t["worker"]) for t in stream.data]
+    names = sorted(key.rsplit("-", 1)[0] for key, _ in ran)
+    assert names == ["evaluate_model", "evaluate_model", "recommend_model", "recommend_model"]
+    assert {worker for _, worker in ran} <= set(dask_cluster.scheduler_info["workers"])
+    assert len(worker_pids) == 2 and os.getpid() not in worker_pids
+
+    published = _recommendations(dask_url)
+    assert set(published["model"]) == {"popularity", "item_knn"}
+    assert published["user_id"].nunique() == 150
+    assert (published.groupby(["model", "user_id"])["rank"].max() == 7).all()
+
+    # The same run on threads publishes exactly the same rows: the runner changes where tasks run, not results.
+    monkeypatch.setenv(DB_URL_ENV, thread_url)
+    assert main([*common, "--task-runner", "thread"]) == 0
+    pd.testing.assert_frame_equal(published, _recommendations(thread_url))
