@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
@@ -22,6 +23,7 @@ from recforge.pipeline import (
     metrics_frame,
 )
 from recforge.store import Store
+from recmodels.registry import get_model_class
 from tasks.ingest import ingest
 from tasks.prepare import prepare_data
 from tasks.publish import close_run, open_run, publish
@@ -62,7 +64,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         dataset.name,
         SourceSpec.from_mapping(config.source).describe(),
         as_of,
-        config.model_dump(mode="json"),
+        config.recorded_parameters(),
         str(flow_run.id) if flow_run.id else None,
     )
     try:
@@ -73,11 +75,14 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         lap("prepare")
 
         names = config.model_list()
-        evaluations = {n: evaluate_model.submit(n, data, config.k, config.seed) for n in names}
+        # A time budget per model task: a model that hangs is cut off and counted as failed, not the whole run.
+        evaluate_task = evaluate_model.with_options(timeout_seconds=config.model_timeout_s)
+        recommend_task = recommend_model.with_options(timeout_seconds=config.model_timeout_s)
+        evaluations = {n: evaluate_task.submit(n, data, config.k, config.seed) for n in names}
         # Each refit starts as soon as its own evaluation is done, so families stay in parallel; it receives the
         # evaluation result and skips itself when that model already failed.
-        refits = {n: recommend_model.submit(n, data, config.top_n, config.seed, evaluations[n]) for n in names}
-        results: list[ModelEvaluation] = [evaluations[n].result() for n in names]
+        refits = {n: recommend_task.submit(n, data, config.top_n, config.seed, evaluations[n]) for n in names}
+        results: list[ModelEvaluation] = [_evaluation_result(n, evaluations[n]) for n in names]
         lap("train_evaluate")
         recommendations: list[ModelRecommendations] = []
         refit_errors: dict[str, str] = {}
@@ -90,7 +95,8 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
                 recommendations.append(published)
         lap("refit_recommend")
 
-        failed = {r.model: r.error for r in results if not r.ok} | refit_errors
+        # An evaluation's own error says more than the refit's "upstream failed", so it wins.
+        failed = refit_errors | {r.model: r.error for r in results if not r.ok}
         ok_results = [r for r in results if r.ok and r.model not in refit_errors]
         board = leaderboard(results, config.primary_metric)
         _leaderboard_artifact(board, config.k)
@@ -148,6 +154,22 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             f"{len(failed)} of {len(names)} models failed ({error}); the others were published as run {run_id}"
         )
     return summary
+
+
+def _evaluation_result(name: str, future: PrefectFuture[ModelEvaluation]) -> ModelEvaluation:
+    """The evaluation, or a failed one when the task itself did not complete (timed out, crashed)."""
+    future.wait()
+    state = future.state
+    if state.is_completed():
+        return future.result()
+    reason = "timed out" if state.name == "TimedOut" else f"ended {state.name}"
+    return ModelEvaluation(
+        model=name,
+        family=get_model_class(name).family,
+        metrics={},
+        seconds=float("nan"),
+        error=f"evaluation {reason}: {state.message or ''}".strip(),
+    )
 
 
 def _leaderboard_artifact(board: pd.DataFrame, k: int) -> None:

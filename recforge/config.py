@@ -59,6 +59,12 @@ class RunConfig(BaseModel):
     task_runner: TaskRunnerName = Field(default="thread", description="How model tasks run concurrently.")
     dask_address: str | None = Field(default=None, description="Existing Dask scheduler (dask runner only).")
     max_workers: int | None = Field(default=None, ge=1, description="Concurrent model tasks (thread/process).")
+    model_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Time budget of each model's evaluation and of its refit, in seconds; a model over it is "
+        "cut off and counted as failed, the others are published. None: no budget.",
+    )
 
     @field_validator("as_of")
     @classmethod
@@ -119,6 +125,15 @@ class RunConfig(BaseModel):
 
         check_complete(SourceSpec.from_mapping(value))  # raises naming the bad or missing setting
         return value
+
+    def recorded_parameters(self) -> dict[str, Any]:
+        """The config as JSON for the run record, with any password in the source URL masked."""
+        from recforge.data.sql import mask_url
+
+        parameters = self.model_dump(mode="json")
+        if parameters["source"].get("source_url"):
+            parameters["source"] = {**parameters["source"], "source_url": mask_url(parameters["source"]["source_url"])}
+        return parameters
 
     def resolved_as_of(self) -> datetime:
         return self.as_of if self.as_of is not None else datetime.now(UTC)

@@ -27,6 +27,7 @@ REPEAT_COUNT = "repeat_count"
 REASON_UNKNOWN_USER = "unknown user"
 REASON_UNKNOWN_ITEM = "unknown item"
 REASON_MISSING_RATING = "missing rating"
+REASON_EPOCH_TIMESTAMP = "timestamp at or before 1970-01-01 (epoch 0 or negative)"
 
 # How many offending values an error message shows.
 _SHOW = 5
@@ -128,7 +129,10 @@ def clean_interactions(
     1. ``drop_rows``: reason -> positional row indices (into ``interactions``) that failed non-critical
        validation checks; dropped and counted per reason.
     2. rows with a missing user id, item id or timestamp (reasons ``"missing user_id"`` etc.; validation
-       should have rejected them, but a row is never lost silently).
+       should have rejected them, but a row is never lost silently), then rows stamped at or before
+       1970-01-01T00:00:00Z (:data:`REASON_EPOCH_TIMESTAMP`): an epoch of 0 or less in an event log is a
+       placeholder for "unknown" or a sign error, not an event time. If no other row is left, that is a
+       DataError (a wrong time column or unit) rather than an empty result.
     3. rows whose user is not in ``known_users`` (``"unknown user"``) or item not in ``known_items``
        (``"unknown item"``), when those are given.
     4. rows with a missing rating (``"missing rating"``) when a rating column exists and holds at least one
@@ -172,6 +176,18 @@ def clean_interactions(
         missing = interactions[column].isna().to_numpy()
         if missing.any():
             drop(f"missing {column}", missing)
+
+    stamped = ~interactions[TIMESTAMP].isna().to_numpy()
+    not_after_epoch = (_timestamp_order_key(interactions[TIMESTAMP]) <= 0) & stamped
+    if not_after_epoch.any():
+        if keep.any() and (not_after_epoch | ~keep).all():
+            raise DataError(
+                f"every interaction's {TIMESTAMP} is at or before 1970-01-01 (e.g. "
+                f"{_sample(interactions.loc[keep, TIMESTAMP].astype(str))}): the time column holds "
+                "placeholders or is in another unit; map the real event time column, or set the source's "
+                "timestamp_unit"
+            )
+        drop(REASON_EPOCH_TIMESTAMP, not_after_epoch)
 
     for column, known, reason in (
         (USER, known_users, REASON_UNKNOWN_USER),

@@ -46,14 +46,16 @@ def publish(
     recommendations: pd.DataFrame,
     champion: ChampionDecision | None,
 ) -> dict[str, int]:
-    """Write metrics and features, then replace this as_of's recommendations in one transaction."""
+    """Write metrics, features and this as_of's recommendations in one transaction: all of them or none."""
     store = Store(db_url)
-    written = {
-        "model_metrics": store.write_metrics(run_id, metrics),
-        "features_user": store.write_features(run_id, data.as_of, "user", data.user_features, USER),
-        "features_item": store.write_features(run_id, data.as_of, "item", data.item_features, ITEM),
-        "recommendations": store.publish(run_id, data.as_of, recommendations, champion),
-    }
+    written = store.publish_run(
+        run_id,
+        data.as_of,
+        metrics,
+        [("user", data.user_features, USER), ("item", data.item_features, ITEM)],
+        recommendations,
+        champion,
+    )
     get_run_logger().info("published to %s: %s", store.url_masked, written)
     return written
 

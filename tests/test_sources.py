@@ -697,3 +697,15 @@ def test_rating_range_is_parsed_and_applied(tmp_path: Path) -> None:
     for bad in ("5,1", "one,five", [1]):
         with pytest.raises(DataError, match="rating_range"):
             SourceSpec.from_mapping({"kind": "csv", "interactions": str(path), "rating_range": bad})
+
+
+def test_source_url_reads_environment_references(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recforge.data.contract import DataError
+    from recforge.data.sources import expand_url
+
+    monkeypatch.setenv("RF_TEST_PASSWORD", "s3cret")
+    assert expand_url("postgresql://app:${RF_TEST_PASSWORD}@db/events") == "postgresql://app:s3cret@db/events"
+    assert expand_url("sqlite:///plain.db") == "sqlite:///plain.db"
+    monkeypatch.delenv("RF_TEST_PASSWORD")
+    with pytest.raises(DataError, match="RF_TEST_PASSWORD is not set"):
+        expand_url("postgresql://app:${RF_TEST_PASSWORD}@db/events")

@@ -31,6 +31,8 @@ _TEXT_NA_VALUES = [
 # Epoch values that land after this year were almost surely given in a finer unit than declared.
 _LATEST_PLAUSIBLE_YEAR = 2200
 _SHOW = 5  # offending values quoted in an error message
+# Separators recognised in a header that was read as one column (the file uses another separator).
+_LIKELY_SEPARATORS = (";", "\t", "|", ",")
 
 
 class SourceUnavailableError(DataError, OSError):
@@ -49,6 +51,7 @@ def load_files(
     sep: str | None = None,
     timestamp_unit: str = "s",
     name: str | None = None,
+    max_input_bytes: int | None = None,
 ) -> Dataset:
     """Load a dataset from delimited text or Parquet files.
 
@@ -63,13 +66,17 @@ def load_files(
         timestamp_unit: unit of numeric (epoch) timestamps: one of :data:`TIMESTAMP_UNITS`. Text timestamps
             are parsed as ISO 8601; those without an offset are taken as UTC.
         name: dataset name; defaults to the interactions file's stem.
+        max_input_bytes: memory guard: refuse, before reading anything, input files whose sizes on disk add
+            up to more than this many bytes (None: no limit). A compressed file counts at its compressed size.
 
     Raises:
-        DataError: unreadable file, unknown format, missing column (the message lists the columns found and
-            how to map them), or unparseable ratings/timestamps.
+        DataError: unreadable file, unknown format, repeated column names, missing column (the message lists
+            the columns found and how to map them), unparseable ratings/timestamps, or input over
+            ``max_input_bytes``.
     """
     mapping = check_column_mapping(columns)
     interactions = Path(interactions)
+    check_input_size({"interactions": interactions, "users": users, "items": items}, max_input_bytes)
     id_sources = [mapping.get(USER, USER), mapping.get(ITEM, ITEM)]
     frame = standardize_interactions(
         read_table(interactions, sep=sep, text_columns=id_sources), mapping, str(interactions), timestamp_unit
@@ -89,6 +96,39 @@ def load_files(
         rating_range=None,
         metadata={"timestamp_unit": timestamp_unit, **{t: str(p) for t, p in paths.items() if p is not None}},
     )
+
+
+def check_input_size(paths: Mapping[str, Path | None], max_input_bytes: int | None) -> None:
+    """Raise a DataError when the existing files of ``paths`` (table -> file) exceed ``max_input_bytes``.
+
+    Checked before any file is read, so an input too large for the machine fails in milliseconds instead of
+    exhausting memory (pandas needs a multiple of a CSV's size). Missing files are left to the reader.
+    """
+    if max_input_bytes is None:
+        return
+    if isinstance(max_input_bytes, bool) or not isinstance(max_input_bytes, int) or max_input_bytes <= 0:
+        raise DataError(f"max_input_bytes must be a positive number of bytes, got {max_input_bytes!r}")
+    present = {table: Path(path) for table, path in paths.items() if path is not None}
+    sizes = {table: path.stat().st_size for table, path in present.items() if path.is_file()}
+    total = sum(sizes.values())
+    if total > max_input_bytes:
+        listed = ", ".join(f"{table} {paths[table]} is {_size_text(size)}" for table, size in sizes.items())
+        raise DataError(
+            f"input over the memory budget: {listed}; {_size_text(total)} in all exceeds max_input_bytes="
+            f"{max_input_bytes:,} ({_size_text(max_input_bytes)}). Raise max_input_bytes if the machine has "
+            "the memory (pandas needs several times the file size), or load less: filter the events by date "
+            "or split the file"
+        )
+
+
+def _size_text(n_bytes: int) -> str:
+    """``1,234,567 bytes (1.2 MiB)``."""
+    value, unit = float(n_bytes), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{n_bytes:,} bytes" + ("" if unit == "bytes" else f" ({value:.1f} {unit})")
 
 
 def check_column_mapping(columns: Mapping[str, str] | None) -> dict[str, str]:
@@ -126,6 +166,9 @@ def read_table(path: Path, sep: str | None = None, text_columns: Iterable[str] =
             )
         # utf-8-sig: a byte-order mark from spreadsheet exports would otherwise stick to the first column name.
         header = pd.read_csv(path, sep=separator, nrows=0, encoding="utf-8-sig").columns
+        # pandas renames a repeated name to "name.1": read the header line as data to see the names as given.
+        written = pd.read_csv(path, sep=separator, header=None, nrows=1, dtype=str, encoding="utf-8-sig")
+        require_unique_columns(written.iloc[0].tolist(), str(path))
         text = set(text_columns)
         return pd.read_csv(
             path,
@@ -146,6 +189,17 @@ def read_table(path: Path, sep: str | None = None, text_columns: Iterable[str] =
         raise DataError(f"cannot read {path} as {kind}: {exc}") from exc
 
 
+def require_unique_columns(names: Iterable[object], origin: str) -> None:
+    """Raise a DataError naming the column names that occur more than once in ``names`` (header or query)."""
+    seen = [str(name) for name in names]
+    repeated = sorted({name for name in seen if seen.count(name) > 1})
+    if repeated:
+        raise DataError(
+            f"{origin} has repeated column name(s) {repeated} (columns: {seen}): which one holds the data is "
+            "ambiguous; rename or drop the extra column(s), or give each selected column its own alias in SQL"
+        )
+
+
 def standardize_interactions(
     df: pd.DataFrame, columns: Mapping[str, str], origin: str, timestamp_unit: str = "s"
 ) -> pd.DataFrame:
@@ -154,6 +208,7 @@ def standardize_interactions(
     ``origin`` names the file or table in error messages. Contract columns come first; extra columns are kept.
     """
     mapping = check_column_mapping(columns)
+    require_unique_columns(df.columns, origin)
     has_rating = mapping.get(RATING, RATING) in df.columns
     if RATING in mapping and not has_rating:
         _missing_column(df, RATING, mapping, origin)  # asked for explicitly, so absence is an error
@@ -170,6 +225,7 @@ def standardize_interactions(
 def standardize_entities(df: pd.DataFrame, id_column: str, columns: Mapping[str, str], origin: str) -> pd.DataFrame:
     """A users (``id_column="user_id"``) or items table: rename the id column and read ids as text."""
     mapping = check_column_mapping(columns)
+    require_unique_columns(df.columns, origin)
     out = _rename(df, [id_column], mapping, origin)
     out[id_column] = ids_to_text(out[id_column])
     if GENRES in out.columns:
@@ -193,11 +249,13 @@ def ids_to_text(values: pd.Series) -> pd.Series:
     return values.astype("str")
 
 
-def to_utc(values: pd.Series, unit: str, origin: str) -> pd.Series:
+def to_utc(values: pd.Series, unit: str, origin: str, unit_hint: str | None = None) -> pd.Series:
     """Timestamps as tz-aware UTC datetimes.
 
     Datetime values: naive ones are taken as UTC, aware ones converted. Numbers (or numeric text): epoch in
-    ``unit``. Other text: ISO 8601, naive → UTC. ``origin`` names the file/table and column for errors.
+    ``unit``. Other text: ISO 8601, naive → UTC. ``origin`` names the file/table and column for errors;
+    ``unit_hint`` replaces the advice given for epochs that look like another unit (default: set
+    timestamp_unit).
     """
     if unit not in TIMESTAMP_UNITS:
         raise DataError(f"timestamp unit {unit!r} is not one of {list(TIMESTAMP_UNITS)} (for {origin})")
@@ -208,14 +266,23 @@ def to_utc(values: pd.Series, unit: str, origin: str) -> pd.Series:
     if pd.api.types.is_bool_dtype(values.dtype):
         raise DataError(f"{origin} holds true/false values, not timestamps")
     if pd.api.types.is_numeric_dtype(values.dtype):
-        return _from_epoch(values, unit, origin)
+        return _from_epoch(values, unit, origin, unit_hint)
     numbers = pd.to_numeric(values, errors="coerce")
     present = values.notna()
     if present.any() and numbers[present].notna().all():
-        return _from_epoch(numbers, unit, origin)
+        return _from_epoch(numbers, unit, origin, unit_hint)
     if values.dtype == object and values[present].map(lambda v: hasattr(v, "year")).all():
         # datetime/date objects, as database drivers return them
         return pd.to_datetime(values, utc=True)
+    numeric = numbers.notna() & present
+    if numeric.any():
+        # Epoch numbers with some text among them: the text rows are the odd ones out (an ISO parse would
+        # report every number instead).
+        bad = present & ~numeric
+        raise DataError(
+            f"{origin}: {int(bad.sum())} of {int(present.sum())} timestamp(s) are not epoch numbers like the "
+            f"others, e.g. {_examples(values, bad)}; write every timestamp as an epoch number (unit {unit!r})"
+        )
     parsed = pd.to_datetime(values.astype("str"), utc=True, format="ISO8601", errors="coerce")
     bad = parsed.isna() & present
     if bad.any():
@@ -226,8 +293,9 @@ def to_utc(values: pd.Series, unit: str, origin: str) -> pd.Series:
     return parsed
 
 
-def _from_epoch(numbers: pd.Series, unit: str, origin: str) -> pd.Series:
-    hint = f"are the timestamps in another unit than {unit!r}? set timestamp_unit (--timestamp-unit)"
+def _from_epoch(numbers: pd.Series, unit: str, origin: str, unit_hint: str | None = None) -> pd.Series:
+    default = f"are the timestamps in another unit than {unit!r}? set timestamp_unit (--timestamp-unit)"
+    hint = unit_hint or default
     try:
         out = pd.to_datetime(numbers, unit=unit, utc=True)
     except (OverflowError, ValueError) as exc:
@@ -272,9 +340,18 @@ def _rename(df: pd.DataFrame, names: list[str], mapping: Mapping[str, str], orig
 def _missing_column(df: pd.DataFrame, target: str, mapping: Mapping[str, str], origin: str) -> None:
     source = mapping.get(target, target)
     found = [str(c) for c in df.columns]
-    close = difflib.get_close_matches(source, found, n=1, cutoff=0.5)
+    # Never suggest a column that already plays another contract role (item_id is not "close" to user_id).
+    others = {mapping.get(name, name) for name in MAPPABLE_COLUMNS if name != target}
+    close = difflib.get_close_matches(source, [c for c in found if c not in others], n=1, cutoff=0.5)
     guess = close[0] if close else "<your column>"
     what = f"column {source!r} (mapped to {target})" if source != target else f"column {target!r}"
+    # One column whose name holds another separator: the file was split on the wrong character.
+    other = [s for s in _LIKELY_SEPARATORS if len(found) == 1 and s in found[0]]
+    if other:
+        raise DataError(
+            f"{origin} has no {what}: its header was read as the single column {found[0]!r}, so the file is "
+            f"probably separated by {other[0]!r}, not by the separator used; set sep={other[0]!r} (--sep)"
+        )
     raise DataError(
         f"{origin} has no {what}; columns found: {found}. Map yours with --columns {target}={guess} "
         f"(columns={{{target!r}: {guess!r}}} in Python)"

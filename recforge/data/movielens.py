@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from recforge.data.contract import CATEGORY_SEPARATOR, GENRES, ITEM, RATING, TIMESTAMP, USER, DataError, Dataset
-from recforge.data.files import SourceUnavailableError
+from recforge.data.files import SourceUnavailableError, to_utc
 
 OFFICIAL_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 #: md5 of the official ``u.data`` (100,000 rows); a download whose ``u.data`` differs is refused.
@@ -54,6 +54,8 @@ _UNKNOWN_GENRE = "unknown"
 # RecBole column names that differ from ours.
 _RECBOLE_RENAMES = {"movie_title": "title", "class": GENRES}
 _DOWNLOAD_TIMEOUT_S = 60
+# MovieLens files hold epoch seconds; there is no unit setting to point at.
+_SECONDS_HINT = "MovieLens files hold epoch seconds: are these milliseconds? convert them to seconds"
 
 
 def load_movielens_100k(
@@ -198,7 +200,15 @@ def _read_table(
                 return reader(path)
             except DataError:
                 raise
-            except (ValueError, KeyError, IndexError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+            except pd.errors.EmptyDataError:
+                message = f"MovieLens {table} file {path} is empty; restore it from the data set's zip"
+                raise DataError(message) from None
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"cannot read MovieLens {table} file {path}: not {exc.encoding} text ({exc.reason}); "
+                    f"re-save it as {exc.encoding}, or restore it from the data set's zip"
+                ) from exc
+            except (ValueError, KeyError, IndexError, pd.errors.ParserError) as exc:
                 raise DataError(f"cannot read MovieLens {table} file {path}: {exc}") from exc
     return None
 
@@ -229,22 +239,40 @@ def _read_text(path: Path, sep: str, names: list[str] | None, encoding: str = "u
     return df.set_axis(names, axis=1)
 
 
-def _interactions_frame(users: pd.Series, items: pd.Series, ratings: pd.Series, seconds: pd.Series) -> pd.DataFrame:
-    """The contract's interactions frame from text columns; epoch seconds become UTC datetimes."""
+def _interactions_frame(
+    users: pd.Series, items: pd.Series, ratings: pd.Series, seconds: pd.Series, origin: str
+) -> pd.DataFrame:
+    """The contract's interactions frame from text columns; epoch seconds become UTC datetimes.
+
+    An empty field (e.g. of a truncated last line) stays missing, for validation to report with its count;
+    text that is not a number, or an epoch that is not in seconds, is a DataError naming the rows.
+    """
+    # RecBole writes the epoch as a float column ("881250949" or "881250949.0"); round to seconds.
+    epoch = _numbers(seconds, f"{origin}, column timestamp").round()
     return pd.DataFrame(
         {
             USER: users.astype("str"),
             ITEM: items.astype("str"),
-            RATING: pd.to_numeric(ratings).astype("float64"),
-            # RecBole writes the epoch as a float column ("881250949" or "881250949.0"); round to seconds.
-            TIMESTAMP: pd.to_datetime(pd.to_numeric(seconds).round().astype("int64"), unit="s", utc=True),
+            RATING: _numbers(ratings, f"{origin}, column rating"),
+            TIMESTAMP: to_utc(epoch, "s", f"{origin}, column timestamp", unit_hint=_SECONDS_HINT),
         }
     )
 
 
+def _numbers(values: pd.Series, origin: str) -> pd.Series:
+    """``values`` (text) as float64; empty cells stay missing, other text that is not a number is an error."""
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+    bad = numbers.isna() & values.notna()
+    if bad.any():
+        shown = ", ".join(f"data row {i + 1}: {v!r}" for i, v in values[bad].head(5).items())
+        count = int(bad.sum())
+        raise DataError(f"{origin}: {count} value(s) are not numbers, e.g. {shown}; fix or delete those rows")
+    return numbers
+
+
 def _read_grouplens_data(path: Path) -> pd.DataFrame:
     df = _read_text(path, "\t", ["user", "item", "rating", "ts"])
-    return _interactions_frame(df["user"], df["item"], df["rating"], df["ts"])
+    return _interactions_frame(df["user"], df["item"], df["rating"], df["ts"], str(path))
 
 
 def _recbole_header(df: pd.DataFrame) -> pd.DataFrame:
@@ -263,7 +291,7 @@ def _read_recbole(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
 
 def _read_recbole_inter(path: Path) -> pd.DataFrame:
     df = _read_recbole(path, ("user_id", "item_id", "rating", "timestamp"))
-    return _interactions_frame(df["user_id"], df["item_id"], df["rating"], df["timestamp"])
+    return _interactions_frame(df["user_id"], df["item_id"], df["rating"], df["timestamp"], str(path))
 
 
 def _missing_to_na(df: pd.DataFrame) -> pd.DataFrame:

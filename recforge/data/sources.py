@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from recforge.data.synthetic import generate_synthetic
 #: Source kinds :func:`load_dataset` understands.
 KINDS: tuple[str, ...] = ("synthetic", "movielens-100k", "csv", "parquet", "sql")
 _PATH_FIELDS = ("data_dir", "interactions", "users", "items")
-_INT_FIELDS = ("synthetic_users", "synthetic_items", "synthetic_events", "seed")
+_INT_FIELDS = ("synthetic_users", "synthetic_items", "synthetic_events", "seed", "max_input_bytes")
 _SEP_ALIASES = {"\\t": "\t", "tab": "\t", "TAB": "\t"}
 
 
@@ -35,6 +37,8 @@ class SourceSpec:
         columns: csv/parquet/sql: contract column name → source column name, e.g. {"user_id": "customer"}.
         sep: csv: field separator when the extension does not tell it.
         timestamp_unit: csv/parquet/sql: unit of numeric epoch timestamps ("s", "ms", ...).
+        max_input_bytes: csv/parquet: refuse input files larger than this in all (bytes on disk), before
+            reading them; None: no limit. A memory guard for machines that share their RAM.
         source_url: sql: the SQLAlchemy database URL; movielens-100k: the zip to download instead of the
             official one (None = official).
         table: sql: interactions table name (exactly one of table/query).
@@ -58,6 +62,7 @@ class SourceSpec:
     columns: dict[str, str] = field(default_factory=dict)
     sep: str | None = None
     timestamp_unit: str = "s"
+    max_input_bytes: int | None = None
     source_url: str | None = None
     table: str | None = None
     query: str | None = None
@@ -99,6 +104,9 @@ class SourceSpec:
             values["sep"] = _SEP_ALIASES.get(values["sep"], values["sep"])
         if "rating_range" in values:
             values["rating_range"] = _parse_rating_range(values["rating_range"])
+        if values.get("max_input_bytes", 1) <= 0:
+            budget = values["max_input_bytes"]
+            raise DataError(f"source setting max_input_bytes must be a positive byte count, got {budget}")
         unit = values.get("timestamp_unit", cls.timestamp_unit)
         if unit not in TIMESTAMP_UNITS:
             raise DataError(f"timestamp_unit {unit!r} is not one of {list(TIMESTAMP_UNITS)}")
@@ -127,6 +135,8 @@ class SourceSpec:
             parts += [f"{n}={getattr(self, n)}" for n in ("interactions", "users", "items") if getattr(self, n)]
             if self.sep is not None:
                 parts.append(f"sep={self.sep!r}")
+            if self.max_input_bytes is not None:
+                parts.append(f"max_input_bytes={self.max_input_bytes}")
         if self.columns:
             parts.append("columns=" + ",".join(f"{k}={v}" for k, v in self.columns.items()))
         if self.timestamp_unit != "s":
@@ -170,6 +180,25 @@ def check_complete(spec: SourceSpec) -> None:
             raise DataError("source kind 'sql' needs exactly one of table (--table) or query (--query)")
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_url(url: str) -> str:
+    """``url`` with each ``${NAME}`` replaced by that environment variable.
+
+    So a password can live in the worker's environment (or a Prefect secret exported there) instead of the
+    flow's parameters, which the Prefect server stores and shows: ``postgresql://app:${EVENTS_DB_PASSWORD}@db/x``.
+    """
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise DataError(f"source_url refers to ${{{name}}}, but environment variable {name} is not set")
+        return os.environ[name]
+
+    return _ENV_REFERENCE.sub(value, url)
+
+
 def _load(spec: SourceSpec) -> Dataset:
     """Dispatch on ``spec.kind``; missing settings for its kind are a DataError naming them."""
     check_complete(spec)
@@ -186,7 +215,7 @@ def _load(spec: SourceSpec) -> Dataset:
                 f"synthetic source: {exc} (adjust synthetic_users, synthetic_items, synthetic_events)"
             ) from exc
     if spec.kind == "movielens-100k":
-        return load_movielens_100k(data_dir=spec.data_dir, url=spec.source_url or OFFICIAL_URL)
+        return load_movielens_100k(data_dir=spec.data_dir, url=expand_url(spec.source_url or OFFICIAL_URL))
     if spec.kind in ("csv", "parquet"):
         if spec.interactions is None:
             raise DataError(f"source kind {spec.kind!r} needs interactions (the events file path)")
@@ -197,12 +226,13 @@ def _load(spec: SourceSpec) -> Dataset:
             columns=spec.columns,
             sep=spec.sep,
             timestamp_unit=spec.timestamp_unit,
+            max_input_bytes=spec.max_input_bytes,
         )
     if spec.kind == "sql":
         if not spec.source_url:
             raise DataError("source kind 'sql' needs source_url (a SQLAlchemy URL such as sqlite:///events.db)")
         return load_sql(
-            spec.source_url,
+            expand_url(spec.source_url),
             table=spec.table,
             query=spec.query,
             columns=spec.columns,

@@ -35,7 +35,7 @@ def mask_url(url: str) -> str:
     """``url`` with any password replaced by ``***`` (safe for logs and run records)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         return _USERINFO.sub(r"\1:***@", url)
 
 
@@ -71,7 +71,7 @@ def load_sql(
     masked = mask_url(url)
     try:
         engine = sa.create_engine(url)
-    except (sa.exc.ArgumentError, ImportError) as exc:
+    except (sa.exc.ArgumentError, ValueError, ImportError) as exc:
         raise DataError(f"cannot use database URL {masked}: {_scrub(str(exc), url)}") from exc
     try:
         try:
@@ -165,7 +165,7 @@ def _scrub(message: str, url: str) -> str:
     """Remove the URL's password from a driver message, in case the driver echoed it."""
     try:
         password = make_url(url).password
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):
         return message
     return message.replace(str(password), "***") if password else message
 
