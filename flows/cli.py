@@ -98,6 +98,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dask-address", help="address of an existing Dask scheduler (with --task-runner dask)")
     parser.add_argument("--max-workers", type=_positive_int, help="concurrent model tasks")
+    parser.add_argument(
+        "--model-timeout",
+        type=_positive_int,
+        help="seconds each model may take to evaluate and to refit; over it the model counts as failed",
+    )
     parser.add_argument("--seed", type=int, help="random seed (default 42)")
     parser.add_argument("--output-dir", help="folder for Data Docs and reports (default var)")
 
@@ -198,6 +203,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "task_runner": args.task_runner,
         "dask_address": args.dask_address,
         "max_workers": args.max_workers,
+        "model_timeout_s": args.model_timeout,
         "seed": args.seed,
         "output_dir": args.output_dir,
     }

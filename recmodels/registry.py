@@ -19,8 +19,9 @@ _MODELS: dict[str, type[Recommender]] = {
     for cls in (Popularity, ItemKNN, UserKNN, PureSVD, BiasedMF, NMF, EASE, ALS, BPR, NeuMF, Caser, GRU4Rec)
 }
 
-#: Models trained when the user does not choose (every registered family).
-DEFAULT_MODELS: tuple[str, ...] = ("popularity", "item_knn")
+#: Models trained when the user does not choose: every registered model, so each family is measured side by side
+#: every night (`--models` / `--families` narrow it).
+DEFAULT_MODELS: tuple[str, ...] = tuple(_MODELS)
 
 
 def model_names() -> list[str]:

@@ -99,7 +99,7 @@ def _run(url: str, config: RunConfig, **options: Any) -> tuple[Any, list[dict[st
 @pytest.mark.usefixtures("prefect_harness")
 def test_backfill_failed_date_rerun_skips_and_force_replaces(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'backfill.db'}"
-    config = RunConfig(source=SYNTHETIC, top_n=5, output_dir=str(tmp_path / "var"))
+    config = RunConfig(source=SYNTHETIC, models=["popularity", "item_knn"], top_n=5, output_dir=str(tmp_path / "var"))
 
     # 1. The first date fails (no events before it); the two others run anyway and are published.
     _, first = _run(url, config, concurrency=2)

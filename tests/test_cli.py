@@ -41,7 +41,7 @@ def test_flags_build_the_source_and_options() -> None:
 
 
 def test_families_select_every_model_of_a_family() -> None:
-    assert _config(["--families", "baseline"]).model_list() == ["popularity"]
+    assert _config(["--families", "baseline"]).model_list() == ["popularity", "ease"]
     both = _config(["--families", "collaborative_filtering", "--models", "popularity"]).model_list()
     assert both[0] == "popularity" and "item_knn" in both
 

@@ -316,7 +316,9 @@ def test_flow_retries_an_unreachable_database_then_fails_without_writing(
 
     password = "n0t-Sh0wn-pw"
     monkeypatch.setenv("RECFORGE_DB_URL", f"postgresql+psycopg://rf:{password}@127.0.0.1:{_closed_port()}/rf")
-    config = RunConfig(source=resolve(GOOD_SOURCE, CORPUS), as_of=AS_OF, output_dir=str(tmp_path / "var"))
+    config = RunConfig(
+        source=resolve(GOOD_SOURCE, CORPUS), as_of=AS_OF, models=["popularity"], output_dir=str(tmp_path / "var")
+    )
     state = recommend(config=config, return_state=True)
     assert state.is_failed()
     error = state.result(raise_on_failure=False)

@@ -29,11 +29,31 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(list(frame.columns)).reset_index(drop=True)
 
 
+@pytest.mark.slow
+def test_default_run_trains_every_family_in_parallel(tmp_path: Path) -> None:
+    """No --models: every registered model trains, each family is published, the best beats popularity."""
+    from flows.recommend import recommend
+    from recmodels.registry import families, model_names
+
+    url = f"sqlite:///{tmp_path / 'rf.db'}"
+    source = {"kind": "synthetic", "synthetic_users": 300, "synthetic_items": 250, "synthetic_events": 12_000}
+    summary = recommend(config=RunConfig(source=source, top_n=10, output_dir=str(tmp_path / "var")), db_url=url)
+
+    assert summary["status"] == "completed", summary["failed_models"]
+    board = pd.DataFrame(summary["leaderboard"]).set_index("model")
+    assert set(board.index) == set(model_names())
+    assert {"baseline", "collaborative_filtering", "matrix_factorization", "neural"} <= set(families())
+    assert set(board["family"]) == set(families())
+    assert board["ndcg"].drop("popularity").max() > board.loc["popularity", "ndcg"]
+    recs = _table(url, "recommendations")
+    assert set(recs["model"]) == set(model_names())
+
+
 def test_synthetic_run_publishes_every_model(tmp_path: Path) -> None:
     from flows.recommend import recommend
 
     url = f"sqlite:///{tmp_path / 'rf.db'}"
-    config = RunConfig(top_n=20, output_dir=str(tmp_path / "var"))
+    config = RunConfig(models=["popularity", "item_knn"], top_n=20, output_dir=str(tmp_path / "var"))
     summary = recommend(config=config, db_url=url)
 
     assert summary["status"] == "completed"
@@ -75,6 +95,7 @@ def test_movielens_run_respects_as_of(tmp_path: Path, ml100k_dir: Path) -> None:
     config = RunConfig(
         source={"kind": "movielens-100k", "data_dir": str(ml100k_dir)},
         as_of=as_of,
+        models=["popularity", "item_knn"],
         output_dir=str(tmp_path / "var"),
     )
     summary = recommend(config=config, db_url=url)
@@ -114,7 +135,9 @@ def test_corrupted_input_fails_at_validation_and_keeps_published_rows(tmp_path: 
         "columns": columns,
         "rating_range": [1, 5],
     }
-    config = RunConfig(source=source, as_of=as_of, output_dir=str(tmp_path / "var"), top_n=10)
+    config = RunConfig(
+        source=source, as_of=as_of, models=["popularity", "item_knn"], output_dir=str(tmp_path / "var"), top_n=10
+    )
     recommend(config=config, db_url=url)
     before = {name: _sorted(_table(url, name)) for name in ("recommendations", "champions", "model_metrics")}
 

@@ -179,7 +179,13 @@ def test_flow_runs_against_a_password_protected_database_never_show_the_password
     assert password
     monkeypatch.setenv(DB_URL_ENV, pg_url)
     output = tmp_path / "var"
-    good = RunConfig(source=resolve(GOOD_SOURCE, CORPUS), as_of=AS_OF, top_n=5, output_dir=str(output))
+    good = RunConfig(
+        source=resolve(GOOD_SOURCE, CORPUS),
+        as_of=AS_OF,
+        models=["popularity", "item_knn"],
+        top_n=5,
+        output_dir=str(output),
+    )
     ok = recommend(config=good, return_state=True)
     assert ok.is_completed()
     bad_source = {"kind": "csv", "interactions": str(CORPUS / "csv/null_ids.csv")}
@@ -217,6 +223,7 @@ def test_a_sql_source_password_stays_out_of_the_run_record(pg_url: str, tmp_path
     config = RunConfig(
         source={"kind": "sql", "source_url": pg_url, "table": "events"},
         as_of=AS_OF,
+        models=["popularity", "item_knn"],
         top_n=5,
         output_dir=str(tmp_path / "var"),
     )

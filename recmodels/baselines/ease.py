@@ -66,7 +66,7 @@ class EASE(Recommender):
     """Closed-form item–item linear model (EASE^R), optionally scoring with a recency-weighted history."""
 
     name = "ease"
-    family = "collaborative_filtering"
+    family = "baseline"
     config_class = EASEConfig
     config: EASEConfig
 
