@@ -192,6 +192,40 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     Ties break by lower column everywhere, including at the cut-off: every column scoring above the k-th value is
     kept, then the lowest columns among those equal to it. So a top-10 is always the prefix of the top-20, and the
+    result depends only on the scores.
+
+    torch's multi-threaded ``topk`` selects the candidates (25x faster than numpy's argpartition on a 1024 x
+    50,000 block here); it may pick any of several columns tied at the k-th value, so the rows where a tie
+    straddles the cut-off (all-equal fallback rows, rows exhausted to ``-inf``) are redone exactly in numpy.
+    """
+    n_rows, n_cols = scores.shape
+    k = min(k, n_cols)
+    if k == 0 or n_rows == 0:
+        return np.empty((n_rows, k), dtype=np.int64), np.empty((n_rows, k), dtype=np.float32)
+    try:
+        import torch
+    except ImportError:  # numpy-only installs still rank correctly, just slower
+        return _top_k_exact(scores, k)
+    scores = np.ascontiguousarray(scores)
+    values_t, cols_t = torch.topk(torch.from_numpy(scores), k, dim=1, largest=True, sorted=False)
+    values, cols = values_t.numpy(), cols_t.numpy()
+    kth = values.min(axis=1, keepdims=True)
+    straddling = np.flatnonzero((scores == kth).sum(axis=1) > (values == kth).sum(axis=1))
+    # Best first; among equal scores the lower column first (lexsort's last key is the primary one).
+    order = np.lexsort((cols, -values), axis=1)
+    items = np.take_along_axis(cols, order, axis=1).astype(np.int64)
+    top_scores = np.take_along_axis(values, order, axis=1).astype(np.float32)
+    if len(straddling):
+        items[straddling], top_scores[straddling] = _top_k_exact(scores[straddling], k)
+    items[np.isneginf(top_scores)] = -1
+    return items, top_scores
+
+
+def _top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k` in numpy alone: exact under any ties, but several full passes over ``scores``.
+
+    Ties break by lower column everywhere, including at the cut-off: every column scoring above the k-th value is
+    kept, then the lowest columns among those equal to it. So a top-10 is always the prefix of the top-20, and the
     result depends only on the scores. ``argpartition`` keeps this O(n_items) per row.
     """
     n_rows, n_cols = scores.shape
