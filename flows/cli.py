@@ -99,12 +99,31 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dask-address", help="address of an existing Dask scheduler (with --task-runner dask)")
     parser.add_argument("--max-workers", type=_positive_int, help="concurrent model tasks")
     parser.add_argument(
+        "--pseudonymise-users",
+        action="store_true",
+        help="replace user ids by keyed pseudonyms on ingest (key from $RECFORGE_PSEUDONYM_KEY)",
+    )
+    parser.add_argument(
         "--model-timeout",
         type=_positive_int,
         help="seconds each model may take to evaluate and to refit; over it the model counts as failed",
     )
     parser.add_argument("--seed", type=int, help="random seed (default 42)")
     parser.add_argument("--output-dir", help="folder for Data Docs and reports (default var)")
+
+
+def _add_pseudonymised_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pseudonymised",
+        action="store_true",
+        help="the runs pseudonymised user ids: look the user up by the pseudonym of --user ($RECFORGE_PSEUDONYM_KEY)",
+    )
+
+
+def _stored_user(args: argparse.Namespace) -> str:
+    from recforge.privacy import PrivacyConfig, stored_user_id
+
+    return stored_user_id(args.user, PrivacyConfig(pseudonymise_users=args.pseudonymised))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     recs.add_argument("--as-of", type=_parse_as_of, help="a published as_of (default: the latest)")
     recs.add_argument("--limit", type=_positive_int, default=10, help="rows to show (default 10)")
     recs.add_argument("--db-url", help="SQLAlchemy URL (default $RECFORGE_DB_URL or sqlite:///var/recforge.db)")
+    recs.add_argument(
+        "--explain", action="store_true", help="show why each item was recommended, and by which strategy"
+    )
+    _add_pseudonymised_option(recs)
+
+    forget = sub.add_parser(
+        "forget", help="erase a user: delete their published rows, record it, drop their events from later runs"
+    )
+    forget.add_argument("--user", required=True, help="user id as in the source data")
+    forget.add_argument("--note", help="why (e.g. a ticket number); stored with the erasure record")
+    forget.add_argument("--db-url", help="SQLAlchemy URL (default $RECFORGE_DB_URL or sqlite:///var/recforge.db)")
+    _add_pseudonymised_option(forget)
 
     sub.add_parser("models", help="list the registered models and their families")
     return parser
@@ -208,6 +239,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "output_dir": args.output_dir,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
+    if getattr(args, "pseudonymise_users", False):
+        values["privacy"] = {**values.get("privacy", {}), "pseudonymise_users": True}
     return build_config(values, origin=f"options{' in ' + args.config if args.config else ''}")
 
 
@@ -275,7 +308,7 @@ def cmd_recommendations(args: argparse.Namespace) -> int:
     from recforge.store import Store
 
     store = Store(resolve_db_url(args.db_url))
-    frame = store.read_recommendations(args.user, model=args.model, as_of=args.as_of, limit=args.limit)
+    frame = store.read_recommendations(_stored_user(args), model=args.model, as_of=args.as_of, limit=args.limit)
     if frame.empty:
         which = f"model {args.model!r}" if args.model else "the champion model"
         print(
@@ -284,7 +317,24 @@ def cmd_recommendations(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    shown = ["as_of", "model", "user_id", "rank", "item_id", "score", "run_id"]
+    if args.explain:
+        frame = frame.assign(strategy=frame["strategy"].fillna("-"), reason=frame["reason"].fillna("-"))
+        shown += ["strategy", "reason"]
+    print(frame[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from recforge.store import Store
+
+    store = Store(resolve_db_url(args.db_url))
+    deleted = store.forget_user(_stored_user(args), note=args.note)
+    print(
+        f"forgot user {args.user!r} in {store.url_masked}: deleted {deleted['recommendations']} recommendation and "
+        f"{deleted['features']} feature rows; recorded in table erasures, so later runs drop this user's events "
+        "and no model trained from now on contains them."
+    )
     return 0
 
 
@@ -358,6 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "deploy": cmd_deploy,
         "serve": cmd_serve,
         "recommendations": cmd_recommendations,
+        "forget": cmd_forget,
         "models": cmd_models,
     }
     try:

@@ -26,6 +26,7 @@ from recforge.store import Store
 from recmodels.registry import get_model_class
 from tasks.ingest import ingest
 from tasks.prepare import prepare_data
+from tasks.privacy import protect
 from tasks.publish import close_run, open_run, publish
 from tasks.report import write_run_report
 from tasks.train import evaluate_model, recommend_model
@@ -57,7 +58,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         timings[stage] = round(now - clock, 3)
         clock = now
 
-    dataset = ingest(config.source)
+    dataset = protect(ingest(config.source), config.privacy, url)
     lap("ingest")
     run_id = open_run(
         url,

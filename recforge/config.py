@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from recforge.privacy import PrivacyConfig
+
 DEFAULT_DB_URL = "sqlite:///var/recforge.db"
 DB_URL_ENV = "RECFORGE_DB_URL"
 
@@ -59,6 +61,10 @@ class RunConfig(BaseModel):
     task_runner: TaskRunnerName = Field(default="thread", description="How model tasks run concurrently.")
     dask_address: str | None = Field(default=None, description="Existing Dask scheduler (dask runner only).")
     max_workers: int | None = Field(default=None, ge=1, description="Concurrent model tasks (thread/process).")
+    privacy: PrivacyConfig = Field(
+        default_factory=PrivacyConfig,
+        description="Pseudonymised user ids and personal columns (recforge.privacy.PrivacyConfig).",
+    )
     model_timeout_s: float | None = Field(
         default=None,
         gt=0,

@@ -56,6 +56,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     table,
     update,
@@ -192,6 +193,10 @@ recommendations_table = Table(
     # No foreign key to runs (revision 0002): PostgreSQL would check it per row of a multi-million-row
     # publish; `Store.publish` checks the run once and key-share-locks its row instead.
     Column("run_id", String(36), nullable=False),
+    # What produced the row ("model", or a cold-start fallback such as "popularity") and a short explanation;
+    # NULL on rows published before revision 0003.
+    Column("strategy", String(100), nullable=True),
+    Column("reason", Text, nullable=True),
     # Serves every read (they give as_of, model and user_id) and the deletes of a republish.
     PrimaryKeyConstraint("as_of", "model", "user_id", "rank"),
     # Serves "the latest as_of of a model" (read_recommendations with a model and no as_of).
@@ -221,6 +226,16 @@ champions_table = Table(
     Column("run_id", String(36), ForeignKey("runs.run_id"), nullable=False),
     Column("decided_at", UTCDateTime(), nullable=False),
     Column("reason", Text, nullable=False),
+)
+
+erasures_table = Table(
+    "erasures",
+    metadata,
+    # As stored in the other tables: the pseudonym when ids are pseudonymised (recforge.privacy).
+    Column("user_id", String(200), primary_key=True),
+    Column("requested_at", UTCDateTime(), nullable=False),
+    Column("rows_deleted", Text, nullable=False),
+    Column("note", Text, nullable=True),
 )
 
 DATA_TABLES = (runs_table, metrics_table, recommendations_table, features_table, champions_table)
@@ -613,7 +628,11 @@ RECOMMENDATION_DTYPES = {
     "item_id": "str",
     "score": "float64",
     "run_id": "str",
+    "strategy": "str",
+    "reason": "str",
 }
+#: Optional columns of a published frame; absent ones are stored as NULL.
+RECOMMENDATION_OPTIONAL_COLUMNS = ("strategy", "reason")
 
 
 class Store:
@@ -914,6 +933,15 @@ class Store:
             "item_id": recommendations["item_id"].astype(str),
             "score": scores.to_numpy(),
         }
+        for name in RECOMMENDATION_OPTIONAL_COLUMNS:
+            if name in recommendations.columns:
+                columns[name] = [None if pd.isna(v) else str(v) for v in recommendations[name].tolist()]
+        _require_fits(
+            recommendations,
+            recommendations_table,
+            [c for c in RECOMMENDATION_OPTIONAL_COLUMNS if c in recommendations.columns and c != "reason"],
+            what,
+        )
         with self._transaction(conn) as conn:
             self._lock_publication(conn, naive_as_of, published_models, champion is not None)
             self._require_run(conn, run_id)
@@ -1002,6 +1030,51 @@ class Store:
         """Rows per data table (runs, model_metrics, recommendations, features, champions)."""
         with self.engine.connect() as conn:
             return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one()) for t in DATA_TABLES}
+
+    # -- erasure --------------------------------------------------------------------------------------------
+
+    def forget_user(self, user_id: str, note: str | None = None) -> dict[str, int]:
+        """Delete a user's published rows (recommendations, features) and record the erasure; returns rows per table.
+
+        One transaction. The ``erasures`` row makes every later run drop the user's events on ingest
+        (:meth:`erased_users`), so no model trained after this contains them. Forgetting twice is harmless.
+        """
+        self.create_schema()
+        user = str(user_id)
+        with self.engine.begin() as conn:
+            deleted = {
+                "recommendations": conn.execute(
+                    delete(recommendations_table).where(recommendations_table.c.user_id == user)
+                ).rowcount,
+                "features": conn.execute(
+                    delete(features_table).where(features_table.c.entity == "user", features_table.c.entity_id == user)
+                ).rowcount,
+            }
+            previous = conn.execute(
+                select(erasures_table.c.rows_deleted).where(erasures_table.c.user_id == user)
+            ).first()
+            if previous is not None:
+                earlier = _from_json(previous[0]) or {}
+                total = {name: deleted[name] + int(earlier.get(name, 0)) for name in deleted}
+                conn.execute(
+                    erasures_table.update()
+                    .where(erasures_table.c.user_id == user)
+                    .values(requested_at=_now(), rows_deleted=_to_json(total), note=note)
+                )
+            else:
+                conn.execute(
+                    insert(erasures_table).values(
+                        user_id=user, requested_at=_now(), rows_deleted=_to_json(deleted), note=note
+                    )
+                )
+        return deleted
+
+    def erased_users(self) -> set[str]:
+        """Users recorded as forgotten (empty when the database or the table does not exist yet)."""
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table(erasures_table.name):
+                return set()
+            return {row[0] for row in conn.execute(select(erasures_table.c.user_id))}
 
     # -- helpers ------------------------------------------------------------------------------------------
 

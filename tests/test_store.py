@@ -43,8 +43,8 @@ from sqlalchemy.exc import OperationalError
 
 import recforge.store as store_module
 from recforge import migrations
+from recforge.migrations.views import champion_view_v1
 from recforge.store import (
-    CHAMPION_VIEW_NAME,
     SCHEMA_VERSION,
     ChampionDecision,
     Store,
@@ -106,11 +106,12 @@ def recs(model: str, per_user: dict[str, list[str]], score_offset: float = 0.0) 
 
 
 def all_recommendations(store: Store) -> pd.DataFrame:
-    """Every stored recommendation row, in primary-key order."""
+    """Every stored recommendation row (the columns every revision has), in primary-key order."""
     t = recommendations_table
+    kept = [c for c in t.c if c.name not in ("strategy", "reason")]  # added by revision 0003
     with store.engine.connect() as conn:
-        rows = conn.execute(select(t).order_by(t.c.as_of, t.c.model, t.c.user_id, t.c.rank)).all()
-    return pd.DataFrame(rows, columns=list(t.c.keys()))
+        rows = conn.execute(select(*kept).order_by(t.c.as_of, t.c.model, t.c.user_id, t.c.rank)).all()
+    return pd.DataFrame(rows, columns=[c.name for c in kept])
 
 
 def champions_rows(store: Store) -> list[tuple[Any, ...]]:
@@ -193,10 +194,18 @@ def test_create_schema_refuses_another_schema_version(store: Store) -> None:
 
 def legacy_metadata() -> MetaData:
     """The schema recforge created before Alembic, which revision 0001 reproduces: today's ``Table``
-    objects plus what revision 0002 dropped (the foreign key and index below). A later revision that
-    changes the tables must add its undo here too."""
+    objects plus what revision 0002 dropped (the foreign key and index below), less what revision 0003
+    added (table erasures, columns strategy and reason). A later revision that changes the tables must add its
+    undo here too."""
     legacy = MetaData()
+    added_by_0003 = {"strategy", "reason"}
     for t in store_module.metadata.sorted_tables:
+        if t.name == "erasures":
+            continue
+        if t.name == "recommendations":
+            Table(t.name, legacy, *(c._copy() for c in t.columns if c.name not in added_by_0003))
+            Index("ix_recommendations_model_as_of", legacy.tables[t.name].c.model, legacy.tables[t.name].c.as_of)
+            continue
         t.to_metadata(legacy)
     rec = legacy.tables["recommendations"]
     rec.append_constraint(ForeignKeyConstraint(["run_id"], ["runs.run_id"]))
@@ -208,7 +217,7 @@ def create_pre_alembic_schema(store: Store) -> None:
     """What ``Store.create_schema`` did before Alembic: ``create_all``, the view, and schema_version = 1."""
     with store.engine.begin() as conn:
         legacy_metadata().create_all(conn)
-        conn.execute(store_module.CreateView(CHAMPION_VIEW_NAME, store_module._champion_view_select()))
+        conn.execute(champion_view_v1())
         conn.execute(insert(schema_version_table).values(version=1, applied_at=datetime.now(UTC)))
 
 
@@ -230,7 +239,7 @@ def table_names(store: Store) -> set[str]:
 
 def test_migrations_match_the_table_definitions(store: Store) -> None:
     assert schema_diff(store, store_module.metadata) == []
-    assert store.schema_revision() == migrations.head_revision() == "0002"
+    assert store.schema_revision() == migrations.head_revision() == "0003"
 
 
 def test_revision_0001_is_the_pre_alembic_schema(store_url: str) -> None:
@@ -249,7 +258,7 @@ def test_revision_0002_downgrades_and_upgrades_keeping_rows(store: Store, run_id
     assert schema_diff(store, legacy_metadata()) == []
     pd.testing.assert_frame_equal(all_recommendations(store), before)
     store.create_schema()
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == "0003"
     assert schema_diff(store, store_module.metadata) == []
     pd.testing.assert_frame_equal(all_recommendations(store), before)
     assert store.read_recommendations("u1")["item_id"].tolist() == ["a", "b"]
@@ -479,7 +488,17 @@ def test_publish_then_read_back_ordered_by_rank(store: Store, run_id: str) -> No
     assert store.publish(run_id, AS_OF_1, shuffled, None) == 7
 
     got = store.read_recommendations("u1", model="pop")
-    assert got.columns.tolist() == ["as_of", "model", "user_id", "rank", "item_id", "score", "run_id"]
+    assert got.columns.tolist() == [
+        "as_of",
+        "model",
+        "user_id",
+        "rank",
+        "item_id",
+        "score",
+        "run_id",
+        "strategy",
+        "reason",
+    ]
     assert got["item_id"].tolist() == ["a", "b", "c"]
     assert got["rank"].tolist() == [1, 2, 3]
     assert got["score"].tolist() == pytest.approx([1.0, 0.5, 1 / 3])
@@ -504,7 +523,17 @@ def test_read_for_unknown_user_is_an_empty_typed_frame(store: Store, run_id: str
         store.read_recommendations("u1", model="unknown-model"),
     ):
         assert got.empty
-        assert got.columns.tolist() == ["as_of", "model", "user_id", "rank", "item_id", "score", "run_id"]
+        assert got.columns.tolist() == [
+            "as_of",
+            "model",
+            "user_id",
+            "rank",
+            "item_id",
+            "score",
+            "run_id",
+            "strategy",
+            "reason",
+        ]
         assert str(got["rank"].dtype) == "int64"
         assert str(got["as_of"].dtype) == "datetime64[us, UTC]"
 

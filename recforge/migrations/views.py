@@ -31,3 +31,22 @@ def champion_view_v1() -> CreateView:
         .where(champions.c.as_of == latest)
     )
     return CreateView(CHAMPION_VIEW, query)
+
+
+def champion_view_v2() -> CreateView:
+    """``champion_recommendations`` with the columns of revision 0003 (``strategy``, ``reason``)."""
+    rec = sa.table(
+        "recommendations",
+        *(
+            sa.column(name)
+            for name in ("as_of", "model", "user_id", "rank", "item_id", "score", "run_id", "strategy", "reason")
+        ),
+    )
+    champions = sa.table("champions", sa.column("as_of"), sa.column("model"))
+    latest = sa.select(sa.func.max(champions.c.as_of)).scalar_subquery()
+    query: sa.Select[Any] = (
+        sa.select(*rec.c)
+        .select_from(rec.join(champions, sa.and_(rec.c.as_of == champions.c.as_of, rec.c.model == champions.c.model)))
+        .where(champions.c.as_of == latest)
+    )
+    return CreateView(CHAMPION_VIEW, query)

@@ -1,0 +1,137 @@
+"""Privacy on ingest: keyed pseudonyms for user ids, personal attribute columns dropped, erased users removed.
+
+Pseudonymisation replaces each user id by ``HMAC-SHA256(key, id)`` (first 128 bits, hex, prefixed ``p_``), so
+the raw id never reaches the database, the features, the reports or the logs. The same key always gives the
+same pseudonym, so runs stay comparable and an application that knows the key can find a user's rows
+(:func:`pseudonymise_id`). Without the key the mapping cannot be recomputed, unlike a plain hash of a small id
+space. The key comes from an environment variable (a Prefect Secret exported there on workers), never from the
+run's parameters.
+
+Personal attribute columns (a default list of common personal-data names, plus any the config marks) are
+dropped from the users table before validation unless the config keeps them explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from recforge.data.contract import USER, DataError, Dataset
+
+DEFAULT_KEY_ENV = "RECFORGE_PSEUDONYM_KEY"
+PSEUDONYM_PREFIX = "p_"
+# Column names that hold personal data in most user tables; matched case-insensitively.
+DEFAULT_PERSONAL_COLUMNS = (
+    "name",
+    "first_name",
+    "last_name",
+    "full_name",
+    "email",
+    "phone",
+    "address",
+    "street",
+    "zip_code",
+    "zipcode",
+    "postcode",
+    "postal_code",
+    "ip",
+    "ip_address",
+    "birth_date",
+    "date_of_birth",
+    "ssn",
+)
+
+
+class PrivacyConfig(BaseModel):
+    """What happens to personal data on ingest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pseudonymise_users: bool = Field(
+        default=False,
+        description="Replace user ids by keyed HMAC pseudonyms on ingest (key from the environment variable key_env).",
+    )
+    key_env: str = Field(default=DEFAULT_KEY_ENV, description="Environment variable holding the pseudonym key.")
+    personal_columns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PERSONAL_COLUMNS),
+        description="users-table columns treated as personal data (case-insensitive); dropped unless kept.",
+    )
+    keep_personal_columns: list[str] = Field(
+        default_factory=list, description="Personal columns to keep anyway (an explicit, reviewed choice)."
+    )
+
+
+def pseudonym_key(config: PrivacyConfig) -> bytes:
+    """The key from ``config.key_env``; a DataError says how to set it when it is missing or too short."""
+    value = os.environ.get(config.key_env, "")
+    if len(value) < 16:
+        raise DataError(
+            f"pseudonymise_users is on but environment variable {config.key_env} is "
+            f"{'unset' if not value else 'shorter than 16 characters'}; set it to a long random secret "
+            "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`) and keep it: another key gives "
+            "other pseudonyms."
+        )
+    return value.encode("utf-8")
+
+
+def pseudonymise_id(user_id: str, key: bytes) -> str:
+    """The pseudonym of one user id under ``key``."""
+    digest = hmac.new(key, str(user_id).encode("utf-8"), hashlib.sha256).hexdigest()
+    return PSEUDONYM_PREFIX + digest[:32]
+
+
+def pseudonymise_ids(ids: pd.Series, key: bytes) -> pd.Series:
+    """Pseudonyms of a column of ids (each distinct id hashed once)."""
+    text = ids.astype(str)
+    mapping = {value: pseudonymise_id(value, key) for value in pd.unique(text)}
+    return text.map(mapping).astype(str)
+
+
+def personal_columns(columns: Iterable[str], config: PrivacyConfig) -> list[str]:
+    """The columns of a users table that are personal and not kept."""
+    personal = {c.lower() for c in config.personal_columns}
+    kept = {c.lower() for c in config.keep_personal_columns}
+    return [c for c in columns if c != USER and c.lower() in personal and c.lower() not in kept]
+
+
+def apply_privacy(dataset: Dataset, config: PrivacyConfig, erased: set[str]) -> tuple[Dataset, dict[str, object]]:
+    """Drop personal columns, pseudonymise user ids (if configured), drop erased users' events and rows.
+
+    ``erased`` holds user ids as the database stores them (pseudonyms when pseudonymising). Returns the new
+    data set and a summary for the logs (what was dropped; never any id).
+    """
+    interactions, users = dataset.interactions, dataset.users
+    summary: dict[str, object] = {"pseudonymised": False, "dropped_columns": [], "erased_users": 0, "erased_events": 0}
+    if users is not None:
+        dropped = personal_columns(users.columns, config)
+        if dropped:
+            users = users.drop(columns=dropped)
+            summary["dropped_columns"] = dropped
+    if config.pseudonymise_users:
+        key = pseudonym_key(config)
+        interactions = interactions.assign(**{USER: pseudonymise_ids(interactions[USER], key)})
+        if users is not None:
+            users = users.assign(**{USER: pseudonymise_ids(users[USER], key)})
+        summary["pseudonymised"] = True
+    if erased:
+        gone = interactions[USER].astype(str).isin(erased)
+        summary["erased_events"] = int(gone.sum())
+        summary["erased_users"] = int(interactions.loc[gone, USER].nunique())
+        interactions = interactions.loc[~gone].reset_index(drop=True)
+        if users is not None:
+            users = users.loc[~users[USER].astype(str).isin(erased)].reset_index(drop=True)
+    return dataclasses.replace(dataset, interactions=interactions, users=users), summary
+
+
+def stored_user_id(user_id: str, config: PrivacyConfig | None = None) -> str:
+    """A raw user id as the database stores it: its pseudonym when the key is set and pseudonymising is on."""
+    config = config or PrivacyConfig()
+    if config.pseudonymise_users:
+        return pseudonymise_id(user_id, pseudonym_key(config))
+    return str(user_id)

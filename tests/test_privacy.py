@@ -1,0 +1,149 @@
+"""Privacy: keyed pseudonyms, personal columns dropped, `recforge forget` erasing a user now and in later runs."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from recforge.config import RunConfig
+from recforge.data.contract import DataError, Dataset
+from recforge.privacy import (
+    DEFAULT_KEY_ENV,
+    PrivacyConfig,
+    apply_privacy,
+    personal_columns,
+    pseudonymise_id,
+    pseudonymise_ids,
+)
+from recforge.store import ChampionDecision, Store
+
+KEY = b"k" * 32
+GOOD = Path(__file__).parent / "data" / "bad" / "good"
+AS_OF = datetime(2022, 1, 1, tzinfo=UTC)
+
+
+def _dataset() -> Dataset:
+    interactions = pd.DataFrame(
+        {"user_id": ["7", "7", "8", "9"], "item_id": ["a", "b", "a", "c"], "timestamp": pd.to_datetime([1, 2, 3, 4])}
+    )
+    users = pd.DataFrame(
+        {"user_id": ["7", "8", "9"], "age": [30, 40, 50], "Email": ["x@y", "z@w", "q@r"], "zip_code": ["1", "2", "3"]}
+    )
+    return Dataset(name="toy", interactions=interactions, users=users)
+
+
+def test_pseudonyms_are_keyed_stable_and_hide_the_id() -> None:
+    first = pseudonymise_id("42", KEY)
+    assert first == pseudonymise_id("42", KEY)
+    assert first != pseudonymise_id("42", b"another key of enough length")
+    assert first != pseudonymise_id("43", KEY)
+    assert first.startswith("p_") and len(first) == 34 and "42" not in first[2:6]
+    column = pseudonymise_ids(pd.Series([42, 43, 42]), KEY)
+    assert column.tolist() == [first, pseudonymise_id("43", KEY), first]
+
+
+def test_a_missing_or_short_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DEFAULT_KEY_ENV, raising=False)
+    config = PrivacyConfig(pseudonymise_users=True)
+    with pytest.raises(DataError, match=f"{DEFAULT_KEY_ENV} is unset"):
+        apply_privacy(_dataset(), config, set())
+    monkeypatch.setenv(DEFAULT_KEY_ENV, "short")
+    with pytest.raises(DataError, match="shorter than 16"):
+        apply_privacy(_dataset(), config, set())
+
+
+def test_personal_columns_are_dropped_unless_kept() -> None:
+    config = PrivacyConfig()
+    assert personal_columns(["user_id", "age", "Email", "zip_code"], config) == ["Email", "zip_code"]
+    protected, summary = apply_privacy(_dataset(), config, set())
+    assert protected.users is not None and protected.users.columns.tolist() == ["user_id", "age"]
+    assert summary["dropped_columns"] == ["Email", "zip_code"]
+    kept, _ = apply_privacy(_dataset(), PrivacyConfig(keep_personal_columns=["zip_code"]), set())
+    assert kept.users is not None and "zip_code" in kept.users.columns and "Email" not in kept.users.columns
+
+
+def test_pseudonymised_and_erased_users(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DEFAULT_KEY_ENV, KEY.decode())
+    erased = {pseudonymise_id("7", KEY)}
+    protected, summary = apply_privacy(_dataset(), PrivacyConfig(pseudonymise_users=True), erased)
+    assert summary == {"pseudonymised": True, "dropped_columns": ["Email", "zip_code"], "erased_users": 1,
+                       "erased_events": 2}  # fmt: skip
+    assert set(protected.interactions["user_id"]) == {pseudonymise_id("8", KEY), pseudonymise_id("9", KEY)}
+    assert protected.users is not None and len(protected.users) == 2
+    assert not protected.interactions["user_id"].isin(["7", "8", "9"]).any()
+
+
+def _recs(model: str, users: dict[str, list[str]]) -> pd.DataFrame:
+    rows = [(model, u, r + 1, item, 1.0 / (r + 1)) for u, items in users.items() for r, item in enumerate(items)]
+    return pd.DataFrame(rows, columns=["model", "user_id", "rank", "item_id", "score"])
+
+
+def test_store_forget_deletes_rows_and_records_the_erasure(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'rf.db'}")
+    assert store.erased_users() == set()  # no database yet
+    store.create_schema()
+    run_id = store.start_run(dataset="toy", source="toy", as_of=AS_OF, parameters={}, flow_run_id=None)
+    store.publish(run_id, AS_OF, _recs("pop", {"u1": ["a", "b"], "u2": ["a"]}), ChampionDecision("pop", "ndcg", 1, ""))
+    features = pd.DataFrame({"user_id": ["u1", "u2"], "events": [3.0, 4.0]})
+    store.write_features(run_id, AS_OF, "user", features, "user_id")
+
+    assert store.forget_user("u1", note="ticket 12") == {"recommendations": 2, "features": 1}
+    assert store.read_recommendations("u1").empty and len(store.read_recommendations("u2")) == 1
+    assert store.erased_users() == {"u1"}
+    assert store.forget_user("u1") == {"recommendations": 0, "features": 0}  # twice is harmless
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT user_id, rows_deleted FROM erasures")).all()
+    assert [(user, json.loads(counts)) for user, counts in rows] == [("u1", {"recommendations": 2, "features": 1})]
+    store.dispose()
+
+
+def _texts(url: str) -> str:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        tables = [t for t in sa.inspect(conn).get_table_names() if t != "erasures"]
+        text = "\n".join(pd.read_sql(sa.text(f"SELECT * FROM {t}"), conn).to_csv() for t in tables)
+    engine.dispose()
+    return text
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_harness")
+def test_pseudonymised_run_then_forget_removes_the_user_now_and_from_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+    from flows.recommend import recommend
+
+    monkeypatch.setenv(DEFAULT_KEY_ENV, KEY.decode())
+    url = f"sqlite:///{tmp_path / 'rf.db'}"
+    source = {"kind": "csv", "interactions": str(GOOD / "interactions.csv"), "users": str(GOOD / "users.csv")}
+    config = RunConfig(
+        source=source,
+        as_of=AS_OF,
+        models=["popularity", "item_knn"],
+        top_n=5,
+        output_dir=str(tmp_path / "var"),
+        privacy=PrivacyConfig(pseudonymise_users=True),
+    )
+    recommend(config=config, db_url=url)
+    raw_users = set(pd.read_csv(GOOD / "interactions.csv", dtype=str)["user_id"])
+    store = Store(url)
+    published = pd.read_sql(sa.text("SELECT DISTINCT user_id FROM recommendations"), store.engine)["user_id"]
+    assert set(published) == {pseudonymise_id(u, KEY) for u in raw_users}
+    assert not set(published) & raw_users
+
+    assert main(["forget", "--user", "1", "--pseudonymised", "--db-url", url, "--note", "request 7"]) == 0
+    assert "forgot user '1'" in capsys.readouterr().out
+    assert main(["recommendations", "--user", "1", "--pseudonymised", "--db-url", url]) == 1
+
+    summary = recommend(config=config.model_copy(update={"as_of": datetime(2022, 1, 2, tzinfo=UTC)}), db_url=url)
+    assert summary["status"] == "completed"
+    gone = pseudonymise_id("1", KEY)
+    assert gone not in _texts(url)  # not in the new run's rows, features or metrics either
+    assert main(["recommendations", "--user", "2", "--pseudonymised", "--db-url", url]) == 0
+    store.dispose()
