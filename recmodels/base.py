@@ -187,6 +187,20 @@ class Recommender(ABC):
         return f"{type(self).__name__}({self.config!r})"
 
 
+def csr_state(prefix: str, matrix: sp.csr_matrix | None) -> dict[str, np.ndarray]:
+    """A CSR matrix as plain arrays for :meth:`Recommender._state` (nothing when ``matrix`` is None)."""
+    if matrix is None:
+        return {}
+    return {f"{prefix}/data": matrix.data, f"{prefix}/indices": matrix.indices, f"{prefix}/indptr": matrix.indptr}
+
+
+def csr_from_state(state: dict[str, np.ndarray], prefix: str, shape: tuple[int, int]) -> sp.csr_matrix | None:
+    """The matrix :func:`csr_state` stored under ``prefix``, or None when it stored none."""
+    if f"{prefix}/data" not in state:
+        return None
+    return sp.csr_matrix((state[f"{prefix}/data"], state[f"{prefix}/indices"], state[f"{prefix}/indptr"]), shape=shape)
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise top-``k`` of a dense matrix, best first; ``-inf`` entries come back as item ``-1``.
 

@@ -16,13 +16,9 @@ from recforge.store import CreateView
 CHAMPION_VIEW = "champion_recommendations"
 
 
-def champion_view_v1() -> CreateView:
-    """``champion_recommendations``: the recommendations of the champion model of the latest ``as_of`` that
-    has a champion (every column of ``recommendations``)."""
-    rec = sa.table(
-        "recommendations",
-        *(sa.column(name) for name in ("as_of", "model", "user_id", "rank", "item_id", "score", "run_id")),
-    )
+def _champion_view(columns: tuple[str, ...]) -> CreateView:
+    """The champion view over these ``recommendations`` columns (each version lists its own, frozen)."""
+    rec = sa.table("recommendations", *(sa.column(name) for name in columns))
     champions = sa.table("champions", sa.column("as_of"), sa.column("model"))
     latest = sa.select(sa.func.max(champions.c.as_of)).scalar_subquery()
     query: sa.Select[Any] = (
@@ -31,22 +27,14 @@ def champion_view_v1() -> CreateView:
         .where(champions.c.as_of == latest)
     )
     return CreateView(CHAMPION_VIEW, query)
+
+
+def champion_view_v1() -> CreateView:
+    """``champion_recommendations``: the recommendations of the champion model of the latest ``as_of`` that
+    has a champion (every column of ``recommendations``)."""
+    return _champion_view(("as_of", "model", "user_id", "rank", "item_id", "score", "run_id"))
 
 
 def champion_view_v2() -> CreateView:
     """``champion_recommendations`` with the columns of revision 0003 (``strategy``, ``reason``)."""
-    rec = sa.table(
-        "recommendations",
-        *(
-            sa.column(name)
-            for name in ("as_of", "model", "user_id", "rank", "item_id", "score", "run_id", "strategy", "reason")
-        ),
-    )
-    champions = sa.table("champions", sa.column("as_of"), sa.column("model"))
-    latest = sa.select(sa.func.max(champions.c.as_of)).scalar_subquery()
-    query: sa.Select[Any] = (
-        sa.select(*rec.c)
-        .select_from(rec.join(champions, sa.and_(rec.c.as_of == champions.c.as_of, rec.c.model == champions.c.model)))
-        .where(champions.c.as_of == latest)
-    )
-    return CreateView(CHAMPION_VIEW, query)
+    return _champion_view(("as_of", "model", "user_id", "rank", "item_id", "score", "run_id", "strategy", "reason"))

@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import lapack
 
-from recmodels.base import ModelConfig, Recommender, RunSettings
+from recmodels.base import ModelConfig, Recommender, RunSettings, csr_from_state, csr_state
 from recmodels.data import Interactions
 
 _BYTES_PER_ITEM_PAIR = 20  # two float64 n×n working matrices while fitting plus the float32 result
@@ -53,9 +53,7 @@ class EASEConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         if not self.regularization > 0:
-            raise ValueError(
-                f"regularization must be > 0 (it keeps XᵀX + λI invertible), got {self.regularization}"
-            )
+            raise ValueError(f"regularization must be > 0 (it keeps XᵀX + λI invertible), got {self.regularization}")
         if self.recency_half_life is not None and not self.recency_half_life > 0:
             raise ValueError(f"recency_half_life must be > 0 or None, got {self.recency_half_life}")
         if self.max_items < 1:
@@ -84,9 +82,7 @@ class EASE(Recommender):
         self.weights_ = ease_weights(data.binary, self.config.regularization)
         settings.report("ease gram matrix", 1.0)
         self.history_ = (
-            recency_weighted(data, self.config.recency_half_life)
-            if self.config.recency_half_life is not None
-            else None
+            recency_weighted(data, self.config.recency_half_life) if self.config.recency_half_life is not None else None
         )
 
     def _history(self, users: np.ndarray) -> sp.csr_matrix:
@@ -96,24 +92,11 @@ class EASE(Recommender):
         return np.asarray(self._history(users) @ self.weights_, dtype=np.float32)
 
     def _state(self) -> dict[str, np.ndarray]:
-        state = {"weights": self.weights_}
-        if self.history_ is not None:
-            state |= {
-                "h_data": self.history_.data,
-                "h_indices": self.history_.indices,
-                "h_indptr": self.history_.indptr,
-            }
-        return state
+        return {"weights": self.weights_} | csr_state("h", self.history_)
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
         self.weights_ = state["weights"]
-        self.history_ = (
-            sp.csr_matrix(
-                (state["h_data"], state["h_indices"], state["h_indptr"]), shape=(self.n_users_, self.n_items_)
-            )
-            if "h_data" in state
-            else None
-        )
+        self.history_ = csr_from_state(state, "h", (self.n_users_, self.n_items_))
 
 
 def ease_weights(matrix: sp.csr_matrix, regularization: float) -> np.ndarray:
@@ -172,9 +155,7 @@ def recency_weighted(data: Interactions, half_life: float) -> sp.csr_matrix:
     if data.timestamp is None:
         return data.binary.astype(np.float32)
     weights = 0.5 ** (newer_event_counts(data) / half_life)
-    coo = sp.coo_matrix(
-        (weights.astype(np.float32), (data.user, data.item)), shape=(data.n_users, data.n_items)
-    )
+    coo = sp.coo_matrix((weights.astype(np.float32), (data.user, data.item)), shape=(data.n_users, data.n_items))
     # max over duplicates: CSR conversion sums them, so take the maximum explicitly through a lexsort.
     order = np.lexsort((-coo.data, coo.col, coo.row))
     row, col, val = coo.row[order], coo.col[order], coo.data[order]

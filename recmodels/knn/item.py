@@ -33,7 +33,7 @@ from typing import ClassVar, Literal, Self
 import numpy as np
 import scipy.sparse as sp
 
-from recmodels.base import ModelConfig, Recommender, RunSettings
+from recmodels.base import ModelConfig, Recommender, RunSettings, csr_from_state, csr_state
 from recmodels.data import Interactions
 from recmodels.knn.similarity import (
     RATING_SIMILARITIES,
@@ -299,12 +299,12 @@ class NeighbourhoodRecommender(Recommender):
 
     # ---- persistence ------------------------------------------------------------------------------------
     def _state(self) -> dict[str, np.ndarray]:
-        state = _csr_state("ranking", self.similarity_)
+        state = csr_state("ranking", self.similarity_)
         if self.ratings_ is not None:
-            state.update(_csr_state("ratings", self.ratings_))
+            state.update(csr_state("ratings", self.ratings_))
         if self.rating_model_ is not None:
             model = self.rating_model_
-            state.update(_csr_state("rating_similarity", model.similarity))
+            state.update(csr_state("rating_similarity", model.similarity))
             state["global_mean"] = np.array(model.global_mean)
             state["user_bias"] = model.user_bias
             state["item_bias"] = model.item_bias
@@ -312,10 +312,10 @@ class NeighbourhoodRecommender(Recommender):
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
         n_entities = self.n_users_ if self.user_based else self.n_items_
-        self.similarity_ = _csr_from_state(state, "ranking", (n_entities, n_entities))
+        self.similarity_ = csr_from_state(state, "ranking", (n_entities, n_entities))
         self.ratings_ = None
         if "ratings/data" in state:
-            self.ratings_ = _csr_from_state(state, "ratings", (self.n_users_, self.n_items_))
+            self.ratings_ = csr_from_state(state, "ratings", (self.n_users_, self.n_items_))
         self.history_ = self.seen_ if self.config.mode == "implicit" else self.ratings_
         self.rating_model_ = None
         if "global_mean" in state:
@@ -323,7 +323,7 @@ class NeighbourhoodRecommender(Recommender):
                 float(state["global_mean"]),
                 state["user_bias"],
                 state["item_bias"],
-                _csr_from_state(state, "rating_similarity", (n_entities, n_entities)),
+                csr_from_state(state, "rating_similarity", (n_entities, n_entities)),
             )
 
 
@@ -336,14 +336,6 @@ def _baseline_residuals(ratings: sp.csr_matrix, mu: float, b_user: np.ndarray, b
 def _with_data(matrix: sp.csr_matrix, data: np.ndarray) -> sp.csr_matrix:
     """Same sparsity pattern as ``matrix`` (CSR), new values; explicit zeros are kept as entries."""
     return sp.csr_matrix((np.asarray(data, dtype=np.float64), matrix.indices, matrix.indptr), shape=matrix.shape)
-
-
-def _csr_state(prefix: str, matrix: sp.csr_matrix) -> dict[str, np.ndarray]:
-    return {f"{prefix}/indptr": matrix.indptr, f"{prefix}/indices": matrix.indices, f"{prefix}/data": matrix.data}
-
-
-def _csr_from_state(state: dict[str, np.ndarray], prefix: str, shape: tuple[int, int]) -> sp.csr_matrix:
-    return sp.csr_matrix((state[f"{prefix}/data"], state[f"{prefix}/indices"], state[f"{prefix}/indptr"]), shape=shape)
 
 
 @dataclass(frozen=True)

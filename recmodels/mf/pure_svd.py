@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-from recmodels.base import ModelConfig, Recommender, RunSettings
+from recmodels.base import ModelConfig, Recommender, RunSettings, csr_from_state, csr_state
 from recmodels.data import Interactions
 
 _WEIGHTINGS = ("binary", "rating")
@@ -80,24 +80,11 @@ class PureSVD(Recommender):
         return np.asarray((history @ self.item_factors_) @ self.item_factors_.T, dtype=np.float32)
 
     def _state(self) -> dict[str, np.ndarray]:
-        state = {"item_factors": self.item_factors_}
-        if self.history_ is not None:
-            state |= {
-                "h_data": self.history_.data,
-                "h_indices": self.history_.indices,
-                "h_indptr": self.history_.indptr,
-            }
-        return state
+        return {"item_factors": self.item_factors_} | csr_state("h", self.history_)
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
         self.item_factors_ = state["item_factors"]
-        self.history_ = (
-            sp.csr_matrix(
-                (state["h_data"], state["h_indices"], state["h_indptr"]), shape=(self.n_users_, self.n_items_)
-            )
-            if "h_data" in state
-            else None
-        )
+        self.history_ = csr_from_state(state, "h", (self.n_users_, self.n_items_))
 
 
 def truncated_item_factors(matrix: sp.csr_matrix, k: int, seed: int) -> np.ndarray:
