@@ -1,0 +1,225 @@
+"""Cold start (recmodels.coldstart): the maths on hand-made cases, the chain's labels, persistence, and ML-100K."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from recforge.data.contract import ITEM, USER
+from recforge.data.movielens import load_movielens_100k
+from recforge.ids import IdIndex, sorted_ids
+from recforge.metrics import topn_metrics
+from recmodels.baselines.popularity import Popularity
+from recmodels.coldstart import (
+    ColdStartChain,
+    ColdStartConfig,
+    ContentScorer,
+    SegmentPopularity,
+    SegmentPopularityConfig,
+    UserAttributes,
+    blend_scores,
+    encode_item_features,
+    encode_user_attributes,
+    tfidf,
+    tokenize,
+)
+from recmodels.data import Interactions
+
+# Eight users, four items. Occupation a = users 0–2, b = users 3–7; gender F = 0, 1, 3, 4, M = 2, 5, 6, 7.
+# Segment a watched item 0, segment b item 1 (the global favourite); the (b, M) users also watched item 2.
+EVENTS = [(0, 0), (1, 0), (2, 0), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (5, 2), (6, 2), (7, 2), (0, 3)]
+LEVELS = {"occupation": ("a", "b"), "gender": ("F", "M")}
+
+
+def _data() -> Interactions:
+    user, item = zip(*EVENTS, strict=True)
+    return Interactions.from_arrays(np.array(user), np.array(item), n_users=8, n_items=4)
+
+
+def _attributes(occupation: list[int], gender: list[int]) -> UserAttributes:
+    return UserAttributes({"occupation": np.array(occupation), "gender": np.array(gender)}, LEVELS)
+
+
+TRAIN_ATTRIBUTES = _attributes([0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 1, 0, 0, 1, 1, 1])
+
+
+def _segments(max_order: int, min_support: int = 3) -> SegmentPopularity:
+    cfg = SegmentPopularityConfig(min_support=min_support, smoothing=0.0, max_order=max_order)
+    return SegmentPopularity(cfg).fit(_data(), attributes=TRAIN_ATTRIBUTES)
+
+
+def test_segment_popularity_picks_the_segments_top_item() -> None:
+    model = _segments(max_order=1)
+    query = _attributes([0, 1], [-1, -1])
+    scores = model.score_attributes(query)
+    # Segment a: 3 users, all watched item 0, one watched item 3 → shares 1, 0, 0, 1/3.
+    np.testing.assert_allclose(scores[0], [1.0, 0.0, 0.0, 1 / 3], rtol=1e-6)
+    assert scores[0].argmax() == 0 and scores[1].argmax() == 1
+    assert list(model.labels(model.segments(query))) == [
+        "segment_popularity:occupation=a",
+        "segment_popularity:occupation=b",
+    ]
+
+
+def test_back_off_from_unsupported_combination_to_most_specific_single_attribute() -> None:
+    model = _segments(max_order=2)
+    # (a, F) has 2 users < 3: back off to one attribute, where occupation=a (3 users) is smaller than gender=F (4).
+    # (b, M) has 3 users: the combination itself is used.
+    query = _attributes([0, 1], [0, 1])
+    assert list(model.labels(model.segments(query))) == [
+        "segment_popularity:occupation=a",
+        "segment_popularity:occupation=b&gender=M",
+    ]
+    np.testing.assert_allclose(model.score_attributes(query)[1], [0.0, 1.0, 1.0, 0.0])
+
+
+def test_missing_or_unsupported_attributes_fall_back_to_global_popularity() -> None:
+    model = _segments(max_order=2, min_support=6)  # no segment has 6 users
+    query = _attributes([-1, 0], [-1, 0])
+    assert list(model.labels(model.segments(query))) == ["popularity", "popularity"]
+    np.testing.assert_allclose(model.score_attributes(query)[0], np.array([3, 5, 3, 1]) / 8)
+
+
+def test_smoothing_shrinks_segment_shares_towards_global_popularity() -> None:
+    model = SegmentPopularity(SegmentPopularityConfig(min_support=3, smoothing=3.0, max_order=1))
+    model.fit(_data(), attributes=TRAIN_ATTRIBUTES)
+    scores = model.score_attributes(_attributes([0], [-1]))[0]
+    # (counts + β p) / (support + β) with β = 3, support 3, p = global shares over 8 active users.
+    np.testing.assert_allclose(scores, (np.array([3, 0, 0, 1]) + 3 * np.array([3, 5, 3, 1]) / 8) / 6, rtol=1e-6)
+
+
+def test_encode_user_attributes_buckets_numbers_and_reuses_levels() -> None:
+    frame = pd.DataFrame({"user_id": ["u1", "u2", "u3", "u4"], "age": [18, 25, 40, 60], "job": ["x", "y", "x", None]})
+    fitted = encode_user_attributes(frame, ["u1", "u2", "u3", "u4"], n_buckets=2)
+    assert fitted.levels == {"age": ("<32.5", ">=32.5"), "job": ("x", "y")}
+    np.testing.assert_array_equal(fitted.codes["age"], [0, 0, 1, 1])
+    np.testing.assert_array_equal(fitted.codes["job"], [0, 1, 0, -1])
+    later = pd.DataFrame({"user_id": ["n1", "n2"], "age": [70, None], "job": ["z", "y"]})
+    query = encode_user_attributes(later, ["n1", "n2", "ghost"], like=fitted)
+    assert query.levels == fitted.levels
+    np.testing.assert_array_equal(query.codes["age"], [1, -1, -1])
+    np.testing.assert_array_equal(query.codes["job"], [-1, 1, -1])
+
+
+def test_tfidf_weights_match_the_formula() -> None:
+    counts = sp.csr_matrix(np.array([[1, 0, 0], [1, 1, 0], [0, 4, 1]], dtype=float))
+    weights = tfidf(counts).toarray()
+    idf = np.log(4 / np.array([3, 3, 2])) + 1  # smoothed idf: log((1 + n) / (1 + df)) + 1
+    raw = np.array([[1, 0, 0], [1, 1, 0], [0, 1 + np.log(4), 1]]) * idf
+    np.testing.assert_allclose(weights, raw / np.linalg.norm(raw, axis=1, keepdims=True))
+    assert tokenize("Schindler's List (1993)") == ["schindler", "s", "list", "1993"]
+
+
+def _items_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "item_id": ["i0", "i1", "i2", "i3", "i4", "i5"],
+            "title": ["Star Wars", "Star Trek", "Love Story", "Star Wars Returns", "Love Actually", "Star Quest"],
+            "genres": ["Action|Sci-Fi", "Sci-Fi", "Romance", "Action|Sci-Fi", "Romance|Comedy", "Sci-Fi"],
+        }
+    )
+
+
+def test_content_scorer_ranks_new_item_with_matching_genre_first() -> None:
+    features = encode_item_features(_items_frame(), ["i0", "i1", "i2", "i3", "i4", "i5"])
+    assert "genres=Sci-Fi" in features.names and "title=star" in features.names
+    # Items 3–5 have no events; user 0 liked the two science-fiction films.
+    data = Interactions.from_arrays(np.array([0, 0, 1]), np.array([0, 1, 2]), n_users=2, n_items=6)
+    scores = ContentScorer().fit(data, features=features).score(np.array([0, 1]))
+    assert scores[0, 3] > scores[0, 5] > scores[0, 4] == 0.0
+    assert scores[1, 4] > scores[1, 5] == scores[1, 3] == 0.0
+
+
+def test_blend_scores_by_hand() -> None:
+    collaborative = np.array([[4.0, 2.0, 0.0, 9.0, -np.inf]])
+    content = np.array([[0.0, 1.0, 0.5, 1.0, 1.0]])
+    new = np.array([False, False, False, True, False])
+    # Warm: min-max [1, .5, 0]; content [0, 1, .5, 1, 1]. The new item takes the median warm score (0.5).
+    blended = blend_scores(collaborative, content, new, alpha=0.75, new_item_quantile=0.5)
+    np.testing.assert_allclose(blended, [[0.75, 0.625, 0.125, 0.625, -np.inf]])
+    last = blend_scores(collaborative, content, new, alpha=0.75, new_item_quantile=0.0)
+    assert last[0, 3] == pytest.approx(0.25)
+
+
+def _chain(hybrid: bool = False) -> tuple[ColdStartChain, Interactions]:
+    # Users 0–7 as above (user 0 has 2 events, the others 1–2); user 8 has 5 events → the model serves them.
+    events = [*EVENTS, (8, 0), (8, 1), (8, 2), (8, 3), (8, 4)]
+    user, item = zip(*events, strict=True)
+    data = Interactions.from_arrays(np.array(user), np.array(item), n_users=9, n_items=6)
+    attributes = _attributes([0, 0, 0, 1, 1, 1, 1, 1, -1], [0, 0, 1, 0, 0, 1, 1, 1, -1])
+    features = encode_item_features(_items_frame(), ["i0", "i1", "i2", "i3", "i4", "i5"])
+    config = ColdStartConfig(segments=SegmentPopularityConfig(min_support=3), hybrid_alpha=0.5 if hybrid else None)
+    chain = ColdStartChain(config).fit(
+        data, model=Popularity().fit(data), user_attributes=attributes, item_features=features if hybrid else None
+    )
+    return chain, data
+
+
+def test_chain_labels_every_cell_with_its_strategy() -> None:
+    chain, _ = _chain()
+    new_user = _attributes([-1, -1, 0, -1], [-1, -1, 1, -1])
+    items, _, labels = chain.recommend_with_strategy(np.array([8, 3, -1, -1]), 3, attributes=new_user)
+    assert list(chain.strategy(np.array([8, 3, -1]))) == ["model", "item_neighbours", "cold"]
+    # User 8 saw items 0–4. Item 5 has no events: the model may not rank it, so popularity (0 events) fills in.
+    assert list(items[0]) == [5, -1, -1] and list(labels[0]) == ["popularity", "", ""]
+    assert labels[1, 0] == "item_neighbours"  # item 2: co-watched with item 1 by users 5–7
+    assert set(labels[1]) <= {"item_neighbours", "segment_popularity:occupation=b"}
+    assert list(labels[2]) == ["segment_popularity:occupation=a"] * 3
+    assert items[2, 0] == 0
+    assert list(labels[3]) == ["popularity"] * 3 and items[3, 0] == 1
+
+
+def test_hybrid_lets_new_items_in_and_labels_them_content() -> None:
+    chain, _ = _chain(hybrid=True)
+    items, _, labels = chain.recommend_with_strategy(np.array([8, 1]), 4)
+    assert items[0, 0] == 5 and labels[0, 0] == "content"  # user 8 has seen every other item
+    assert 5 not in items[0, 1:]
+    # User 1 watched Star Wars: the new science-fiction item comes in through content.
+    assert 5 in items[1] and list(labels[1][items[1] == 5]) == ["content"]
+    assert set(labels[1][items[1] != 5]) <= {"item_neighbours", "segment_popularity:occupation=a"}
+
+
+def test_chain_save_load_round_trip_and_determinism(tmp_path: Path) -> None:
+    chain, _ = _chain(hybrid=True)
+    users = np.array([8, 0, 3, -1])
+    query = _attributes([-1, -1, -1, 1], [-1, -1, -1, 1])
+    before = chain.recommend_with_strategy(users, 4, attributes=query)
+    again = _chain(hybrid=True)[0].recommend_with_strategy(users, 4, attributes=query)
+    loaded = ColdStartChain.load(chain.save(tmp_path / "chain.npz"))
+    after = loaded.recommend_with_strategy(users, 4, attributes=query)
+    for first, second, third in zip(before, again, after, strict=True):
+        np.testing.assert_array_equal(first, second)
+        np.testing.assert_array_equal(first, third)
+    assert loaded.config == chain.config
+    segments = SegmentPopularity.load(chain.segments_.save(tmp_path / "segments.npz"))
+    assert segments.levels_ == chain.segments_.levels_
+    np.testing.assert_array_equal(segments.score_attributes(query), chain.segments_.score_attributes(query))
+
+
+def test_ml100k_new_users_segments_beat_global_popularity(ml100k_dir: Path) -> None:
+    # bench/coldstart.py protocol 1, seed 0: popularity 0.5448, chain 0.5590 (docs/benchmarks/coldstart.md).
+    data = load_movielens_100k(ml100k_dir)
+    events = data.interactions
+    ids = sorted_ids(events[USER])
+    held = pd.Index(ids[np.sort(np.random.default_rng(0).permutation(len(ids))[: round(0.2 * len(ids))])])
+    train_events = events[~events[USER].isin(held)]
+    index = IdIndex.from_frame(train_events)
+    train = index.interactions(train_events, ratings=False)
+    test = events[events[USER].isin(held)]
+    row, item = held.get_indexer(test[USER]), index.item_codes(test[ITEM])
+    keep = item >= 0
+    relevant = sp.csr_matrix((np.ones(int(keep.sum())), (row[keep], item[keep])), shape=(len(held), index.n_items))
+    relevant.data[:] = 1.0
+    fitted = encode_user_attributes(data.users, index.users)
+    chain = ColdStartChain().fit(train, user_attributes=fitted)
+    unknown = np.full(len(held), -1)
+    items, _, labels = chain.recommend_with_strategy(unknown, 10, encode_user_attributes(data.users, held, like=fitted))
+    chain_ndcg = topn_metrics(items, relevant, k=10)["ndcg"]
+    popularity_ndcg = topn_metrics(Popularity().fit(train).recommend(unknown, 10)[0], relevant, k=10)["ndcg"]
+    assert np.char.startswith(labels[:, 0], "segment_popularity:").mean() > 0.9
+    assert chain_ndcg >= 0.555
+    assert chain_ndcg - popularity_ndcg >= 0.01
