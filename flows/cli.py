@@ -99,6 +99,22 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dask-address", help="address of an existing Dask scheduler (with --task-runner dask)")
     parser.add_argument("--max-workers", type=_positive_int, help="concurrent model tasks")
     parser.add_argument(
+        "--no-cold-start",
+        dest="cold_start",
+        action="store_false",
+        default=None,
+        help="publish each model's own ranking for every user (no fallback chain for users with few events)",
+    )
+    parser.add_argument(
+        "--no-explanations", dest="explanations", action="store_false", default=None, help="store no reasons"
+    )
+    parser.add_argument(
+        "--new-items-weight",
+        type=float,
+        help="let items without events be recommended: blend a content score with the model's, this weight on "
+        "the model's side (e.g. 0.9)",
+    )
+    parser.add_argument(
         "--pseudonymise-users",
         action="store_true",
         help="replace user ids by keyed pseudonyms on ingest (key from $RECFORGE_PSEUDONYM_KEY)",
@@ -235,6 +251,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "dask_address": args.dask_address,
         "max_workers": args.max_workers,
         "model_timeout_s": args.model_timeout,
+        "cold_start": args.cold_start,
+        "explanations": args.explanations,
+        "new_items_weight": args.new_items_weight,
         "seed": args.seed,
         "output_dir": args.output_dir,
     }

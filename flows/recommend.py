@@ -82,7 +82,19 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         evaluations = {n: evaluate_task.submit(n, data, config.k, config.seed) for n in names}
         # Each refit starts as soon as its own evaluation is done, so families stay in parallel; it receives the
         # evaluation result and skips itself when that model already failed.
-        refits = {n: recommend_task.submit(n, data, config.top_n, config.seed, evaluations[n]) for n in names}
+        refits = {
+            n: recommend_task.submit(
+                n,
+                data,
+                config.top_n,
+                config.seed,
+                evaluations[n],
+                config.cold_start,
+                config.explanations,
+                config.new_items_weight,
+            )
+            for n in names
+        }
         results: list[ModelEvaluation] = [_evaluation_result(n, evaluations[n]) for n in names]
         lap("train_evaluate")
         recommendations: list[ModelRecommendations] = []

@@ -61,6 +61,22 @@ class RunConfig(BaseModel):
     task_runner: TaskRunnerName = Field(default="thread", description="How model tasks run concurrently.")
     dask_address: str | None = Field(default=None, description="Existing Dask scheduler (dask runner only).")
     max_workers: int | None = Field(default=None, ge=1, description="Concurrent model tasks (thread/process).")
+    cold_start: bool = Field(
+        default=True,
+        description="Publish through the cold-start chain: the model for users with more than 4 events, item "
+        "neighbours for 1-4, attribute-segment then global popularity for none (column recommendations.strategy).",
+    )
+    new_items_weight: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Let items without events be recommended: blend a content score over item attributes with "
+        "each model's score, this weight on the model's side (0.9 measured best, docs/benchmarks/coldstart.md); "
+        "None: off.",
+    )
+    explanations: bool = Field(
+        default=True, description="Store a short reason with every published row (column recommendations.reason)."
+    )
     privacy: PrivacyConfig = Field(
         default_factory=PrivacyConfig,
         description="Pseudonymised user ids and personal columns (recforge.privacy.PrivacyConfig).",

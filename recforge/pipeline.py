@@ -27,6 +27,16 @@ from recforge.split import TemporalSplit, events_before, temporal_holdout
 from recforge.store import ChampionDecision
 from recforge.validation import ValidationReport
 from recmodels.base import Recommender, RunSettings
+from recmodels.coldstart import (
+    ColdStartChain,
+    ColdStartConfig,
+    UserAttributes,
+    encode_item_features,
+    encode_user_attributes,
+)
+from recmodels.coldstart.chain import CONTENT_LABEL, MODEL_LABEL, NEIGHBOURS_LABEL
+from recmodels.data import Interactions
+from recmodels.explain import explain
 from recmodels.registry import get_model_class
 
 
@@ -200,37 +210,137 @@ def _metrics_at(full: FullEvaluation, k: int) -> dict[str, float]:
 
 
 def fit_and_recommend(
-    name: str, data: PreparedData, top_n: int = 50, seed: int = 42, settings: RunSettings | None = None
+    name: str,
+    data: PreparedData,
+    top_n: int = 50,
+    seed: int = 42,
+    settings: RunSettings | None = None,
+    *,
+    cold_start: bool = True,
+    explanations: bool = True,
+    new_items_weight: float | None = None,
 ) -> ModelRecommendations:
     """Refit ``name`` on every event before ``as_of`` and rank ``top_n`` unseen items for every known user.
 
-    Users listed in the users table but without events get the model's fallback (popularity) ranking.
+    Users listed in the users table but without events are ranked too. With ``cold_start`` the declared fallback
+    chain decides per user (:mod:`recmodels.coldstart.chain`): the model for users with more than four events,
+    item neighbours blended with segment popularity for one to four, attribute-segment popularity then global
+    popularity for none; the frame's ``strategy`` column says which one produced each row. With
+    ``explanations`` a ``reason`` column says why (:mod:`recmodels.explain`). With ``new_items_weight`` (and an
+    items table) items without events join the catalogue and the chain blends a content score over item
+    attributes with the model's, this weight on the model's side (``strategy`` ``content`` on those rows).
     """
     index = IdIndex.from_frame(data.interactions)
+    hybrid = cold_start and new_items_weight is not None and data.items is not None
+    if hybrid:
+        assert data.items is not None
+        unseen = pd.Index(data.items[ITEM].astype(str)).difference(index.items)
+        index = IdIndex(users=index.users, items=index.items.append(unseen))
     train = index.interactions(data.interactions, ratings=get_model_class(name).requires_ratings or data.has_ratings)
     model = make_model(name)
+    settings = settings or RunSettings(seed=seed)
     start = time.perf_counter()
-    model.fit(train, settings or RunSettings(seed=seed))
+    model.fit(train, settings)
     fit_seconds = time.perf_counter() - start
     user_ids = index.users
     if data.users is not None:
         user_ids = user_ids.append(pd.Index(data.users[USER]).difference(index.users))
     codes = index.user_codes(user_ids)
     start = time.perf_counter()
-    items, scores = model.recommend(codes, top_n, exclude_seen=True)
+    chain = None
+    if cold_start:
+        chain, query = _cold_start_chain(
+            model, train, data, index, user_ids, settings, new_items_weight if hybrid else None
+        )
+        items, scores, strategy = chain.recommend_with_strategy(codes, top_n, attributes=query)
+    else:
+        items, scores = model.recommend(codes, top_n, exclude_seen=True)
+        strategy = np.where(items >= 0, MODEL_LABEL, "")
     recommend_seconds = time.perf_counter() - start
     n_users, n_cols = items.shape
-    valid = items >= 0
+    valid = (items >= 0).ravel()
     frame = pd.DataFrame(
         {
             "model": name,
-            USER: np.repeat(np.asarray(user_ids, dtype=object), n_cols)[valid.ravel()],
-            "rank": np.tile(np.arange(1, n_cols + 1), n_users)[valid.ravel()],
-            ITEM: np.asarray(index.items, dtype=object)[items[valid]],
-            "score": scores[valid].astype(np.float64),
+            USER: np.repeat(np.asarray(user_ids, dtype=object), n_cols)[valid],
+            "rank": np.tile(np.arange(1, n_cols + 1), n_users)[valid],
+            ITEM: np.asarray(index.items, dtype=object)[items.ravel()[valid]],
+            "score": scores.ravel()[valid].astype(np.float64),
+            "strategy": strategy.ravel()[valid],
         }
     )
+    if explanations:
+        rows_users = np.repeat(codes, n_cols)[valid]
+        reasons = _reasons(model, chain, train, rows_users, items.ravel()[valid], strategy.ravel()[valid], data, index)
+        frame["reason"] = reasons
     return ModelRecommendations(name, frame, fit_seconds, recommend_seconds)
+
+
+def _cold_start_chain(
+    model: Recommender,
+    train: Interactions,
+    data: PreparedData,
+    index: IdIndex,
+    user_ids: pd.Index,
+    settings: RunSettings,
+    new_items_weight: float | None,
+) -> tuple[ColdStartChain, UserAttributes | None]:
+    """The fallback chain around a fitted ``model``, and the attributes of the users to rank (None without)."""
+    attributes = query = None
+    if data.users is not None and len(data.users.columns) > 1:
+        attributes = encode_user_attributes(data.users, index.users, id_column=USER)
+        query = encode_user_attributes(data.users, user_ids, id_column=USER, like=attributes)
+    features = None
+    if new_items_weight is not None and data.items is not None:
+        features = encode_item_features(data.items, index.items, id_column=ITEM)
+    chain = ColdStartChain(ColdStartConfig(hybrid_alpha=new_items_weight)).fit(
+        train, settings, model=model, user_attributes=attributes, item_features=features
+    )
+    return chain, query
+
+
+def _item_labels(data: PreparedData, index: IdIndex) -> np.ndarray:
+    """What a reason calls each item: "Title (year)" when the items table has them, else the item id."""
+    labels = pd.Series(np.asarray(index.items, dtype=object), index=index.items).astype(str)
+    if data.items is not None and "title" in data.items.columns:
+        items = data.items.drop_duplicates(ITEM).set_index(ITEM)
+        titles = items["title"].reindex(index.items)
+        if "release_year" in items.columns:
+            years = pd.to_numeric(items["release_year"].reindex(index.items), errors="coerce")
+            has_year = years.notna() & ~titles.astype(str).str.contains(r"\(\d{4}\)\s*$", regex=True)
+            titles = titles.where(~has_year, titles.astype(str) + " (" + years.astype("Int64").astype(str) + ")")
+        labels = labels.where(titles.isna(), titles.astype(str))
+    return labels.to_numpy(dtype=object)
+
+
+def _reasons(
+    model: Recommender,
+    chain: ColdStartChain | None,
+    train: Interactions,
+    users: np.ndarray,
+    items: np.ndarray,
+    strategy: np.ndarray,
+    data: PreparedData,
+    index: IdIndex,
+) -> np.ndarray:
+    """One short reason per published row, from whichever strategy produced it."""
+    reasons = np.empty(len(users), dtype=object)
+    labels = _item_labels(data, index)
+    explainers = {MODEL_LABEL: model, NEIGHBOURS_LABEL: chain.neighbours_ if chain is not None else None}
+    for label, explainer in explainers.items():
+        rows = np.flatnonzero(strategy == label)
+        if len(rows) == 0 or explainer is None:
+            continue
+        try:
+            explanation = explain(explainer, train, users[rows], items[rows])
+        except TypeError:  # a model recmodels.explain does not know: publish no reason rather than a wrong one
+            continue
+        reasons[rows] = explanation.reasons(labels)
+    segment = np.char.startswith(strategy.astype(str), "segment_popularity:")
+    reasons[segment] = [f"popular with users like you ({s.split(':', 1)[1]})" for s in strategy[segment]]
+    reasons[strategy == "popularity"] = "popular with everyone"
+    reasons[strategy == CONTENT_LABEL] = "new, and like what you enjoyed"
+    return reasons
 
 
 def leaderboard(results: list[ModelEvaluation], primary_metric: str = "ndcg") -> pd.DataFrame:

@@ -27,19 +27,37 @@ def evaluate_model(name: str, data: PreparedData, k: int, seed: int) -> ModelEva
 
 @task(name="fit-and-recommend", cache_policy=NO_CACHE, task_run_name="recommend-{name}")
 def recommend_model(
-    name: str, data: PreparedData, top_n: int, seed: int, evaluation: ModelEvaluation
+    name: str,
+    data: PreparedData,
+    top_n: int,
+    seed: int,
+    evaluation: ModelEvaluation,
+    cold_start: bool = True,
+    explanations: bool = True,
+    new_items_weight: float | None = None,
 ) -> ModelRecommendations | None:
     """Refit on all events before as_of and rank top-N unseen items for every user (skipped if evaluation failed)."""
     if not evaluation.ok:
         get_run_logger().warning("%s: not refitted because its evaluation failed", name)
         return None
     settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (refit)", log=get_run_logger().info))
-    result = fit_and_recommend(name, data, top_n=top_n, seed=seed, settings=settings)
+    result = fit_and_recommend(
+        name,
+        data,
+        top_n=top_n,
+        seed=seed,
+        settings=settings,
+        cold_start=cold_start,
+        explanations=explanations,
+        new_items_weight=new_items_weight,
+    )
+    by_strategy = result.frame["strategy"].str.split(":").str[0].value_counts().to_dict()
     get_run_logger().info(
-        "%s: %d recommendations (fit %.2f s, recommend %.2f s)",
+        "%s: %d recommendations (fit %.2f s, recommend %.2f s); rows by strategy: %s",
         name,
         len(result.frame),
         result.fit_seconds,
         result.recommend_seconds,
+        by_strategy,
     )
     return result

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from recforge.data.movielens import load_movielens_100k
 from recforge.data.synthetic import generate_synthetic
 from recforge.pipeline import (
     ModelEvaluation,
@@ -126,3 +128,49 @@ def test_full_evaluation_feeds_metrics_with_intervals(prepared: PreparedData) ->
     assert {5, 10, 20} <= set(frame["k"].dropna().astype(int))
     assert {"temporal_holdout", "temporal_holdout:cold", "temporal_holdout:heavy"} <= set(frame["split"])
     assert not frame.duplicated(["model", "metric", "k", "split"]).any()
+
+
+@pytest.fixture(scope="module")
+def movielens_before_1998(ml100k_dir: Path) -> PreparedData:
+    """ML-100K cut at 1998-01-01: about 400 users of u.user have no event yet, some have only a few."""
+    dataset = load_movielens_100k(data_dir=ml100k_dir)
+    return prepare(dataset, validate_dataset(dataset, min_interactions=10), datetime(1998, 1, 1, tzinfo=UTC))
+
+
+def test_published_rows_carry_their_strategy_and_a_reason(movielens_before_1998: PreparedData) -> None:
+    data = movielens_before_1998
+    frame = fit_and_recommend("item_knn", data, top_n=10).frame
+    events = data.interactions.groupby("user_id").size()
+    per_user = frame.groupby("user_id")["strategy"].first()
+    warm = events[events > 4].index
+    few = events[events <= 4].index
+    cold = pd.Index(data.users["user_id"]).difference(events.index)
+    assert len(warm) and len(few) and len(cold)
+    # The declared chain: the model for > 4 events, neighbours for 1-4, attribute segments for none.
+    assert (per_user.reindex(warm) == "model").all()
+    assert per_user.reindex(few).isin(["item_neighbours"]).mean() > 0.5
+    assert per_user.reindex(cold).str.startswith(("segment_popularity:", "popularity")).all()
+    segments = frame.loc[frame["user_id"].isin(cold), "strategy"]
+    assert segments.str.startswith("segment_popularity:").mean() > 0.9  # u.user has age, gender, occupation
+    # A reason on every row, citing titles the user rated for the model's rows.
+    assert frame["reason"].notna().all()
+    model_rows = frame[frame["strategy"] == "model"]
+    assert model_rows["reason"].str.startswith("because you rated").mean() > 0.95
+    assert model_rows["reason"].str.contains(r"\(\d{4}\)").mean() > 0.9  # "Title (year)" labels
+    assert (frame.loc[frame["user_id"].isin(cold), "reason"].str.startswith("popular with")).all()
+
+
+def test_without_cold_start_every_row_is_the_model(movielens_before_1998: PreparedData) -> None:
+    frame = fit_and_recommend("popularity", movielens_before_1998, top_n=5, cold_start=False, explanations=False)
+    assert set(frame.frame["strategy"]) == {"model"} and "reason" not in frame.frame.columns
+
+
+def test_new_items_join_through_the_content_blend(movielens_before_1998: PreparedData) -> None:
+    data = movielens_before_1998
+    assert data.items is not None
+    unseen = pd.Index(data.items["item_id"]).difference(pd.Index(data.interactions["item_id"]))
+    frame = fit_and_recommend("item_knn", data, top_n=20, new_items_weight=0.9, explanations=False).frame
+    new_rows = frame[frame["item_id"].isin(unseen)]
+    assert len(new_rows) > 0 and (new_rows["strategy"] == "content").all()
+    without = fit_and_recommend("item_knn", data, top_n=20, explanations=False).frame
+    assert not without["item_id"].isin(unseen).any()

@@ -145,5 +145,8 @@ def test_pseudonymised_run_then_forget_removes_the_user_now_and_from_the_next_ru
     assert summary["status"] == "completed"
     gone = pseudonymise_id("1", KEY)
     assert gone not in _texts(url)  # not in the new run's rows, features or metrics either
-    assert main(["recommendations", "--user", "2", "--pseudonymised", "--db-url", url]) == 0
+    capsys.readouterr()
+    assert main(["recommendations", "--user", "2", "--pseudonymised", "--db-url", url, "--explain"]) == 0
+    shown = capsys.readouterr().out
+    assert "strategy" in shown and "reason" in shown and pseudonymise_id("2", KEY) in shown
     store.dispose()
