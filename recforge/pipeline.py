@@ -85,6 +85,7 @@ class ModelRecommendations:
     frame: pd.DataFrame  # model, user_id, rank, item_id, score
     fit_seconds: float
     recommend_seconds: float
+    warnings: tuple[str, ...] = ()  # what went wrong without stopping the publication (e.g. the cold-start chain)
 
 
 def prepare(
@@ -248,10 +249,15 @@ def fit_and_recommend(
     codes = index.user_codes(user_ids)
     start = time.perf_counter()
     chain = None
+    warnings: list[str] = []
     if cold_start:
-        chain, query = _cold_start_chain(
-            model, train, data, index, user_ids, settings, new_items_weight if hybrid else None
-        )
+        try:
+            chain, query = _cold_start_chain(
+                model, train, data, index, user_ids, settings, new_items_weight if hybrid else None
+            )
+        except Exception as exc:  # the chain helps; it must not cost the model its publication
+            warnings.append(f"cold-start chain failed ({type(exc).__name__}: {exc}); published the model's own ranking")
+    if chain is not None:
         items, scores, strategy = chain.recommend_with_strategy(codes, top_n, attributes=query)
     else:
         items, scores = model.recommend(codes, top_n, exclude_seen=True)
@@ -273,7 +279,7 @@ def fit_and_recommend(
         rows_users = np.repeat(codes, n_cols)[valid]
         reasons = _reasons(model, chain, train, rows_users, items.ravel()[valid], strategy.ravel()[valid], data, index)
         frame["reason"] = reasons
-    return ModelRecommendations(name, frame, fit_seconds, recommend_seconds)
+    return ModelRecommendations(name, frame, fit_seconds, recommend_seconds, tuple(warnings))
 
 
 def _cold_start_chain(

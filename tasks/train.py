@@ -51,6 +51,8 @@ def recommend_model(
         explanations=explanations,
         new_items_weight=new_items_weight,
     )
+    for warning in result.warnings:
+        get_run_logger().warning("%s: %s", name, warning)
     by_strategy = result.frame["strategy"].str.split(":").str[0].value_counts().to_dict()
     get_run_logger().info(
         "%s: %d recommendations (fit %.2f s, recommend %.2f s); rows by strategy: %s",

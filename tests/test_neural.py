@@ -418,3 +418,36 @@ def test_configs_reject_bad_values(cls: type, field: str, value: object, match: 
 def test_unknown_device_is_refused_before_training() -> None:
     with pytest.raises(ValueError, match="device"):
         GRU4Rec(FAST["gru4rec"]).fit(_cyclic(n_users=5), RunSettings(device="tpu"))
+
+
+@pytest.mark.parametrize("name", ["neumf", "caser", "gru4rec"])
+def test_fits_running_side_by_side_in_threads_match_a_fit_alone(name: str) -> None:
+    """The flow trains models in parallel threads: dropout and initial weights must not share torch's RNG."""
+    import threading
+
+    from recmodels.registry import get_model_class
+
+    rng = np.random.default_rng(5)
+    n_users, n_items, n_events = 60, 40, 1_500
+    data = Interactions.from_arrays(
+        rng.integers(0, n_users, n_events),
+        rng.integers(0, n_items, n_events),
+        timestamp=np.arange(n_events, dtype=np.int64),
+        n_users=n_users,
+        n_items=n_items,
+    )
+    cls = get_model_class(name)
+    config = dataclasses.replace(cls.config_class(), max_epochs=2, dropout=0.5)
+    users = np.arange(n_users)
+
+    def scores() -> np.ndarray:
+        return cls(config).fit(data, RunSettings(seed=11)).score(users)
+
+    alone = scores()
+    results: dict[int, np.ndarray] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, scores())) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert np.array_equal(results[0], alone) and np.array_equal(results[1], alone)

@@ -24,7 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from recmodels.neural.sequences import SequenceData, segment_batches
-from recmodels.neural.training import LOSSES, Batch, NeuralConfig, NeuralRecommender, next_item_loss
+from recmodels.neural.training import (
+    LOSSES,
+    Batch,
+    NeuralConfig,
+    NeuralRecommender,
+    SeededDropout,
+    next_item_loss,
+)
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,7 @@ class CaserNet(nn.Module):
             self.horizontal = nn.ModuleList()
         features = config.vertical_filters * d + config.horizontal_filters * window
         self.fc = nn.Linear(features, d)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = SeededDropout(config.dropout)
         self.out = nn.Embedding(n_items, 2 * d)
         self.out_bias = nn.Parameter(torch.zeros(n_items))
         for table in (self.item_embed, self.user_embed, self.out):

@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from recmodels.neural.sequences import SequenceData, segment_batches
-from recmodels.neural.training import LOSSES, Batch, NeuralConfig, NeuralRecommender, next_item_loss
+from recmodels.neural.training import (
+    LOSSES,
+    Batch,
+    NeuralConfig,
+    NeuralRecommender,
+    SeededDropout,
+    next_item_loss,
+)
 
 
 @dataclass(frozen=True)
@@ -27,7 +34,8 @@ class GRU4RecConfig(NeuralConfig):
 
     embedding_dim: size of the input item embeddings.
     hidden_size: GRU units per layer (also the size of the output item embeddings).
-    layers: stacked GRU layers.
+    layers: stacked GRU layers. With more than one, torch's own dropout between the layers draws from the
+        process-wide RNG: such fits are reproducible only when no other torch fit runs beside them.
     dropout: dropout on the embedded inputs and on the GRU outputs.
     max_len: the GRU reads at most this many of a user's newest events when scoring; in training, each
         segment has at most ``max_len`` targets preceded by up to ``max_len`` warm-up events (``None``: whole
@@ -85,7 +93,7 @@ class GRU4RecNet(nn.Module):
             batch_first=True,
             dropout=config.dropout if config.layers > 1 else 0.0,
         )
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = SeededDropout(config.dropout)
         self.out = nn.Embedding(n_items, config.hidden_size)
         self.out_bias = nn.Parameter(torch.zeros(n_items))
         nn.init.normal_(self.embed.weight, std=0.1)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recmodels.neural.sequences import SequenceData
-from recmodels.neural.training import Batch, NeuralConfig, NeuralRecommender
+from recmodels.neural.training import Batch, NeuralConfig, NeuralRecommender, SeededDropout
 
 NEUMF_LOSSES = ("bce", "bpr")
 
@@ -91,9 +91,9 @@ class NeuMFNet(nn.Module):
         self.first = nn.Linear(2 * half, config.mlp_layers[1])
         rest: list[nn.Module] = []
         for width_in, width_out in zip(config.mlp_layers[1:], config.mlp_layers[2:], strict=False):
-            rest += [nn.Dropout(config.dropout), nn.Linear(width_in, width_out), nn.ReLU()]
+            rest += [SeededDropout(config.dropout), nn.Linear(width_in, width_out), nn.ReLU()]
         self.rest = nn.Sequential(*rest)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = SeededDropout(config.dropout)
         self.fuse = nn.Linear(config.factors + config.mlp_layers[-1], 1)
         for table in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
             nn.init.normal_(table.weight, std=0.01)

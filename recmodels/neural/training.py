@@ -3,9 +3,12 @@
 - :class:`NeuralConfig`: the training hyperparameters every deep model has (epochs, batch size, AdamW, early
   stopping, clipping); each model's config subclasses it and adds its architecture.
 - :func:`torch_run`: the context a fit runs in: device from ``RunSettings.device``, intra-op threads from
-  ``RunSettings.threads`` (default 1 on CPU, see :func:`default_threads`; restored afterwards), torch's global
-  RNG forked and seeded from ``RunSettings.seed`` (module initialisation and dropout draw from it), so a fit
-  is reproducible on CPU and leaves the caller's RNG alone.
+  ``RunSettings.threads`` (default 1 on CPU, see :func:`default_threads`; restored afterwards).
+- Randomness never comes from torch's process-wide RNG while training: fits run side by side in threads (the
+  flow's default task runner) and would interleave their draws. Initial weights are drawn under a lock from a
+  freshly seeded, forked global RNG (:meth:`NeuralRecommender._seeded_net`); dropout masks
+  (:class:`SeededDropout`) and negative samples come from the model's own generators. So a fit is reproducible
+  on CPU whatever runs beside it, and leaves the caller's RNG alone.
 - :func:`train`: mini-batches from a model-supplied iterator, AdamW, gradient clipping, bf16 autocast on CUDA
   only, validation NDCG@k after every epoch, early stopping with the best epoch's weights restored, progress
   through ``settings.report``. Returns a :class:`TrainingLog` (epochs, seconds per epoch, loss and validation
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import threading
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -122,16 +126,37 @@ def default_threads(settings: RunSettings, device: torch.device) -> int | None:
 
 @contextlib.contextmanager
 def torch_run(settings: RunSettings) -> Iterator[torch.device]:
-    """Device, threads and a seeded, forked global RNG for one fit; everything is restored on exit."""
+    """Device and threads for one fit; the thread count is restored on exit."""
     device = resolve_device(settings.device)
     previous_threads = set_threads(default_threads(settings, device))
-    devices = [device] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(settings.seed)
-            yield device
+        yield device
     finally:
         set_threads(previous_threads)
+
+
+# Module initialisation draws from torch's process-wide RNG: builds take turns, each under its own seed.
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
+class SeededDropout(nn.Module):
+    """Dropout whose masks come from a generator of the model's own (``nn.Dropout`` draws from the process-wide
+    RNG, which fits running in parallel threads would share). ``generator`` is set after the net is built."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty_like(x).bernoulli_(keep, generator=self.generator)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
@@ -383,6 +408,17 @@ class NeuralRecommender(Recommender):
         return None
 
     # ---- shared implementation ------------------------------------------------------------------------
+    def _seeded_net(self, seed: int, device: torch.device) -> nn.Module:
+        """The network with initial weights drawn from ``seed`` and dropout masks from a generator of its own."""
+        with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = self._build_net()
+        dropout_generator = seeded_generator(seed + 1, device)
+        for module in net.modules():
+            if isinstance(module, SeededDropout):
+                module.generator = dropout_generator
+        return net.to(device)
+
     def _fit(self, data: Interactions, settings: RunSettings) -> None:
         rng = np.random.default_rng(settings.seed)
         sequences = SequenceData.from_interactions(data, None if self.needs_order else rng)
@@ -397,7 +433,7 @@ class NeuralRecommender(Recommender):
             self.device_ = device
             self.threads_ = default_threads(settings, device)
             self.generator_ = seeded_generator(settings.seed, device)
-            self.net_ = self._build_net().to(device)
+            self.net_ = self._seeded_net(settings.seed, device)
             self.history_ = head
             log = train(
                 self.net_,
@@ -412,9 +448,8 @@ class NeuralRecommender(Recommender):
             )
             if self.config.refit and validation is not None:
                 started = time.perf_counter()
-                torch.manual_seed(settings.seed)  # the same initial weights as the validated run
                 self.generator_ = seeded_generator(settings.seed, device)
-                self.net_ = self._build_net().to(device)
+                self.net_ = self._seeded_net(settings.seed, device)  # the same initial weights as the validated run
                 self.history_ = sequences
                 train(
                     self.net_,
@@ -477,8 +512,7 @@ class NeuralRecommender(Recommender):
         self.device_ = torch.device("cpu")
         self.threads_ = default_threads(RunSettings(device="cpu"), self.device_)
         self.generator_ = seeded_generator(0)
-        with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten; leave the caller's RNG
-            self.net_ = self._build_net()
+        self.net_ = self._seeded_net(0, self.device_)  # its initial weights are overwritten just below
         load_module_state(self.net_, state)
         self.net_.eval()
         indptr = state["history_indptr"].astype(np.int64)
