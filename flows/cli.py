@@ -316,7 +316,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"Report: {summary['report']}")
     print(f"Champion: {summary['champion']} ({summary['champion_reason']})")
     print(f"Published to {summary['database']}: {summary['rows_written']}")
-    print("Tables: recommendations, champion_recommendations (view), model_metrics, runs, features, champions")
+    print(
+        "Tables: recommendations, champion_recommendations (view), model_metrics, runs, features, champions, "
+        "erasures"
+    )
     if summary.get("data_docs"):
         print(f"Validation report (Great Expectations Data Docs): {summary['data_docs']}")
     print(f"Try: recforge recommendations --user <id>{' --db-url ...' if args.db_url else ''}")
