@@ -8,7 +8,9 @@ Prefect. Stage order: load → validate → :func:`prepare` (clean, cut at ``as_
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +39,7 @@ from recmodels.coldstart import (
 from recmodels.coldstart.chain import CONTENT_LABEL, MODEL_LABEL, NEIGHBOURS_LABEL
 from recmodels.data import Interactions
 from recmodels.explain import explain
+from recmodels.knn.item import ItemKNN
 from recmodels.registry import get_model_class
 
 
@@ -299,10 +302,36 @@ def _cold_start_chain(
     features = None
     if new_items_weight is not None and data.items is not None:
         features = encode_item_features(data.items, index.items, id_column=ITEM)
-    chain = ColdStartChain(ColdStartConfig(hybrid_alpha=new_items_weight)).fit(
-        train, settings, model=model, user_attributes=attributes, item_features=features
+    config = ColdStartConfig(hybrid_alpha=new_items_weight)
+    chain = ColdStartChain(config).fit(
+        train,
+        settings,
+        model=model,
+        user_attributes=attributes,
+        item_features=features,
+        neighbours=_shared_neighbours(data, train, config, settings.seed),
     )
     return chain, query
+
+
+# One item-kNN per prepared data set serves every model's chain: the flow's refit tasks share the process (thread
+# runner) and the same PreparedData object, and at scale a kNN fit per model would cost as much as the model.
+_NEIGHBOURS: dict[tuple[int, int, int], tuple[weakref.ref[PreparedData], ItemKNN]] = {}
+_NEIGHBOURS_LOCK = threading.Lock()
+
+
+def _shared_neighbours(data: PreparedData, train: Interactions, config: ColdStartConfig, seed: int) -> ItemKNN:
+    """The chain's item–item kNN for ``data`` (fitted on ``train`` by the first caller, reused by the others)."""
+    key = (id(data), train.n_users, train.n_items)
+    with _NEIGHBOURS_LOCK:  # the others wait for the first fit rather than repeat it
+        cached = _NEIGHBOURS.get(key)
+        if cached is not None and cached[0]() is data and cached[1].config == config.neighbours:
+            return cached[1]
+        for stale in [k for k, (ref, _) in _NEIGHBOURS.items() if ref() is None]:
+            del _NEIGHBOURS[stale]
+        neighbours = ItemKNN(config.neighbours).fit(train, RunSettings(seed=seed))
+        _NEIGHBOURS[key] = (weakref.ref(data), neighbours)
+        return neighbours
 
 
 def _item_labels(data: PreparedData, index: IdIndex) -> np.ndarray:

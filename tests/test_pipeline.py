@@ -174,3 +174,25 @@ def test_new_items_join_through_the_content_blend(movielens_before_1998: Prepare
     assert len(new_rows) > 0 and (new_rows["strategy"] == "content").all()
     without = fit_and_recommend("item_knn", data, top_n=20, explanations=False).frame
     assert not without["item_id"].isin(unseen).any()
+
+
+def test_models_share_one_neighbour_fit_per_data_set(
+    movielens_before_1998: PreparedData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import recforge.pipeline
+    from recmodels.knn.item import ItemKNN
+
+    monkeypatch.setattr(recforge.pipeline, "_NEIGHBOURS", {})  # earlier tests used the same data set
+    fits = []
+    original = ItemKNN.fit
+
+    def counting_fit(self: ItemKNN, *args: object, **kwargs: object) -> ItemKNN:
+        fits.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ItemKNN, "fit", counting_fit)
+    first = fit_and_recommend("popularity", movielens_before_1998, top_n=5, explanations=False).frame
+    second = fit_and_recommend("pure_svd", movielens_before_1998, top_n=5, explanations=False).frame
+    assert len(fits) == 1  # the chain's item neighbours, fitted once for both models
+    few = first["strategy"] == "item_neighbours"
+    assert few.any() and (second["strategy"] == "item_neighbours").sum() == few.sum()

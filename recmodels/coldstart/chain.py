@@ -96,11 +96,14 @@ class ColdStartChain:
         model: Recommender | None = None,
         user_attributes: UserAttributes | None = None,
         item_features: ItemFeatures | None = None,
+        neighbours: ItemKNN | None = None,
     ) -> Self:
         """Fit the components on ``data``; ``model`` is an already fitted collaborative model on the same indices.
 
         user_attributes: rows aligned with ``data``'s users (None: the segment step is global popularity).
         item_features: rows aligned with ``data``'s items; needed for ``hybrid_alpha``.
+        neighbours: an item–item kNN already fitted on ``data`` to use for the few-events step (so several chains
+            over the same data share one fit); by default one is fitted here, or the model is reused if it is one.
         """
         settings = settings or RunSettings()
         if model is not None and (model.n_users_, model.n_items_) != (data.n_users, data.n_items):
@@ -109,8 +112,12 @@ class ColdStartChain:
             raise ValueError("hybrid_alpha needs item_features")
         self.model_ = model
         self.segments_ = SegmentPopularity(self.config.segments).fit(data, settings, attributes=user_attributes)
+        if neighbours is not None:
+            if (neighbours.n_users_, neighbours.n_items_) != (data.n_users, data.n_items):
+                raise ValueError("the neighbours model was fitted on a different index space than the chain's data")
+            self.neighbours_ = neighbours
         # Reuse the collaborative model when it already is an item–item kNN: same similarities, no second fit.
-        if isinstance(model, ItemKNN) and model.config == self.config.neighbours:
+        elif isinstance(model, ItemKNN) and model.config == self.config.neighbours:
             self.neighbours_ = model
         else:
             self.neighbours_ = ItemKNN(self.config.neighbours).fit(data, settings)
