@@ -269,7 +269,9 @@ class FullEvaluation:
         with a value).
     per_user: one row per evaluated user (index ``user_id``): ``group``, ``train_events`` and one float64
         column per per-user metric named ``"<metric>@<k>"`` (e.g. ``ndcg@10``, ``novelty@10``).
-    info: timings (``fit_seconds``, ``score_seconds``), the split's drop counts, the activity thresholds
+    info: timings (``fit_seconds``, ``score_seconds``), ``refit_config`` (the fitted model's
+        :meth:`~recmodels.base.Recommender.refit_config` as a dict, for a refit on all events), the split's drop
+        counts, the activity thresholds
         (``cold_max``, ``heavy_min``), ``ks``, ``bootstrap``, ``seed``, ``confidence``, ``n_items``, ``users``,
         and ``ild`` (``"computed"`` or why it was skipped).
     """
@@ -408,6 +410,7 @@ def evaluate_full(
     frame.index = pd.Index(index.users[ranked.users], name=USER)
     info: dict[str, Any] = {
         "model": ranked.model.name,
+        "refit_config": ranked.model.refit_config().to_dict(),
         "fit_seconds": ranked.fit_seconds,
         "score_seconds": ranked.score_seconds,
         "users": len(ranked.users),

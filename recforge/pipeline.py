@@ -79,6 +79,11 @@ class ModelEvaluation:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def refit_config(self) -> dict[str, Any] | None:
+        """The config the evaluated model asks to be refitted with on all events (None: its default config)."""
+        return None if self.full is None else self.full.info.get("refit_config")
+
 
 @dataclass(frozen=True)
 class ModelRecommendations:
@@ -156,9 +161,10 @@ def prepare(
     )
 
 
-def make_model(name: str) -> Recommender:
-    """A fresh model with its registered default config."""
-    return get_model_class(name)()
+def make_model(name: str, config: Mapping[str, Any] | None = None) -> Recommender:
+    """A fresh model with its registered default config, or with ``config`` (a config's ``to_dict()``)."""
+    cls = get_model_class(name)
+    return cls() if config is None else cls(cls.config_class(**config))
 
 
 def evaluate(
@@ -223,8 +229,12 @@ def fit_and_recommend(
     cold_start: bool = True,
     explanations: bool = True,
     new_items_weight: float | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> ModelRecommendations:
     """Refit ``name`` on every event before ``as_of`` and rank ``top_n`` unseen items for every known user.
+
+    ``config`` (a config's ``to_dict()``) replaces the registered default, typically the evaluated model's
+    :attr:`ModelEvaluation.refit_config`: a deep model then trains the epoch count its evaluation early-stopped at.
 
     Users listed in the users table but without events are ranked too. With ``cold_start`` the declared fallback
     chain decides per user (:mod:`recmodels.coldstart.chain`): the model for users with more than four events,
@@ -241,7 +251,7 @@ def fit_and_recommend(
         unseen = pd.Index(data.items[ITEM].astype(str)).difference(index.items)
         index = IdIndex(users=index.users, items=index.items.append(unseen))
     train = index.interactions(data.interactions, ratings=get_model_class(name).requires_ratings or data.has_ratings)
-    model = make_model(name)
+    model = make_model(name, config)
     settings = settings or RunSettings(seed=seed)
     start = time.perf_counter()
     model.fit(train, settings)

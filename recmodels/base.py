@@ -179,6 +179,14 @@ class Recommender(ABC):
         model._set_state(state)
         return model
 
+    def refit_config(self) -> ModelConfig:
+        """The config to refit this model with on more data (for example every event before ``as_of``, after
+        an evaluation fit on the training part): by default the same config. Models that choose something while
+        fitting (a deep model's early-stopped epoch count) return a config that fixes that choice, so the refit
+        needs no validation slice of its own."""
+        self._check_fitted()
+        return self.config
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_items_"):
             raise RuntimeError(f"{self.name} is not fitted yet: call fit() first")
@@ -219,7 +227,7 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         import torch
     except ImportError:  # numpy-only installs still rank correctly, just slower
-        return _top_k_exact(scores, k)
+        return top_k_exact(scores, k)
     scores = np.ascontiguousarray(scores)
     values_t, cols_t = torch.topk(torch.from_numpy(scores), k, dim=1, largest=True, sorted=False)
     values, cols = values_t.numpy(), cols_t.numpy()
@@ -230,12 +238,12 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     items = np.take_along_axis(cols, order, axis=1).astype(np.int64)
     top_scores = np.take_along_axis(values, order, axis=1).astype(np.float32)
     if len(straddling):
-        items[straddling], top_scores[straddling] = _top_k_exact(scores[straddling], k)
+        items[straddling], top_scores[straddling] = top_k_exact(scores[straddling], k)
     items[np.isneginf(top_scores)] = -1
     return items, top_scores
 
 
-def _top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`top_k` in numpy alone: exact under any ties, but several full passes over ``scores``.
 
     Ties break by lower column everywhere, including at the cut-off: every column scoring above the k-th value is

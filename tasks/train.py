@@ -36,7 +36,11 @@ def recommend_model(
     explanations: bool = True,
     new_items_weight: float | None = None,
 ) -> ModelRecommendations | None:
-    """Refit on all events before as_of and rank top-N unseen items for every user (skipped if evaluation failed)."""
+    """Refit on all events before as_of and rank top-N unseen items for every user (skipped if evaluation failed).
+
+    The refit uses the config the evaluated model asks for (a deep model: the epoch count its evaluation
+    early-stopped at, so the refit trains on every event without a validation slice of its own).
+    """
     if not evaluation.ok:
         get_run_logger().warning("%s: not refitted because its evaluation failed", name)
         return None
@@ -50,6 +54,7 @@ def recommend_model(
         cold_start=cold_start,
         explanations=explanations,
         new_items_weight=new_items_weight,
+        config=evaluation.refit_config,
     )
     for warning in result.warnings:
         get_run_logger().warning("%s: %s", name, warning)

@@ -186,6 +186,25 @@ def test_block_wise_computation_matches_one_block(monkeypatch: pytest.MonkeyPatc
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
+def test_cut_off_ties_keep_the_lowest_items_and_threads_do_not_change_the_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every user saw every item, so all item–item cosines are 1: which 2 neighbours survive is the tie rule alone.
+    everything = sp.csr_matrix(np.ones((6, 3), dtype=np.float32))  # items × users
+    top = knn_similarity.cosine_topk(everything, neighbors=2).toarray()
+    assert [list(np.flatnonzero(row)) for row in top] == [[1, 2], [0, 2], [0, 1], [0, 1], [0, 1], [0, 1]]
+    # One block per row, computed by 1 thread or by 4: the same matrix, bit for bit.
+    rng = np.random.default_rng(3)
+    vectors = sp.csr_matrix((rng.random((60, 80)) < 0.2).astype(np.float32))
+    monkeypatch.setattr(knn_similarity, "BLOCK_VALUES", 60)
+    results = [
+        knn_similarity.cosine_topk(vectors, neighbors=7, settings=RunSettings(threads=threads), alpha=0.6)
+        for threads in (1, 4)
+    ]
+    assert (results[0] != results[1]).nnz == 0
+    assert results[0].nnz == 60 * 7
+
+
 # ---- implicit mode --------------------------------------------------------------------------------------------
 def test_user_knn_implicit_scores_by_hand() -> None:
     config = UserKNNConfig(neighbors=2, shrinkage=0.0, alpha=0.5, exponent=1.0)

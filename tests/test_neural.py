@@ -359,6 +359,8 @@ def test_early_stopping_keeps_the_best_epoch(name: str) -> None:
     assert all(stage == name for stage, _ in reports)
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert log.refit_seconds == 0.0
+    # A refit on more data trains the chosen epoch count on everything, without early stopping again.
+    assert model.refit_config() == dataclasses.replace(config, max_epochs=log.best_epoch, validation_fraction=0.0)
     # The weights kept are the best epoch's: re-scoring the validation slice reproduces its NDCG.
     head, tail = SequenceData.from_interactions(data, np.random.default_rng(1)).split_tail(0.2)
     validation = Validation.from_split(head, tail)

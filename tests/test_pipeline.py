@@ -21,6 +21,8 @@ from recforge.pipeline import (
     prepare,
 )
 from recforge.validation import validate_dataset
+from recmodels.knn.item import ItemKNNConfig
+from recmodels.neural.gru4rec import GRU4Rec, GRU4RecConfig
 
 AS_OF = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -69,6 +71,34 @@ def test_evaluate_and_refit(prepared: PreparedData) -> None:
     assert frame.groupby("user_id")["rank"].apply(list).map(lambda r: r == [1, 2, 3, 4, 5]).all()
     seen = set(zip(prepared.interactions["user_id"], prepared.interactions["item_id"], strict=True))
     assert not any((u, i) in seen for u, i in zip(frame["user_id"], frame["item_id"], strict=True))
+
+
+def test_a_deep_models_refit_trains_the_epochs_its_evaluation_chose(
+    prepared: PreparedData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluated = evaluate("gru4rec", prepared, k=10, bootstrap=0)
+    config = evaluated.refit_config
+    assert config is not None and config["validation_fraction"] == 0.0
+    default = GRU4RecConfig()
+    assert 1 <= config["max_epochs"] <= default.max_epochs
+    assert {k: v for k, v in config.items() if k not in ("max_epochs", "validation_fraction")} == {
+        k: v for k, v in default.to_dict().items() if k not in ("max_epochs", "validation_fraction")
+    }
+    fitted: list[GRU4Rec] = []
+    original_fit = GRU4Rec.fit
+
+    def spy(self: GRU4Rec, *args: object, **kwargs: object) -> GRU4Rec:
+        fitted.append(self)
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(GRU4Rec, "fit", spy)
+    published = fit_and_recommend("gru4rec", prepared, top_n=5, config=config, cold_start=False, explanations=False)
+    assert len(published.frame) > 0
+    # The refit ran exactly the chosen epochs, on every event, with no validation pass.
+    (model,) = fitted
+    assert model.training_log_.epochs == config["max_epochs"] and model.training_log_.validation_ndcg == []
+    # Models that choose nothing while fitting are refitted with their own config.
+    assert evaluate("item_knn", prepared, k=10, bootstrap=0).refit_config == ItemKNNConfig().to_dict()
 
 
 def test_failed_model_is_reported_not_raised(prepared: PreparedData, monkeypatch: pytest.MonkeyPatch) -> None:

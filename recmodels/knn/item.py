@@ -264,8 +264,16 @@ class NeighbourhoodRecommender(Recommender):
         if self.user_based:
             scores = self.similarity_[users] @ self.history_
         else:
-            scores = self.history_[users] @ self.similarity_.T
+            scores = self.history_[users] @ self._neighbour_major()
         return np.asarray(scores.toarray(), dtype=np.float32)
+
+    def _neighbour_major(self) -> sp.csr_matrix:
+        """``similarity_.T`` as CSR, built once: scipy would convert the transpose on every scoring batch."""
+        source, transposed = self.__dict__.get("_similarity_t", (None, None))
+        if source is not self.similarity_ or transposed is None:  # a refit or load replaced the matrix
+            transposed = self.similarity_.T.tocsr()
+            self._similarity_t = (self.similarity_, transposed)
+        return transposed
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Estimated ratings for (user, item) index pairs (float64); unknown sides fall back to the biases."""

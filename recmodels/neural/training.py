@@ -466,6 +466,19 @@ class NeuralRecommender(Recommender):
             self.training_log_ = log
         self.history_ = self._trimmed(sequences)
 
+    def refit_config(self) -> NeuralConfig:
+        """This config with early stopping's choice fixed: ``max_epochs`` = the best epoch, no validation slice.
+
+        A refit on more events (the flow's publishing fit on everything before ``as_of``) then trains exactly as
+        many epochs as validation chose here, on all of its events, instead of early-stopping again — which cost
+        ``patience`` extra epochs plus per-epoch validation scoring, and kept the newest events out of training.
+        """
+        self._check_fitted()
+        best = self.training_log_.best_epoch
+        if self.config.validation_fraction == 0 or best < 1:
+            return self.config
+        return dataclasses.replace(self.config, max_epochs=best, validation_fraction=0.0, refit=False)
+
     def _trimmed(self, sequences: SequenceData) -> SequenceData:
         window = self._history_window()
         if window is None:
