@@ -73,7 +73,8 @@ class Recommender(ABC):
             raise ValueError(f"{self.name} needs ratings; this data set has none")
         self.n_users_ = data.n_users
         self.n_items_ = data.n_items
-        self.seen_: sp.csr_matrix = data.binary.astype(np.float32)
+        # Shares the arrays of the (float32) cached matrix: a copy cost 71 MB at 8.9M events. Never mutated.
+        self.seen_: sp.csr_matrix = data.binary.astype(np.float32, copy=False)
         self.popularity_: np.ndarray = data.item_counts.astype(np.float32)
         self._fit(data, settings)
         return self
