@@ -205,6 +205,21 @@ def test_cut_off_ties_keep_the_lowest_items_and_threads_do_not_change_the_result
     assert results[0].nnz == 60 * 7
 
 
+def test_dense_hub_scoring_equals_the_sparse_product() -> None:
+    # Zipf-like popularity: a few items are neighbours of nearly every target (the dense "hub" rows), most are not.
+    rng = np.random.default_rng(5)
+    n_users, n_items = 400, 300
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 1.1
+    item = rng.choice(n_items, size=6_000, p=popularity / popularity.sum())
+    user = rng.integers(0, n_users, size=6_000)
+    model = ItemKNN(ItemKNNConfig(neighbors=10)).fit(Interactions.from_arrays(user, item, n_users=n_users))
+    light, hubs, hub_rows = model._neighbour_major()
+    assert 0 < len(hubs) < n_items and light[hubs].nnz == 0 and hub_rows.shape == (len(hubs), n_items)
+    users = np.arange(n_users)
+    plain = (model.history_[users] @ model.similarity_.T).toarray()
+    np.testing.assert_allclose(model.score(users), plain, rtol=1e-5, atol=1e-6)
+
+
 # ---- implicit mode --------------------------------------------------------------------------------------------
 def test_user_knn_implicit_scores_by_hand() -> None:
     config = UserKNNConfig(neighbors=2, shrinkage=0.0, alpha=0.5, exponent=1.0)

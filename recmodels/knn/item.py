@@ -36,6 +36,7 @@ import scipy.sparse as sp
 from recmodels.base import ModelConfig, Recommender, RunSettings, csr_from_state, csr_state
 from recmodels.data import Interactions
 from recmodels.knn.similarity import (
+    BLOCK_VALUES,
     RATING_SIMILARITIES,
     WEIGHTINGS,
     als_baselines,
@@ -262,18 +263,40 @@ class NeighbourhoodRecommender(Recommender):
     def _score_known(self, users: np.ndarray) -> np.ndarray:
         # similarity_ rows are targets: a user's neighbours (user–user) or an item's neighbours (item–item).
         if self.user_based:
-            scores = self.similarity_[users] @ self.history_
-        else:
-            scores = self.history_[users] @ self._neighbour_major()
-        return np.asarray(scores.toarray(), dtype=np.float32)
+            return np.asarray((self.similarity_[users] @ self.history_).toarray(), dtype=np.float32)
+        light, hubs, hub_rows = self._neighbour_major()
+        history = self.history_[users]
+        scores = np.asarray((history @ light).toarray(), dtype=np.float32)
+        if len(hubs):
+            scores += history[:, hubs].toarray().astype(np.float32) @ hub_rows
+        return scores
 
-    def _neighbour_major(self) -> sp.csr_matrix:
-        """``similarity_.T`` as CSR, built once: scipy would convert the transpose on every scoring batch."""
-        source, transposed = self.__dict__.get("_similarity_t", (None, None))
-        if source is not self.similarity_ or transposed is None:  # a refit or load replaced the matrix
-            transposed = self.similarity_.T.tocsr()
-            self._similarity_t = (self.similarity_, transposed)
-        return transposed
+    def _neighbour_major(self) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+        """``similarity_.T`` (row ``n``: the targets that have ``n`` as a neighbour) split for fast scoring.
+
+        Popular items are neighbours of almost every target (at 200k × 50k, 92 items with over 500 targets each
+        carried 99 % of the scoring work), so their rows are kept dense and scored by one BLAS product, and only
+        the rest goes through the sparse product: 6× faster there. Returns the sparse rest (hub rows empty), the
+        hub items and their dense rows. A row is a hub when at least 1/32 of it is filled, most filled first, up to
+        :data:`~recmodels.knn.similarity.BLOCK_VALUES` dense values. Built once per fitted matrix.
+        """
+        source, parts = self.__dict__.get("_neighbour_major_parts", (None, None))
+        if source is self.similarity_ and parts is not None:  # a refit or load replaces the matrix
+            return parts
+        transposed = self.similarity_.T.tocsr()
+        n_targets = transposed.shape[1]
+        filled = np.diff(transposed.indptr)
+        by_fill = np.argsort(-filled, kind="stable")
+        dense_enough = by_fill[filled[by_fill] * 32 >= max(n_targets, 1)]
+        hubs = np.sort(dense_enough[: BLOCK_VALUES // max(n_targets, 1)])
+        keep = np.ones(transposed.shape[0], dtype=np.float32)
+        keep[hubs] = 0.0
+        light = sp.csr_matrix(sp.diags(keep) @ transposed)
+        light.eliminate_zeros()
+        hub_rows = transposed[hubs].toarray().astype(np.float32)
+        parts = (light, hubs, hub_rows)
+        self._neighbour_major_parts = (self.similarity_, parts)
+        return parts
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Estimated ratings for (user, item) index pairs (float64); unknown sides fall back to the biases."""
