@@ -16,6 +16,7 @@ from recforge.evaluation import relevance_matrix
 from recforge.ids import IdIndex
 from recforge.metrics import topn_metrics
 from recforge.split import TemporalSplit, temporal_holdout
+from recmodels import base as recmodels_base
 from recmodels.base import Recommender, RunSettings, top_k
 from recmodels.data import Interactions
 from recmodels.registry import DEFAULT_MODELS, families, get_model_class, model_names
@@ -114,6 +115,13 @@ def test_recommend_excludes_seen_and_is_sorted(
         assert np.all(np.diff(scores[row]) <= 0)
     with_seen, _ = model.recommend(users[:3], k=20, exclude_seen=False)
     assert with_seen.shape == (3, 20)
+    # Batches bounded by SCORE_BATCH_VALUES (here: 2 users each) give the same lists; the deep models' matrix
+    # products round differently by batch shape, in the last float32 bit.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(recmodels_base, "SCORE_BATCH_VALUES", 2 * ml_train.n_items)
+        small_items, small_scores = model.recommend(users, k=20)
+    np.testing.assert_array_equal(small_items, items)
+    np.testing.assert_allclose(small_scores, scores, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", model_names())
