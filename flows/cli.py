@@ -317,8 +317,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"Champion: {summary['champion']} ({summary['champion_reason']})")
     print(f"Published to {summary['database']}: {summary['rows_written']}")
     print(
-        "Tables: recommendations, champion_recommendations (view), model_metrics, runs, features, champions, "
-        "erasures"
+        "Tables: recommendations, champion_recommendations (view), publications, model_metrics, runs, features, "
+        "champions, erasures"
     )
     if summary.get("data_docs"):
         print(f"Validation report (Great Expectations Data Docs): {summary['data_docs']}")

@@ -197,10 +197,22 @@ recommendations_table = Table(
     # NULL on rows published before revision 0003.
     Column("strategy", String(100), nullable=True),
     Column("reason", Text, nullable=True),
-    # Serves every read (they give as_of, model and user_id) and the deletes of a republish.
+    # Serves every read (they give as_of, model and user_id) and the deletes of a republish. It is the only
+    # index (revision 0004): each index costs PostgreSQL CPU on every COPYed row; "the latest as_of of a model"
+    # is answered by the publications table instead.
     PrimaryKeyConstraint("as_of", "model", "user_id", "rank"),
-    # Serves "the latest as_of of a model" (read_recommendations with a model and no as_of).
-    Index("ix_recommendations_model_as_of", "model", "as_of"),
+)
+
+# One row per (as_of, model) published, written in the same transaction as its recommendations (revision 0004).
+publications_table = Table(
+    "publications",
+    metadata,
+    Column("as_of", UTCDateTime(), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("run_id", String(36), nullable=False),
+    Column("row_count", Integer, nullable=False),  # rows written by the publish (a later forget may remove some)
+    Column("published_at", UTCDateTime(), nullable=False),
+    PrimaryKeyConstraint("as_of", "model"),
 )
 
 features_table = Table(
@@ -955,9 +967,26 @@ class Store:
                     )
                 )
             inserted = _bulk_insert(conn, recommendations_table, columns, {"as_of": naive_as_of, "run_id": run_id})
+            if published_models:
+                self._record_publications(conn, run_id, naive_as_of, models)
             if champion is not None:
                 self._replace_champion(conn, run_id, naive_as_of, champion)
         return inserted
+
+    @staticmethod
+    def _record_publications(conn: Connection, run_id: str, naive_as_of: datetime, models: pd.Series) -> None:
+        """Replace the publications rows of ``as_of`` for the models just written (same transaction)."""
+        counts = models.value_counts()
+        pub = publications_table
+        conn.execute(delete(pub).where(pub.c.as_of == naive_as_of, pub.c.model.in_(counts.index.tolist())))
+        now = datetime.now(UTC)
+        conn.execute(
+            insert(pub),
+            [
+                {"as_of": naive_as_of, "model": str(m), "run_id": run_id, "row_count": int(n), "published_at": now}
+                for m, n in counts.items()
+            ],
+        )
 
     def publish_run(
         self,
@@ -1010,8 +1039,9 @@ class Store:
                 .order_by(rec.c.rank)
             )
         else:
+            pub = publications_table
             when: Any = (
-                select(func.max(rec.c.as_of)).where(rec.c.model == model).scalar_subquery()
+                select(func.max(pub.c.as_of)).where(pub.c.model == model).scalar_subquery()
                 if as_of is None
                 else to_naive_utc(as_of)
             )

@@ -194,13 +194,13 @@ def test_create_schema_refuses_another_schema_version(store: Store) -> None:
 
 def legacy_metadata() -> MetaData:
     """The schema recforge created before Alembic, which revision 0001 reproduces: today's ``Table``
-    objects plus what revision 0002 dropped (the foreign key and index below), less what revision 0003
-    added (table erasures, columns strategy and reason). A later revision that changes the tables must add its
-    undo here too."""
+    objects plus what revisions 0002 and 0004 dropped (the foreign key and indexes below), less what revisions
+    0003 and 0004 added (tables erasures and publications, columns strategy and reason). A later revision that
+    changes the tables must add its undo here too."""
     legacy = MetaData()
     added_by_0003 = {"strategy", "reason"}
     for t in store_module.metadata.sorted_tables:
-        if t.name == "erasures":
+        if t.name in ("erasures", "publications"):  # added by revisions 0003 and 0004
             continue
         if t.name == "recommendations":
             Table(t.name, legacy, *(c._copy() for c in t.columns if c.name not in added_by_0003))
@@ -239,7 +239,7 @@ def table_names(store: Store) -> set[str]:
 
 def test_migrations_match_the_table_definitions(store: Store) -> None:
     assert schema_diff(store, store_module.metadata) == []
-    assert store.schema_revision() == migrations.head_revision() == "0003"
+    assert store.schema_revision() == migrations.head_revision() == "0004"
 
 
 def test_revision_0001_is_the_pre_alembic_schema(store_url: str) -> None:
@@ -258,7 +258,7 @@ def test_revision_0002_downgrades_and_upgrades_keeping_rows(store: Store, run_id
     assert schema_diff(store, legacy_metadata()) == []
     pd.testing.assert_frame_equal(all_recommendations(store), before)
     store.create_schema()
-    assert store.schema_revision() == "0003"
+    assert store.schema_revision() == "0004"
     assert schema_diff(store, store_module.metadata) == []
     pd.testing.assert_frame_equal(all_recommendations(store), before)
     assert store.read_recommendations("u1")["item_id"].tolist() == ["a", "b"]
@@ -268,7 +268,22 @@ def test_create_schema_stamps_a_pre_alembic_database_and_keeps_its_rows(store_ur
     store = Store(store_url)
     create_pre_alembic_schema(store)
     run_id = store.start_run(dataset="toy", source="toy.csv", as_of=AS_OF_1, parameters={"k": 1}, flow_run_id=None)
-    store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["a", "b"]}), ChampionDecision("pop", "ndcg", 0.5, "old"))
+    # Rows as the old code wrote them (today's publish also writes tables the old schema lacks).
+    legacy = legacy_metadata()
+    with store.engine.begin() as conn:
+        for rank, item in enumerate(["a", "b"], start=1):
+            conn.execute(
+                insert(legacy.tables["recommendations"]).values(
+                    as_of=to_naive_utc(AS_OF_1), model="pop", user_id="u1", rank=rank, item_id=item,
+                    score=1.0 / rank, run_id=run_id,
+                )
+            )  # fmt: skip
+        conn.execute(
+            insert(legacy.tables["champions"]).values(
+                as_of=to_naive_utc(AS_OF_1), model="pop", metric="ndcg", value=0.5, reason="old", run_id=run_id,
+                decided_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
     before, before_runs = all_recommendations(store), store.latest_runs()
     assert store.schema_revision() is None
     assert "alembic_version" not in table_names(store)
@@ -279,6 +294,8 @@ def test_create_schema_stamps_a_pre_alembic_database_and_keeps_its_rows(store_ur
     pd.testing.assert_frame_equal(all_recommendations(store), before)
     pd.testing.assert_frame_equal(store.latest_runs(), before_runs)
     assert store.read_recommendations("u1")["item_id"].tolist() == ["a", "b"]  # the view still works
+    # Revision 0004 recovered the publication from the stored rows: "the latest as_of of a model" finds it.
+    assert store.read_recommendations("u1", model="pop")["item_id"].tolist() == ["a", "b"]
     with store.engine.connect() as conn:
         assert list(conn.execute(select(schema_version_table.c.version)).scalars()) == [1]
     assert schema_diff(store, store_module.metadata) == []  # stamped 0001, then upgraded to 0002
@@ -580,6 +597,23 @@ def test_publishing_another_as_of_keeps_the_first(store: Store, run_id: str) -> 
     assert store.read_recommendations("u1", model="pop", as_of=AS_OF_1)["item_id"].tolist() == ["a", "b"]
     # as_of None: the latest as_of published for that model.
     assert store.read_recommendations("u1", model="pop")["item_id"].tolist() == ["c", "d"]
+
+
+def test_publications_record_each_as_of_and_model_once(store: Store, run_id: str) -> None:
+    pub = store_module.publications_table
+    store.publish(run_id, AS_OF_2, recs("pop", {"u1": ["a", "b"], "u2": ["c"]}), None)
+    store.publish(run_id, AS_OF_1, pd.concat([recs("pop", {"u1": ["x"]}), recs("knn", {"u1": ["y"]})]), None)
+    store.publish(run_id, AS_OF_2, recs("pop", {"u1": ["e"]}), None)  # a rerun replaces the record
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(pub.c.as_of, pub.c.model, pub.c.run_id, pub.c.row_count).order_by(pub.c.as_of, pub.c.model)
+        ).all()
+    assert [(m, n) for _, m, _, n in rows] == [("knn", 1), ("pop", 1), ("pop", 1)]
+    assert {r for _, _, r, _ in rows} == {run_id}
+    # The latest as_of is per model: knn's is AS_OF_1 although pop has a later one.
+    assert store.read_recommendations("u1", model="knn")["item_id"].tolist() == ["y"]
+    assert store.read_recommendations("u1", model="pop")["item_id"].tolist() == ["e"]
+    assert store.read_recommendations("u1", model="none").empty
 
 
 def test_champion_view_serves_the_latest_as_of_with_a_champion(store: Store, run_id: str) -> None:
