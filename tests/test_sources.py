@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from recforge.data import synthetic as synthetic_module
 from recforge.data.contract import GENRES, ITEM, RATING, TIMESTAMP, USER, DataError, Dataset
 from recforge.data.files import SourceUnavailableError, load_files
 from recforge.data.movielens import U_DATA_MD5, load_movielens_100k
@@ -55,6 +56,15 @@ def assert_contract(ds: Dataset, ratings: bool = True) -> None:
 @pytest.fixture(scope="module")
 def synthetic() -> Dataset:
     return generate_synthetic()
+
+
+def test_synthetic_is_the_same_whatever_the_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Sampling runs in blocks of users that bound memory (a dense users × items matrix of 200,000 × 20,000
+    # would be 30 GB); the blocks draw from one stream in order, so the data set does not depend on them.
+    whole = generate_synthetic(n_users=200, n_items=120, n_events=5000, seed=9)
+    monkeypatch.setattr(synthetic_module, "_BLOCK_VALUES", 7 * 120)  # blocks of 7 users
+    blocked = generate_synthetic(n_users=200, n_items=120, n_events=5000, seed=9)
+    pd.testing.assert_frame_equal(whole.interactions, blocked.interactions)
 
 
 def test_synthetic_shape_and_contract(synthetic: Dataset) -> None:

@@ -78,6 +78,8 @@ _REPEAT_SHARE = 0.01
 _MIN_EVENTS_PER_USER = 5
 # A user never interacts with more than this share of the catalogue (distinct items), as in real logs.
 _MAX_CATALOGUE_SHARE = 0.5
+# Users × items values of dense sampling keys held at once (8M float64 = 64 MB).
+_BLOCK_VALUES = 8_000_000
 
 
 def generate_synthetic(
@@ -129,25 +131,42 @@ def generate_synthetic(
     # Zipf-like popularity over a random ordering of the catalogue; the +5 flattens the extreme head a bit.
     popularity_rank = rng.permutation(n_items)
     log_popularity = -1.0 * np.log(popularity_rank + 5.0)
-    affinity = user_vectors @ item_vectors.T / np.sqrt(_LATENT_DIM)
-    affinity_z = (affinity - affinity.mean()) / affinity.std()
-    logits = _POPULARITY_WEIGHT * log_popularity[None, :] + _AFFINITY_WEIGHT * affinity_z
+    # The affinity's mean and standard deviation over all user × item pairs, from the latent vectors' sums and
+    # Gram matrices: the dense users × items matrix never exists (200,000 × 20,000 would be 30 GB).
+    scale = 1.0 / np.sqrt(_LATENT_DIM)
+    n_pairs = n_users * n_items
+    affinity_mean = float(user_vectors.sum(axis=0) @ item_vectors.sum(axis=0)) * scale / n_pairs
+    affinity_square = float(np.sum((user_vectors.T @ user_vectors) * (item_vectors.T @ item_vectors))) * scale**2
+    affinity_std = float(np.sqrt(max(affinity_square / n_pairs - affinity_mean**2, 1e-300)))
 
     counts = _activity_counts(rng, n_users, n_base, max_per_user)
-    # Weighted sampling without replacement for every user at once (Gumbel top-k): the first counts[u]
-    # entries of each row's descending order are that user's distinct items.
-    keys = logits + rng.gumbel(size=logits.shape)
-    order = np.argsort(-keys, axis=1, kind="stable")
-    take = np.arange(n_items)[None, :] < counts[:, None]
+    # Weighted sampling without replacement (Gumbel top-k): each user's counts[u] items with the largest
+    # logit + Gumbel noise, in descending order of that key. Users are handled in blocks that bound memory;
+    # the noise is drawn block after block from the same stream, so the result does not depend on the blocks.
     user_idx = np.repeat(np.arange(n_users), counts)
-    item_idx = order[take]
+    item_parts: list[np.ndarray] = []
+    chosen_parts: list[np.ndarray] = []
+    block = max(1, _BLOCK_VALUES // n_items)
+    for first in range(0, n_users, block):
+        last = min(first + block, n_users)
+        affinity_z = (user_vectors[first:last] @ item_vectors.T * scale - affinity_mean) / affinity_std
+        keys = _POPULARITY_WEIGHT * log_popularity[None, :] + _AFFINITY_WEIGHT * affinity_z
+        keys += rng.gumbel(size=keys.shape)
+        wanted = counts[first:last]
+        width = int(wanted.max())
+        top = np.argpartition(-keys, width - 1, axis=1)[:, :width] if width < n_items else np.argsort(-keys, axis=1)
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1, kind="stable"), 1)
+        take = np.arange(top.shape[1])[None, :] < wanted[:, None]
+        item_parts.append(top[take])
+        chosen_parts.append(np.take_along_axis(affinity_z, top, axis=1)[take])
+    item_idx = np.concatenate(item_parts)
 
     # Ratings: affinity dominates, plus item quality (slightly higher for popular items), user leniency, noise.
     item_bias = rng.normal(0.0, 0.35, n_items) + 0.15 * (log_popularity - log_popularity.mean())
     user_bias = rng.normal(0.0, 0.4, n_users)
     # Affinity is re-standardised over the chosen pairs: chosen items are high-affinity by construction, and
     # the rating scale should centre on the typical chosen item (mean about 3.5, as in MovieLens).
-    chosen = affinity_z[user_idx, item_idx]
+    chosen = np.concatenate(chosen_parts)
     raw = (
         3.55
         + 0.8 * (chosen - chosen.mean()) / chosen.std()
