@@ -147,9 +147,9 @@ def weigh_rows(matrix: sp.csr_matrix, weighting: str, bm25_k1: float = 1.2, bm25
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if weighting == "none" or matrix.nnz == 0:
+        return sp.csr_matrix(matrix, dtype=np.float32)  # shares the arrays when already float32 CSR: never mutated
     out = sp.csr_matrix(matrix, dtype=np.float64, copy=True)
-    if weighting == "none" or out.nnz == 0:
-        return out.astype(np.float32)
     n_rows = out.shape[0]
     idf = np.log(n_rows) - np.log1p(np.bincount(out.indices, minlength=out.shape[1]))
     rows = np.repeat(np.arange(n_rows), np.diff(out.indptr))
@@ -174,12 +174,17 @@ def _keep_top(block: np.ndarray, start: int, keep: int, threshold: float) -> _Pa
         import torch
 
         block = np.ascontiguousarray(block)
-        values_t, top_t = torch.topk(torch.from_numpy(block), keep, dim=1, largest=True, sorted=False)
+        # One more than needed: the extra (the smallest of them) tells whether a tie straddles the cut-off
+        # without another pass over the block.
+        values_t, top_t = torch.topk(torch.from_numpy(block), keep + 1, dim=1, largest=True, sorted=False)
         values, top = values_t.numpy(), top_t.numpy().astype(np.int64)
+        extra = values.argmin(axis=1)
+        next_value = values[np.arange(n_rows), extra][:, None]
+        kept = np.ones(values.shape, dtype=bool)
+        kept[np.arange(n_rows), extra] = False
+        values, top = values[kept].reshape(n_rows, keep), top[kept].reshape(n_rows, keep)
         kth = values.min(axis=1, keepdims=True)
-        straddling = np.flatnonzero(
-            (kth[:, 0] > threshold) & ((block == kth).sum(axis=1) > (values == kth).sum(axis=1))
-        )
+        straddling = np.flatnonzero((kth[:, 0] > threshold) & (next_value[:, 0] == kth[:, 0]))
         if len(straddling):
             top[straddling], values[straddling] = _lowest_columns_first(
                 block[straddling], kth[straddling], top[straddling], values[straddling]
@@ -248,24 +253,31 @@ def cosine_topk(
     sq_norms = np.asarray(vectors.multiply(vectors).sum(axis=1), dtype=np.float64).ravel()
     target_scale = (sq_norms**alpha).astype(np.float32)
     neighbour_scale = (sq_norms ** (1.0 - alpha)).astype(np.float32)
-    # Without shrinkage the denominator factorises: two in-place row/column scalings instead of a dense outer
-    # product and a division. Entities with no features have a zero scale and only zero products.
-    inv_target = np.divide(1.0, target_scale, out=np.zeros_like(target_scale), where=target_scale > 0)
-    inv_neighbour = np.divide(1.0, neighbour_scale, out=np.zeros_like(neighbour_scale), where=neighbour_scale > 0)
-    right = vectors.T.tocsr()
+    left, right = vectors, vectors.T.tocsr()
+    scaled = normalize and not shrinkage
+    if scaled:
+        # Without shrinkage the denominator factorises, so it is applied to the sparse inputs (targets' rows,
+        # neighbours' columns) and the product comes out normalised: no pass over the dense blocks. Entities
+        # without features have a zero scale and only zero products.
+        inv_target = np.divide(1.0, target_scale, out=np.zeros_like(target_scale), where=target_scale > 0)
+        inv_neighbour = np.divide(1.0, neighbour_scale, out=np.zeros_like(neighbour_scale), where=neighbour_scale > 0)
+        row_of_entry = np.repeat(np.arange(n), np.diff(vectors.indptr))
+        left = sp.csr_matrix(
+            (vectors.data * inv_target[row_of_entry], vectors.indices, vectors.indptr), shape=vectors.shape
+        )
+        right = sp.csr_matrix(
+            (right.data * inv_neighbour[right.indices], right.indices, right.indptr), shape=right.shape
+        )
     keep = min(neighbors, max(n - 1, 1))
     workers = _block_workers(settings)
 
     def compute(start: int, stop: int) -> _Part:
-        sims = _block_product(vectors[start:stop], right)
-        if normalize and shrinkage:
+        sims = _block_product(left[start:stop], right)
+        if normalize and not scaled:
             denom = np.outer(target_scale[start:stop], neighbour_scale)
             denom += shrinkage
             np.divide(sims, denom, out=sims, where=denom > 0)
             sims[denom <= 0] = 0.0
-        elif normalize:
-            sims *= inv_target[start:stop, None]
-            sims *= inv_neighbour[None, :]
         sims[np.arange(stop - start), np.arange(start, stop)] = 0.0  # not its own neighbour
         rows, cols, vals = _keep_top(sims, start, keep, min_similarity)
         if exponent != 1.0:
