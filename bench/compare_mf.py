@@ -60,8 +60,7 @@ def _import_surprise() -> Any:
         import surprise
     except ImportError as err:  # a benchmark-only dependency
         raise SystemExit(
-            "bench.compare_mf needs scikit-surprise: pip install 'recforge[bench]' "
-            "(or pip install scikit-surprise)"
+            "bench.compare_mf needs scikit-surprise: pip install 'recforge[bench]' (or pip install scikit-surprise)"
         ) from err
     return surprise
 
@@ -102,12 +101,9 @@ def tune_surprise_svd(surprise: Any, interactions: pd.DataFrame, seed: int) -> t
     lines = ["| n_factors | n_epochs | lr_all | reg_all | validation RMSE |", "|---|---|---|---|---|"]
     best: tuple[float, dict[str, Any]] | None = None
     for params in SURPRISE_SVD_GRID:
-        score, _ = surprise_rmse(
-            surprise, lambda p=params: surprise.SVD(random_state=seed, **p), fit_rows, val_rows
-        )
+        score, _ = surprise_rmse(surprise, lambda p=params: surprise.SVD(random_state=seed, **p), fit_rows, val_rows)
         lines.append(
-            f"| {params['n_factors']} | {params['n_epochs']} | {params['lr_all']} | {params['reg_all']} "
-            f"| {score:.4f} |"
+            f"| {params['n_factors']} | {params['n_epochs']} | {params['lr_all']} | {params['reg_all']} | {score:.4f} |"
         )
         if best is None or score < best[0]:
             best = (score, params)
@@ -238,9 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder with u.data")
     parser.add_argument("--repeats", type=int, default=3, help="timing repetitions (default 3)")
     parser.add_argument("--seed", type=int, default=42, help="rating-split seed and RunSettings seed")
-    parser.add_argument(
-        "--skip-ratings", action="store_true", help="only the top-N part (no surprise needed)"
-    )
+    parser.add_argument("--skip-ratings", action="store_true", help="only the top-N part (no surprise needed)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")

@@ -72,9 +72,7 @@ def fit_and_score(name: str, split: TemporalSplit, settings: RunSettings, run: R
     if not run.metrics:
         run.metrics = metrics
     elif metrics != run.metrics:
-        raise RuntimeError(
-            f"{name}: metrics changed between rounds (non-determinism): {run.metrics} vs {metrics}"
-        )
+        raise RuntimeError(f"{name}: metrics changed between rounds (non-determinism): {run.metrics} vs {metrics}")
     run.fit_seconds.append(result["fit_seconds"])
     model = fitted[-1]
     if isinstance(model, NeuralRecommender):
@@ -142,9 +140,7 @@ def report(runs: dict[str, Run], neural: Sequence[str], repeats: int, settings: 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.neural", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder with u.data")
-    parser.add_argument(
-        "--models", default=",".join(NEURAL), help=f"comma-separated, from {','.join(NEURAL)}"
-    )
+    parser.add_argument("--models", default=",".join(NEURAL), help=f"comma-separated, from {','.join(NEURAL)}")
     parser.add_argument("--repeats", type=int, default=1, help="rounds of fits (default 1)")
     parser.add_argument("--seed", type=int, default=42, help="RunSettings seed")
     parser.add_argument("--device", default="auto", help="RunSettings device: auto, cpu, cuda")

@@ -115,17 +115,13 @@ def test_als_half_step_is_the_exact_weighted_ridge_solution(missing_weight: floa
         weight = np.where(observed[u], 1.0, missing_weight)
         target = np.where(observed[u], dense[u], config.missing_rating) - offset - item_bias
         penalty = np.diag([0.2, 0.2, 0.05]) * observed[u].sum()
-        expected = np.linalg.solve(
-            design.T @ (weight[:, None] * design) + penalty, design.T @ (weight * target)
-        )
+        expected = np.linalg.solve(design.T @ (weight[:, None] * design) + penalty, design.T @ (weight * target))
         np.testing.assert_allclose(np.append(factors[u], bias[u]), expected, rtol=1e-5, atol=1e-8)
 
 
 def test_biased_mf_recovers_planted_ratings_and_loss_decreases() -> None:
     matrix, mask = _planted(3, non_negative=False)
-    config = BiasedMFConfig(
-        factors=2, regularization=1e-4, bias_regularization=1e-4, epochs=40, rank_by="rating"
-    )
+    config = BiasedMFConfig(factors=2, regularization=1e-4, bias_regularization=1e-4, epochs=40, rank_by="rating")
     model = BiasedMF(config).fit(_from_dense(matrix, mask), RunSettings(seed=0))
     losses = np.array(model.loss_history_)
     assert len(losses) == 40
@@ -220,9 +216,7 @@ def test_masked_fits_do_not_pull_missing_cells_to_zero() -> None:
 def test_nmf_unknown_users_and_items_get_the_damped_baseline() -> None:
     # u0: i0 = 5, i1 = 3; u1: i0 = 4. μ = 4; with damping 1: b_i0 = (1 + 0)/(2 + 1) = 1/3, b_i1 = −1/(1 + 1) =
     # −1/2; then b_u0 = ((5 − 4 − 1/3) + (3 − 4 + 1/2))/(2 + 1) = 1/18, b_u1 = (4 − 4 − 1/3)/(1 + 1) = −1/6.
-    data = Interactions.from_arrays(
-        np.array([0, 0, 1]), np.array([0, 1, 0]), rating=np.array([5.0, 3.0, 4.0])
-    )
+    data = Interactions.from_arrays(np.array([0, 0, 1]), np.array([0, 1, 0]), rating=np.array([5.0, 3.0, 4.0]))
     baseline = damped_baseline(data.ratings, damping=1.0)
     assert baseline.offset == pytest.approx(4.0)
     np.testing.assert_allclose(baseline.item_bias, [1 / 3, -1 / 2])

@@ -140,9 +140,7 @@ class BiasedMF(Recommender):
             losses=self.loss_history_,
         )
         self.ranker_ = (
-            fit_biased_mf(
-                ratings, self.config, settings, self.config.missing_weight, stage="biased_mf ranking"
-            )
+            fit_biased_mf(ratings, self.config, settings, self.config.missing_weight, stage="biased_mf ranking")
             if self.config.rank_by == "missing_aware"
             else None
         )
@@ -168,9 +166,7 @@ class BiasedMF(Recommender):
         self.loss_history_ = []
 
 
-def predict_pairs(
-    model: FactorModel, users: np.ndarray, items: np.ndarray, rating_range: np.ndarray
-) -> np.ndarray:
+def predict_pairs(model: FactorModel, users: np.ndarray, items: np.ndarray, rating_range: np.ndarray) -> np.ndarray:
     """``model`` at (user, item) pairs; an unknown index (−1 or out of range) drops its bias and the dot
     product.
 

@@ -93,9 +93,7 @@ class NMF(Recommender):
         self.loss_history_: list[float] = []
         self.model_ = fit_nmf(ratings, self.config, settings, 0.0, "nmf ratings", self.loss_history_)
         # Unknown users/items fall back to biases: the learned ones, or damped ones for the unbiased model.
-        biases = (
-            self.model_ if self.config.biased else damped_baseline(ratings, self.config.bias_regularization)
-        )
+        biases = self.model_ if self.config.biased else damped_baseline(ratings, self.config.bias_regularization)
         self.baseline_ = _bias_only(float(biases.offset), biases.user_bias, biases.item_bias)
         self.ranker_ = (
             fit_nmf(ratings, self.config, settings, self.config.missing_weight, "nmf ranking")
@@ -139,9 +137,7 @@ class NMF(Recommender):
 
 def _bias_only(offset: float, user_bias: np.ndarray, item_bias: np.ndarray) -> FactorModel:
     """A :class:`FactorModel` with zero-width factors: ``offset + b_u + b_i``."""
-    return FactorModel(
-        offset, user_bias, item_bias, np.zeros((len(user_bias), 0)), np.zeros((len(item_bias), 0))
-    )
+    return FactorModel(offset, user_bias, item_bias, np.zeros((len(user_bias), 0)), np.zeros((len(item_bias), 0)))
 
 
 def damped_baseline(ratings: sp.csr_matrix, damping: float) -> FactorModel:
@@ -153,9 +149,7 @@ def damped_baseline(ratings: sp.csr_matrix, damping: float) -> FactorModel:
     values = coo.data.astype(np.float64)
     mu = float(values.mean())
     n_users, n_items = ratings.shape
-    item_bias = np.bincount(coo.col, values - mu, n_items) / (
-        np.bincount(coo.col, minlength=n_items) + damping
-    )
+    item_bias = np.bincount(coo.col, values - mu, n_items) / (np.bincount(coo.col, minlength=n_items) + damping)
     residual = values - mu - item_bias[coo.col]
     user_bias = np.bincount(coo.row, residual, n_users) / (np.bincount(coo.row, minlength=n_users) + damping)
     return _bias_only(mu, user_bias, item_bias)
@@ -234,9 +228,7 @@ def _multiplicative_step(
     own *= (positive @ fixed) / np.maximum(denominator, _TINY)
 
 
-def _dots(
-    a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray, base: np.ndarray | None
-) -> np.ndarray:
+def _dots(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray, base: np.ndarray | None) -> np.ndarray:
     """``a[rows] · b[cols]`` per stored cell (plus ``base``), float32."""
     dots = np.einsum("ij,ij->i", a[rows], b[cols])
     return dots if base is None else dots + base
@@ -281,9 +273,7 @@ def _objective(
     n_u = np.diff(ratings.indptr)
     n_i = np.bincount(cols, minlength=ratings.shape[1])
     p64, q64 = p.astype(np.float64), q.astype(np.float64)
-    penalty = config.regularization * (
-        np.sum(n_u * np.sum(p64**2, axis=1)) + np.sum(n_i * np.sum(q64**2, axis=1))
-    )
+    penalty = config.regularization * (np.sum(n_u * np.sum(p64**2, axis=1)) + np.sum(n_i * np.sum(q64**2, axis=1)))
     if biased:
         penalty += config.bias_regularization * (np.sum(user_bias**2) + np.sum(item_bias**2))
     return float(np.sum(error**2) + penalty)

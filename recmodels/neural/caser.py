@@ -74,9 +74,7 @@ class CaserConfig(NeuralConfig):
         if self.horizontal_filters < 0 or self.vertical_filters < 0:
             raise ValueError("horizontal_filters and vertical_filters must be ≥ 0")
         if self.horizontal_filters + self.vertical_filters == 0:
-            raise ValueError(
-                "Caser needs at least one filter: set horizontal_filters or vertical_filters > 0"
-            )
+            raise ValueError("Caser needs at least one filter: set horizontal_filters or vertical_filters > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if self.loss not in LOSSES:
@@ -94,9 +92,7 @@ class CaserNet(nn.Module):
         self.pad, self.window = n_items, window
         self.item_embed = nn.Embedding(n_items + 1, d, padding_idx=n_items)
         self.user_embed = nn.Embedding(n_users, d)
-        self.vertical = (
-            nn.Conv2d(1, config.vertical_filters, (window, 1)) if config.vertical_filters else None
-        )
+        self.vertical = nn.Conv2d(1, config.vertical_filters, (window, 1)) if config.vertical_filters else None
         self.horizontal = nn.ModuleList(
             nn.Conv1d(d, config.horizontal_filters, height) for height in range(1, window + 1)
         )
@@ -127,9 +123,7 @@ class CaserNet(nn.Module):
             # windows[b, t, :, k] = emb at t - L + 1 + k; the (L × 1) Conv2d is a weighted sum of rows.
             windows = padded.unfold(1, self.window, 1)  # (B, W, d, L)
             weight = self.vertical.weight[:, 0, :, 0]  # (n_v, L)
-            vertical = (
-                torch.einsum("bwdl,fl->bwfd", windows, weight) + self.vertical.bias[None, None, :, None]
-            )
+            vertical = torch.einsum("bwdl,fl->bwfd", windows, weight) + self.vertical.bias[None, None, :, None]
             parts.append(vertical.reshape(batch, width, -1))
         channels = padded.transpose(1, 2)  # (B, d, W + L - 1)
         for height, conv in enumerate(self.horizontal, start=1):

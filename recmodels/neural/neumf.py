@@ -64,9 +64,7 @@ class NeuMFConfig(NeuralConfig):
         if self.factors < 1:
             raise ValueError(f"factors must be ≥ 1, got {self.factors}")
         if len(self.mlp_layers) < 2 or any(w < 1 for w in self.mlp_layers) or self.mlp_layers[0] % 2:
-            raise ValueError(
-                f"mlp_layers must list ≥ 2 positive widths, the first (input) even, got {self.mlp_layers}"
-            )
+            raise ValueError(f"mlp_layers must list ≥ 2 positive widths, the first (input) even, got {self.mlp_layers}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if self.negatives < 1:

@@ -32,14 +32,9 @@ class SequenceData:
     items: np.ndarray
 
     def __post_init__(self) -> None:
-        if (
-            self.indptr.shape != (self.n_users + 1,)
-            or self.indptr[0] != 0
-            or self.indptr[-1] != len(self.items)
-        ):
+        if self.indptr.shape != (self.n_users + 1,) or self.indptr[0] != 0 or self.indptr[-1] != len(self.items):
             raise ValueError(
-                f"indptr must have n_users + 1 = {self.n_users + 1} entries from 0 to "
-                f"len(items) = {len(self.items)}"
+                f"indptr must have n_users + 1 = {self.n_users + 1} entries from 0 to len(items) = {len(self.items)}"
             )
         if np.any(np.diff(self.indptr) < 0):
             raise ValueError("indptr must be non-decreasing")
@@ -138,9 +133,7 @@ class SequenceData:
         start = self.indptr[users] if max_len is None else np.maximum(self.indptr[users], stop - max_len)
         return self.gather(start, stop)
 
-    def gather(
-        self, start: np.ndarray, stop: np.ndarray, width: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def gather(self, start: np.ndarray, stop: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``items[start[r]:stop[r]]`` right-padded with :attr:`pad` into ``(B, width)``, plus lengths.
 
         One fancy-indexing pass, no Python loop over rows.

@@ -173,9 +173,7 @@ class Validation:
     exclude: the items each of them has in the training part (never ranked, like seen items at test time).
     """
 
-    def __init__(
-        self, users: np.ndarray, relevant: sp.csr_matrix, exclude: sp.csr_matrix, k: int = 10
-    ) -> None:
+    def __init__(self, users: np.ndarray, relevant: sp.csr_matrix, exclude: sp.csr_matrix, k: int = 10) -> None:
         self.users = users
         self.relevant = relevant
         self.exclude = exclude
@@ -231,9 +229,7 @@ def train(
     score: the model's scoring function for :meth:`Validation.ndcg` (called in eval mode, without gradients).
     """
     module.to(device)
-    optimizer = torch.optim.AdamW(
-        module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    optimizer = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     rng = np.random.default_rng(settings.seed)
     log = TrainingLog()
     best_ndcg, best_weights, since_best = -math.inf, None, 0
@@ -324,9 +320,7 @@ def next_item_loss(
         share = torch.softmax(negative_logits, dim=1)  # (N, M): weights of the negatives
         ranked = torch.sigmoid(positive[:, :, None] - negative_logits[:, None, :])  # (N, T, M)
         per_target = -torch.log((share[:, None, :] * ranked).sum(-1) + 1e-24)
-        per_target = (
-            per_target + bpr_reg * (share * negative_logits.nan_to_num(neginf=0.0).square()).sum(1)[:, None]
-        )
+        per_target = per_target + bpr_reg * (share * negative_logits.nan_to_num(neginf=0.0).square()).sum(1)[:, None]
     else:
         raise ValueError(f"unknown loss {kind!r}; choose from: {', '.join(LOSSES)}")
     return ((per_target * valid).sum(dim=1) / n_valid).mean()
@@ -350,9 +344,7 @@ WEIGHTS_PREFIX = "weights."
 
 def module_state(module: nn.Module) -> dict[str, np.ndarray]:
     """The module's state dict as CPU numpy arrays, keys prefixed ``weights.`` (saved without pickle)."""
-    return {
-        WEIGHTS_PREFIX + name: tensor.detach().cpu().numpy() for name, tensor in module.state_dict().items()
-    }
+    return {WEIGHTS_PREFIX + name: tensor.detach().cpu().numpy() for name, tensor in module.state_dict().items()}
 
 
 def load_module_state(module: nn.Module, state: dict[str, np.ndarray]) -> None:
@@ -364,9 +356,7 @@ def load_module_state(module: nn.Module, state: dict[str, np.ndarray]) -> None:
             f"saved weights do not match the model: missing {sorted(expected - given)}, "
             f"unexpected {sorted(given - expected)}; was the file written with another config or version?"
         )
-    module.load_state_dict(
-        {name: torch.from_numpy(np.array(state[WEIGHTS_PREFIX + name])) for name in expected}
-    )
+    module.load_state_dict({name: torch.from_numpy(np.array(state[WEIGHTS_PREFIX + name])) for name in expected})
 
 
 class NeuralRecommender(Recommender):
@@ -495,9 +485,7 @@ class NeuralRecommender(Recommender):
         active = history.lengths[users] > 0
         self.net_.eval()
         if active.any():
-            out[active] = score_users(
-                users[active], partial(self._history_scores, history=history), self.score_batch
-            )
+            out[active] = score_users(users[active], partial(self._history_scores, history=history), self.score_batch)
         out[~active] = self.popularity_  # nothing to build a state from: behave like an unknown user
         return out
 
@@ -529,9 +517,7 @@ class NeuralRecommender(Recommender):
         load_module_state(self.net_, state)
         self.net_.eval()
         indptr = state["history_indptr"].astype(np.int64)
-        self.history_ = SequenceData(
-            self.n_users_, self.n_items_, indptr, state["history_items"].astype(np.int64)
-        )
+        self.history_ = SequenceData(self.n_users_, self.n_items_, indptr, state["history_items"].astype(np.int64))
         self.training_log_ = TrainingLog(
             best_epoch=int(state["log_best_epoch"]),
             refit_seconds=float(state["log_refit_seconds"]),
