@@ -236,7 +236,7 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         import torch
     except ImportError:  # numpy-only installs still rank correctly, just slower
-        return top_k_exact(scores, k)
+        return _top_k_exact(scores, k)
     scores = np.ascontiguousarray(scores)
     values_t, cols_t = torch.topk(torch.from_numpy(scores), k, dim=1, largest=True, sorted=False)
     values, cols = values_t.numpy(), cols_t.numpy()
@@ -247,12 +247,12 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     items = np.take_along_axis(cols, order, axis=1).astype(np.int64)
     top_scores = np.take_along_axis(values, order, axis=1).astype(np.float32)
     if len(straddling):
-        items[straddling], top_scores[straddling] = top_k_exact(scores[straddling], k)
+        items[straddling], top_scores[straddling] = _top_k_exact(scores[straddling], k)
     items[np.isneginf(top_scores)] = -1
     return items, top_scores
 
 
-def top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`top_k` in numpy alone: exact under any ties, but several full passes over ``scores``.
 
     Ties break by lower column everywhere, including at the cut-off: every column scoring above the k-th value is

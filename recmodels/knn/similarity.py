@@ -18,9 +18,10 @@ over entities so that memory stays bounded by a budget of dense values, and cont
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -106,34 +107,20 @@ def _map_blocks(
     settings: RunSettings | None,
     stage: str,
 ) -> list[_Part]:
-    """``compute(start, stop)`` for every block of ``n`` rows, in threads, returned in block order."""
+    """``compute(start, stop)`` for every block of ``n`` rows, in threads, returned in block order.
+
+    Only the running calls hold dense blocks (at most one per worker); finished ones return their pruned parts.
+    """
     bounds = [(start, min(start + block, n)) for start in range(0, n, block)]
     workers = min(_block_workers(settings), len(bounds))
-    if workers <= 1:
-        parts = []
-        for start, stop in bounds:
-            parts.append(compute(start, stop))
+    parts = []
+    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+        run = map if pool is None else pool.map  # one worker: no thread at all
+        results = run(lambda bound: compute(*bound), bounds)
+        for (_, stop), part in zip(bounds, results, strict=True):
+            parts.append(part)
             if settings is not None:
                 settings.report(stage, stop / n)
-        return parts
-    parts = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        # Bounded look-ahead keeps at most 2 × workers dense blocks alive.
-        pending: list[Future[_Part]] = []
-        queue = iter(bounds)
-        for start, stop in queue:
-            pending.append(pool.submit(compute, start, stop))
-            if len(pending) >= 2 * workers:
-                break
-        done = 0
-        while pending:
-            parts.append(pending.pop(0).result())
-            done += 1
-            nxt = next(queue, None)
-            if nxt is not None:
-                pending.append(pool.submit(compute, *nxt))
-            if settings is not None:
-                settings.report(stage, bounds[done - 1][1] / n)
     return parts
 
 
