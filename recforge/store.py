@@ -67,6 +67,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import DDLCompiler
 from sqlalchemy.sql.ddl import ExecutableDDLElement
 
+from recforge import pg_partitions
+
 DEFAULT_URL = "sqlite:///var/recforge.db"
 # The pre-Alembic compatibility mark in table schema_version. Schema changes are Alembic revisions in
 # recforge/migrations; bump this (in a revision) only for a change that recforge versions from before Alembic,
@@ -201,6 +203,9 @@ recommendations_table = Table(
     # index (revision 0004): each index costs PostgreSQL CPU on every COPYed row; "the latest as_of of a model"
     # is answered by the publications table instead.
     PrimaryKeyConstraint("as_of", "model", "user_id", "rank"),
+    # PostgreSQL (revision 0005): one partition per as_of, in it one per model, each built aside with its
+    # rows and swapped in by a publish (recforge.pg_partitions). SQLite ignores this.
+    postgresql_partition_by="LIST (as_of)",
 )
 
 # One row per (as_of, model) published, written in the same transaction as its recommendations (revision 0004).
@@ -954,19 +959,27 @@ class Store:
             [c for c in RECOMMENDATION_OPTIONAL_COLUMNS if c in recommendations.columns and c != "reason"],
             what,
         )
+        if published_models and self.engine.dialect.name == "postgresql":
+            # Its own short transaction (see recforge.pg_partitions): not held while the rows are written.
+            with self.engine.begin() as own:
+                pg_partitions.ensure_date_partition(own, naive_as_of)
         with self._transaction(conn) as conn:
             self._lock_publication(conn, naive_as_of, published_models, champion is not None)
             self._require_run(conn, run_id)
-            if published_models:
-                # Row-level deletes of this as_of and these models only: publishes of other dates or models
-                # proceed side by side.
-                conn.execute(
-                    delete(recommendations_table).where(
-                        recommendations_table.c.as_of == naive_as_of,
-                        recommendations_table.c.model.in_(published_models),
+            constants = {"as_of": naive_as_of, "run_id": run_id}
+            if conn.dialect.name == "postgresql":
+                inserted = _publish_partitions(conn, naive_as_of, models, columns, constants)
+            else:
+                if published_models:
+                    # Row-level deletes of this as_of and these models only: publishes of other dates or
+                    # models proceed side by side.
+                    conn.execute(
+                        delete(recommendations_table).where(
+                            recommendations_table.c.as_of == naive_as_of,
+                            recommendations_table.c.model.in_(published_models),
+                        )
                     )
-                )
-            inserted = _bulk_insert(conn, recommendations_table, columns, {"as_of": naive_as_of, "run_id": run_id})
+                inserted = _bulk_insert(conn, recommendations_table, columns, constants)
             if published_models:
                 self._record_publications(conn, run_id, naive_as_of, models)
             if champion is not None:
@@ -1178,6 +1191,42 @@ class Store:
             f"run {run_id!r} is not in table runs of {self.url_masked}; call Store.start_run first and use "
             "the run_id it returns."
         )
+
+
+def _publish_partitions(
+    conn: Connection,
+    naive_as_of: datetime,
+    models: pd.Series,
+    columns: Mapping[str, ColumnValues],
+    constants: Mapping[str, Any],
+) -> int:
+    """PostgreSQL: each model's rows into a table of its own, keyed in one sorted build, then swapped in as the
+    (as_of, model) partition of ``recommendations`` (:mod:`recforge.pg_partitions`); returns rows written."""
+    codes, names = pd.factorize(models, sort=True)
+    inserted = 0
+    for code, model in enumerate(names.tolist()):
+        rows = None if len(names) == 1 else np.flatnonzero(codes == code)
+        model_columns = {name: _take(values, rows) for name, values in columns.items()}
+
+        def fill(name: str, model_columns: Mapping[str, ColumnValues] = model_columns) -> int:
+            # The same columns and types, under the new table's name.
+            target = recommendations_table.to_metadata(MetaData(), name=name)
+            return _bulk_insert(conn, target, model_columns, constants)
+
+        inserted += pg_partitions.build_model_partition(conn, naive_as_of, str(model), fill)[1]
+    pg_partitions.swap_in(conn, naive_as_of, [str(m) for m in names.tolist()])
+    return inserted
+
+
+def _take(values: ColumnValues, rows: np.ndarray | None) -> ColumnValues:
+    """The values at positions ``rows`` (all of them when None) of one bulk-write column."""
+    if rows is None:
+        return values
+    if isinstance(values, pd.Series):
+        return values.iloc[rows].reset_index(drop=True)
+    if isinstance(values, np.ndarray):
+        return values[rows]
+    return [values[i] for i in rows.tolist()]
 
 
 def _long_features(ids: np.ndarray, frame: pd.DataFrame, feature_columns: Sequence[Any]) -> dict[str, list[Any]]:

@@ -36,13 +36,14 @@ from sqlalchemy import (
     inspect,
     select,
     table,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 import recforge.store as store_module
-from recforge import migrations
+from recforge import migrations, pg_partitions
 from recforge.migrations.views import champion_view_v1
 from recforge.store import (
     SCHEMA_VERSION,
@@ -224,7 +225,8 @@ def create_pre_alembic_schema(store: Store) -> None:
 def schema_diff(store: Store, target: MetaData) -> list[Any]:
     """Alembic's autogenerate comparison of the database with ``target`` (empty: they agree)."""
     with store.engine.connect() as conn:
-        return list(compare_metadata(MigrationContext.configure(conn), target))
+        context = MigrationContext.configure(conn, opts={"include_name": migrations.include_name})
+        return list(compare_metadata(context, target))
 
 
 def migrate(store: Store, action: str, revision: str) -> None:
@@ -239,7 +241,7 @@ def table_names(store: Store) -> set[str]:
 
 def test_migrations_match_the_table_definitions(store: Store) -> None:
     assert schema_diff(store, store_module.metadata) == []
-    assert store.schema_revision() == migrations.head_revision() == "0004"
+    assert store.schema_revision() == migrations.head_revision() == "0005"
 
 
 def test_revision_0001_is_the_pre_alembic_schema(store_url: str) -> None:
@@ -258,10 +260,85 @@ def test_revision_0002_downgrades_and_upgrades_keeping_rows(store: Store, run_id
     assert schema_diff(store, legacy_metadata()) == []
     pd.testing.assert_frame_equal(all_recommendations(store), before)
     store.create_schema()
-    assert store.schema_revision() == "0004"
+    assert store.schema_revision() == "0005"
     assert schema_diff(store, store_module.metadata) == []
     pd.testing.assert_frame_equal(all_recommendations(store), before)
     assert store.read_recommendations("u1")["item_id"].tolist() == ["a", "b"]
+
+
+def test_revision_0005_downgrades_and_upgrades_keeping_rows(store: Store, run_id: str) -> None:
+    odd = 'it\'s 100% \\ "odd"; DROP TABLE runs; --'  # quotes, percent, backslash and SQL in a model name
+    store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["a", "b"], "u2": ["c"]}), None)
+    store.publish(run_id, AS_OF_1, recs(odd, {"u1": ["d"]}), None)
+    store.publish(run_id, AS_OF_2, recs("pop", {"u1": ["e"]}), ChampionDecision("pop", "ndcg", 0.5, "x"))
+    before = all_recommendations(store)
+    migrate(store, "downgrade", "0004")
+    assert store.schema_revision() == "0004"
+    assert partitions(store) == []  # one plain table again
+    pd.testing.assert_frame_equal(all_recommendations(store), before)
+    store.create_schema()
+    assert store.schema_revision() == "0005"
+    assert schema_diff(store, store_module.metadata) == []
+    pd.testing.assert_frame_equal(all_recommendations(store), before)
+    assert store.read_recommendations("u1", model=odd, as_of=AS_OF_1)["item_id"].tolist() == ["d"]
+    assert store.read_recommendations("u1")["item_id"].tolist() == ["e"]  # the view, AS_OF_2's champion
+    if not store.is_sqlite:
+        assert len(partitions(store)) == 2 + 3  # two dates, three (as_of, model) pairs
+
+
+def partitions(store: Store) -> list[str]:
+    """Names of the tables that are partitions of ``recommendations`` or of its partitions (PostgreSQL)."""
+    if store.is_sqlite:
+        return []
+    query = text(
+        "WITH RECURSIVE tree(oid) AS (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'recommendations'::regclass "
+        "UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid) "
+        "SELECT c.relname FROM tree JOIN pg_class c ON c.oid = tree.oid ORDER BY c.relname"
+    )
+    with store.engine.connect() as conn:
+        return list(conn.execute(query).scalars())
+
+
+def test_postgresql_publishes_swap_in_one_partition_per_as_of_and_model(pg_url: str) -> None:
+    store = Store(pg_url)
+    store.create_schema()
+    run_id = store.start_run(dataset="toy", source="toy.csv", as_of=AS_OF_1, parameters={}, flow_run_id=None)
+    both = pd.concat([recs("pop", {"u1": ["a", "b"], "u2": ["c"]}), recs("knn", {"u1": ["x"]})], ignore_index=True)
+    assert store.publish(run_id, AS_OF_1, both, None) == 4
+    date = pg_partitions.date_partition_name(to_naive_utc(AS_OF_1))
+    pop = pg_partitions.model_partition_name(to_naive_utc(AS_OF_1), "pop")
+    knn = pg_partitions.model_partition_name(to_naive_utc(AS_OF_1), "knn")
+    assert partitions(store) == sorted([date, pop, knn])
+    with store.engine.connect() as conn:
+        assert conn.execute(text(f"SELECT count(*) FROM {pop}")).scalar_one() == 3  # only its own rows
+        assert conn.execute(text(f"SELECT count(*) FROM {knn}")).scalar_one() == 1
+
+    # A republish of one model replaces its partition; the other model's stays as it was.
+    assert store.publish(run_id, AS_OF_1, recs("pop", {"u3": ["z"]}), None) == 1
+    assert partitions(store) == sorted([date, pop, knn])
+    assert store.read_recommendations("u1", model="pop", as_of=AS_OF_1).empty
+    assert store.read_recommendations("u3", model="pop", as_of=AS_OF_1)["item_id"].tolist() == ["z"]
+    assert store.read_recommendations("u1", model="knn", as_of=AS_OF_1)["item_id"].tolist() == ["x"]
+    assert store.counts()["recommendations"] == 2
+
+    # A failed publish (a duplicate key in a model's rows only shows when its key is built) leaves nothing:
+    # neither the half-built table nor a change to the published rows.
+    real = store_module._bulk_insert
+
+    def duplicating(conn: Any, target: Any, columns: Any, constants: Any = None) -> int:
+        real(conn, target, columns, constants)
+        return real(conn, target, columns, constants)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store_module, "_bulk_insert", duplicating)
+        with pytest.raises(IntegrityError):
+            store.publish(run_id, AS_OF_1, recs("pop", {"u4": ["q"]}), None)
+    assert partitions(store) == sorted([date, pop, knn])
+    assert store.read_recommendations("u3", model="pop", as_of=AS_OF_1)["item_id"].tolist() == ["z"]
+    with store.engine.connect() as conn:
+        leftovers = conn.execute(text("SELECT relname FROM pg_class WHERE relname LIKE '%\\_new%'")).scalars().all()
+    assert leftovers == []
+    store.dispose()
 
 
 def test_create_schema_stamps_a_pre_alembic_database_and_keeps_its_rows(store_url: str) -> None:
@@ -827,21 +904,21 @@ def test_postgresql_store_never_shows_its_password(pg_url: str) -> None:
 
 
 def hold_publish_open(monkeypatch: pytest.MonkeyPatch, as_of: datetime) -> tuple[threading.Event, threading.Event]:
-    """Make a publish of ``as_of`` pause, transaction open, right after inserting its rows.
+    """Make a publish of ``as_of`` pause, transaction open, once its rows are in place (on PostgreSQL: written,
+    keyed and swapped in as partitions), holding every lock it takes.
 
     Returns (holding, release): ``holding`` is set once it paused; setting ``release`` lets it commit.
     """
     holding, release = threading.Event(), threading.Event()
-    real = store_module._bulk_insert
+    real = store_module.Store._record_publications
 
-    def pausing(conn: Connection, target: Any, columns: Any, constants: Any = None) -> int:
-        written = real(conn, target, columns, constants)
-        if target is recommendations_table and constants["as_of"] == to_naive_utc(as_of):
+    def pausing(conn: Connection, run_id: str, naive_as_of: datetime, models: Any) -> None:
+        real(conn, run_id, naive_as_of, models)
+        if naive_as_of == to_naive_utc(as_of):
             holding.set()
             assert release.wait(60), "the test never released the paused publish"
-        return written
 
-    monkeypatch.setattr(store_module, "_bulk_insert", pausing)
+    monkeypatch.setattr(store_module.Store, "_record_publications", staticmethod(pausing))
     return holding, release
 
 

@@ -20,6 +20,7 @@ those ``Table`` objects, against a database at the current head::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from alembic import command
@@ -28,6 +29,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, func, inspect, select, text
+
+from recforge import pg_partitions
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent
 VERSION_TABLE = "alembic_version"
@@ -39,6 +42,12 @@ LEGACY_SCHEMA_VERSION = 1
 # Key of the PostgreSQL advisory lock that serialises migrations (two pipelines starting at once); an
 # arbitrary constant ("recforge" in ASCII), only compared with other advisory locks of the same database.
 MIGRATION_LOCK_KEY = 0x7265_6366_6F72_6765
+
+
+def include_name(name: str | None, type_: str, parent_names: Mapping[str, str | None]) -> bool:
+    """Alembic's filter for schema comparisons: leave out the partitions of ``recommendations`` that publishes
+    create on PostgreSQL (``recforge.pg_partitions``); the ``Table`` objects describe only their parent."""
+    return not (type_ == "table" and name is not None and pg_partitions.is_partition_name(name))
 
 
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
+from recforge.migrations import include_name
 from recforge.store import metadata
 
 config = context.config
@@ -21,6 +22,7 @@ def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
+        include_name=include_name,
         # SQLite cannot ALTER most things: autogenerate should write batch (copy-and-move) operations for it.
         render_as_batch=connection.dialect.name == "sqlite",
     )
