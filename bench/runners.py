@@ -2,6 +2,7 @@
 Dask runners.
 
     python -m bench.runners [--data-dir ../shared/data/ml-100k] [--models popularity,item_knn] [--repeats 2]
+    python -m bench.runners --synthetic 200000,20000,9000000 --models popularity,item_knn,als --repeats 1 --no-warmup
 
 The data is loaded, validated and prepared once (as_of after the last event), outside any timing. Then every
 model is evaluated on the temporal holdout and refitted to rank top-N for every user — the two tasks per model
@@ -189,6 +190,21 @@ def prepare_ml100k(data_dir: Path, as_of: datetime) -> Any:
     return prepare(dataset, report, as_of)
 
 
+def prepare_synthetic(users: int, items: int, events: int, seed: int) -> Any:
+    """The built-in synthetic source at the given size (as ``[run.source] kind = "synthetic"`` makes it),
+    prepared with as_of after its last event."""
+    from datetime import timedelta
+
+    from recforge.data.synthetic import generate_synthetic
+    from recforge.pipeline import prepare
+    from recforge.validation import validate_dataset
+
+    dataset = generate_synthetic(n_users=users, n_items=items, n_events=events, seed=seed)
+    report = validate_dataset(dataset, min_interactions=10)
+    last = dataset.interactions["timestamp"].max().to_pydatetime()
+    return prepare(dataset, report, last + timedelta(days=1))
+
+
 def _row(runner: str, runs: list[Measurement], loop_wall: float) -> str:
     """A markdown row; speedup is loop wall / training wall, overhead (training wall − Σ bodies) / training wall."""
     training = statistics.median(m.training_wall for m in runs)
@@ -212,19 +228,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--top-n", type=int, default=50)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--synthetic",
+        metavar="USERS,ITEMS,EVENTS",
+        help="the synthetic source at this size instead of MovieLens 100K (e.g. 200000,20000,9000000)",
+    )
+    parser.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="skip each runner's untimed first run (imports, first API calls): for data where one run takes minutes",
+    )
     args = parser.parse_args(argv)
     runners = [r for r in args.runners.split(",") if r]
     unknown = sorted(set(runners) - set(RUNNERS))
     if unknown:
         parser.error(f"unknown runners {unknown}; choose from {RUNNERS}")
-    if not (args.data_dir / "u.data").exists() and not (args.data_dir / "ml-100k.inter").exists():
+    synthetic = None
+    if args.synthetic:
+        try:
+            synthetic = tuple(int(v) for v in args.synthetic.split(","))
+        except ValueError:
+            synthetic = ()
+        if len(synthetic) != 3:
+            parser.error(f"--synthetic wants USERS,ITEMS,EVENTS (three integers), got {args.synthetic!r}")
+    elif not (args.data_dir / "u.data").exists() and not (args.data_dir / "ml-100k.inter").exists():
         parser.error(f"no MovieLens 100K at {args.data_dir}; pass --data-dir")
 
     from recmodels.registry import DEFAULT_MODELS
 
     names = args.models.split(",") if args.models else list(DEFAULT_MODELS)
-    data = prepare_ml100k(args.data_dir, datetime(1998, 4, 23, tzinfo=UTC))
-    print(f"MovieLens 100K: {data.row_counts}; models {names}; {os.cpu_count()} CPUs; {WORKERS} workers per runner")
+    if synthetic:
+        started = time.perf_counter()
+        data = prepare_synthetic(*synthetic, seed=args.seed)
+        label = f"synthetic {synthetic[0]:,} users x {synthetic[1]:,} items x {synthetic[2]:,} events"
+        print(f"{label}: prepared in {time.perf_counter() - started:.0f} s (not timed below)")
+    else:
+        data = prepare_ml100k(args.data_dir, datetime(1998, 4, 23, tzinfo=UTC))
+        label = "MovieLens 100K"
+    print(f"{label}: {data.row_counts}; models {names}; {os.cpu_count()} CPUs; {WORKERS} workers per runner")
     # Other work on the machine slows every runner; the load average tells how much (1.0 = one busy core).
     print(f"load average before: {os.getloadavg()[0]:.1f}")
 
@@ -241,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     def once(name: str = name, address: str | None = address) -> Measurement:
                         return run_runner(flow_fn, name, names, args.k, args.top_n, args.seed, address)
 
-                    once()  # untimed: imports and first API calls are paid once per runner
+                    if args.warmup:
+                        once()  # untimed: imports and first API calls are paid once per runner
                     results[runner] = [once() for _ in range(args.repeats)]
     reference = results["loop"][0].ndcg
     for runner, runs in results.items():
