@@ -73,7 +73,7 @@ def _timestamp_literal(naive_as_of: datetime) -> str:
     return f"'{naive_as_of.isoformat(sep=' ')}'"
 
 
-def _execute(conn: Connection, statement: str) -> None:
+def execute_ddl(conn: Connection, statement: str) -> None:
     # No parameters at all: the driver must not read '%' in a model name literal as a placeholder.
     conn.exec_driver_sql(statement, execution_options={"no_parameters": True})
 
@@ -84,7 +84,7 @@ def _exists(conn: Connection, name: str) -> bool:
 
 def _add_key(conn: Connection, table_name: str, index_name: str) -> None:
     columns = ", ".join(KEY_COLUMNS)
-    _execute(
+    execute_ddl(
         conn,
         f"ALTER TABLE {_quote(conn, table_name)} ADD CONSTRAINT {_quote(conn, index_name)} PRIMARY KEY ({columns})",
     )
@@ -93,14 +93,14 @@ def _add_key(conn: Connection, table_name: str, index_name: str) -> None:
 def create_date_partition(conn: Connection, naive_as_of: datetime) -> str:
     """A new, unattached, empty partition for ``as_of`` (partitioned by model, keyed); returns its name."""
     name = date_partition_name(naive_as_of)
-    _execute(conn, f"CREATE TABLE {_quote(conn, name)} (LIKE {PARENT}) PARTITION BY LIST (model)")
+    execute_ddl(conn, f"CREATE TABLE {_quote(conn, name)} (LIKE {PARENT}) PARTITION BY LIST (model)")
     _add_key(conn, name, f"{name}_pk")
     return name
 
 
 def attach_date_partition(conn: Connection, naive_as_of: datetime) -> None:
     name = date_partition_name(naive_as_of)
-    _execute(
+    execute_ddl(
         conn,
         f"ALTER TABLE {PARENT} ATTACH PARTITION {_quote(conn, name)} FOR VALUES IN ({_timestamp_literal(naive_as_of)})",
     )
@@ -115,11 +115,11 @@ def build_model_partition(
     Returns the table's name and ``fill``'s row count. Nothing else sees the table until :func:`swap_in`.
     """
     name = f"{model_partition_name(naive_as_of, model)}_new"
-    _execute(conn, f"CREATE TABLE {_quote(conn, name)} (LIKE {PARENT})")
+    execute_ddl(conn, f"CREATE TABLE {_quote(conn, name)} (LIKE {PARENT})")
     rows = fill(name)
     _add_key(conn, name, f"{name}_pk")
     bound = f"as_of = {_timestamp_literal(naive_as_of)} AND model = {_text_literal(model)}"
-    _execute(conn, f"ALTER TABLE {_quote(conn, name)} ADD CONSTRAINT {BOUND_CHECK} CHECK ({bound})")
+    execute_ddl(conn, f"ALTER TABLE {_quote(conn, name)} ADD CONSTRAINT {BOUND_CHECK} CHECK ({bound})")
     return name, rows
 
 
@@ -149,10 +149,10 @@ def swap_in(conn: Connection, naive_as_of: datetime, models: Sequence[str]) -> N
         name = model_partition_name(naive_as_of, model)
         if _exists(conn, name):
             _require_partition_of(conn, name, model)
-            _execute(conn, f"DROP TABLE {_quote(conn, name)}")
-        _execute(conn, f"ALTER TABLE {_quote(conn, name + '_new')} RENAME TO {_quote(conn, name)}")
-        _execute(conn, f"ALTER INDEX {_quote(conn, name + '_new_pk')} RENAME TO {_quote(conn, name + '_pk')}")
-        _execute(
+            execute_ddl(conn, f"DROP TABLE {_quote(conn, name)}")
+        execute_ddl(conn, f"ALTER TABLE {_quote(conn, name + '_new')} RENAME TO {_quote(conn, name)}")
+        execute_ddl(conn, f"ALTER INDEX {_quote(conn, name + '_new_pk')} RENAME TO {_quote(conn, name + '_pk')}")
+        execute_ddl(
             conn,
             f"ALTER TABLE {_quote(conn, date_name)} ATTACH PARTITION {_quote(conn, name)} "
             f"FOR VALUES IN ({_text_literal(model)})",

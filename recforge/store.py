@@ -1202,9 +1202,10 @@ def _publish_partitions(
 ) -> int:
     """PostgreSQL: each model's rows into a table of its own, keyed in one sorted build, then swapped in as the
     (as_of, model) partition of ``recommendations`` (:mod:`recforge.pg_partitions`); returns rows written."""
-    codes, names = pd.factorize(models, sort=True)
+    codes, uniques = pd.factorize(models, sort=True)
+    names = [str(m) for m in uniques]
     inserted = 0
-    for code, model in enumerate(names.tolist()):
+    for code, model in enumerate(names):
         rows = None if len(names) == 1 else np.flatnonzero(codes == code)
         model_columns = {name: _take(values, rows) for name, values in columns.items()}
 
@@ -1213,8 +1214,8 @@ def _publish_partitions(
             target = recommendations_table.to_metadata(MetaData(), name=name)
             return _bulk_insert(conn, target, model_columns, constants)
 
-        inserted += pg_partitions.build_model_partition(conn, naive_as_of, str(model), fill)[1]
-    pg_partitions.swap_in(conn, naive_as_of, [str(m) for m in names.tolist()])
+        inserted += pg_partitions.build_model_partition(conn, naive_as_of, model, fill)[1]
+    pg_partitions.swap_in(conn, naive_as_of, names)
     return inserted
 
 

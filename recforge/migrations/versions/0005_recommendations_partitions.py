@@ -17,10 +17,10 @@ Create Date: 2026-11-29
 from __future__ import annotations
 
 from alembic import op
-from sqlalchemy import Connection
 
 from recforge import pg_partitions
 from recforge.migrations.views import CHAMPION_VIEW, champion_view_v2
+from recforge.pg_partitions import execute_ddl
 from recforge.store import DropView
 
 revision: str = "0005"
@@ -38,10 +38,10 @@ def upgrade() -> None:
     if conn.dialect.name != "postgresql":
         return
     op.execute(DropView(CHAMPION_VIEW))
-    _execute(conn, f"ALTER TABLE {TABLE} RENAME TO {ASIDE}")
-    _execute(conn, f"ALTER TABLE {ASIDE} RENAME CONSTRAINT {TABLE}_pkey TO {ASIDE}_pkey")
-    _execute(conn, f"CREATE TABLE {TABLE} (LIKE {ASIDE}) PARTITION BY LIST (as_of)")
-    _execute(conn, f"ALTER TABLE {TABLE} ADD CONSTRAINT {TABLE}_pkey PRIMARY KEY ({KEY})")
+    execute_ddl(conn, f"ALTER TABLE {TABLE} RENAME TO {ASIDE}")
+    execute_ddl(conn, f"ALTER TABLE {ASIDE} RENAME CONSTRAINT {TABLE}_pkey TO {ASIDE}_pkey")
+    execute_ddl(conn, f"CREATE TABLE {TABLE} (LIKE {ASIDE}) PARTITION BY LIST (as_of)")
+    execute_ddl(conn, f"ALTER TABLE {TABLE} ADD CONSTRAINT {TABLE}_pkey PRIMARY KEY ({KEY})")
     pairs = conn.exec_driver_sql(f"SELECT DISTINCT as_of, model FROM {ASIDE} ORDER BY as_of, model").all()
     by_date: dict[object, list[str]] = {}
     for as_of, model in pairs:
@@ -60,7 +60,7 @@ def upgrade() -> None:
 
             pg_partitions.build_model_partition(conn, as_of, model, fill)
         pg_partitions.swap_in(conn, as_of, models)
-    _execute(conn, f"DROP TABLE {ASIDE}")
+    execute_ddl(conn, f"DROP TABLE {ASIDE}")
     op.execute(champion_view_v2())
 
 
@@ -69,13 +69,9 @@ def downgrade() -> None:
     if conn.dialect.name != "postgresql":
         return
     op.execute(DropView(CHAMPION_VIEW))
-    _execute(conn, f"CREATE TABLE {ASIDE} (LIKE {TABLE})")
-    _execute(conn, f"INSERT INTO {ASIDE} SELECT * FROM {TABLE}")
-    _execute(conn, f"DROP TABLE {TABLE}")  # and every partition with it
-    _execute(conn, f"ALTER TABLE {ASIDE} RENAME TO {TABLE}")
-    _execute(conn, f"ALTER TABLE {TABLE} ADD CONSTRAINT {TABLE}_pkey PRIMARY KEY ({KEY})")
+    execute_ddl(conn, f"CREATE TABLE {ASIDE} (LIKE {TABLE})")
+    execute_ddl(conn, f"INSERT INTO {ASIDE} SELECT * FROM {TABLE}")
+    execute_ddl(conn, f"DROP TABLE {TABLE}")  # and every partition with it
+    execute_ddl(conn, f"ALTER TABLE {ASIDE} RENAME TO {TABLE}")
+    execute_ddl(conn, f"ALTER TABLE {TABLE} ADD CONSTRAINT {TABLE}_pkey PRIMARY KEY ({KEY})")
     op.execute(champion_view_v2())
-
-
-def _execute(conn: Connection, statement: str) -> None:
-    conn.exec_driver_sql(statement, execution_options={"no_parameters": True})
