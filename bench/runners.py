@@ -14,9 +14,10 @@ process runner cannot work without a real server). ``dask`` starts a temporary c
 Per runner it prints the *training wall* (first task submitted → last result back, inside the flow), the *total
 wall* (the flow call: flow run creation and runner start-up included, e.g. spawning the Dask cluster), the sum
 of the task bodies (each task times its own pipeline call), the speedup over the loop (loop wall / training
-wall) and the orchestration overhead (training wall − Σ bodies) / training wall. With two tasks running side
-by side, Σ bodies can exceed the wall and the overhead turns negative: parallelism then pays more than
-orchestration costs. Times are the median over ``--repeats``.
+wall), the orchestration overhead (training wall − Σ bodies) / training wall, and the peak resident memory of
+this process and its worker processes together (sampled every 0.2 s; the Prefect server is left out). With
+two tasks running side by side, Σ bodies can exceed the wall and the overhead turns negative: parallelism then
+pays more than orchestration costs. Times are the median over ``--repeats``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -52,10 +54,73 @@ class Measurement:
     bodies: float
     pids: set[int]
     ndcg: dict[str, float]
+    peak_gb: float = float("nan")  # the most resident memory of this process and its workers together
 
     @property
     def overhead(self) -> float:
         return (self.training_wall - self.bodies) / self.training_wall
+
+
+class TreeMemory:
+    """Samples the resident memory of this process plus its descendants (workers, Dask nanny and workers) every
+    0.2 s and keeps the peak; processes in ``exclude`` sessions (the Prefect server) are left out.
+
+    A sum of VmRSS over processes: pages shared between them (forked-but-untouched memory) count once per process,
+    so the figure is an upper bound of what the machine needed.
+    """
+
+    def __init__(self, exclude_sessions: set[int]) -> None:
+        self.exclude = exclude_sessions
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_gb(self) -> float:
+        return self.peak_kb / 1e6
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, self._tree_kb())
+            self._stop.wait(0.2)
+
+    def _tree_kb(self) -> int:
+        parents: dict[int, int] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[3]) not in self.exclude:  # fields[3] is the session id
+                    parents[int(entry.name)] = int(fields[1])
+        children: dict[int, list[int]] = {}
+        for pid, parent in parents.items():
+            children.setdefault(parent, []).append(pid)
+        tree, todo, total = [], [os.getpid()], 0
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        for pid in tree:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+        return total
+
+
+_SERVER_SESSIONS: set[int] = set()
 
 
 @contextmanager
@@ -78,6 +143,7 @@ def prefect_server() -> Iterator[str]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    _SERVER_SESSIONS.add(server.pid)  # it leads its own session: left out of the memory figures
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -99,18 +165,20 @@ def prefect_server() -> Iterator[str]:
 
 
 def _evaluate_body(name: str, data: Any, k: int, seed: int) -> tuple[Any, float, int]:
+    from recforge.handoff import resolve
     from recforge.pipeline import evaluate
 
-    start = time.perf_counter()
-    result = evaluate(name, data, k=k, seed=seed)
+    start = time.perf_counter()  # a worker's first task reads the handed-off data inside its body, as in the flow
+    result = evaluate(name, resolve(data), k=k, seed=seed)
     return result, time.perf_counter() - start, os.getpid()
 
 
 def _refit_body(name: str, data: Any, top_n: int, seed: int) -> tuple[Any, float, int]:
+    from recforge.handoff import resolve
     from recforge.pipeline import fit_and_recommend
 
     start = time.perf_counter()
-    result = fit_and_recommend(name, data, top_n=top_n, seed=seed)
+    result = fit_and_recommend(name, resolve(data), top_n=top_n, seed=seed)
     return result, time.perf_counter() - start, os.getpid()
 
 
@@ -118,23 +186,31 @@ def run_loop(data: Any, names: Sequence[str], k: int, top_n: int, seed: int) -> 
     """The baseline: every model's evaluation and refit one after another, no Prefect at all."""
     start = time.perf_counter()
     bodies, ndcg = 0.0, {}
-    for name in names:
-        evaluation, seconds, _ = _evaluate_body(name, data, k, seed)
-        _, refit_seconds, _ = _refit_body(name, data, top_n, seed)
-        bodies += seconds + refit_seconds
-        ndcg[name] = evaluation.metrics["ndcg"]
+    with TreeMemory(_SERVER_SESSIONS) as memory:
+        for name in names:
+            evaluation, seconds, _ = _evaluate_body(name, data, k, seed)
+            _, refit_seconds, _ = _refit_body(name, data, top_n, seed)
+            bodies += seconds + refit_seconds
+            ndcg[name] = evaluation.metrics["ndcg"]
     wall = time.perf_counter() - start
-    return Measurement(wall, wall, bodies, {os.getpid()}, ndcg)
+    return Measurement(wall, wall, bodies, {os.getpid()}, ndcg, memory.peak_gb)
 
 
 def build_flow(data: Any) -> Any:
     """The benchmark flow and its two tasks (built after the server is up: Prefect reads settings on import).
 
     The flow closes over ``data`` instead of taking it as a parameter: flow parameters are sent to the API as
-    JSON, which the recommend flow never does with its data (it prepares the data inside the flow).
+    JSON, which the recommend flow never does with its data (it prepares the data inside the flow). Like the
+    recommend flow, it hands the data to process and Dask workers through one file (``data_for_tasks``); the
+    time to write it counts in the training wall.
     """
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
+
+    from flows.runners import data_for_tasks
+    from recforge.handoff import DataRef, remove
+
+    handoff_dir = Path(tempfile.mkdtemp(prefix="bench-handoff-"))
 
     evaluate_task = task(_evaluate_body, name="evaluate-model", cache_policy=NO_CACHE)
     refit_task = task(_refit_body, name="fit-and-recommend", cache_policy=NO_CACHE)
@@ -142,9 +218,12 @@ def build_flow(data: Any) -> Any:
     @flow(name="bench-runners")
     def train_models(names: list[str], k: int, top_n: int, seed: int) -> dict[str, Any]:
         start = time.perf_counter()
-        evaluations = {n: evaluate_task.submit(n, data, k, seed) for n in names}
-        refits = {n: refit_task.submit(n, data, top_n, seed, wait_for=[evaluations[n]]) for n in names}
+        task_data = data_for_tasks(data, handoff_dir)
+        evaluations = {n: evaluate_task.submit(n, task_data, k, seed) for n in names}
+        refits = {n: refit_task.submit(n, task_data, top_n, seed, wait_for=[evaluations[n]]) for n in names}
         outcomes = [evaluations[n].result() for n in names] + [refits[n].result() for n in names]
+        if isinstance(task_data, DataRef):
+            remove(task_data)
         return {
             "training_wall": time.perf_counter() - start,
             "bodies": sum(seconds for _, seconds, _ in outcomes),
@@ -163,9 +242,10 @@ def run_runner(
 
     task_runner = make_task_runner(runner, max_workers=WORKERS, dask_address=dask_address)
     start = time.perf_counter()
-    out = flow_fn.with_options(task_runner=task_runner)(list(names), k, top_n, seed)
+    with TreeMemory(_SERVER_SESSIONS) as memory:
+        out = flow_fn.with_options(task_runner=task_runner)(list(names), k, top_n, seed)
     total = time.perf_counter() - start
-    return Measurement(out["training_wall"], total, out["bodies"], out["pids"], out["ndcg"])
+    return Measurement(out["training_wall"], total, out["bodies"], out["pids"], out["ndcg"], memory.peak_gb)
 
 
 @contextmanager
@@ -212,10 +292,11 @@ def _row(runner: str, runs: list[Measurement], loop_wall: float) -> str:
     bodies = statistics.median(m.bodies for m in runs)
     overhead = statistics.median(m.overhead for m in runs)
     workers = statistics.median(len(m.pids - {os.getpid()}) for m in runs)
+    peak = max(m.peak_gb for m in runs)
     where = "this process" if runs[0].pids == {os.getpid()} else f"{workers:.0f} worker processes per run"
     return (
         f"| {runner} | {training:.2f} | {total:.2f} | {bodies:.2f} | {loop_wall / training:.2f}× | "
-        f"{overhead:+.0%} | {where} |"
+        f"{overhead:+.0%} | {peak:.1f} | {where} |"
     )
 
 
@@ -296,8 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     print()
     header = ("runner", "training wall (s)", "total wall (s)", "Σ task bodies (s)", "speedup", "overhead")
-    print("| " + " | ".join((*header, "tasks ran in")) + " |")
-    print("|---|---|---|---|---|---|---|")
+    print("| " + " | ".join((*header, "peak memory (GB)", "tasks ran in")) + " |")
+    print("|---|---|---|---|---|---|---|---|")
     for runner, runs in results.items():
         print(_row(runner, runs, loop_wall))
     return 0

@@ -13,11 +13,14 @@ from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
+from flows.runners import data_for_tasks
+from recforge import handoff
 from recforge.config import RunConfig, resolve_db_url
 from recforge.data.sources import SourceSpec
 from recforge.pipeline import (
     ModelEvaluation,
     ModelRecommendations,
+    PreparedData,
     choose_champion,
     leaderboard,
     metrics_frame,
@@ -68,6 +71,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         config.recorded_parameters(),
         str(flow_run.id) if flow_run.id else None,
     )
+    task_data: PreparedData | handoff.DataRef | None = None
     try:
         report = validate(dataset, config.min_interactions, output_dir / "gx")
         lap("validate")
@@ -76,16 +80,17 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         lap("prepare")
 
         names = config.model_list()
+        task_data = data_for_tasks(data, output_dir / "handoff")
         # A time budget per model task: a model that hangs is cut off and counted as failed, not the whole run.
         evaluate_task = evaluate_model.with_options(timeout_seconds=config.model_timeout_s)
         recommend_task = recommend_model.with_options(timeout_seconds=config.model_timeout_s)
-        evaluations = {n: evaluate_task.submit(n, data, config.k, config.seed) for n in names}
+        evaluations = {n: evaluate_task.submit(n, task_data, config.k, config.seed) for n in names}
         # Each refit starts as soon as its own evaluation is done, so families stay in parallel; it receives the
         # evaluation result and skips itself when that model already failed.
         refits = {
             n: recommend_task.submit(
                 n,
-                data,
+                task_data,
                 config.top_n,
                 config.seed,
                 evaluations[n],
@@ -106,6 +111,8 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
                 refit_errors[name] = str(state.message or state.name)
             elif (published := refits[name].result()) is not None:
                 recommendations.append(published)
+        if isinstance(task_data, handoff.DataRef):
+            handoff.remove(task_data)
         lap("refit_recommend")
 
         # An evaluation's own error says more than the refit's "upstream failed", so it wins.
@@ -159,6 +166,8 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         _summary_artifact(summary, data.cleaning.summary(), report.summary())
         logger.info("run %s %s; champion %s", run_id, status, summary["champion"])
     except Exception as exc:
+        if isinstance(task_data, handoff.DataRef):
+            handoff.remove(task_data)
         lap("failed")
         close_run(url, run_id, "failed", timings, f"{type(exc).__name__}: {exc}")
         raise

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import TypeVar
 
+from prefect.context import FlowRunContext
+from prefect.logging import get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from recforge import handoff
 from recforge.config import ConfigError
+
+T = TypeVar("T")
 
 
 def make_task_runner(name: str, max_workers: int | None = None, dask_address: str | None = None) -> TaskRunner:
@@ -41,3 +48,23 @@ def make_task_runner(name: str, max_workers: int | None = None, dask_address: st
             }
         )
     raise ConfigError(f"unknown task runner {name!r}; choose thread, process or dask")
+
+
+def data_for_tasks(data: T, folder: Path) -> T | handoff.DataRef:
+    """What model tasks receive in this flow run: ``data`` itself on threads, a reference to one file otherwise.
+
+    Process and Dask runners serialise a task's parameters once per submission (two tasks per model) and keep
+    every copy until the task has run; the file is written once and each worker process reads it once (see
+    :mod:`recforge.handoff`). The caller removes the file with :func:`recforge.handoff.remove` afterwards.
+    """
+    context = FlowRunContext.get()
+    if context is None or isinstance(context.task_runner, ThreadPoolTaskRunner):
+        return data
+    ref = handoff.write(data, folder)
+    get_run_logger().info(
+        "data handed to the %s tasks through %s (%.1f MB)",
+        type(context.task_runner).__name__,
+        ref.path,
+        ref.nbytes / 1e6,
+    )
+    return ref

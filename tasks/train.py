@@ -6,17 +6,21 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from recforge.handoff import DataRef, resolve
 from recforge.pipeline import ModelEvaluation, ModelRecommendations, PreparedData, evaluate, fit_and_recommend
 from recforge.progress import progress_callback
 from recmodels.base import RunSettings
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE, task_run_name="evaluate-{name}")
-def evaluate_model(name: str, data: PreparedData, k: int, seed: int) -> ModelEvaluation:
-    """Fit on the training part, measure on the temporal holdout; a failure is returned, not raised."""
+def evaluate_model(name: str, data: PreparedData | DataRef, k: int, seed: int) -> ModelEvaluation:
+    """Fit on the training part, measure on the temporal holdout; a failure is returned, not raised.
+
+    ``data`` is the prepared data, or a reference to it when the task runs in another process.
+    """
     logger = get_run_logger()
     settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (evaluation)", log=logger.info))
-    result = evaluate(name, data, k=k, seed=seed, settings=settings)
+    result = evaluate(name, resolve(data), k=k, seed=seed, settings=settings)
     if result.ok:
         shown = {m: round(v, 4) for m, v in result.metrics.items() if not m.endswith("_seconds")}
         logger.info("%s evaluated in %.2f s: %s", name, result.seconds, shown)
@@ -28,7 +32,7 @@ def evaluate_model(name: str, data: PreparedData, k: int, seed: int) -> ModelEva
 @task(name="fit-and-recommend", cache_policy=NO_CACHE, task_run_name="recommend-{name}")
 def recommend_model(
     name: str,
-    data: PreparedData,
+    data: PreparedData | DataRef,
     top_n: int,
     seed: int,
     evaluation: ModelEvaluation,
@@ -47,7 +51,7 @@ def recommend_model(
     settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (refit)", log=get_run_logger().info))
     result = fit_and_recommend(
         name,
-        data,
+        resolve(data),
         top_n=top_n,
         seed=seed,
         settings=settings,

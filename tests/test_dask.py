@@ -64,6 +64,9 @@ def test_models_train_on_dask_workers_and_publish_what_threads_publish(
     assert names == ["evaluate_model", "evaluate_model", "recommend_model", "recommend_model"]
     assert {worker for _, worker in ran} <= set(dask_cluster.scheduler_info["workers"])
     assert len(worker_pids) == 2 and os.getpid() not in worker_pids
+    # The workers read the prepared data from one file the flow wrote (not a copy per task), removed at the end.
+    handoff_dir = tmp_path / "var" / "handoff"
+    assert handoff_dir.is_dir() and list(handoff_dir.iterdir()) == []
 
     published = _recommendations(dask_url)
     assert set(published["model"]) == {"popularity", "item_knn"}
