@@ -9,11 +9,12 @@ from typing import Any
 import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from flows.runners import data_for_tasks
+from flows.runners import data_for_tasks, make_task_runner, runner_name
 from recforge import handoff
 from recforge.config import RunConfig, resolve_db_url
 from recforge.data.sources import SourceSpec
@@ -45,10 +46,20 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
     """Run the nightly pipeline once for ``config.as_of`` and publish ranked recommendations to SQL.
 
     ``db_url`` is best left unset (it would show among the run's parameters): the URL then comes from
-    ``$RECFORGE_DB_URL`` or defaults to ``sqlite:///var/recforge.db``.
+    ``$RECFORGE_DB_URL`` or defaults to ``sqlite:///var/recforge.db``. The model tasks run on
+    ``config.task_runner``: when the flow was started on another runner (a deployment's run starts on threads),
+    the pipeline runs as a child flow run on the configured one.
     """
     config = config or RunConfig()
     logger = get_run_logger()
+    context = FlowRunContext.get()
+    current_runner = runner_name(context.task_runner) if context is not None else config.task_runner
+    if current_runner != config.task_runner:
+        # A deployment's run (and any plain call) starts on the flow's default thread runner; the runner the config
+        # asks for needs a flow run of its own, so the pipeline runs as a child flow run on it.
+        logger.info("config.task_runner is %r: the pipeline runs as a child flow run on it", config.task_runner)
+        runner = make_task_runner(config.task_runner, config.max_workers, config.dask_address)
+        return recommend.with_options(task_runner=runner)(config=config, db_url=db_url)
     url = resolve_db_url(db_url)
     as_of = config.resolved_as_of()
     output_dir = Path(config.output_dir)

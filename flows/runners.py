@@ -50,6 +50,19 @@ def make_task_runner(name: str, max_workers: int | None = None, dask_address: st
     raise ConfigError(f"unknown task runner {name!r}; choose thread, process or dask")
 
 
+def runner_name(task_runner: TaskRunner) -> str:
+    """The ``--task-runner`` name of a task runner instance ("thread", "process", "dask"; else its class name)."""
+    if isinstance(task_runner, ThreadPoolTaskRunner):
+        return "thread"
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    if isinstance(task_runner, ProcessPoolTaskRunner):
+        return "process"
+    # By name: prefect-dask is an optional extra.
+    kind = type(task_runner).__name__
+    return "dask" if kind == "DaskTaskRunner" else kind
+
+
 def data_for_tasks(data: T, folder: Path) -> T | handoff.DataRef:
     """What model tasks receive in this flow run: ``data`` itself on threads, a reference to one file otherwise.
 

@@ -10,7 +10,8 @@ checks its hash and keeps the data for its later tasks.
 The file is a pickle, the same serialisation the runners would have applied to the data, read only after its
 bytes match the SHA-256 that came through the task's parameters: a file changed on disk is refused, never
 unpickled. For a Dask cluster spread over several machines, ``output_dir`` must be on a file system every
-worker sees (the same holds for Prefect's result storage).
+worker sees (the same holds for Prefect's result storage). A long-lived Dask worker keeps the last run's data
+until a task of the next run replaces it: one run's data per worker process at most.
 """
 
 from __future__ import annotations

@@ -77,3 +77,48 @@ def test_models_train_on_dask_workers_and_publish_what_threads_publish(
     monkeypatch.setenv(DB_URL_ENV, thread_url)
     assert main([*common, "--task-runner", "thread"]) == 0
     pd.testing.assert_frame_equal(published, _recommendations(thread_url))
+
+
+def test_a_run_started_without_the_cli_uses_the_configured_runner(tmp_path: Path, dask_cluster: Any) -> None:
+    """A deployment's worker calls the flow itself, on its default thread runner: ``task_runner = "dask"`` in the
+    config must still put the model tasks on the Dask cluster (as a child flow run), not silently on threads."""
+    from distributed import Client, get_task_stream
+    from prefect.client.orchestration import get_client
+
+    from flows.recommend import recommend
+    from recforge.config import RunConfig
+
+    url = f"sqlite:///{tmp_path / 'deployed.db'}"
+    config = RunConfig(
+        source={"kind": "synthetic", "synthetic_users": 150, "synthetic_items": 90, "synthetic_events": 4000},
+        as_of="2024-05-01T00:00:00Z",
+        models=["popularity", "item_knn"],
+        top_n=7,
+        output_dir=str(tmp_path / "var"),
+        task_runner="dask",
+        dask_address=dask_cluster.scheduler_address,
+    )
+    with Client(dask_cluster) as client, get_task_stream(client) as stream:
+        state = recommend(config=config, db_url=url, return_state=True)
+    summary = state.result()
+
+    assert summary["status"] == "completed"
+    names = sorted(t["key"].rsplit("-", 1)[0] for t in stream.data)
+    assert names == ["evaluate_model", "evaluate_model", "recommend_model", "recommend_model"]
+    # The outer run records nothing itself: the child flow run on the Dask runner opened and closed the run.
+    with get_client(sync_client=True) as prefect:
+        child = prefect.read_flow_run(_flow_run_id(url))
+        assert child.parent_task_run_id is not None
+        parent_task = prefect.read_task_run(child.parent_task_run_id)
+        assert parent_task.flow_run_id == state.state_details.flow_run_id
+    published = _recommendations(url)
+    assert set(published["model"]) == {"popularity", "item_knn"} and published["user_id"].nunique() == 150
+
+
+def _flow_run_id(url: str) -> str:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return str(conn.execute(sa.text("SELECT flow_run_id FROM runs")).scalar_one())
+    finally:
+        engine.dispose()
