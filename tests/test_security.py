@@ -409,13 +409,20 @@ _UNSAFE_LOADS = re.compile(
 )
 
 
+# The one reviewed exception: the flow's own hand-off file to process/Dask workers, unpickled only after its bytes
+# match the SHA-256 that came through the task's parameters (tests/test_handoff.py swaps in a pickle that would
+# run a command and checks that it is refused without running).
+_REVIEWED_PICKLE_LOADS = {("recforge/handoff.py", "return pickle.loads(blob)")}
+
+
 def test_no_code_path_loads_with_pickle() -> None:
     offending = []
     for folder in ("recforge", "recmodels", "tasks", "flows"):
         for path in sorted((REPO_ROOT / folder).rglob("*.py")):
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                if _UNSAFE_LOADS.search(line):
-                    offending.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()}")
+                where = str(path.relative_to(REPO_ROOT))
+                if _UNSAFE_LOADS.search(line) and (where, line.strip()) not in _REVIEWED_PICKLE_LOADS:
+                    offending.append(f"{where}:{number}: {line.strip()}")
     assert not offending, "\n".join(offending)
     assert _UNSAFE_LOADS.search("torch.load(f)")
     assert not _UNSAFE_LOADS.search("torch.load(f, weights_only=True)")
