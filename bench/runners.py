@@ -225,7 +225,7 @@ _FLOW_STATE: dict[str, Any] = {}
 def _train_models(names: list[str], k: int, top_n: int, seed: int) -> dict[str, Any]:
     """The benchmark flow's body: both tasks of every model, as the recommend flow submits them."""
     from flows.runners import data_for_tasks
-    from recforge.handoff import DataRef, remove
+    from recforge.handoff import remove
 
     evaluate_task, refit_task = _FLOW_STATE["evaluate"], _FLOW_STATE["refit"]
     start = time.perf_counter()
@@ -233,8 +233,7 @@ def _train_models(names: list[str], k: int, top_n: int, seed: int) -> dict[str, 
     evaluations = {n: evaluate_task.submit(n, task_data, k, seed) for n in names}
     refits = {n: refit_task.submit(n, task_data, top_n, seed, wait_for=[evaluations[n]]) for n in names}
     outcomes = [evaluations[n].result() for n in names] + [refits[n].result() for n in names]
-    if isinstance(task_data, DataRef):
-        remove(task_data)
+    remove(task_data)
     return {
         "training_wall": time.perf_counter() - start,
         "bodies": sum(seconds for _, seconds, _ in outcomes),

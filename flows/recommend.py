@@ -122,8 +122,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
                 refit_errors[name] = str(state.message or state.name)
             elif (published := refits[name].result()) is not None:
                 recommendations.append(published)
-        if isinstance(task_data, handoff.DataRef):
-            handoff.remove(task_data)
+        handoff.remove(task_data)
         lap("refit_recommend")
 
         # An evaluation's own error says more than the refit's "upstream failed", so it wins.
@@ -177,8 +176,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         _summary_artifact(summary, data.cleaning.summary(), report.summary())
         logger.info("run %s %s; champion %s", run_id, status, summary["champion"])
     except Exception as exc:
-        if isinstance(task_data, handoff.DataRef):
-            handoff.remove(task_data)
+        handoff.remove(task_data)
         lap("failed")
         close_run(url, run_id, "failed", timings, f"{type(exc).__name__}: {exc}")
         raise

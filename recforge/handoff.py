@@ -60,9 +60,11 @@ def write(obj: object, folder: Path) -> DataRef:
     return DataRef(path=str(Path(name).resolve()), sha256=digest.hexdigest(), nbytes=nbytes)
 
 
-def remove(ref: DataRef) -> None:
-    """Delete the file behind ``ref`` (nothing happens when it is already gone)."""
-    Path(ref.path).unlink(missing_ok=True)
+def remove(value: object) -> None:
+    """Delete the file behind ``value`` when it is a :class:`DataRef` (nothing happens otherwise, or when the
+    file is already gone), so callers need not know which runner got a reference."""
+    if isinstance(value, DataRef):
+        Path(value.path).unlink(missing_ok=True)
 
 
 def read(ref: DataRef) -> object:
