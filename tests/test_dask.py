@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from flows.cli import main
+from flows.runners import local_dask_cluster
 from recforge.config import DB_URL_ENV
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
@@ -23,14 +24,28 @@ SOURCE = "[run]\nmodels = ['popularity', 'item_knn']\ntop_n = 7\n[run.source]\nk
 
 @pytest.fixture
 def dask_cluster() -> Iterator[Any]:
-    """A LocalCluster of two single-threaded worker processes, closed afterwards."""
-    from distributed import LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    """A LocalCluster of two single-threaded worker processes (as ``--task-runner dask`` starts), closed afterwards."""
+    cluster = local_dask_cluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     try:
         yield cluster
     finally:
         cluster.close()
+
+
+def test_local_workers_keep_glibc_malloc_tuning_and_one_blas_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dask's default MALLOC_TRIM_THRESHOLD_ doubled training time on its workers; ours start without it."""
+    from distributed import Client
+
+    # A cluster started with Dask's defaults earlier in this process would have put it into os.environ.
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    names = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    with (
+        local_dask_cluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        environments = client.run(lambda: {name: os.environ.get(name) for name in names})
+    expected = {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    assert list(environments.values()) == [expected]
 
 
 def _recommendations(url: str) -> pd.DataFrame:
