@@ -46,7 +46,7 @@ def make_task_runner(name: str, max_workers: int | None = None, dask_address: st
                 "threads_per_worker": 1,
                 "processes": True,
                 "dashboard_address": None,
-            }
+            },
         )
     raise ConfigError(f"unknown task runner {name!r}; choose thread, process or dask")
 
