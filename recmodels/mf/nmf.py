@@ -185,18 +185,26 @@ def fit_nmf(
     mu = float(ratings.data.mean()) if biased else 0.0
     b_u = np.zeros(n_users)
     b_i = np.zeros(n_items)
-    # Current p·q on the observed cells, in the ratings' own CSR patterns (user-major and item-major).
+    # The current p·q on the observed cells is needed four times an epoch (biases, both updates, objective) but
+    # changes only twice: it is computed once per change, in user-major order, and read item-major through
+    # ``item_major`` (position in ``by_item`` → position in ``ratings``; both have sorted indices).
+    item_major = np.lexsort((user_rows, ratings.indices))
     pred_u, pred_i = ratings.copy(), by_item.copy()
+    dots = _dots(p, q, user_rows, ratings.indices)
     for epoch in range(config.epochs):
         target_u, target_i = ratings.data, by_item.data
         if biased:
-            b_u, b_i = _ridge_biases(ratings, by_item, user_rows, item_rows, p, q, mu, b_i, config)
+            b_u, b_i = _ridge_biases(ratings, by_item, user_rows, item_rows, dots, item_major, mu, b_i, config)
             target_u = ratings.data - (mu + b_u[user_rows] + b_i[ratings.indices]).astype(np.float32)
             target_i = by_item.data - (mu + b_u[by_item.indices] + b_i[item_rows]).astype(np.float32)
-        _multiplicative_step(p, q, pred_u, user_rows, target_u, n_u * lam, w)
-        _multiplicative_step(q, p, pred_i, item_rows, target_i, n_i * lam, w)
+        pred_u.data = dots
+        _multiplicative_step(p, q, pred_u, target_u, n_u * lam, w)
+        pred_i.data = _dots(q, p, item_rows, by_item.indices)
+        _multiplicative_step(q, p, pred_i, target_i, n_i * lam, w)
+        if losses is not None or epoch + 1 < config.epochs:
+            dots = _dots(p, q, user_rows, ratings.indices)
         if losses is not None:
-            losses.append(_objective(ratings, user_rows, p, q, mu, b_u, b_i, config, biased))
+            losses.append(_objective(ratings, user_rows, dots, p, q, mu, b_u, b_i, config, biased))
         settings.report(stage, (epoch + 1) / config.epochs)
     return FactorModel(mu, b_u, b_i, p, q)
 
@@ -205,19 +213,19 @@ def _multiplicative_step(
     own: np.ndarray,
     fixed: np.ndarray,
     pred: sp.csr_matrix,
-    rows: np.ndarray,
     target: np.ndarray,
     penalty: np.ndarray,
     w: np.float32,
 ) -> None:
     """One in-place multiplicative update of ``own`` for ``target ≈ own · fixed`` on ``pred``'s cells.
 
+    ``pred`` holds the current ``own · fixed`` on those cells.
+
     The gradient of ``J`` in ``O`` is ``D − N`` with ``D = (1 − w) Ŝ F + w O FᵀF + T⁻ F + λ n O`` and
     ``N = T⁺ F``, both non-negative (``Ŝ``: current products on the observed cells, ``T±``: the positive and
     negative parts of the target there). ``O ← O ⊙ N / D`` minimises a quadratic upper bound of ``J``, so
     ``J`` never increases and ``O`` stays non-negative — also where biases make a target negative.
     """
-    pred.data = _dots(own, fixed, rows, pred.indices, None)
     denominator = (1 - w) * (pred @ fixed) + penalty * own
     if w > 0:
         denominator += w * (own @ (fixed.T @ fixed))
@@ -228,10 +236,9 @@ def _multiplicative_step(
     own *= (positive @ fixed) / np.maximum(denominator, _TINY)
 
 
-def _dots(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray, base: np.ndarray | None) -> np.ndarray:
-    """``a[rows] · b[cols]`` per stored cell (plus ``base``), float32."""
-    dots = np.einsum("ij,ij->i", a[rows], b[cols])
-    return dots if base is None else dots + base
+def _dots(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``a[rows] · b[cols]`` per stored cell, float32."""
+    return np.einsum("ij,ij->i", a[rows], b[cols])
 
 
 def _ridge_biases(
@@ -239,18 +246,21 @@ def _ridge_biases(
     by_item: sp.csr_matrix,
     user_rows: np.ndarray,
     item_rows: np.ndarray,
-    p: np.ndarray,
-    q: np.ndarray,
+    dots: np.ndarray,
+    item_major: np.ndarray,
     mu: float,
     item_bias: np.ndarray,
     config: NMFConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact minimisers of ``J`` over the user biases, then the item biases, with the factors fixed."""
+    """Exact minimisers of ``J`` over the user biases, then the item biases, with the factors fixed.
+
+    ``dots``: the factors' products on the observed cells (user-major); ``item_major`` reorders them item-major.
+    """
     n_users, n_items = ratings.shape
     damping = config.bias_regularization
-    residual = ratings.data - mu - item_bias[ratings.indices] - _dots(p, q, user_rows, ratings.indices, None)
+    residual = ratings.data - mu - item_bias[ratings.indices] - dots
     user_bias = np.bincount(user_rows, residual, n_users) / (np.diff(ratings.indptr) + damping)
-    residual = by_item.data - mu - user_bias[by_item.indices] - _dots(q, p, item_rows, by_item.indices, None)
+    residual = by_item.data - mu - user_bias[by_item.indices] - dots[item_major]
     item_bias = np.bincount(item_rows, residual, n_items) / (np.diff(by_item.indptr) + damping)
     return user_bias, item_bias
 
@@ -258,6 +268,7 @@ def _ridge_biases(
 def _objective(
     ratings: sp.csr_matrix,
     user_rows: np.ndarray,
+    dots: np.ndarray,
     p: np.ndarray,
     q: np.ndarray,
     mu: float,
@@ -266,9 +277,9 @@ def _objective(
     config: NMFConfig,
     biased: bool,
 ) -> float:
-    """``J`` of the module docstring for the observed-only fit."""
+    """``J`` of the module docstring for the observed-only fit (``dots``: ``p·q`` on the cells, user-major)."""
     cols = ratings.indices
-    predicted = mu + user_bias[user_rows] + item_bias[cols] + _dots(p, q, user_rows, cols, None)
+    predicted = mu + user_bias[user_rows] + item_bias[cols] + dots
     error = ratings.data.astype(np.float64) - predicted
     n_u = np.diff(ratings.indptr)
     n_i = np.bincount(cols, minlength=ratings.shape[1])
