@@ -280,13 +280,14 @@ def run_runner(
 
 @contextmanager
 def _dask_cluster(wanted: bool) -> Iterator[str | None]:
-    """A LocalCluster of WORKERS single-threaded worker processes when ``wanted``; yields its address."""
+    """A LocalCluster of WORKERS single-threaded worker processes when ``wanted``, set up as ``--task-runner dask``
+    sets up its own (see :func:`flows.runners.local_dask_cluster`); yields its address."""
     if not wanted:
         yield None
         return
-    from distributed import LocalCluster
+    from flows.runners import local_dask_cluster
 
-    with LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with local_dask_cluster(n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         yield cluster.scheduler_address
 
 
