@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from recforge import handoff
 from recforge.config import ConfigError
@@ -28,9 +28,7 @@ def make_task_runner(name: str, max_workers: int | None = None, dask_address: st
                 "--task-runner process needs a running Prefect server: start one with `prefect server start` "
                 "and set PREFECT_API_URL=http://127.0.0.1:4200/api, or use --task-runner thread"
             )
-        from prefect.task_runners import ProcessPoolTaskRunner
-
-        return ProcessPoolTaskRunner(max_workers=max_workers)
+        return SharedCoresProcessPoolTaskRunner(max_workers=max_workers)
     if name == "dask":
         try:
             from prefect_dask import DaskTaskRunner
@@ -49,6 +47,46 @@ def make_task_runner(name: str, max_workers: int | None = None, dask_address: st
             },
         )
     raise ConfigError(f"unknown task runner {name!r}; choose thread, process or dask")
+
+
+#: Thread-count variables read once by OpenBLAS (numpy, scipy), OpenMP (torch) and MKL when a process starts.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class SharedCoresProcessPoolTaskRunner(ProcessPoolTaskRunner):
+    """Prefect's ProcessPoolTaskRunner whose worker processes split the cores instead of each using all of them.
+
+    Every spawned worker would otherwise start OpenBLAS and torch with one thread per core, so N workers run
+    N × cores busy threads. On 2 cores with 2 workers that made the numpy-heavy models 3× slower (nmf's
+    evaluation 16 s instead of 5.6 s; neumf unchanged, docs/benchmarks/runners.md). The workers inherit the
+    environment when they are spawned, during the flow run, so ``__enter__`` sets :data:`THREAD_VARIABLES` to
+    ``max(1, cores // workers)`` — only those the user has not set — and ``__exit__`` removes them again.
+    """
+
+    def __enter__(self) -> Self:
+        threads = str(max(1, _cores() // max(1, self._max_workers)))
+        self._set_by_runner = [name for name in THREAD_VARIABLES if name not in os.environ]
+        os.environ.update(dict.fromkeys(self._set_by_runner, threads))
+        try:
+            return super().__enter__()
+        except BaseException:
+            self._restore_environment()
+            raise
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            super().__exit__(*exc_info)
+        finally:
+            self._restore_environment()
+
+    def _restore_environment(self) -> None:
+        for name in getattr(self, "_set_by_runner", ()):
+            os.environ.pop(name, None)
+        self._set_by_runner = []
 
 
 def local_dask_cluster(**cluster_kwargs: Any) -> Any:
@@ -77,8 +115,6 @@ def runner_name(task_runner: TaskRunner) -> str:
     """The ``--task-runner`` name of a task runner instance ("thread", "process", "dask"; else its class name)."""
     if isinstance(task_runner, ThreadPoolTaskRunner):
         return "thread"
-    from prefect.task_runners import ProcessPoolTaskRunner
-
     if isinstance(task_runner, ProcessPoolTaskRunner):
         return "process"
     # By name: prefect-dask is an optional extra.

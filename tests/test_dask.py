@@ -10,9 +10,10 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from prefect import flow, task
 
 from flows.cli import main
-from flows.runners import local_dask_cluster
+from flows.runners import THREAD_VARIABLES, local_dask_cluster, make_task_runner
 from recforge.config import DB_URL_ENV
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
@@ -46,6 +47,33 @@ def test_local_workers_keep_glibc_malloc_tuning_and_one_blas_thread(monkeypatch:
         environments = client.run(lambda: {name: os.environ.get(name) for name in names})
     expected = {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     assert list(environments.values()) == [expected]
+
+
+@task
+def _worker_threads() -> tuple[int, int]:
+    import torch
+
+    return os.getpid(), torch.get_num_threads()
+
+
+def test_process_workers_split_the_cores_between_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of N spawned workers starts torch/OpenBLAS with cores // N threads, not one per core."""
+    from prefect.settings import PREFECT_API_URL
+
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    # The process runner needs a server its workers can reach: the session's test server.
+    monkeypatch.setenv("PREFECT_API_URL", str(PREFECT_API_URL.value()))
+
+    @flow(task_runner=make_task_runner("process", max_workers=2))
+    def probe() -> list[tuple[int, int]]:
+        return [future.result() for future in [_worker_threads.submit() for _ in range(4)]]
+
+    answers = probe()
+    cores = len(os.sched_getaffinity(0))
+    assert {threads for _, threads in answers} == {max(1, cores // 2)}
+    assert len({pid for pid, _ in answers} - {os.getpid()}) >= 1  # ran in worker processes
+    assert not [name for name in THREAD_VARIABLES if name in os.environ]  # the flow's own environment restored
 
 
 def _recommendations(url: str) -> pd.DataFrame:
