@@ -77,13 +77,22 @@ def run_setup(setup: str, data_dir: str, models: Sequence[str]) -> list[dict[str
     from flows.runners import local_dask_cluster
 
     start_cluster = LocalCluster if setup == "dask-default" else local_dask_cluster
-    with (
-        start_cluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-        Client(cluster) as client,
-    ):
-        workers = list(client.scheduler_info()["workers"])
-        futures = [client.submit(evaluate_models, data_dir, models, workers=[w], pure=False) for w in workers]
-        return [future.result() for future in futures]
+    # Dask's nanny copies its pre-spawn environment into this process's os.environ, where later clusters'
+    # workers would inherit it: put it back as it was, so that set-ups do not leak into each other.
+    saved = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    try:
+        with (
+            start_cluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
+            workers = list(client.scheduler_info()["workers"])
+            futures = [client.submit(evaluate_models, data_dir, models, workers=[w], pure=False) for w in workers]
+            return [future.result() for future in futures]
+    finally:
+        if saved is None:
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        else:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = saved
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,8 +61,9 @@ class SharedCoresProcessPoolTaskRunner(ProcessPoolTaskRunner):
     """Prefect's ProcessPoolTaskRunner whose worker processes split the cores instead of each using all of them.
 
     Every spawned worker would otherwise start OpenBLAS and torch with one thread per core, so N workers run
-    N × cores busy threads. On 2 cores with 2 workers that made the numpy-heavy models 3× slower (nmf's
-    evaluation 16 s instead of 5.6 s; neumf unchanged, docs/benchmarks/runners.md). The workers inherit the
+    N × cores busy threads. On 2 cores with 2 workers that made the numpy-heavy models 1.5–1.7× slower
+    (evaluations on ML-100K: nmf 8.5 s instead of 4.7–5.1 s, biased_mf 5.1–5.3 s instead of 3.2–3.5 s; neumf
+    unchanged; ``python -m bench.worker_env``). The workers inherit the
     environment when they are spawned, during the flow run, so ``__enter__`` sets :data:`THREAD_VARIABLES` to
     ``max(1, cores // workers)`` — only those the user has not set — and ``__exit__`` removes them again.
     """
@@ -95,11 +96,13 @@ def local_dask_cluster(**cluster_kwargs: Any) -> Any:
     Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` (config
     ``distributed.nanny.pre-spawn-environ``) so that they hand freed memory back to the OS. Setting that variable
     also switches off glibc's adaptive mmap threshold, so every array above 128 KiB is mapped and unmapped again
-    on each allocation: the models' numpy and torch temporaries then cost page faults, and training took twice as
-    long on Dask workers as in plain processes (ML-100K, two workers: nmf 11.5 s vs 5.6 s, neumf 36 s vs 19 s,
-    docs/benchmarks/runners.md). The cluster's workers get the rest of the pre-spawn environment (one
-    OpenMP/BLAS thread per worker, which is what lets two workers share two cores well). A
-    ``MALLOC_TRIM_THRESHOLD_`` set in this process's own environment is still inherited by the workers.
+    on each allocation: the models' numpy and torch temporaries then cost page faults, and training took up to
+    twice as long on Dask workers as in plain processes (evaluations on ML-100K, two workers: neumf 31.4–31.6 s
+    with it, 17.3–17.6 s without; nmf 7.5 s vs 5.6–6.0 s; ``python -m bench.worker_env``). The workers get the
+    rest of the pre-spawn environment (one OpenMP/BLAS thread per worker, which lets two workers share two cores
+    well). A ``MALLOC_TRIM_THRESHOLD_`` in this process's own environment is still inherited by the workers
+    (yours, or one that a cluster started with Dask's defaults in this process left there: its nanny copies its
+    pre-spawn environment into ``os.environ``).
     """
     import dask
     from distributed import LocalCluster
