@@ -406,8 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         once()  # untimed: imports and first API calls are paid once per runner
                     results[runner] = [once() for _ in range(args.repeats)]
                     # Printed as soon as measured: a later runner that fails (or is killed) loses only its own row.
-                    loop_so_far = statistics.median(m.training_wall for m in results["loop"])
-                    print(_row(runner, results[runner], loop_so_far), flush=True)
+                    print(_row(runner, results[runner], loop_wall), flush=True)
     reference = results["loop"][0].ndcg
     for runner, runs in results.items():
         for run in runs:
@@ -416,7 +415,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             # reductions over another thread count differ in the last bits (2.7e-7 of nDCG seen for als).
             assert all(abs(run.ndcg[n] - reference[n]) < 1e-6 for n in names), (runner, run.ndcg, reference)
 
-    loop_wall = statistics.median(m.training_wall for m in results["loop"])
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     print()
     header = ("runner", "training wall (s)", "total wall (s)", "Σ task bodies (s)", "speedup", "overhead")

@@ -23,14 +23,16 @@ import argparse
 import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from flows.runners import THREAD_VARIABLES, available_cores, local_dask_cluster
+
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 SETUPS = ("spawn", "spawn-shared", "dask-default", "dask-recforge")
-THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def evaluate_models(data_dir: str, models: Sequence[str]) -> dict[str, Any]:
@@ -56,43 +58,42 @@ def evaluate_models(data_dir: str, models: Sequence[str]) -> dict[str, Any]:
     return result
 
 
+@contextmanager
+def _restored_environment(names: Sequence[str]) -> Iterator[None]:
+    """Put these environment variables back as they were afterwards (set, changed or removed inside)."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run_setup(setup: str, data_dir: str, models: Sequence[str]) -> list[dict[str, Any]]:
     """Both workers' results for one set-up."""
     if setup.startswith("spawn"):
-        saved = {name: os.environ.get(name) for name in THREADS}
-        if setup == "spawn-shared":
-            os.environ.update(dict.fromkeys(THREADS, str(max(1, (os.cpu_count() or 1) // 2))))
-        try:
+        with _restored_environment(THREAD_VARIABLES):
+            if setup == "spawn-shared":
+                os.environ.update(dict.fromkeys(THREAD_VARIABLES, str(max(1, available_cores() // 2))))
             with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = [pool.submit(evaluate_models, data_dir, models) for _ in range(2)]
                 return [future.result() for future in futures]
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
     from distributed import Client, LocalCluster
-
-    from flows.runners import local_dask_cluster
 
     start_cluster = LocalCluster if setup == "dask-default" else local_dask_cluster
     # Dask's nanny copies its pre-spawn environment into this process's os.environ, where later clusters'
     # workers would inherit it: put it back as it was, so that set-ups do not leak into each other.
-    saved = os.environ.get("MALLOC_TRIM_THRESHOLD_")
-    try:
-        with (
-            start_cluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-            Client(cluster) as client,
-        ):
-            workers = list(client.scheduler_info()["workers"])
-            futures = [client.submit(evaluate_models, data_dir, models, workers=[w], pure=False) for w in workers]
-            return [future.result() for future in futures]
-    finally:
-        if saved is None:
-            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-        else:
-            os.environ["MALLOC_TRIM_THRESHOLD_"] = saved
+    with (
+        _restored_environment(["MALLOC_TRIM_THRESHOLD_"]),
+        start_cluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        workers = list(client.scheduler_info()["workers"])
+        futures = [client.submit(evaluate_models, data_dir, models, workers=[w], pure=False) for w in workers]
+        return [future.result() for future in futures]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

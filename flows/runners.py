@@ -53,7 +53,8 @@ def make_task_runner(name: str, max_workers: int | None = None, dask_address: st
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _cores() -> int:
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -69,7 +70,7 @@ class SharedCoresProcessPoolTaskRunner(ProcessPoolTaskRunner):
     """
 
     def __enter__(self) -> Self:
-        threads = str(max(1, _cores() // max(1, self._max_workers)))
+        threads = str(max(1, available_cores() // max(1, self._max_workers)))
         self._set_by_runner = [name for name in THREAD_VARIABLES if name not in os.environ]
         os.environ.update(dict.fromkeys(self._set_by_runner, threads))
         try:
