@@ -32,7 +32,7 @@ from recmodels.neural.caser import CaserNet
 from recmodels.neural.gru4rec import GRU4RecNet
 from recmodels.neural.neumf import recency_weights, sample_unseen
 from recmodels.neural.sequences import segment_batches
-from recmodels.neural.training import Validation, ndcg_at_k, next_item_loss
+from recmodels.neural.training import FullCatalogueCrossEntropy, Validation, ndcg_at_k, next_item_loss
 
 # ---- SequenceData -----------------------------------------------------------------------------------------
 
@@ -134,6 +134,51 @@ def test_next_item_loss_horizon_by_hand() -> None:
     assert float(got) == pytest.approx(0.0, abs=1e-6)
     one = next_item_loss(hidden, torch.tensor([[1, -1]]), weight, bias, "ce", negatives=None)
     assert float(one) == pytest.approx(math.log(1 + math.exp(2.0)), rel=1e-6)  # -log(e^0 / (e^0 + e^2))
+
+
+def _reference_full_ce(
+    hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """The full-catalogue loss written plainly, differentiated by autograd (the oracle for the fused one)."""
+    valid = targets >= 0
+    logits = hidden @ weight.T + bias
+    is_target = torch.zeros_like(logits, dtype=torch.bool)
+    for row, column in valid.nonzero().tolist():
+        is_target[row, targets[row, column]] = True
+    negative_lse = torch.logsumexp(logits.masked_fill(is_target, -math.inf), dim=1, keepdim=True)
+    positive = logits.gather(1, targets.clamp(min=0))
+    per_target = torch.logaddexp(negative_lse, positive) - positive
+    return ((per_target * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
+
+
+def test_full_catalogue_loss_matches_autograd_of_the_formula() -> None:
+    # Rows: two targets; padded horizon (-1); a repeated target; every item a target (no negatives); a row
+    # without any valid target (counts as 0 in the mean); item 0 as a target next to padding (which clamps to 0).
+    targets = torch.tensor([[1, 3], [2, -1], [4, 4], [0, 1], [-1, -1], [0, -1]])
+    weight_rows = 5
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(6, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(weight_rows, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(weight_rows, generator=generator, dtype=torch.float64, requires_grad=True)
+    everything = torch.tensor([[0, 1, 2, 3, 4]])  # one row whose targets are the whole catalogue
+    for rows in (targets, everything):
+        h = hidden[: len(rows)]
+        expected = _reference_full_ce(h, rows, weight, bias)
+        got = FullCatalogueCrossEntropy.apply(h, weight, bias, rows)
+        assert got.item() == pytest.approx(expected.item(), rel=1e-12)
+        want = torch.autograd.grad(expected, (hidden, weight, bias))
+        have = torch.autograd.grad(got, (hidden, weight, bias))
+        for a, b in zip(want, have, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+        assert torch.autograd.gradcheck(
+            lambda h_, w_, b_, r=rows: FullCatalogueCrossEntropy.apply(h_, w_, b_, r), (h, weight, bias)
+        )
+    # next_item_loss routes the full-catalogue cross-entropy here, 1-d targets included.
+    single = torch.tensor([1, 0, 4, 2, 3, 3])
+    torch.testing.assert_close(
+        next_item_loss(hidden, single, weight, bias, "ce", negatives=None),
+        _reference_full_ce(hidden, single[:, None], weight, bias),
+    )
 
 
 def test_bpr_max_by_hand() -> None:
