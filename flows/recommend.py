@@ -180,11 +180,31 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         lap("failed")
         close_run(url, run_id, "failed", timings, f"{type(exc).__name__}: {exc}")
         raise
+    except BaseException as exc:
+        # Interrupted: Ctrl-C, or a SIGTERM (which Prefect raises as TerminationSignal) from a cancellation, a
+        # worker or container shutting down. No task can run any more, so the run record is closed directly, or
+        # it would say "running" for ever; then the interruption goes on.
+        handoff.remove(task_data)
+        _close_interrupted_run(url, run_id, timings, exc)
+        raise
     if failed:
         raise ModelsFailed(
             f"{len(failed)} of {len(names)} models failed ({error}); the others were published as run {run_id}"
         )
     return summary
+
+
+def _close_interrupted_run(url: str, run_id: str, timings: dict[str, float], exc: BaseException) -> None:
+    """Mark an interrupted run failed, naming the interruption and the last stage that finished."""
+    last = next(reversed(timings), "start")
+    error = (
+        f"interrupted by {type(exc).__name__} after stage {last!r}; the publish step is atomic, so this run "
+        "published either everything or nothing (see the publications table)"
+    )
+    try:
+        Store(url).finish_run(run_id, status="failed", timings=timings, error=error)
+    except Exception as close_error:  # the interruption matters more than the record of it
+        get_run_logger().warning("could not close interrupted run %s: %s", run_id, close_error)
 
 
 def _evaluation_result(name: str, future: PrefectFuture[ModelEvaluation]) -> ModelEvaluation:

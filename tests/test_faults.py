@@ -432,6 +432,71 @@ def test_a_hanging_model_is_cut_off_by_a_time_budget(tmp_path: Path, monkeypatch
     assert run["status"] == "partial" and "ease" in run["error"]
 
 
+# A flow run in its own process whose EASE fit hangs (writing a marker file first), so that the test can send
+# the process a signal while the models train.
+_HANGING_RUN = """
+import sys, time
+from pathlib import Path
+from recmodels.baselines.ease import EASE
+
+def hang(self, *args, **kwargs):
+    Path(sys.argv[1]).write_text("fitting")
+    for _ in range(900):  # short sleeps: the worker thread ends soon after the flow gives up on it
+        time.sleep(0.1)
+
+EASE.fit = hang
+from flows.recommend import recommend
+from recforge.config import RunConfig
+recommend(config=RunConfig.model_validate_json(sys.argv[2]), db_url=sys.argv[3])
+"""
+
+
+@pytest.mark.flow
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_interrupted_run_is_closed_as_failed_not_left_running(tmp_path: Path, signal_number: int) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    marker, url = tmp_path / "fitting", _sqlite_url(tmp_path)
+    config = RunConfig(
+        source=resolve(GOOD_SOURCE, CORPUS),
+        as_of=datetime(2022, 1, 1, tzinfo=UTC),
+        models=["popularity", "ease"],
+        output_dir=str(tmp_path / "var"),
+    )
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HANGING_RUN, str(marker), config.model_dump_json(), url],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists():
+            assert child.poll() is None, f"the run ended before its model trained: {child.stderr.read()}"
+            assert time.monotonic() < deadline, "the model never started training"
+            time.sleep(0.2)
+        store = Store(url)
+        assert store.latest_runs(limit=1).iloc[0]["status"] == "running"
+        child.send_signal(signal_number)
+        deadline = time.monotonic() + 60
+        while (run := store.latest_runs(limit=1).iloc[0])["status"] == "running":
+            assert time.monotonic() < deadline, "the interrupted run was left 'running'"
+            time.sleep(0.2)
+        name = "TerminationSignal" if signal_number == signal.SIGTERM else "KeyboardInterrupt"
+        assert run["status"] == "failed"
+        assert f"interrupted by {name}" in run["error"] and "'prepare'" in run["error"]
+        assert run["finished_at"] is not None
+        assert published(store).empty  # interrupted while training: nothing of this run was published
+        store.dispose()
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+
+
 # ------------------------------------------------------------------------------------------------ concurrency
 
 
