@@ -68,6 +68,7 @@ from sqlalchemy.sql.compiler import DDLCompiler
 from sqlalchemy.sql.ddl import ExecutableDDLElement
 
 from recforge import pg_partitions
+from recforge.processes import host_name, process_alive, process_token
 
 DEFAULT_URL = "sqlite:///var/recforge.db"
 # The pre-Alembic compatibility mark in table schema_version. Schema changes are Alembic revisions in
@@ -165,6 +166,9 @@ runs_table = Table(
     Column("timings", Text, nullable=True),
     Column("error", Text, nullable=True),
     Column("champion", String(200), nullable=True),
+    # Who runs it (revision 0006): lets a later run close a row whose process was killed (recforge.processes).
+    Column("host", String(255), nullable=True),
+    Column("process", String(100), nullable=True),
     Index("ix_runs_started_at", "started_at"),
 )
 
@@ -736,9 +740,47 @@ class Store:
                     parameters=_to_json(parameters),
                     status="running",
                     started_at=_now(),
+                    host=host_name(),
+                    process=process_token(),
                 )
             )
         return run_id
+
+    def close_abandoned_runs(self) -> list[str]:
+        """Close as failed the ``running`` rows of this host whose process no longer exists; returns their ids.
+
+        Such a row was left by a run killed without a chance to close it (SIGKILL, the out-of-memory killer, a
+        power cut). Rows of other hosts, of live processes (concurrent runs, this process's own) and rows
+        written before revision 0006 (no process recorded) are left alone.
+        """
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(runs_table.c.run_id, runs_table.c.process).where(
+                    runs_table.c.status == "running",
+                    runs_table.c.host == host_name(),
+                    runs_table.c.process.is_not(None),
+                )
+            ).all()
+        closed = []
+        for run_id, token in rows:
+            if process_alive(token) is not False:
+                continue
+            pid = token.partition(":")[0]
+            error = (
+                f"abandoned: its process (pid {pid} on {host_name()}) ended without closing the run — killed by "
+                "SIGKILL or the out-of-memory killer, or the machine restarted; the publish step is atomic, so "
+                "this run published either everything or nothing (see the publications table)"
+            )
+            with self.engine.begin() as conn:
+                # Only if still running: the owner may have closed it in the meantime after all.
+                result = conn.execute(
+                    update(runs_table)
+                    .where(runs_table.c.run_id == run_id, runs_table.c.status == "running")
+                    .values(status="failed", finished_at=_now(), error=error)
+                )
+            if result.rowcount:
+                closed.append(run_id)
+        return closed
 
     def finish_run(
         self,

@@ -30,6 +30,11 @@ def open_run(
     """Create the schema if needed and record a run in state 'running'; returns the run id."""
     store = Store(db_url)
     store.create_schema()
+    for abandoned in store.close_abandoned_runs():
+        get_run_logger().warning(
+            "run %s was still marked running but its process on this host is gone (killed?); closed it as failed",
+            abandoned,
+        )
     run_id = store.start_run(
         dataset=dataset, source=source, as_of=as_of, parameters=parameters, flow_run_id=flow_run_id
     )

@@ -452,9 +452,11 @@ recommend(config=RunConfig.model_validate_json(sys.argv[2]), db_url=sys.argv[3])
 
 
 @pytest.mark.flow
-@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signal_number", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["SIGTERM", "SIGINT", "SIGKILL"]
+)
 @pytest.mark.usefixtures("prefect_harness")
-def test_an_interrupted_run_is_closed_as_failed_not_left_running(tmp_path: Path, signal_number: int) -> None:
+def test_an_interrupted_or_killed_run_is_closed_as_failed_not_left_running(tmp_path: Path, signal_number: int) -> None:
     from prefect.settings import PREFECT_API_URL
 
     marker, url = tmp_path / "fitting", _sqlite_url(tmp_path)
@@ -482,6 +484,19 @@ def test_an_interrupted_run_is_closed_as_failed_not_left_running(tmp_path: Path,
         store = Store(url)
         assert store.latest_runs(limit=1).iloc[0]["status"] == "running"
         child.send_signal(signal_number)
+        if signal_number == signal.SIGKILL:
+            # Nothing runs in a killed process: the row stays 'running' until the next run on this host sees
+            # that its process is gone and closes it.
+            child.wait(timeout=30)
+            assert store.latest_runs(limit=1).iloc[0]["status"] == "running"
+            from flows.recommend import recommend
+
+            recommend(config=config.model_copy(update={"models": ["popularity"]}), db_url=url)
+            killed = store.latest_runs(limit=2).iloc[1]
+            assert killed["status"] == "failed" and killed["error"].startswith("abandoned: its process")
+            assert killed["finished_at"] is not None
+            store.dispose()
+            return
         deadline = time.monotonic() + 60
         while (run := store.latest_runs(limit=1).iloc[0])["status"] == "running":
             assert time.monotonic() < deadline, "the interrupted run was left 'running'"

@@ -8,6 +8,8 @@ where PostgreSQL is not installed).
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -45,6 +47,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 import recforge.store as store_module
 from recforge import migrations, pg_partitions
 from recforge.migrations.views import champion_view_v1
+from recforge.processes import host_name, process_alive, process_token
 from recforge.store import (
     SCHEMA_VERSION,
     ChampionDecision,
@@ -196,12 +199,16 @@ def test_create_schema_refuses_another_schema_version(store: Store) -> None:
 def legacy_metadata() -> MetaData:
     """The schema recforge created before Alembic, which revision 0001 reproduces: today's ``Table``
     objects plus what revisions 0002 and 0004 dropped (the foreign key and indexes below), less what revisions
-    0003 and 0004 added (tables erasures and publications, columns strategy and reason). A later revision that
-    changes the tables must add its undo here too."""
+    0003, 0004 and 0006 added (tables erasures and publications, columns strategy, reason, runs.host and
+    runs.process). A later revision that changes the tables must add its undo here too."""
     legacy = MetaData()
     added_by_0003 = {"strategy", "reason"}
     for t in store_module.metadata.sorted_tables:
         if t.name in ("erasures", "publications"):  # added by revisions 0003 and 0004
+            continue
+        if t.name == "runs":  # revision 0006 added host and process
+            Table(t.name, legacy, *(c._copy() for c in t.columns if c.name not in ("host", "process")))
+            Index("ix_runs_started_at", legacy.tables[t.name].c.started_at)
             continue
         if t.name == "recommendations":
             Table(t.name, legacy, *(c._copy() for c in t.columns if c.name not in added_by_0003))
@@ -241,7 +248,7 @@ def table_names(store: Store) -> set[str]:
 
 def test_migrations_match_the_table_definitions(store: Store) -> None:
     assert schema_diff(store, store_module.metadata) == []
-    assert store.schema_revision() == migrations.head_revision() == "0005"
+    assert store.schema_revision() == migrations.head_revision() == "0006"
 
 
 def test_revision_0001_is_the_pre_alembic_schema(store_url: str) -> None:
@@ -260,7 +267,7 @@ def test_revision_0002_downgrades_and_upgrades_keeping_rows(store: Store, run_id
     assert schema_diff(store, legacy_metadata()) == []
     pd.testing.assert_frame_equal(all_recommendations(store), before)
     store.create_schema()
-    assert store.schema_revision() == "0005"
+    assert store.schema_revision() == "0006"
     assert schema_diff(store, store_module.metadata) == []
     pd.testing.assert_frame_equal(all_recommendations(store), before)
     assert store.read_recommendations("u1")["item_id"].tolist() == ["a", "b"]
@@ -277,7 +284,7 @@ def test_revision_0005_downgrades_and_upgrades_keeping_rows(store: Store, run_id
     assert partitions(store) == []  # one plain table again
     pd.testing.assert_frame_equal(all_recommendations(store), before)
     store.create_schema()
-    assert store.schema_revision() == "0005"
+    assert store.schema_revision() == "0006"
     assert schema_diff(store, store_module.metadata) == []
     pd.testing.assert_frame_equal(all_recommendations(store), before)
     assert store.read_recommendations("u1", model=odd, as_of=AS_OF_1)["item_id"].tolist() == ["d"]
@@ -344,10 +351,16 @@ def test_postgresql_publishes_swap_in_one_partition_per_as_of_and_model(pg_url: 
 def test_create_schema_stamps_a_pre_alembic_database_and_keeps_its_rows(store_url: str) -> None:
     store = Store(store_url)
     create_pre_alembic_schema(store)
-    run_id = store.start_run(dataset="toy", source="toy.csv", as_of=AS_OF_1, parameters={"k": 1}, flow_run_id=None)
-    # Rows as the old code wrote them (today's publish also writes tables the old schema lacks).
+    # Rows as the old code wrote them (today's start_run and publish also write columns and tables it lacks).
     legacy = legacy_metadata()
+    run_id = "00000000-0000-0000-0000-000000000001"
     with store.engine.begin() as conn:
+        conn.execute(
+            insert(legacy.tables["runs"]).values(
+                run_id=run_id, dataset="toy", source="toy.csv", as_of=to_naive_utc(AS_OF_1), parameters='{"k": 1}',
+                status="running", started_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
         for rank, item in enumerate(["a", "b"], start=1):
             conn.execute(
                 insert(legacy.tables["recommendations"]).values(
@@ -361,7 +374,9 @@ def test_create_schema_stamps_a_pre_alembic_database_and_keeps_its_rows(store_ur
                 decided_at=datetime.now(UTC),
             )
         )  # fmt: skip
-    before, before_runs = all_recommendations(store), store.latest_runs()
+    before = all_recommendations(store)
+    with store.engine.connect() as conn:
+        before_runs = conn.execute(select(legacy.tables["runs"])).all()
     assert store.schema_revision() is None
     assert "alembic_version" not in table_names(store)
 
@@ -369,7 +384,10 @@ def test_create_schema_stamps_a_pre_alembic_database_and_keeps_its_rows(store_ur
 
     assert store.schema_revision() == migrations.head_revision()
     pd.testing.assert_frame_equal(all_recommendations(store), before)
-    pd.testing.assert_frame_equal(store.latest_runs(), before_runs)
+    with store.engine.connect() as conn:
+        legacy_columns = [store_module.runs_table.c[c.name] for c in legacy.tables["runs"].columns]
+        assert conn.execute(select(*legacy_columns)).all() == before_runs
+    assert store.latest_runs()[["host", "process"]].isna().all().all()  # unknown for rows of old versions
     assert store.read_recommendations("u1")["item_id"].tolist() == ["a", "b"]  # the view still works
     # Revision 0004 recovered the publication from the stored rows: "the latest as_of of a model" finds it.
     assert store.read_recommendations("u1", model="pop")["item_id"].tolist() == ["a", "b"]
@@ -986,3 +1004,74 @@ def test_schema_and_view_compile_for_postgresql_without_a_server() -> None:
     ddl = str(CreateTable(recommendations_table).compile(dialect=dialect))
     assert "as_of TIMESTAMP WITHOUT TIME ZONE NOT NULL" in ddl
     assert "PRIMARY KEY (as_of, model, user_id, rank)" in ddl
+
+
+# ---- runs left 'running' by a killed process -----------------------------------------------------------------
+
+
+def _dead_process_token() -> str:
+    """The token of a process that has just exited (its pid is not reused within the test)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    token = process_token(child.pid)
+    child.kill()
+    child.wait()
+    return token
+
+
+def _set_owner(store: Store, run_id: str, host: str, process: str | None) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(store_module.runs_table)
+            .where(store_module.runs_table.c.run_id == run_id)
+            .values(host=host, process=process)
+        )
+
+
+def _run(store: Store, run_id: str) -> pd.Series:
+    runs = store.latest_runs(limit=100)
+    return runs[runs["run_id"] == run_id].iloc[0]
+
+
+def test_a_run_whose_process_is_gone_is_closed_by_the_next_start(store: Store) -> None:
+    def start() -> str:
+        return store.start_run(dataset="toy", source="toy.csv", as_of=AS_OF_1, parameters={}, flow_run_id=None)
+
+    mine, killed, elsewhere, legacy, done = start(), start(), start(), start(), start()
+    assert _run(store, mine)[["host", "process"]].tolist() == [host_name(), process_token()]
+    dead = _dead_process_token()
+    assert process_alive(dead) is False and process_alive(process_token()) is True
+    _set_owner(store, killed, host_name(), dead)
+    _set_owner(store, elsewhere, "another-host", dead)  # cannot be checked from here
+    _set_owner(store, legacy, host_name(), None)  # written before revision 0006
+    _set_owner(store, done, host_name(), dead)
+    store.finish_run(done, status="completed", timings={})
+
+    assert store.close_abandoned_runs() == [killed]
+    closed = _run(store, killed)
+    assert closed["status"] == "failed" and closed["finished_at"] is not None
+    assert closed["error"].startswith(f"abandoned: its process (pid {dead.split(':')[0]} on {host_name()})")
+    for untouched in (mine, elsewhere, legacy):
+        assert _run(store, untouched)["status"] == "running"
+    assert _run(store, done)["status"] == "completed" and _run(store, done)["error"] is None
+    assert store.close_abandoned_runs() == []  # nothing left to close
+
+
+def test_process_tokens_tell_a_recycled_pid_from_the_original_process() -> None:
+    token = process_token()
+    pid, boot, ticks = token.split(":")
+    assert process_alive(f"{pid}:{boot}:{int(ticks) + 1}") is False  # same pid, another start time
+    assert process_alive(f"{pid}:another-boot:{ticks}") is False  # the machine rebooted since
+    assert process_alive(token) is True
+    assert process_alive("not-a-pid") is None
+
+
+def test_revision_0006_downgrades_and_upgrades_keeping_runs(store: Store, run_id: str) -> None:
+    before = store.latest_runs()
+    migrate(store, "downgrade", "0005")
+    assert "host" not in {c["name"] for c in inspect(store.engine).get_columns("runs")}
+    store.create_schema()
+    assert store.schema_revision() == "0006"
+    assert schema_diff(store, store_module.metadata) == []
+    after = store.latest_runs()
+    assert after["run_id"].tolist() == before["run_id"].tolist()
+    assert after["host"].isna().all()  # not known after a downgrade: such rows are never closed automatically
