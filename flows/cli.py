@@ -14,6 +14,7 @@ from typing import Any
 
 from recforge.config import DB_URL_ENV, ConfigError, RunConfig, build_config, load_toml, resolve_db_url
 from recforge.data.contract import DataError
+from recforge.malloc import tune_malloc
 
 DATASET_KINDS = ("synthetic", "movielens-100k", "csv", "parquet", "sql")
 
@@ -422,6 +423,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _prefect_defaults()
+    tune_malloc()
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {

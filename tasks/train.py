@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from recforge.handoff import DataRef, resolve
+from recforge.malloc import tune_malloc
 from recforge.pipeline import ModelEvaluation, ModelRecommendations, PreparedData, evaluate, fit_and_recommend
 from recforge.progress import progress_callback
 from recmodels.base import RunSettings
@@ -18,6 +19,7 @@ def evaluate_model(name: str, data: PreparedData | DataRef, k: int, seed: int) -
 
     ``data`` is the prepared data, or a reference to it when the task runs in another process.
     """
+    tune_malloc()  # once per process: the worker processes of the process and Dask runners included
     logger = get_run_logger()
     settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (evaluation)", log=logger.info))
     result = evaluate(name, resolve(data), k=k, seed=seed, settings=settings)
@@ -48,6 +50,7 @@ def recommend_model(
     if not evaluation.ok:
         get_run_logger().warning("%s: not refitted because its evaluation failed", name)
         return None
+    tune_malloc()
     settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (refit)", log=get_run_logger().info))
     result = fit_and_recommend(
         name,
