@@ -60,7 +60,17 @@ def process_alive(token: str) -> bool | None:
             return None
         if boot != current_boot:
             return False  # the machine rebooted since
-        return _start_ticks(pid) == ticks  # gone, or the pid now belongs to another process
+        current_ticks = _start_ticks(pid)
+        if current_ticks is not None:
+            return current_ticks == ticks  # False: the pid now belongs to another process
+        # No readable /proc/<pid>: gone, unless /proc hides other users' processes (mount option hidepid), in
+        # which case the process may exist but cannot be identified: then leave its run alone.
+        return None if _signal_alive(pid) is not False else False
+    return _signal_alive(pid)
+
+
+def _signal_alive(pid: int) -> bool | None:
+    """``kill(pid, 0)``: does a process with this pid exist (whoever it is)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
