@@ -46,6 +46,7 @@ import torch
 from recforge.data.movielens import load_movielens_100k
 from recforge.evaluation import relevance_matrix
 from recforge.ids import IdIndex
+from recforge.malloc import tune_malloc
 from recforge.metrics import topn_metrics
 from recforge.split import temporal_holdout
 from recmodels.base import Recommender, RunSettings
@@ -205,9 +206,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions per pair (default 5)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both libraries (default 2)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's default allocator settings (the flow's model tasks tune them: recforge.malloc)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be at least 1")
+    malloc_tuned = False if args.default_malloc else tune_malloc()
     implicit, threadpoolctl = _import_implicit()
 
     split = temporal_holdout(load_movielens_100k(args.data_dir).interactions, test_fraction=0.2)
@@ -229,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{train.n_users} users × {train.n_items} items, {train.binary.nnz:,} training pairs; 64 factors; top-{K} "
         f"for {len(users)} users. Medians of {args.repeats} interleaved runs; ratios are recforge / implicit. "
-        f"torch {torch.__version__}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.\n"
+        f"torch {torch.__version__}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; "
+        f"malloc tuned as in the flow (both libraries, one process): {malloc_tuned}.\n"
     )
     print(table(pairs))
     return 0
