@@ -26,7 +26,7 @@ from recforge.pipeline import (
     leaderboard,
     metrics_frame,
 )
-from recforge.store import Store
+from recforge.store import PUBLISHED_ALL_OR_NOTHING, Store
 from recmodels.registry import get_model_class
 from tasks.ingest import ingest
 from tasks.prepare import prepare_data
@@ -197,10 +197,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
 def _close_interrupted_run(url: str, run_id: str, timings: dict[str, float], exc: BaseException) -> None:
     """Mark an interrupted run failed, naming the interruption and the last stage that finished."""
     last = next(reversed(timings), "start")
-    error = (
-        f"interrupted by {type(exc).__name__} after stage {last!r}; the publish step is atomic, so this run "
-        "published either everything or nothing (see the publications table)"
-    )
+    error = f"interrupted by {type(exc).__name__} after stage {last!r}; {PUBLISHED_ALL_OR_NOTHING}"
     try:
         Store(url).finish_run(run_id, status="failed", timings=timings, error=error)
     except Exception as close_error:  # the interruption matters more than the record of it

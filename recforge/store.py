@@ -78,6 +78,10 @@ SCHEMA_VERSION = 1
 # Rows per executemany call or COPY write: large enough to amortise round trips, small enough to bound memory.
 CHUNK_ROWS = 50_000
 RUN_STATUSES = ("running", "completed", "failed", "partial")
+#: What a run record that did not finish normally can say about its publications.
+PUBLISHED_ALL_OR_NOTHING = (
+    "the publish step is atomic, so this run published either everything or nothing (see the publications table)"
+)
 ENTITIES = ("user", "item")
 
 METRIC_COLUMNS = ("model", "metric", "k", "value", "split")
@@ -753,11 +757,12 @@ class Store:
         power cut). Rows of other hosts, of live processes (concurrent runs, this process's own) and rows
         written before revision 0006 (no process recorded) are left alone.
         """
+        host = host_name()
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(runs_table.c.run_id, runs_table.c.process).where(
                     runs_table.c.status == "running",
-                    runs_table.c.host == host_name(),
+                    runs_table.c.host == host,
                     runs_table.c.process.is_not(None),
                 )
             ).all()
@@ -767,9 +772,8 @@ class Store:
                 continue
             pid = token.partition(":")[0]
             error = (
-                f"abandoned: its process (pid {pid} on {host_name()}) ended without closing the run — killed by "
-                "SIGKILL or the out-of-memory killer, or the machine restarted; the publish step is atomic, so "
-                "this run published either everything or nothing (see the publications table)"
+                f"abandoned: its process (pid {pid} on {host}) ended without closing the run — killed by "
+                f"SIGKILL or the out-of-memory killer, or the machine restarted; {PUBLISHED_ALL_OR_NOTHING}"
             )
             with self.engine.begin() as conn:
                 # Only if still running: the owner may have closed it in the meantime after all.

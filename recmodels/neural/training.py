@@ -298,11 +298,11 @@ def next_item_loss(
     """
     if targets.dim() == 1:
         targets = targets[:, None]
+    if negatives is None and kind == "ce":
+        return FullCatalogueCrossEntropy.apply(hidden, weight, bias, targets)
     valid = targets >= 0
     safe = targets.clamp(min=0)
     n_items = weight.shape[0]
-    if negatives is None and kind == "ce":
-        return FullCatalogueCrossEntropy.apply(hidden, weight, bias, targets)
     if negatives is None:
         logits = (hidden @ weight.T + bias).float()  # (N, n_items)
         is_target = torch.zeros_like(logits, dtype=torch.bool)
