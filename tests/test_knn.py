@@ -205,6 +205,68 @@ def test_cut_off_ties_keep_the_lowest_items_and_threads_do_not_change_the_result
     assert results[0].nnz == 60 * 7
 
 
+def _reference_cosine_topk(
+    vectors: np.ndarray, neighbors: int, shrinkage: float, min_similarity: float, alpha: float, exponent: float
+) -> np.ndarray:
+    """cosine_topk's documented rule, one (row, column) at a time: the slow, obvious version."""
+    n = len(vectors)
+    sq = (vectors.astype(np.float64) ** 2).sum(axis=1)
+    out = np.zeros((n, n))
+    for t in range(n):
+        sims = []
+        for c in range(n):
+            denom = sq[t] ** alpha * sq[c] ** (1 - alpha) + shrinkage
+            value = float(vectors[t] @ vectors[c]) / denom if denom > 0 else 0.0
+            if c != t and value > min_similarity:
+                sims.append((-value, c))
+        for negative, c in sorted(sims)[:neighbors]:  # largest first, lower column first among equals
+            out[t, c] = (-negative) ** exponent
+    return out
+
+
+@pytest.mark.parametrize("kind", ["binary", "counts", "real"])
+def test_sparse_top_k_equals_the_definition_including_ties_blocks_and_thresholds(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Binary and count data give many equal similarities, so the cut-off often falls inside a tie; the blocks
+    # are one to five rows (BLOCK_VALUES), so rows are split across blocks and size classes.
+    rng = np.random.default_rng({"binary": 1, "counts": 2, "real": 3}[kind])
+    checked = 0
+    for trial in range(12):
+        n, f = int(rng.integers(4, 40)), int(rng.integers(2, 30))
+        dense = (rng.random((n, f)) < rng.choice([0.1, 0.3, 0.8])).astype(np.float32)
+        dense[rng.integers(0, n)] = 0.0  # an entity without features
+        if kind == "counts":
+            dense *= rng.integers(1, 3, size=dense.shape)
+        elif kind == "real":
+            dense *= rng.random(dense.shape).astype(np.float32)
+        monkeypatch.setattr(knn_similarity, "BLOCK_VALUES", int(rng.integers(1, 6)) * n * 2)
+        for neighbors in (1, 2, 5, n + 3):
+            for shrinkage, min_similarity, alpha, exponent in ((0.0, 0.0, 0.5, 1.0), (1.5, 0.2, 0.7, 2.0)):
+                got = knn_similarity.cosine_topk(
+                    sp.csr_matrix(dense),
+                    neighbors,
+                    shrinkage,
+                    min_similarity,
+                    RunSettings(threads=1 + trial % 2),
+                    alpha=alpha,
+                    exponent=exponent,
+                ).toarray()
+                want = _reference_cosine_topk(dense, neighbors, shrinkage, min_similarity, alpha, exponent)
+                # Binary and count data tie exactly (same integers, same norms), so the tie rule decides the
+                # columns; real-valued data only ties up to rounding (e.g. parallel vectors), where float32 and
+                # the float64 reference may round a tie apart differently: there, each row's values must match.
+                if kind != "real":
+                    assert [list(np.flatnonzero(r)) for r in got] == [list(np.flatnonzero(r)) for r in want], trial
+                    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+                else:
+                    np.testing.assert_allclose(np.sort(got, axis=1), np.sort(want, axis=1), rtol=2e-5, atol=1e-7)
+                checked += 1
+    assert checked == 12 * 4 * 2
+    with pytest.raises(ValueError, match="min_similarity must be ≥ 0"):
+        knn_similarity.cosine_topk(sp.csr_matrix(np.ones((3, 2), dtype=np.float32)), 1, min_similarity=-0.1)
+
+
 def test_dense_hub_scoring_equals_the_sparse_product() -> None:
     # Zipf-like popularity: a few items are neighbours of nearly every target (the dense "hub" rows), most are not.
     rng = np.random.default_rng(5)

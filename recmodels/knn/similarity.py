@@ -55,13 +55,18 @@ def _block_rows(n_entities: int, arrays: int) -> int:
     return max(1, min(n_entities, BLOCK_VALUES // max(1, n_entities * arrays)))
 
 
-def _block_product(left: sp.csr_matrix, right: sp.csr_matrix) -> np.ndarray:
-    """Dense ``left @ right`` for a block of rows. Sparse × sparse: at ML-100K's 5 % density this beats dense
-    BLAS by 2–3× on the benchmark machine, and it needs no dense copy of the whole matrix. ``right`` must be CSR:
-    scipy converts any other format to CSR on every call, which cost 70 % of each block at 200k × 50k.
+def _block_product_parts(
+    left: sp.csr_matrix, right: sp.csr_matrix, slack: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``left @ right`` for a block of rows as CSR arrays ``(indptr, indices, data)``, column indices unsorted
+    within rows; ``data`` goes on for at least ``slack`` values after the last entry (unspecified values), so
+    that a window of that length from any entry stays inside it.
 
-    The block is small, so its product has at most ``rows × columns`` entries: the output buffers are sized by
-    that bound and scipy's multiplication kernel runs alone, without the counting pass ``@`` makes first (a
+    Sparse × sparse: at ML-100K's 5 % density this beats dense BLAS by 2–3× on the benchmark machine, and it
+    needs no dense copy of the whole matrix. ``right`` must be CSR: scipy converts any other format to CSR on
+    every call, which cost 70 % of each block at 200k × 50k. The block is small, so its product has at most
+    ``rows × columns`` entries: the output buffers are sized by that bound (pages are only touched as entries
+    are written) and scipy's multiplication kernel runs alone, without the counting pass ``@`` makes first (a
     third of the product's time at 200k × 50k). If that internal kernel ever changes, plain ``@`` takes over.
     """
     rows, cols = left.shape[0], right.shape[1]
@@ -71,7 +76,7 @@ def _block_product(left: sp.csr_matrix, right: sp.csr_matrix) -> np.ndarray:
         index = np.int32 if max(bound, left.nnz, right.nnz, cols) < np.iinfo(np.int32).max else np.int64
         indptr = np.empty(rows + 1, dtype=index)
         indices = np.empty(bound, dtype=index)
-        data = np.empty(bound, dtype=dtype)
+        data = np.empty(bound + slack, dtype=dtype)
         try:
             _csr_matmat(
                 rows,
@@ -84,14 +89,21 @@ def _block_product(left: sp.csr_matrix, right: sp.csr_matrix) -> np.ndarray:
                 right.data.astype(dtype, copy=False),
                 indptr,
                 indices,
-                data,
+                data[:bound],
             )
         except (TypeError, ValueError):
             pass
         else:
-            nnz = int(indptr[-1])
-            return sp.csr_matrix((data[:nnz], indices[:nnz], indptr), shape=(rows, cols)).toarray()
-    return (left @ right).toarray()
+            return indptr, indices, data
+    product = sp.csr_matrix(left @ right)
+    return product.indptr, product.indices, np.concatenate([product.data, np.zeros(slack, dtype=product.dtype)])
+
+
+def _block_product(left: sp.csr_matrix, right: sp.csr_matrix) -> np.ndarray:
+    """Dense ``left @ right`` for a block of rows (see :func:`_block_product_parts`)."""
+    indptr, indices, data = _block_product_parts(left, right)
+    nnz = int(indptr[-1])
+    return sp.csr_matrix((data[:nnz], indices[:nnz], indptr), shape=(left.shape[0], right.shape[1])).toarray()
 
 
 def _block_workers(settings: RunSettings | None) -> int:
@@ -205,6 +217,102 @@ def _lowest_columns_first(
     return cols, np.take_along_axis(rows, cols, axis=1)
 
 
+def _keep_top_csr(
+    indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, start: int, keep: int, threshold: float
+) -> _Part:
+    """COO parts of each row's ``keep`` largest values above ``threshold`` in a block of CSR rows, leaving out
+    column ``start + row`` (an entity is not its own neighbour); ``threshold`` ≥ 0, so entries not stored never
+    qualify.
+
+    The same choice as :func:`_keep_top` on the dense block, ties at the cut-off going to the lower columns, but
+    it only reads the stored entries: at 200k × 50k the item–item products are ~13 % filled, and the dense pass
+    (densify, top-k over every column, tie look-ups) had cost as much as the product itself. Rows are copied in
+    one gather each into rectangles per size class (widths within 2× of each other, so the padding is at most the
+    entries themselves), torch's ``topk`` takes ``keep + 2`` per row — room for the row's own entry and one more
+    to tell whether a tie straddles the cut-off — and everything else (the diagonal, the threshold, ties) is
+    decided on those few candidates. Only rows with a straddling tie go back to their tied entries.
+    ``values`` may be longer than ``indptr[-1]``; what lies beyond is never used.
+    """
+    n_rows = len(indptr) - 1
+    counts = np.diff(indptr).astype(np.int64)
+    first = indptr[:-1].astype(np.int64)
+    own = np.arange(start, start + n_rows)
+    chosen_rows: list[np.ndarray] = []
+    chosen_entries: list[np.ndarray] = []
+    small = np.flatnonzero((counts > 0) & (counts <= keep))  # keep everything (but the diagonal)
+    if len(small):
+        lengths = counts[small]
+        entry = np.arange(int(lengths.sum())) + np.repeat(first[small] - (np.cumsum(lengths) - lengths), lengths)
+        chosen_rows.append(np.repeat(small, lengths))
+        chosen_entries.append(entry)
+    big = np.flatnonzero(counts > keep)
+    if len(big):
+        import torch
+
+        need = keep + 2
+        size_class = np.ceil(np.log2(counts[big])).astype(np.int64)
+        longest = int(max(counts[big].max(), need))
+        if len(values) < int(indptr[-1]) + longest:  # every row's window must lie inside the array
+            values = np.concatenate([values[: int(indptr[-1])], np.zeros(longest, dtype=values.dtype)])
+        windows = np.lib.stride_tricks.sliding_window_view(values, longest)
+        for size in np.unique(size_class):
+            members = big[size_class == size]
+            m, width = len(members), int(max(counts[members].max(), need))
+            slot = np.arange(width)
+            padded = windows[first[members], :width]  # one copy: row r's entries, then its successors'
+            outside = slot[None, :] >= counts[members, None]
+            padded[outside] = -np.inf
+            top_values_t, top_slots_t = torch.topk(torch.from_numpy(padded), need, dim=1, sorted=False)
+            top_values, top_slots = top_values_t.numpy(), top_slots_t.numpy().astype(np.int64)
+            top_entries = first[members, None] + top_slots
+            # Drop the row's own entry if it is among the candidates, else the smallest candidate: what remains
+            # is a top-(keep + 1) of the row without the diagonal (ties at its end in any order).
+            is_own = (indices[np.where(top_slots < counts[members, None], top_entries, 0)] == own[members, None]) & (
+                top_slots < counts[members, None]
+            )
+            drop = np.where(is_own.any(axis=1), is_own.argmax(axis=1), top_values.argmin(axis=1))
+            kept = np.ones(top_values.shape, dtype=bool)
+            kept[np.arange(m), drop] = False
+            top_values = top_values[kept].reshape(m, keep + 1)
+            top_entries = top_entries[kept].reshape(m, keep + 1)
+            extra = top_values.argmin(axis=1)  # the one just below the cut-off
+            next_value = top_values[np.arange(m), extra]
+            kept = np.ones(top_values.shape, dtype=bool)
+            kept[np.arange(m), extra] = False
+            top_values = top_values[kept].reshape(m, keep)
+            top_entries = top_entries[kept].reshape(m, keep)
+            kth = top_values.min(axis=1)
+            straddling = (next_value == kth) & (kth > threshold)
+            plain = ~straddling
+            chosen_rows.append(np.repeat(members[plain], keep))
+            chosen_entries.append(top_entries[plain].ravel())
+            if straddling.any():
+                # Entries above the cut-off all stay; the rest of each row is its lowest tied columns.
+                s_members, s_kth = members[straddling], kth[straddling, None]
+                above = top_values[straddling] > s_kth
+                chosen_rows.append(np.repeat(s_members, above.sum(axis=1)))
+                chosen_entries.append(top_entries[straddling][above])
+                needed = keep - above.sum(axis=1)
+                tied_row, tied_slot = np.nonzero((padded[straddling] == s_kth) & ~outside[straddling])
+                tied_entry = first[s_members[tied_row]] + tied_slot
+                not_own = indices[tied_entry] != own[s_members[tied_row]]
+                tied_row, tied_entry = tied_row[not_own], tied_entry[not_own]
+                order = np.lexsort((indices[tied_entry], tied_row))
+                tied_row, tied_entry = tied_row[order], tied_entry[order]
+                rank = np.arange(len(tied_row)) - np.searchsorted(tied_row, tied_row)
+                wanted = rank < needed[tied_row]
+                chosen_rows.append(s_members[tied_row[wanted]])
+                chosen_entries.append(tied_entry[wanted])
+    if not chosen_entries:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=values.dtype)
+    rows = np.concatenate(chosen_rows)
+    entries = np.concatenate(chosen_entries)
+    cols = indices[entries].astype(np.int64)
+    vals = values[entries]
+    good = (vals > threshold) & (cols != rows + start)
+    return rows[good] + start, cols[good], vals[good]
+
+
 def _assemble(parts: list[_Part], n: int) -> sp.csr_matrix:
     """One float32 CSR ``n × n`` from per-block COO parts, with sorted column indices (needed for look-ups)."""
     rows = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, dtype=np.int64)
@@ -231,10 +339,16 @@ def cosine_topk(
     ``vectors`` is entity × feature. The similarity of target ``t`` to neighbour ``n`` is the asymmetric cosine
     ``(t·n / (‖t‖^(2α) ‖n‖^(2(1−α)) + shrinkage))^exponent`` — the plain cosine for ``α = 0.5``,
     ``exponent = 1`` — or ``(t·n)^exponent`` when ``normalize`` is false (for BM25 weights, which carry their own
-    length normalisation). Values at or below ``min_similarity`` (tested before the exponent) are dropped and an
-    entity is never its own neighbour. Computed one block of target rows of the dense ``n × n`` product at a time
-    and pruned right away, so memory is bounded by :data:`BLOCK_VALUES`.
+    length normalisation). Values at or below ``min_similarity`` (≥ 0, tested before the exponent) are dropped and
+    an entity is never its own neighbour. Computed one block of target rows of the sparse ``n × n`` product at a
+    time and pruned right away, so memory is bounded by the block's stored entries (at most
+    :data:`BLOCK_VALUES` / workers per block).
     """
+    if min_similarity < 0:
+        raise ValueError(
+            f"min_similarity must be ≥ 0, got {min_similarity}: pairs without a shared feature are not stored, "
+            "so a negative cut-off cannot be honoured"
+        )
     vectors = sp.csr_matrix(vectors, dtype=np.float32)
     n = vectors.shape[0]
     sq_norms = np.asarray(vectors.multiply(vectors).sum(axis=1), dtype=np.float64).ravel()
@@ -259,14 +373,16 @@ def cosine_topk(
     workers = _block_workers(settings)
 
     def compute(start: int, stop: int) -> _Part:
-        sims = _block_product(left[start:stop], right)
+        indptr, indices, sims = _block_product_parts(left[start:stop], right, slack=n + 2)
         if normalize and not scaled:
-            denom = np.outer(target_scale[start:stop], neighbour_scale)
+            nnz = int(indptr[-1])
+            rows = np.repeat(np.arange(start, stop), np.diff(indptr))
+            denom = target_scale[rows] * neighbour_scale[indices[:nnz]]
             denom += shrinkage
-            np.divide(sims, denom, out=sims, where=denom > 0)
-            sims[denom <= 0] = 0.0
-        sims[np.arange(stop - start), np.arange(start, stop)] = 0.0  # not its own neighbour
-        rows, cols, vals = _keep_top(sims, start, keep, min_similarity)
+            normalised = np.zeros(nnz + n + 2, dtype=sims.dtype)
+            np.divide(sims[:nnz], denom, out=normalised[:nnz], where=denom > 0)
+            sims = normalised
+        rows, cols, vals = _keep_top_csr(indptr, indices, sims, start, keep, min_similarity)
         if exponent != 1.0:
             vals = np.sign(vals) * np.abs(vals) ** exponent
         return rows, cols, vals
