@@ -208,19 +208,38 @@ def test_cut_off_ties_keep_the_lowest_items_and_threads_do_not_change_the_result
 def _reference_cosine_topk(
     vectors: np.ndarray, neighbors: int, shrinkage: float, min_similarity: float, alpha: float, exponent: float
 ) -> np.ndarray:
-    """cosine_topk's documented rule, one (row, column) at a time: the slow, obvious version."""
+    """cosine_topk's documented rule, one (target, neighbour) pair at a time: the slow, obvious version.
+
+    Pairs are ranked by their similarity computed in float32 the way cosine_topk documents it — without shrinkage
+    ``Σ_f (t_f / ‖t‖^(2α)) (n_f / ‖n‖^(2(1−α)))``, with it ``Σ_f t_f n_f / (‖t‖^(2α) ‖n‖^(2(1−α)) + shrinkage)``,
+    summed in feature order — so that ties, the rule under test, are the same floats on both sides
+    (mathematically equal cosines such as 4/√(17·4) and 6/√(17·9) need not be equal floats). Returns float64
+    values of the plain formula.
+    """
     n = len(vectors)
+    x = vectors.astype(np.float32)
     sq = (vectors.astype(np.float64) ** 2).sum(axis=1)
+    target_scale, neighbour_scale = (sq**alpha).astype(np.float32), (sq ** (1 - alpha)).astype(np.float32)
+    inv_t = np.divide(np.float32(1), target_scale, out=np.zeros_like(target_scale), where=target_scale > 0)
+    inv_n = np.divide(np.float32(1), neighbour_scale, out=np.zeros_like(neighbour_scale), where=neighbour_scale > 0)
     out = np.zeros((n, n))
     for t in range(n):
-        sims = []
+        ranked = []
         for c in range(n):
+            # Without shrinkage the scales go onto the inputs; with it they divide the summed product.
+            left, right = (x[t], x[c]) if shrinkage else (x[t] * inv_t[t], x[c] * inv_n[c])
+            summed = np.float32(0)
+            for f in np.flatnonzero(x[t] * x[c]):  # shared features, in order
+                summed = summed + left[f] * right[f]
+            if shrinkage:
+                denom32 = target_scale[t] * neighbour_scale[c] + np.float32(shrinkage)
+                summed = summed / denom32 if denom32 > 0 else np.float32(0)
             denom = sq[t] ** alpha * sq[c] ** (1 - alpha) + shrinkage
-            value = float(vectors[t] @ vectors[c]) / denom if denom > 0 else 0.0
-            if c != t and value > min_similarity:
-                sims.append((-value, c))
-        for negative, c in sorted(sims)[:neighbors]:  # largest first, lower column first among equals
-            out[t, c] = (-negative) ** exponent
+            value = float(vectors[t].astype(np.float64) @ vectors[c]) / denom if denom > 0 else 0.0
+            if c != t and summed > min_similarity:
+                ranked.append((-summed, c, value))
+        for _, c, value in sorted(ranked)[:neighbors]:  # largest first, lower column first among equals
+            out[t, c] = value**exponent
     return out
 
 
@@ -253,14 +272,8 @@ def test_sparse_top_k_equals_the_definition_including_ties_blocks_and_thresholds
                     exponent=exponent,
                 ).toarray()
                 want = _reference_cosine_topk(dense, neighbors, shrinkage, min_similarity, alpha, exponent)
-                # Binary and count data tie exactly (same integers, same norms), so the tie rule decides the
-                # columns; real-valued data only ties up to rounding (e.g. parallel vectors), where float32 and
-                # the float64 reference may round a tie apart differently: there, each row's values must match.
-                if kind != "real":
-                    assert [list(np.flatnonzero(r)) for r in got] == [list(np.flatnonzero(r)) for r in want], trial
-                    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
-                else:
-                    np.testing.assert_allclose(np.sort(got, axis=1), np.sort(want, axis=1), rtol=2e-5, atol=1e-7)
+                assert [list(np.flatnonzero(r)) for r in got] == [list(np.flatnonzero(r)) for r in want], trial
+                np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
                 checked += 1
     assert checked == 12 * 4 * 2
     with pytest.raises(ValueError, match="min_similarity must be ≥ 0"):
