@@ -14,10 +14,11 @@ from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from flows.runners import data_for_tasks, make_task_runner, runner_name
+from flows.runners import available_cores, data_for_tasks, make_task_runner, runner_name
 from recforge import handoff
 from recforge.config import RunConfig, resolve_db_url
 from recforge.data.sources import SourceSpec
+from recforge.memory import MemoryWatch, runner_advice
 from recforge.pipeline import (
     ModelEvaluation,
     ModelRecommendations,
@@ -83,6 +84,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         str(flow_run.id) if flow_run.id else None,
     )
     task_data: PreparedData | handoff.DataRef | None = None
+    memory: MemoryWatch | None = None  # samples free memory while models train
     try:
         report = validate(dataset, config.min_interactions, output_dir / "gx")
         lap("validate")
@@ -92,6 +94,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
 
         names = config.model_list()
         task_data = data_for_tasks(data, output_dir / "handoff")
+        memory = MemoryWatch(logger.warning, _memory_advice(config, task_data)).start()
         # A time budget per model task: a model that hangs is cut off and counted as failed, not the whole run.
         evaluate_task = evaluate_model.with_options(timeout_seconds=config.model_timeout_s)
         recommend_task = recommend_model.with_options(timeout_seconds=config.model_timeout_s)
@@ -122,6 +125,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
                 refit_errors[name] = str(state.message or state.name)
             elif (published := refits[name].result()) is not None:
                 recommendations.append(published)
+        memory.stop()
         handoff.remove(task_data)
         lap("refit_recommend")
 
@@ -155,6 +159,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             "rows_written": written,
             "row_counts": data.row_counts,
             "timings": timings,
+            "memory": memory.summary(),
             "failed_models": failed,
             "data_docs": None if report.data_docs_index is None else str(report.data_docs_index),
         }
@@ -176,6 +181,8 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         _summary_artifact(summary, data.cleaning.summary(), report.summary())
         logger.info("run %s %s; champion %s", run_id, status, summary["champion"])
     except Exception as exc:
+        if memory is not None:
+            memory.stop()
         handoff.remove(task_data)
         lap("failed")
         close_run(url, run_id, "failed", timings, f"{type(exc).__name__}: {exc}")
@@ -184,6 +191,8 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         # Interrupted: Ctrl-C, or a SIGTERM (which Prefect raises as TerminationSignal) from a cancellation, a
         # worker or container shutting down. No task can run any more, so the run record is closed directly, or
         # it would say "running" for ever; then the interruption goes on.
+        if memory is not None:
+            memory.stop()
         handoff.remove(task_data)
         _close_interrupted_run(url, run_id, timings, exc)
         raise
@@ -192,6 +201,16 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             f"{len(failed)} of {len(names)} models failed ({error}); the others were published as run {run_id}"
         )
     return summary
+
+
+def _memory_advice(config: RunConfig, task_data: object) -> str:
+    """The end of a low-memory warning for this run's runner (see :mod:`recforge.memory`)."""
+    runner = config.task_runner
+    workers = config.max_workers
+    if workers is None and runner != "thread":
+        workers = None if config.dask_address else (2 if runner == "dask" else available_cores())
+    data_bytes = task_data.nbytes if isinstance(task_data, handoff.DataRef) else None
+    return runner_advice(runner, workers, data_bytes)
 
 
 def _close_interrupted_run(url: str, run_id: str, timings: dict[str, float], exc: BaseException) -> None:

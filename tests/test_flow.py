@@ -87,6 +87,23 @@ def test_synthetic_run_publishes_every_model(tmp_path: Path) -> None:
     assert len(_table(url, "runs")) == 3
 
 
+def test_low_memory_is_warned_about_in_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training stage's memory watch runs inside a real flow run and reports in its summary."""
+    from flows.recommend import recommend
+
+    monkeypatch.setenv("RECFORGE_LOW_MEMORY_FRACTION", "0.999")  # any machine is "low" by this bar
+    config = RunConfig(models=["popularity"], top_n=5, output_dir=str(tmp_path / "var"))
+    summary = recommend(config=config, db_url=f"sqlite:///{tmp_path / 'rf.db'}")
+    assert summary["status"] == "completed"
+    memory = summary["memory"]
+    if Path("/proc/meminfo").exists():
+        assert memory["low_memory_warnings"] == 1
+        assert 0 < memory["lowest_available_gib"] <= memory["total_gib"]
+    monkeypatch.setenv("RECFORGE_LOW_MEMORY_FRACTION", "0")  # disabled: no sampling at all
+    summary = recommend(config=config, db_url=f"sqlite:///{tmp_path / 'rf.db'}")
+    assert summary["memory"] == {"lowest_available_gib": None, "total_gib": None, "low_memory_warnings": 0}
+
+
 def test_movielens_run_respects_as_of(tmp_path: Path, ml100k_dir: Path) -> None:
     from flows.recommend import recommend
 
