@@ -34,6 +34,7 @@ import pandas as pd
 from recforge.data.contract import ITEM, RATING, USER
 from recforge.data.movielens import load_movielens_100k
 from recforge.evaluation import evaluate_ratings, evaluate_topn
+from recforge.malloc import tune_malloc
 from recforge.metrics import rmse
 from recforge.split import random_rating_split, temporal_holdout
 from recmodels.base import Recommender, RunSettings
@@ -235,13 +236,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timing repetitions (default 3)")
     parser.add_argument("--seed", type=int, default=42, help="rating-split seed and RunSettings seed")
     parser.add_argument("--skip-ratings", action="store_true", help="only the top-N part (no surprise needed)")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's default allocator settings (the flow's model tasks tune them: recforge.malloc)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    # As in the flow, whose model tasks all tune the allocator; surprise runs in this process too, so both sides
+    # get the same settings.
+    malloc_tuned = False if args.default_malloc else tune_malloc()
     interactions = load_movielens_100k(args.data_dir).interactions
     started = time.perf_counter()
     sections = [
         "## MovieLens 100K — numpy factorisation models and EASE",
+        "",
+        f"malloc tuned as in the flow (both libraries, one process): {malloc_tuned}.",
         "",
         topn_section(interactions, args.repeats, args.seed),
     ]
