@@ -14,7 +14,7 @@ from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from flows.runners import available_cores, data_for_tasks, make_task_runner, runner_name
+from flows.runners import data_for_tasks, make_task_runner, runner_name, worker_processes
 from recforge import handoff
 from recforge.config import RunConfig, resolve_db_url
 from recforge.data.sources import SourceSpec
@@ -94,7 +94,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
 
         names = config.model_list()
         task_data = data_for_tasks(data, output_dir / "handoff")
-        memory = MemoryWatch(logger.warning, _memory_advice(config, task_data)).start()
+        memory = MemoryWatch(logger.warning, _memory_advice(context, config, task_data)).start()
         # A time budget per model task: a model that hangs is cut off and counted as failed, not the whole run.
         evaluate_task = evaluate_model.with_options(timeout_seconds=config.model_timeout_s)
         recommend_task = recommend_model.with_options(timeout_seconds=config.model_timeout_s)
@@ -125,8 +125,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
                 refit_errors[name] = str(state.message or state.name)
             elif (published := refits[name].result()) is not None:
                 recommendations.append(published)
-        memory.stop()
-        handoff.remove(task_data)
+        _training_over(memory, task_data)
         lap("refit_recommend")
 
         # An evaluation's own error says more than the refit's "upstream failed", so it wins.
@@ -181,9 +180,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         _summary_artifact(summary, data.cleaning.summary(), report.summary())
         logger.info("run %s %s; champion %s", run_id, status, summary["champion"])
     except Exception as exc:
-        if memory is not None:
-            memory.stop()
-        handoff.remove(task_data)
+        _training_over(memory, task_data)
         lap("failed")
         close_run(url, run_id, "failed", timings, f"{type(exc).__name__}: {exc}")
         raise
@@ -191,9 +188,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         # Interrupted: Ctrl-C, or a SIGTERM (which Prefect raises as TerminationSignal) from a cancellation, a
         # worker or container shutting down. No task can run any more, so the run record is closed directly, or
         # it would say "running" for ever; then the interruption goes on.
-        if memory is not None:
-            memory.stop()
-        handoff.remove(task_data)
+        _training_over(memory, task_data)
         _close_interrupted_run(url, run_id, timings, exc)
         raise
     if failed:
@@ -203,14 +198,20 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
     return summary
 
 
-def _memory_advice(config: RunConfig, task_data: object) -> str:
-    """The end of a low-memory warning for this run's runner (see :mod:`recforge.memory`)."""
-    runner = config.task_runner
-    workers = config.max_workers
-    if workers is None and runner != "thread":
-        workers = None if config.dask_address else (2 if runner == "dask" else available_cores())
+def _memory_advice(context: FlowRunContext | None, config: RunConfig, task_data: object) -> str:
+    """The end of a low-memory warning for the runner this flow run trains on (see :mod:`recforge.memory`); the
+    runner's own settings say how many worker processes hold a copy of the data."""
     data_bytes = task_data.nbytes if isinstance(task_data, handoff.DataRef) else None
-    return runner_advice(runner, workers, data_bytes)
+    if context is None:
+        return runner_advice(config.task_runner, None, data_bytes)
+    return runner_advice(runner_name(context.task_runner), worker_processes(context.task_runner), data_bytes)
+
+
+def _training_over(memory: MemoryWatch | None, task_data: PreparedData | handoff.DataRef | None) -> None:
+    """Stop watching memory and remove the hand-off file: the model tasks are done (or will never run)."""
+    if memory is not None:
+        memory.stop()
+    handoff.remove(task_data)
 
 
 def _close_interrupted_run(url: str, run_id: str, timings: dict[str, float], exc: BaseException) -> None:

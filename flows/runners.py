@@ -115,6 +115,16 @@ def local_dask_cluster(**cluster_kwargs: Any) -> Any:
         return LocalCluster(**cluster_kwargs)
 
 
+def worker_processes(task_runner: TaskRunner) -> int | None:
+    """How many worker processes ``task_runner`` runs tasks in; None for threads, or when it cannot know (an
+    existing Dask cluster, whose workers belong to whoever started it)."""
+    if isinstance(task_runner, ThreadPoolTaskRunner):
+        return None
+    if isinstance(task_runner, ProcessPoolTaskRunner):
+        return task_runner._max_workers
+    return (getattr(task_runner, "cluster_kwargs", None) or {}).get("n_workers")
+
+
 def runner_name(task_runner: TaskRunner) -> str:
     """The ``--task-runner`` name of a task runner instance ("thread", "process", "dask"; else its class name)."""
     if isinstance(task_runner, ThreadPoolTaskRunner):

@@ -6,7 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
+from prefect.task_runners import ProcessPoolTaskRunner
 
+from flows.runners import make_task_runner, worker_processes
 from recforge.memory import GIB, MemoryWatch, low_memory_fraction, read_meminfo, runner_advice
 
 
@@ -80,3 +82,11 @@ def test_advice_names_the_runner_the_workers_and_the_data_copy() -> None:
     assert "process runner keeps a copy of the prepared data (1.5 GiB on disk)" in advice
     assert "each of its 2 worker processes" in advice and "--task-runner thread" in advice
     assert "dask runner" in runner_advice("dask", None, None)
+
+
+def test_the_runner_itself_says_how_many_worker_processes_hold_a_copy() -> None:
+    assert worker_processes(make_task_runner("thread", max_workers=4)) is None  # one shared copy
+    assert worker_processes(make_task_runner("dask", max_workers=3)) == 3
+    assert worker_processes(make_task_runner("dask")) == 2  # the local cluster's default
+    assert worker_processes(make_task_runner("dask", dask_address="tcp://127.0.0.1:8786")) is None  # not ours
+    assert worker_processes(ProcessPoolTaskRunner(max_workers=5)) == 5  # make_task_runner needs a server for it
