@@ -133,7 +133,7 @@ def rating_section(interactions: pd.DataFrame, repeats: int, seed: int) -> str:
             lambda: surprise.SVD(random_state=seed, **tuned),
         ),
         (
-            "biased_mf (factors=100, λ=0.13: best validation RMSE, ~4× slower)",
+            "biased_mf (factors=100, λ=0.13: best validation RMSE)",
             lambda: BiasedMF(BiasedMFConfig(factors=100, regularization=0.13, rank_by="rating")),
             f"surprise SVD (tuned-ish: {tuned})",
             lambda: surprise.SVD(random_state=seed, **tuned),

@@ -6,6 +6,7 @@ against a dense formula), planted low-rank recovery, monotone losses, masking, f
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from recforge.evaluation import evaluate_ratings, evaluate_topn
 from recforge.split import temporal_holdout
 from recmodels.base import RunSettings
 from recmodels.data import Interactions
-from recmodels.mf.biased_mf import BiasedMF, BiasedMFConfig, _solve_side
+from recmodels.mf.biased_mf import BiasedMF, BiasedMFConfig, _update_side
 from recmodels.mf.nmf import NMF, NMFConfig, damped_baseline, fit_nmf
 from recmodels.mf.pure_svd import PureSVD, PureSVDConfig
 
@@ -102,21 +103,52 @@ def test_pure_svd_rating_weighting_needs_ratings() -> None:
 # ---- biased MF -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("missing_weight", [0.0, 0.3])
-def test_als_half_step_is_the_exact_weighted_ridge_solution(missing_weight: float) -> None:
+def _ridge_case(missing_weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, BiasedMFConfig]:
     rng = np.random.default_rng(2)
     dense = np.array([[5, 0, 3, 1], [0, 4, 0, 0], [2, 2, 0, 5]], dtype=np.float64)  # 0 = unobserved
-    observed = dense > 0
     item_factors, item_bias, offset = rng.normal(size=(4, 2)), rng.normal(size=4), 3.0
     config = BiasedMFConfig(factors=2, regularization=0.2, bias_regularization=0.05, missing_rating=1.0)
-    factors, bias = _solve_side(sp.csr_matrix(dense), item_factors, item_bias, offset, config, missing_weight)
+    return dense, item_factors, item_bias, offset, config
+
+
+def _ridge_objective(z: np.ndarray, u: int, missing_weight: float) -> tuple[float, np.ndarray]:
+    """Row u's weighted ridge objective at ``z`` = [factors, bias], and its exact minimiser."""
+    dense, item_factors, item_bias, offset, config = _ridge_case(missing_weight)
+    observed = dense[u] > 0
     design = np.hstack([item_factors, np.ones((4, 1))])
+    weight = np.where(observed, 1.0, missing_weight)
+    target = np.where(observed, dense[u], config.missing_rating) - offset - item_bias
+    penalty = np.diag([0.2, 0.2, 0.05]) * observed.sum()
+    best = np.linalg.solve(design.T @ (weight[:, None] * design) + penalty, design.T @ (weight * target))
+    return float(weight @ (target - design @ z) ** 2 + z @ penalty @ z), best
+
+
+@pytest.mark.parametrize("missing_weight", [0.0, 0.3, 1.0])
+def test_als_half_step_is_the_exact_weighted_ridge_solution(missing_weight: float) -> None:
+    dense, item_factors, item_bias, offset, config = _ridge_case(missing_weight)
+    config = dataclasses.replace(config, solver="exact")
+    start = np.zeros((3, 2)), np.zeros(3)
+    # missing_weight 1 takes the shared-Gram path (one eigendecomposition), the others batched Cholesky.
+    factors, bias = _update_side(sp.csr_matrix(dense), item_factors, item_bias, offset, config, missing_weight, *start)
     for u in range(3):
-        weight = np.where(observed[u], 1.0, missing_weight)
-        target = np.where(observed[u], dense[u], config.missing_rating) - offset - item_bias
-        penalty = np.diag([0.2, 0.2, 0.05]) * observed[u].sum()
-        expected = np.linalg.solve(design.T @ (weight[:, None] * design) + penalty, design.T @ (weight * target))
+        _, expected = _ridge_objective(np.zeros(3), u, missing_weight)
         np.testing.assert_allclose(np.append(factors[u], bias[u]), expected, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("missing_weight", [0.0, 0.3])
+def test_cg_half_step_lowers_each_row_objective_and_converges(missing_weight: float) -> None:
+    dense, item_factors, item_bias, offset, config = _ridge_case(missing_weight)
+    rng = np.random.default_rng(5)
+    start_factors, start_bias = rng.normal(size=(3, 2)), rng.normal(size=3)
+    args = (sp.csr_matrix(dense), item_factors, item_bias, offset)
+    one_step = _update_side(*args, dataclasses.replace(config, cg_steps=1), missing_weight, start_factors, start_bias)
+    # k + 1 = 3 CG steps solve a 3 × 3 system exactly (up to rounding, float32 dot products inside).
+    solved = _update_side(*args, dataclasses.replace(config, cg_steps=3), missing_weight, start_factors, start_bias)
+    for u in range(3):
+        start_value, expected = _ridge_objective(np.append(start_factors[u], start_bias[u]), u, missing_weight)
+        one_value, _ = _ridge_objective(np.append(one_step[0][u], one_step[1][u]), u, missing_weight)
+        assert one_value < start_value
+        np.testing.assert_allclose(np.append(solved[0][u], solved[1][u]), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_biased_mf_recovers_planted_ratings_and_loss_decreases() -> None:
