@@ -227,13 +227,16 @@ def _multiplicative_step(
     negative parts of the target there). ``O ← O ⊙ N / D`` minimises a quadratic upper bound of ``J``, so
     ``J`` never increases and ``O`` stays non-negative — also where biases make a target negative.
     """
-    denominator = (1 - w) * (pred @ fixed) + penalty * own
+    # ``(1 − w) Ŝ F + T⁻ F`` as one sparse product: both matrices have the observed cells' pattern.
+    cell_weights = (1 - w) * pred.data
+    if (target < 0).any():
+        cell_weights += np.maximum(-target, 0)
+    shape = pred.shape
+    denominator = sp.csr_matrix((cell_weights, pred.indices, pred.indptr), shape=shape) @ fixed
+    denominator += penalty * own
     if w > 0:
         denominator += w * (own @ (fixed.T @ fixed))
-    shape = pred.shape
     positive = sp.csr_matrix((np.maximum(target, 0), pred.indices, pred.indptr), shape=shape)
-    if (target < 0).any():
-        denominator += sp.csr_matrix((np.maximum(-target, 0), pred.indices, pred.indptr), shape=shape) @ fixed
     own *= (positive @ fixed) / np.maximum(denominator, _TINY)
 
 
