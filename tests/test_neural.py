@@ -498,3 +498,33 @@ def test_fits_running_side_by_side_in_threads_match_a_fit_alone(name: str) -> No
     for thread in threads:
         thread.join()
     assert np.array_equal(results[0], alone) and np.array_equal(results[1], alone)
+
+
+def test_stacked_gru4rec_is_reproducible_whatever_the_global_rng_and_loads_older_files(tmp_path: Path) -> None:
+    # Dropout between stacked layers used torch's process-wide RNG: two fits with one seed differed when anything
+    # else (another model in a parallel thread) had drawn from it in between.
+    data = _cyclic(n_users=20)
+    config = dataclasses.replace(FAST["gru4rec"], layers=2, dropout=0.3, validation_fraction=0.0)
+    users = np.arange(5)
+    torch.manual_seed(1)
+    first = GRU4Rec(config).fit(data, RunSettings(seed=3))
+    torch.manual_seed(2)
+    second = GRU4Rec(config).fit(data, RunSettings(seed=3))
+    np.testing.assert_array_equal(first.score(users), second.score(users))
+    # A file saved under the names of the former ``nn.GRU(layers=2)`` (``gru.*_l1``) loads into today's layout.
+    path = first.save(tmp_path / "stacked.npz")
+    with np.load(path) as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    prefix = "state/weights."  # how Recommender.save names the network weights
+    renamed = {
+        (
+            name.replace(f"{prefix}upper.0.", f"{prefix}gru.").replace("_l0", "_l1")
+            if ".upper.0." in f".{name}"
+            else name
+        ): v
+        for name, v in arrays.items()
+    }
+    assert any(name.startswith(f"{prefix}gru.") and name.endswith("_l1") for name in renamed)
+    np.savez(tmp_path / "older.npz", **renamed)
+    older = GRU4Rec.load(tmp_path / "older.npz")
+    np.testing.assert_array_equal(older.score(users), first.score(users))

@@ -10,6 +10,7 @@ newest ``max_len`` training events.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from torch import nn
 from recmodels.neural.sequences import SequenceData, segment_batches
 from recmodels.neural.training import (
     LOSSES,
+    WEIGHTS_PREFIX,
     Batch,
     NeuralConfig,
     NeuralRecommender,
@@ -34,8 +36,7 @@ class GRU4RecConfig(NeuralConfig):
 
     embedding_dim: size of the input item embeddings.
     hidden_size: GRU units per layer (also the size of the output item embeddings).
-    layers: stacked GRU layers. With more than one, torch's own dropout between the layers draws from the
-        process-wide RNG: such fits are reproducible only when no other torch fit runs beside them.
+    layers: stacked GRU layers; ``dropout`` also applies between them (with the model's own generator).
     dropout: dropout on the embedded inputs and on the GRU outputs.
     max_len: the GRU reads at most this many of a user's newest events when scoring; in training, each
         segment has at most ``max_len`` targets preceded by up to ``max_len`` warm-up events (``None``: whole
@@ -86,12 +87,11 @@ class GRU4RecNet(nn.Module):
         super().__init__()
         self.pad = n_items
         self.embed = nn.Embedding(n_items + 1, config.embedding_dim, padding_idx=n_items)
-        self.gru = nn.GRU(
-            config.embedding_dim,
-            config.hidden_size,
-            config.layers,
-            batch_first=True,
-            dropout=config.dropout if config.layers > 1 else 0.0,
+        # One single-layer GRU per layer rather than ``nn.GRU(layers, dropout=…)``: torch's dropout between
+        # stacked layers draws from the process-wide RNG, which fits running side by side in threads share.
+        self.gru = nn.GRU(config.embedding_dim, config.hidden_size, batch_first=True)
+        self.upper = nn.ModuleList(
+            nn.GRU(config.hidden_size, config.hidden_size, batch_first=True) for _ in range(config.layers - 1)
         )
         self.drop = SeededDropout(config.dropout)
         self.out = nn.Embedding(n_items, config.hidden_size)
@@ -109,6 +109,8 @@ class GRU4RecNet(nn.Module):
         mask = torch.arange(items.shape[1], device=items.device)[None, :] < lengths[:, None]
         x = self.drop(self.embed(items.masked_fill(~mask, self.pad)))
         states, _ = self.gru(x)
+        for layer in self.upper:
+            states, _ = layer(self.drop(states))
         return self.drop(states) * mask[..., None]
 
     def last_state(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -131,6 +133,9 @@ class GRU4Rec(NeuralRecommender):
 
     def _history_window(self) -> int | None:
         return self.config.max_len
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        super()._set_state(_stacked_gru_names(state))
 
     def _epoch_batches(self, train: SequenceData, rng: np.random.Generator) -> Iterable[Batch]:
         context = 0 if self.config.max_len is None else self.config.max_len
@@ -157,3 +162,16 @@ class GRU4Rec(NeuralRecommender):
         device = self.device_
         state = self.net_.last_state(torch.from_numpy(items).to(device), torch.from_numpy(lengths).to(device))
         return state @ self.net_.out.weight.T + self.net_.out_bias
+
+
+def _stacked_gru_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Weights saved before the layers became separate GRUs (``gru.weight_ih_l1`` …) under today's names
+    (``upper.0.weight_ih_l0`` …), so that older multi-layer files still load."""
+    old_name = re.compile(rf"^{re.escape(WEIGHTS_PREFIX)}gru\.(\w+)_l(\d+)$")
+    renamed = {}
+    for name, value in state.items():
+        match = old_name.match(name)
+        if match and int(match[2]) > 0:
+            name = f"{WEIGHTS_PREFIX}upper.{int(match[2]) - 1}.{match[1]}_l0"
+        renamed[name] = value
+    return renamed
