@@ -219,7 +219,11 @@ def _close_interrupted_run(url: str, run_id: str, timings: dict[str, float], exc
     last = next(reversed(timings), "start")
     error = f"interrupted by {type(exc).__name__} after stage {last!r}; {PUBLISHED_ALL_OR_NOTHING}"
     try:
-        Store(url).finish_run(run_id, status="failed", timings=timings, error=error)
+        store = Store(url)
+        try:
+            store.finish_run(run_id, status="failed", timings=timings, error=error)
+        finally:
+            store.dispose()
     except Exception as close_error:  # the interruption matters more than the record of it
         get_run_logger().warning("could not close interrupted run %s: %s", run_id, close_error)
 
