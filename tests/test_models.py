@@ -237,3 +237,26 @@ def test_top_k_is_a_prefix_of_a_longer_top_k_under_ties() -> None:
         # Reference: full stable sort by descending score then ascending column.
         reference = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         np.testing.assert_array_equal(items, reference)
+
+
+@pytest.mark.parametrize("kind", ["distinct", "few_values", "clustered", "mostly_exhausted", "flat"])
+def test_top_k_of_wide_rows_matches_a_full_sort(kind: str) -> None:
+    # Wide enough for top_k's pre-selection by chunk maxima; each kind stresses one way it could go wrong.
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(60, 5_000))
+    if kind == "few_values":  # ties straddle every cut-off, inside and outside the selected chunks
+        scores = rng.integers(0, 4, size=scores.shape).astype(np.float64)
+    elif kind == "clustered":  # the best columns share a few chunks
+        scores[:, 100:300] += 5.0
+    elif kind == "mostly_exhausted":
+        scores[rng.random(scores.shape) < 0.995] = -np.inf
+    elif kind == "flat":
+        scores = np.zeros(scores.shape)
+        scores[:, rng.integers(0, 5_000, 3)] = 1.0
+    scores = scores.astype(np.float32)
+    for k in (1, 10, 50):
+        items, values = top_k(scores, k)
+        reference = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        reference_values = np.take_along_axis(scores, reference, axis=1)
+        np.testing.assert_array_equal(np.where(np.isneginf(reference_values), -1, reference), items)
+        np.testing.assert_array_equal(reference_values, values)
