@@ -234,13 +234,11 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     kept, then the lowest columns among those equal to it. So a top-10 is always the prefix of the top-20, and the
     result depends only on the scores.
 
-    Wide rows are pre-selected by chunks: one maximum per :data:`_TOP_K_CHUNK` columns, the ``4 (k + 1)`` chunks
-    with the largest maxima, and torch's multi-threaded ``topk`` over their columns only (at 50,000 columns,
-    ``topk`` over whole rows cost 1.9 ns per score; the maxima are one pass of ``amax``). ``topk`` takes ``k + 1``
-    candidates. The extra one is at least the (k+1)-th largest chunk maximum, hence at least every entry left
-    out; so when it is below the k-th, no entry outside the found k can reach the k-th value and the row is
-    exact. When it ties with the k-th (ties at the cut-off, exhausted ``-inf`` rows), ``topk`` may have picked
-    any of the tied columns, and the row is redone exactly in numpy.
+    :func:`topk_set` takes ``k + 1`` candidates per row (torch's multi-threaded ``topk``, over chunks with the
+    largest maxima only on wide rows: at 50,000 columns ``topk`` over whole rows cost 1.9 ns per score). Every
+    other entry is at most the extra one, so when the extra is below the k-th value the row is exact; when it
+    ties with the k-th (ties at the cut-off, exhausted ``-inf`` rows), the choice among the tied columns may be
+    wrong and the row is redone exactly in numpy.
     """
     n_rows, n_cols = scores.shape
     k = min(k, n_cols)
@@ -254,9 +252,8 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return _top_k_exact(scores, k)
     scores = np.ascontiguousarray(scores)
     table = torch.from_numpy(scores)
-    candidates, columns = _top_k_candidates(table, k)
-    values_t, slots_t = torch.topk(candidates, k + 1, dim=1, largest=True, sorted=False)
-    values, cols = values_t.numpy(), torch.gather(columns, 1, slots_t).numpy()
+    values_t, cols_t = topk_set(table, k + 1)
+    values, cols = values_t.numpy(), cols_t.numpy()
     # Best first; among equal scores the lower column first (lexsort's last key is the primary one).
     order = np.lexsort((cols, -values), axis=1)
     cols = np.take_along_axis(cols, order, axis=1)
@@ -271,31 +268,36 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return items, top_scores
 
 
-def _top_k_candidates(table: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the candidate scores for :func:`top_k` and their columns.
+def topk_set(table: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` largest entries of each row of a 2-D float tensor, unsorted: values and columns.
 
-    Rows narrower than a few selections' worth of chunks are taken whole. Otherwise the candidates are the
-    columns of the ``4 (k + 1)`` chunks with the largest maxima (never fewer than ``k + 1`` chunks, which
-    :func:`top_k`'s exactness test needs); columns past the end of the last, shorter chunk are masked ``-inf``.
+    Like ``torch.topk(table, n, sorted=False)`` — ties at the n-th value may be broken any way, and every entry
+    not returned is at most the smallest returned — but rows wider than a few selections' worth of chunks are
+    pre-selected: one maximum per :data:`_TOP_K_CHUNK` columns, then ``topk`` over the columns of the ``4n``
+    chunks with the largest maxima only. The guarantee holds: an entry left out is at most its chunk's maximum,
+    which is at most the n-th largest maximum, and the n chunks with those maxima each hold a candidate at least
+    that large. ``n`` must not exceed the row width.
     """
     import torch
 
-    n_rows, n_cols = table.shape
+    n_cols = table.shape[1]
     chunks = -(-n_cols // _TOP_K_CHUNK)
-    selected = 4 * (k + 1)
+    selected = 4 * n
     if chunks <= 2 * selected:
-        return table, torch.arange(n_cols).expand(n_rows, n_cols)
+        values, columns = torch.topk(table, n, dim=1, largest=True, sorted=False)
+        return values, columns
     whole = n_cols // _TOP_K_CHUNK * _TOP_K_CHUNK
     maxima = table[:, :whole].unflatten(1, (-1, _TOP_K_CHUNK)).amax(dim=2)
     if whole < n_cols:
         maxima = torch.cat([maxima, table[:, whole:].amax(dim=1, keepdim=True)], dim=1)
     top_chunks = torch.topk(maxima, selected, dim=1, largest=True, sorted=False).indices
     columns = (top_chunks[:, :, None] * _TOP_K_CHUNK + torch.arange(_TOP_K_CHUNK)).flatten(1)
-    outside = columns >= n_cols
+    outside = columns >= n_cols  # past the end of the last, shorter chunk
     candidates = torch.gather(table, 1, columns.clamp_max(n_cols - 1))
     if bool(outside.any()):
         candidates = candidates.masked_fill(outside, -torch.inf)
-    return candidates, columns
+    values, slots = torch.topk(candidates, n, dim=1, largest=True, sorted=False)
+    return values, torch.gather(columns, 1, slots)
 
 
 def _top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
