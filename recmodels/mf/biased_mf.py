@@ -5,9 +5,9 @@ The rating model is ``r̂_ui = μ + b_u + b_i + p_u · q_i`` fitted to the *obse
     J = Σ_(u,i) observed (r_ui − r̂_ui)² + Σ_u n_u (λ‖p_u‖² + λ_b b_u²) + Σ_i n_i (λ‖q_i‖² + λ_b b_i²),
 
 with ``n_u`` / ``n_i`` the rating counts (regularisation that grows with the data, as in ALS-WR, Zhou et al.
-2008). Each half-step solves every user's (then every item's) ridge problem for ``[p_u, b_u]`` exactly, so
-``J`` never increases; ``loss_history_`` records it per epoch. Two solvers, both batched over all rows (no Python
-loop over users or ratings):
+2008). Each half-step improves every user's (then every item's) ridge problem for ``[p_u, b_u]`` — solving it
+or taking conjugate-gradient steps on it — so ``J`` never increases; ``loss_history_`` records it per epoch. Two
+solvers (in :mod:`recmodels.mf.ridge`), both batched over all rows (no Python loop over users or ratings):
 
 - ``solver="cg"`` (default): a few conjugate-gradient steps per row, started from the row's current solution
   (Takács, Pilászy & Tikk 2011; implicit's ALS does the same). Each step needs one product of every row's
@@ -25,7 +25,8 @@ users rated: NDCG@10 0.001 on ML-100K). With ``rank_by="missing_aware"`` (the de
 of the same form ranks items: it also sees every *unobserved* cell as a weak rating ``missing_rating`` with
 weight ``missing_weight`` (Steck 2010, "Training and testing of recommender systems on data missing not at
 random"), so that what users choose to rate shapes the scores. ``predict`` always uses the observed-only
-rating model.
+rating model. With ``missing_weight`` = 1 (the default) every cell weighs the same, all rows share one Gram
+matrix, and that fit is solved exactly by one eigendecomposition per half-step whatever ``solver`` says.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ import scipy.sparse as sp
 
 from recmodels.base import ModelConfig, Recommender, RunSettings
 from recmodels.data import Interactions
+from recmodels.mf.ridge import ridge_rows, solve_cg, solve_exact, solve_shared_gram
 
 _RANK_BY = ("missing_aware", "rating")
 _SOLVERS = ("cg", "exact")
-_GRAM_VALUES = 8_000_000  # Gram-matrix values built at once (rows per chunk = this / (k+1)²)
 
 
 @dataclass(frozen=True)
@@ -250,51 +251,6 @@ def fit_biased_mf(
     return model
 
 
-@dataclass
-class _RidgeRows:
-    """Every row's ridge system ``(G_u + P_u) z = h_u`` for one half-step (see :func:`_ridge_rows`)."""
-
-    design: np.ndarray  # (n_other, k+1) rows a_i = [q_i, 1]
-    penalty: np.ndarray  # (n_rows, k+1) diagonal P_u = diag(reg) · max(n_u, 1)
-    rhs: np.ndarray  # (n_rows, k+1) h_u
-    observed_weight: float  # weight of an observed cell in G_u beyond the w every cell has: 1 − w
-    dense_gram: np.ndarray | None  # w Σ_all a_i a_iᵀ, shared by every row (missing-aware fits only)
-
-
-def _ridge_rows(
-    ratings: sp.csr_matrix,
-    other_factors: np.ndarray,
-    other_bias: np.ndarray,
-    offset: float,
-    config: BiasedMFConfig,
-    missing_weight: float,
-) -> _RidgeRows:
-    """The ridge problem of every row's ``[factors, bias]`` given the other side's factors and biases.
-
-    Row ``u`` solves ``(G_u + diag(reg) · n_u) z = h_u`` with design rows ``a_i = [q_i, 1]`` and targets
-    ``y_ui = r_ui − offset − b_i``; unobserved cells (weight w, target ``missing_rating − offset − b_i``) add
-    ``w Σ_all a_i a_iᵀ`` to ``G_u`` and are removed again for the observed cells, which carry weight 1
-    instead.
-    """
-    k = other_factors.shape[1]
-    design = np.hstack([other_factors, np.ones((len(other_factors), 1))])
-    reg = np.append(np.full(k, config.regularization), config.bias_regularization)
-    # max(n, 1) keeps a row without ratings (possible in a wider index space) well posed: it solves to 0.
-    penalty = np.maximum(np.diff(ratings.indptr), 1)[:, np.newaxis] * reg[np.newaxis, :]
-    # Observed targets, then (for missing-aware fits) the part the missing-cell term already counts removed.
-    target = ratings.copy()
-    target.data = ratings.data - offset - other_bias[ratings.indices]
-    w = missing_weight
-    dense_gram = None
-    dense_rhs = np.zeros(k + 1)
-    if w > 0:
-        missing_target = config.missing_rating - offset - other_bias
-        target.data -= w * missing_target[ratings.indices]
-        dense_gram = w * (design.T @ design)
-        dense_rhs = w * (design.T @ missing_target)
-    return _RidgeRows(design, penalty, np.asarray(target @ design) + dense_rhs, 1.0 - w, dense_gram)
-
-
 def _update_side(
     ratings: sp.csr_matrix,
     other_factors: np.ndarray,
@@ -306,152 +262,18 @@ def _update_side(
     bias: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One half-step: every row's new ``[factors, bias]`` given the other side's (current ones start CG)."""
-    args = (ratings, other_factors, other_bias, offset, config, missing_weight)
-    if missing_weight == 1.0:
-        return _shared_gram_side(*args)  # exact and cheaper than either solver
-    if config.solver == "cg":
-        return _cg_side(*args, factors, bias)
-    return _solve_side(*args)
-
-
-def _solve_side(
-    ratings: sp.csr_matrix,
-    other_factors: np.ndarray,
-    other_bias: np.ndarray,
-    offset: float,
-    config: BiasedMFConfig,
-    missing_weight: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact solution of every row's ridge problem (:func:`_ridge_rows`): Gram matrices, batched Cholesky."""
-    system = _ridge_rows(ratings, other_factors, other_bias, offset, config, missing_weight)
-    design = system.design
-    n_rows = ratings.shape[0]
-    k = other_factors.shape[1]
-    # Only the upper triangle of each outer product (Gram matrices are symmetric), in float32: the sparse
-    # product below is the dominant cost, and float32 sums of at most a few thousand terms lose nothing that
-    # matters to a ridge solve that is done in float64.
-    upper_r, upper_c = np.triu_indices(k + 1)
-    outer = (design[:, upper_r] * design[:, upper_c]).astype(np.float32)
-    # Position of every (r, c) of a full (k+1)×(k+1) matrix in the upper-triangle list.
-    full_from_upper = np.empty((k + 1, k + 1), dtype=np.int64)
-    full_from_upper[upper_r, upper_c] = np.arange(len(upper_r))
-    full_from_upper[upper_c, upper_r] = np.arange(len(upper_r))
-    full_from_upper = full_from_upper.ravel()
-    pattern = ratings.copy()
-    pattern.data = np.ones(pattern.nnz, dtype=np.float32)
-    solution = np.empty((n_rows, k + 1))
-    chunk = max(1, _GRAM_VALUES // (k + 1) ** 2)
-    for start in range(0, n_rows, chunk):
-        stop = min(start + chunk, n_rows)
-        triangle = np.asarray(pattern[start:stop] @ outer, dtype=np.float64)
-        gram = np.take(triangle, full_from_upper, axis=1)  # (rows, (k+1)²), both triangles filled
-        gram *= system.observed_weight
-        if system.dense_gram is not None:
-            gram += system.dense_gram.ravel()
-        gram[:, :: k + 2] += system.penalty[start:stop]
-        gram = gram.reshape(stop - start, k + 1, k + 1)
-        solution[start:stop] = batched_spd_solve(gram, system.rhs[start:stop])
-    return solution[:, :k].copy(), solution[:, k].copy()
-
-
-def _cg_side(
-    ratings: sp.csr_matrix,
-    other_factors: np.ndarray,
-    other_bias: np.ndarray,
-    offset: float,
-    config: BiasedMFConfig,
-    missing_weight: float,
-    factors: np.ndarray,
-    bias: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``config.cg_steps`` conjugate-gradient steps on every row's ridge problem, from ``[factors, bias]``.
-
-    All rows step together; ``α`` and ``β`` are per row. The Gram products ``G_u v_u`` never form ``G_u``:
-    each observed cell contributes ``a_i (a_i · v_u)``, summed per row by one sparse × dense product.
-    """
-    system = _ridge_rows(ratings, other_factors, other_bias, offset, config, missing_weight)
-    k = other_factors.shape[1]
-    row_of_cell = np.repeat(np.arange(ratings.shape[0]), np.diff(ratings.indptr))
-    # float32 for the per-cell dot products, the bulk of the memory traffic; sums and CG state stay float64.
-    design_of_cell = system.design.astype(np.float32)[ratings.indices]
-    cell_weights = sp.csr_matrix(
-        (np.empty(ratings.nnz), ratings.indices, ratings.indptr), shape=ratings.shape
+    system = ridge_rows(
+        ratings, other_factors, other_bias, offset, config.regularization, config.bias_regularization,
+        config.missing_rating, missing_weight,
     )  # fmt: skip
-
-    def gram_times(v: np.ndarray) -> np.ndarray:
-        along = np.einsum("nk,nk->n", design_of_cell, v.astype(np.float32)[row_of_cell])
-        cell_weights.data = along.astype(np.float64) * system.observed_weight
-        out = np.asarray(cell_weights @ system.design)
-        if system.dense_gram is not None:
-            out += v @ system.dense_gram
-        out += system.penalty * v
-        return out
-
-    x = np.hstack([factors, bias[:, np.newaxis]])
-    residual = system.rhs - gram_times(x)
-    direction = residual.copy()
-    norm = np.einsum("bk,bk->b", residual, residual)
-    tiny = np.finfo(np.float64).tiny  # a row already solved has a zero residual: α = β = 0, not 0 / 0
-    for _ in range(config.cg_steps):
-        product = gram_times(direction)
-        alpha = norm / np.maximum(np.einsum("bk,bk->b", direction, product), tiny)
-        x += alpha[:, np.newaxis] * direction
-        residual -= alpha[:, np.newaxis] * product
-        new_norm = np.einsum("bk,bk->b", residual, residual)
-        direction *= (new_norm / np.maximum(norm, tiny))[:, np.newaxis]
-        direction += residual
-        norm = new_norm
-    return x[:, :k].copy(), x[:, k].copy()
-
-
-def _shared_gram_side(
-    ratings: sp.csr_matrix,
-    other_factors: np.ndarray,
-    other_bias: np.ndarray,
-    offset: float,
-    config: BiasedMFConfig,
-    missing_weight: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact solution when every cell weighs 1 (``missing_weight`` = 1, the default ranking fit).
-
-    Then all rows share ``G = Σ_all a_i a_iᵀ`` and differ only in their penalties
-    ``n_u · diag(λ, …, λ, λ_b)`` = ``c_u I + d_u e eᵀ`` (``e`` the bias coordinate). One eigendecomposition
-    ``G = V Λ Vᵀ`` gives ``(G + c_u I)⁻¹ = V (Λ + c_u)⁻¹ Vᵀ`` for every row, and Sherman–Morrison adds the
-    rank-one bias term: ``O(k²)`` per row instead of a Cholesky factorisation.
-    """
-    system = _ridge_rows(ratings, other_factors, other_bias, offset, config, missing_weight)
-    assert system.dense_gram is not None and system.observed_weight == 0.0
+    if missing_weight == 1.0:
+        solution = solve_shared_gram(system)  # exact and cheaper than either solver
+    elif config.solver == "cg":
+        solution = solve_cg(system, ratings, np.hstack([factors, bias[:, np.newaxis]]), config.cg_steps)
+    else:
+        solution = solve_exact(system, ratings)
     k = other_factors.shape[1]
-    eigenvalues, vectors = np.linalg.eigh(system.dense_gram)
-    shift = system.penalty[:, :1]  # c_u = n_u λ
-    bias_excess = system.penalty[:, k] - system.penalty[:, 0]  # d_u = n_u (λ_b − λ)
-    # (G + c_u I)⁻¹ applied to h_u and to e, row by row, in the eigenbasis.
-    inverse_diag = 1.0 / (eigenvalues[np.newaxis, :] + shift)
-    solved = ((system.rhs @ vectors) * inverse_diag) @ vectors.T
-    solved_e = (vectors[k][np.newaxis, :] * inverse_diag) @ vectors.T
-    # Sherman–Morrison; its denominator 1 + d_u s_b ≥ min(1, λ_b / λ) > 0, as s_b ≤ 1 / c_u.
-    scale = bias_excess * solved[:, k] / (1.0 + bias_excess * solved_e[:, k])
-    solution = solved - scale[:, np.newaxis] * solved_e
     return solution[:, :k].copy(), solution[:, k].copy()
-
-
-def batched_spd_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Solve ``gram[b] x[b] = rhs[b]`` for a stack of symmetric positive-definite matrices ``(B, n, n)``.
-
-    A batched Cholesky factorisation, then forward and back substitution vectorised over the batch (``n``
-    numpy steps each). ``numpy.linalg.solve`` does the same job but its per-matrix LU goes through threaded
-    OpenBLAS calls that were 4–30× slower for n ≈ 100 on a busy 2-core machine; this also needs only
-    SciPy-independent numpy (batched ``scipy.linalg.cho_solve`` needs SciPy ≥ 1.15).
-    """
-    lower = np.linalg.cholesky(gram)
-    n = gram.shape[-1]
-    y = np.empty_like(rhs)
-    for j in range(n):  # L y = rhs
-        y[:, j] = (rhs[:, j] - np.einsum("bk,bk->b", lower[:, j, :j], y[:, :j])) / lower[:, j, j]
-    x = np.empty_like(rhs)
-    for j in range(n - 1, -1, -1):  # Lᵀ x = y
-        x[:, j] = (y[:, j] - np.einsum("bk,bk->b", lower[:, j + 1 :, j], x[:, j + 1 :])) / lower[:, j, j]
-    return x
 
 
 def objective(model: FactorModel, ratings: sp.csr_matrix, config: BiasedMFConfig) -> float:
