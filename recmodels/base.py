@@ -94,7 +94,11 @@ class Recommender(ABC):
     # ---- scoring --------------------------------------------------------------------------------------
     @abstractmethod
     def _score_known(self, users: np.ndarray) -> np.ndarray:
-        """Scores ``(len(users), n_items_)`` float32 for users that are all in ``[0, n_users_)``."""
+        """Scores ``(len(users), n_items_)`` float32 for users that are all in ``[0, n_users_)``.
+
+        Must be a new array, not a view of the model's state: ``score`` hands it to the caller as it is, and
+        ``recommend`` writes ``-inf`` over seen items in place.
+        """
 
     def score(self, users: np.ndarray) -> np.ndarray:
         """Dense float32 scores for each user over every item; unknown users get popularity scores."""
