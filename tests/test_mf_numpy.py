@@ -310,3 +310,26 @@ def test_ml100k_biased_mf_rmse(ml_interactions: pd.DataFrame) -> None:
 def test_ml100k_nmf_rmse(ml_interactions: pd.DataFrame) -> None:
     result = evaluate_ratings(lambda: NMF(NMFConfig(rank_by="rating")), ml_interactions, seed=42)
     assert result["rmse"] <= 0.955, result  # surprise NMF defaults 0.963
+
+
+@pytest.mark.parametrize("cells_per_chunk", [1, 3, 7])
+def test_cg_in_row_chunks_matches_one_chunk(cells_per_chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Large rating sets are processed in chunks of rows (bounded buffers); the result must not depend on them.
+    # Row 0 is empty and row 2 alone holds more cells than a chunk.
+    import recmodels.mf.ridge as ridge
+
+    rng = np.random.default_rng(4)
+    dense = np.where(rng.random((6, 9)) < 0.45, rng.integers(1, 6, (6, 9)), 0).astype(np.float64)
+    dense[0] = 0.0
+    dense[2] = rng.integers(1, 6, 9)
+    ratings = sp.csr_matrix(dense)
+    other_factors, other_bias = rng.normal(size=(9, 3)), rng.normal(size=9)
+    start = rng.normal(size=(6, 4))
+    results = {}
+    for cells in (10_000, cells_per_chunk):
+        monkeypatch.setattr(ridge, "_CG_CELLS", cells)
+        for weight in (0.0, 0.4):
+            system = ridge.ridge_rows(ratings, other_factors, other_bias, 3.0, 0.1, 0.02, 0.0, weight)
+            results[cells, weight] = ridge.solve_cg(system, ratings, start, steps=3)
+    for weight in (0.0, 0.4):
+        np.testing.assert_array_equal(results[cells_per_chunk, weight], results[10_000, weight])
