@@ -183,8 +183,9 @@ def triple_gradients(
     weight = torch.sigmoid(-x)  # −d/dx ln σ(x) = σ(−x)
     reg2 = 2.0 * regularization
     user = reg2 * pu - weight * diff
-    positive = reg2 * qi - weight * pu
-    negative = reg2 * qj + weight * pu
+    pulled = weight * pu
+    positive = reg2 * qi - pulled
+    negative = reg2 * qj + pulled
     if bi is None or bj is None:
         return TripleGradients(user, positive, negative, None, None)
     bias2 = 2.0 * bias_regularization
@@ -256,7 +257,7 @@ class PositiveSet:
         """Boolean tensor: is ``(users[k], items[k])`` an observed pair?"""
         keys = users * self.n_items + items
         if self.dense is not None:
-            return self.dense[keys]
+            return self.dense.index_select(0, keys)  # several times faster than ``dense[keys]`` on CPU
         assert self.sorted_keys is not None
         if self.sorted_keys.numel() == 0:
             return torch.zeros_like(keys, dtype=torch.bool)
