@@ -516,13 +516,10 @@ def test_stacked_gru4rec_is_reproducible_whatever_the_global_rng_and_loads_older
     with np.load(path) as saved:
         arrays = {name: saved[name] for name in saved.files}
     prefix = "state/weights."  # how Recommender.save names the network weights
+    upper = f"{prefix}upper.0."
     renamed = {
-        (
-            name.replace(f"{prefix}upper.0.", f"{prefix}gru.").replace("_l0", "_l1")
-            if ".upper.0." in f".{name}"
-            else name
-        ): v
-        for name, v in arrays.items()
+        (f"{prefix}gru." + name.removeprefix(upper).replace("_l0", "_l1") if name.startswith(upper) else name): value
+        for name, value in arrays.items()
     }
     assert any(name.startswith(f"{prefix}gru.") and name.endswith("_l1") for name in renamed)
     np.savez(tmp_path / "older.npz", **renamed)
