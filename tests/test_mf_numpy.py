@@ -314,8 +314,9 @@ def test_ml100k_nmf_rmse(ml_interactions: pd.DataFrame) -> None:
 
 @pytest.mark.parametrize("cells_per_chunk", [1, 3, 7])
 def test_cg_in_row_chunks_matches_one_chunk(cells_per_chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Large rating sets are processed in chunks of rows (bounded buffers); the result must not depend on them.
+    # The per-cell products are gathered in chunks (bounded buffers); the result must not depend on them.
     # Row 0 is empty and row 2 alone holds more cells than a chunk.
+    import recmodels.mf.cells as cells_module
     import recmodels.mf.ridge as ridge
 
     rng = np.random.default_rng(4)
@@ -327,7 +328,7 @@ def test_cg_in_row_chunks_matches_one_chunk(cells_per_chunk: int, monkeypatch: p
     start = rng.normal(size=(6, 4))
     results = {}
     for cells in (10_000, cells_per_chunk):
-        monkeypatch.setattr(ridge, "_CG_CELLS", cells)
+        monkeypatch.setattr(cells_module, "_DOT_CHUNK", cells)
         for weight in (0.0, 0.4):
             system = ridge.ridge_rows(ratings, other_factors, other_bias, 3.0, 0.1, 0.02, 0.0, weight)
             results[cells, weight] = ridge.solve_cg(system, ratings, start, steps=3)

@@ -11,14 +11,14 @@ cell weighs the same and all rows share one Gram matrix.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
+from recmodels.mf.cells import cell_dots
+
 _GRAM_VALUES = 8_000_000  # Gram-matrix values built at once (rows per chunk = this / (k+1)²)
-_CG_CELLS = 1_000_000  # rated cells per chunk of a CG Gram-vector product (two (cells, k+1) float32 buffers)
 
 
 @dataclass
@@ -107,38 +107,17 @@ def solve_cg(system: RidgeRows, ratings: sp.csr_matrix, start: np.ndarray, steps
     each observed cell of ``ratings`` contributes ``a_i (a_i · v_u)``, summed per row by one sparse × dense
     product. CG never raises a row's objective above its value at ``start``.
     """
-    n_rows = ratings.shape[0]
-    indptr, indices = ratings.indptr, ratings.indices
-    row_of_cell = np.repeat(np.arange(n_rows), np.diff(indptr))
+    row_of_cell = np.repeat(np.arange(ratings.shape[0]), np.diff(ratings.indptr))
     # float32 for the per-cell dot products, the bulk of the memory traffic; sums and CG state stay float64.
     design32 = system.design.astype(np.float32)
-    # Rows in chunks of about _CG_CELLS cells, gathered into two reused buffers: a whole-matrix gather would
-    # hold n_ratings × (k+1) floats twice (3.7 GB for 9M ratings at k = 50). One chunk (ML-100K's 80,000
-    # ratings) gathers the other side's rows once per half-step, as they do not change between CG steps.
-    # A chunk starts at row 0 and at the row holding every _CG_CELLS-th cell (a longer row is one chunk).
-    cut_rows = np.searchsorted(indptr, np.arange(_CG_CELLS, ratings.nnz, _CG_CELLS), side="right") - 1
-    chunks = list(itertools.pairwise(int(row) for row in np.unique(np.concatenate([[0], cut_rows, [n_rows]]))))
-    widest = max((int(indptr[hi] - indptr[lo]) for lo, hi in chunks), default=0)
-    other_rows = np.empty((widest, design32.shape[1]), dtype=np.float32)
-    own_rows = np.empty_like(other_rows)
-    if len(chunks) == 1:
-        np.take(design32, indices, axis=0, out=other_rows, mode="clip")
+    cell_weights = sp.csr_matrix(
+        (np.empty(ratings.nnz), ratings.indices, ratings.indptr), shape=ratings.shape
+    )  # fmt: skip
 
     def gram_times(v: np.ndarray) -> np.ndarray:
-        v32 = v.astype(np.float32)
-        out = np.empty_like(v)
-        for lo, hi in chunks:
-            first, last = int(indptr[lo]), int(indptr[hi])
-            n = last - first
-            if len(chunks) > 1:
-                np.take(design32, indices[first:last], axis=0, out=other_rows[:n], mode="clip")
-            np.take(v32, row_of_cell[first:last], axis=0, out=own_rows[:n], mode="clip")
-            along = np.einsum("nk,nk->n", other_rows[:n], own_rows[:n])
-            weights = sp.csr_matrix(
-                (along.astype(np.float64) * system.observed_weight, indices[first:last], indptr[lo : hi + 1] - first),
-                shape=(hi - lo, ratings.shape[1]),
-            )
-            out[lo:hi] = weights @ system.design
+        along = cell_dots(v.astype(np.float32), design32, row_of_cell, ratings.indices)
+        cell_weights.data = along.astype(np.float64) * system.observed_weight
+        out = np.asarray(cell_weights @ system.design)
         if system.dense_gram is not None:
             out += v @ system.dense_gram
         out += system.penalty * v
