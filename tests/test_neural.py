@@ -27,6 +27,7 @@ from recmodels.neural import (
     NeuMFConfig,
     NeuralRecommender,
     SequenceData,
+    training,
 )
 from recmodels.neural.caser import CaserNet
 from recmodels.neural.gru4rec import GRU4RecNet
@@ -151,9 +152,15 @@ def _reference_full_ce(
     return ((per_target * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
 
 
-def test_full_catalogue_loss_matches_autograd_of_the_formula() -> None:
+@pytest.mark.parametrize("chunk_values", [1 << 21, 5, 10, 12])
+def test_full_catalogue_loss_matches_autograd_of_the_formula(
+    chunk_values: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Rows: two targets; padded horizon (-1); a repeated target; every item a target (no negatives); a row
     # without any valid target (counts as 0 in the mean); item 0 as a target next to padding (which clamps to 0).
+    # With 5 items, chunks of 5, 10 and 12 values hold 1, 2 and 2 rows: the loss and every gradient are summed
+    # over chunks (the last one short) and must not depend on where the rows are cut.
+    monkeypatch.setattr(training, "CE_CHUNK_VALUES", chunk_values)
     targets = torch.tensor([[1, 3], [2, -1], [4, 4], [0, 1], [-1, -1], [0, -1]])
     weight_rows = 5
     generator = torch.Generator().manual_seed(3)
