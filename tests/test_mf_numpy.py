@@ -271,19 +271,21 @@ def test_nmf_rejects_bad_config() -> None:
         NMFConfig(init_high=0.0)
     with pytest.raises(ValueError, match="rank_by"):
         NMFConfig(rank_by="x")
+    with pytest.raises(ValueError, match="ranking_epochs"):
+        NMFConfig(ranking_epochs=0)
 
 
 def test_iterative_models_report_progress_per_epoch() -> None:
     matrix, mask = _planted(9, non_negative=True)
     data = _from_dense(matrix, mask)
     for model, stages in (
-        (BiasedMF(BiasedMFConfig(factors=2, epochs=3)), ("biased_mf ratings", "biased_mf ranking")),
-        (NMF(NMFConfig(factors=2, epochs=4)), ("nmf ratings", "nmf ranking")),
+        (BiasedMF(BiasedMFConfig(factors=2, epochs=3)), {"biased_mf ratings": 3, "biased_mf ranking": 3}),
+        # nmf's ranking fit runs its own number of sweeps.
+        (NMF(NMFConfig(factors=2, epochs=4, ranking_epochs=2)), {"nmf ratings": 4, "nmf ranking": 2}),
     ):
         calls: list[tuple[str, float]] = []
         model.fit(data, RunSettings(progress=lambda stage, done, calls=calls: calls.append((stage, done))))
-        epochs = model.config.epochs
-        for stage in stages:
+        for stage, epochs in stages.items():
             fractions = [done for name, done in calls if name == stage]
             assert fractions == pytest.approx([(e + 1) / epochs for e in range(epochs)]), (stage, calls)
 

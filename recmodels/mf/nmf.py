@@ -49,6 +49,7 @@ class NMFConfig(ModelConfig):
     rank_by: "missing_aware" ranks with a second NMF that also counts unobserved cells as 0 with weight
         ``missing_weight``; "rating" ranks by the predicted rating (cheaper, poor for top-N).
     missing_weight: weight of each unobserved cell in the ranking fit (1 = as much as a rating).
+    ranking_epochs: multiplicative-update sweeps of the ranking fit (``rank_by="missing_aware"``).
     """
 
     factors: int = 50
@@ -59,12 +60,13 @@ class NMFConfig(ModelConfig):
     init_high: float = 1.0
     rank_by: str = "missing_aware"
     missing_weight: float = 0.3
+    ranking_epochs: int = 100
 
     def __post_init__(self) -> None:
         if self.factors < 1:
             raise ValueError(f"factors must be ≥ 1, got {self.factors}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be ≥ 1, got {self.epochs}")
+        if self.epochs < 1 or self.ranking_epochs < 1:
+            raise ValueError(f"epochs and ranking_epochs must be ≥ 1, got {self.epochs} and {self.ranking_epochs}")
         if self.regularization < 0 or self.bias_regularization < 0:
             raise ValueError(
                 f"regularization and bias_regularization must be ≥ 0, got {self.regularization}, "
@@ -97,7 +99,14 @@ class NMF(Recommender):
         biases = self.model_ if self.config.biased else damped_baseline(ratings, self.config.bias_regularization)
         self.baseline_ = _bias_only(float(biases.offset), biases.user_bias, biases.item_bias)
         self.ranker_ = (
-            fit_nmf(ratings, self.config, settings, self.config.missing_weight, "nmf ranking")
+            fit_nmf(
+                ratings,
+                self.config,
+                settings,
+                self.config.missing_weight,
+                "nmf ranking",
+                epochs=self.config.ranking_epochs,
+            )
             if self.config.rank_by == "missing_aware"
             else None
         )
@@ -163,13 +172,15 @@ def fit_nmf(
     missing_weight: float,
     stage: str,
     losses: list[float] | None = None,
+    epochs: int | None = None,
 ) -> FactorModel:
     """Multiplicative updates for non-negative ``P``, ``Q`` on the observed cells of ``ratings`` (float32
     CSR).
 
     ``missing_weight`` w > 0 adds every unobserved cell as a 0 with weight w (ranking fit; no biases then).
-    ``losses`` receives ``J`` after every epoch.
+    ``losses`` receives ``J`` after every epoch; ``epochs`` overrides ``config.epochs``.
     """
+    epochs = config.epochs if epochs is None else epochs
     n_users, n_items = ratings.shape
     k = config.factors
     w = np.float32(missing_weight)
@@ -192,7 +203,7 @@ def fit_nmf(
     item_major = np.lexsort((user_rows, ratings.indices))
     pred_u, pred_i = ratings.copy(), by_item.copy()
     dots = cell_dots(p, q, user_rows, ratings.indices)
-    for epoch in range(config.epochs):
+    for epoch in range(epochs):
         target_u, target_i = ratings.data, by_item.data
         if biased:
             b_u, b_i = _ridge_biases(ratings, by_item, user_rows, item_rows, dots, item_major, mu, b_i, config)
@@ -202,11 +213,11 @@ def fit_nmf(
         _multiplicative_step(p, q, pred_u, target_u, n_u * lam, w)
         pred_i.data = cell_dots(q, p, item_rows, by_item.indices)
         _multiplicative_step(q, p, pred_i, target_i, n_i * lam, w)
-        if losses is not None or epoch + 1 < config.epochs:
+        if losses is not None or epoch + 1 < epochs:
             dots = cell_dots(p, q, user_rows, ratings.indices)
         if losses is not None:
             losses.append(_objective(ratings, user_rows, dots, p, q, mu, b_u, b_i, config, biased))
-        settings.report(stage, (epoch + 1) / config.epochs)
+        settings.report(stage, (epoch + 1) / epochs)
     return FactorModel(mu, b_u, b_i, p, q)
 
 
