@@ -20,8 +20,8 @@ from recmodels.mf.bpr import (
     BPRConfig,
     PositiveSet,
     _SparseAdam,
-    _SparseSGD,
     sample_negatives,
+    sgd_triple_step,
     triple_gradients,
 )
 
@@ -106,10 +106,38 @@ def test_negatives_avoid_the_users_items(dense: bool, monkeypatch: pytest.Monkey
     assert counts.min() > 400  # uniform over the 4 items (500 expected each)
 
 
-def test_sparse_sgd_adds_up_repeated_rows() -> None:
-    param = torch.zeros(3, 2)
-    _SparseSGD(param, lr=0.5).step(torch.tensor([0, 2, 0]), torch.tensor([[1.0, 2.0], [4.0, 4.0], [1.0, 0.0]]))
-    torch.testing.assert_close(param, torch.tensor([[-1.0, -1.0], [0.0, 0.0], [-2.0, -2.0]]))
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_sgd_step_is_minus_lr_times_the_summed_gradients(with_bias: bool) -> None:
+    # Users 0 and 2 appear twice, item 1 is a positive twice and a negative once, item 3 both: repeated rows
+    # must add up their steps, and a row that is positive in one triple and negative in another gets both.
+    gen = torch.Generator().manual_seed(4)
+    user_f, item_f = torch.randn(3, 4, generator=gen), torch.randn(5, 4, generator=gen)
+    bias = torch.randn(5, 1, generator=gen)
+    users, positives, negatives = torch.tensor([0, 2, 0, 2]), torch.tensor([1, 3, 1, 4]), torch.tensor([3, 1, 0, 2])
+    lr, lam, lam_b = 0.1, 0.05, 0.2
+    grads = triple_gradients(
+        user_f[users],
+        item_f[positives],
+        item_f[negatives],
+        bias[positives] if with_bias else None,
+        bias[negatives] if with_bias else None,
+        lam,
+        lam_b,
+    )
+    want_user, want_item, want_bias = user_f.clone(), item_f.clone(), bias.clone()
+    want_user.index_add_(0, users, -lr * grads.user)
+    want_item.index_add_(0, positives, -lr * grads.positive).index_add_(0, negatives, -lr * grads.negative)
+    if with_bias:
+        assert grads.positive_bias is not None and grads.negative_bias is not None
+        want_bias.index_add_(0, positives, -lr * grads.positive_bias).index_add_(
+            0, negatives, -lr * grads.negative_bias
+        )
+    sgd_triple_step(
+        user_f, item_f, bias if with_bias else None, users, torch.cat([positives, negatives]), lr, lam, lam_b
+    )
+    torch.testing.assert_close(user_f, want_user)
+    torch.testing.assert_close(item_f, want_item)
+    torch.testing.assert_close(bias, want_bias)
 
 
 def test_sparse_adam_matches_torch_sparse_adam() -> None:
