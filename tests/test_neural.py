@@ -180,6 +180,15 @@ def test_full_catalogue_loss_matches_autograd_of_the_formula(
         assert torch.autograd.gradcheck(
             lambda h_, w_, b_, r=rows: FullCatalogueCrossEntropy.apply(h_, w_, b_, r), (h, weight, bias)
         )
+    # A non-contiguous hidden (a transposed view) gives the same loss and gradients.
+    strided = hidden.detach().T.contiguous().T.requires_grad_()
+    assert not strided.is_contiguous()
+    got = FullCatalogueCrossEntropy.apply(strided, weight, bias, targets)
+    expected = _reference_full_ce(hidden, targets, weight, bias)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12)
+    (want,) = torch.autograd.grad(expected, (hidden,))
+    (have,) = torch.autograd.grad(got, (strided,))
+    torch.testing.assert_close(have, want, rtol=1e-10, atol=1e-12)
     # next_item_loss routes the full-catalogue cross-entropy here, 1-d targets included.
     single = torch.tensor([1, 0, 4, 2, 3, 3])
     torch.testing.assert_close(
