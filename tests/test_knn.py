@@ -177,6 +177,7 @@ def test_block_wise_computation_matches_one_block(monkeypatch: pytest.MonkeyPatc
     results = []
     for budget in (knn_similarity.BLOCK_VALUES, 50):
         monkeypatch.setattr(knn_similarity, "BLOCK_VALUES", budget)
+        monkeypatch.setattr(knn_similarity, "SPARSE_BLOCK_VALUES", budget)
         monkeypatch.setattr(knn_similarity, "_ELEMENT_BUDGET", 10**6 if budget > 50 else 7)
         for cls in (ItemKNN, UserKNN):
             model = cls(cls.config_class(mode="rating", neighbors=5)).fit(data)
@@ -196,7 +197,7 @@ def test_cut_off_ties_keep_the_lowest_items_and_threads_do_not_change_the_result
     # One block per row, computed by 1 thread or by 4: the same matrix, bit for bit.
     rng = np.random.default_rng(3)
     vectors = sp.csr_matrix((rng.random((60, 80)) < 0.2).astype(np.float32))
-    monkeypatch.setattr(knn_similarity, "BLOCK_VALUES", 60)
+    monkeypatch.setattr(knn_similarity, "SPARSE_BLOCK_VALUES", 60)
     results = [
         knn_similarity.cosine_topk(vectors, neighbors=7, settings=RunSettings(threads=threads), alpha=0.6)
         for threads in (1, 4)
@@ -248,7 +249,7 @@ def test_sparse_top_k_equals_the_definition_including_ties_blocks_and_thresholds
     kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Binary and count data give many equal similarities, so the cut-off often falls inside a tie; the blocks
-    # are one to five rows (BLOCK_VALUES), so rows are split across blocks and size classes.
+    # are one to five rows (SPARSE_BLOCK_VALUES), so rows are split across blocks and size classes.
     rng = np.random.default_rng({"binary": 1, "counts": 2, "real": 3}[kind])
     checked = 0
     for trial in range(12):
@@ -259,7 +260,7 @@ def test_sparse_top_k_equals_the_definition_including_ties_blocks_and_thresholds
             dense *= rng.integers(1, 3, size=dense.shape)
         elif kind == "real":
             dense *= rng.random(dense.shape).astype(np.float32)
-        monkeypatch.setattr(knn_similarity, "BLOCK_VALUES", int(rng.integers(1, 6)) * n * 2)
+        monkeypatch.setattr(knn_similarity, "SPARSE_BLOCK_VALUES", int(rng.integers(1, 6)) * n * 2)
         for neighbors in (1, 2, 5, n + 3):
             for shrinkage, min_similarity, alpha, exponent in ((0.0, 0.0, 0.5, 1.0), (1.5, 0.2, 0.7, 2.0)):
                 got = knn_similarity.cosine_topk(
@@ -274,10 +275,43 @@ def test_sparse_top_k_equals_the_definition_including_ties_blocks_and_thresholds
                 want = _reference_cosine_topk(dense, neighbors, shrinkage, min_similarity, alpha, exponent)
                 assert [list(np.flatnonzero(r)) for r in got] == [list(np.flatnonzero(r)) for r in want], trial
                 np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+                given_transpose = knn_similarity.cosine_topk(
+                    sp.csr_matrix(dense),
+                    neighbors,
+                    shrinkage,
+                    min_similarity,
+                    RunSettings(threads=1 + trial % 2),
+                    alpha=alpha,
+                    exponent=exponent,
+                    transposed=sp.csr_matrix(dense.T),
+                ).toarray()
+                np.testing.assert_array_equal(given_transpose, got)
                 checked += 1
     assert checked == 12 * 4 * 2
     with pytest.raises(ValueError, match="min_similarity must be ≥ 0"):
         knn_similarity.cosine_topk(sp.csr_matrix(np.ones((3, 2), dtype=np.float32)), 1, min_similarity=-0.1)
+
+
+def test_cosine_topk_sums_repeated_entries_and_returns_canonical_csr() -> None:
+    rng = np.random.default_rng(8)
+    rows, cols = rng.integers(0, 30, size=400), rng.integers(0, 12, size=400)  # many repeated (row, col) pairs
+    values = rng.random(400).astype(np.float32)
+    repeated = sp.csr_matrix((values, cols, np.searchsorted(np.sort(rows), np.arange(31))), shape=(30, 12))
+    repeated.indices = cols[np.argsort(rows, kind="stable")].astype(np.int32)
+    repeated.data = values[np.argsort(rows, kind="stable")]
+    assert not repeated.has_canonical_format
+    summed = repeated.copy()
+    summed.sum_duplicates()
+    before = (repeated.indices.copy(), repeated.data.copy())
+    for transposed in (None, sp.csr_matrix(repeated.T)):
+        got = knn_similarity.cosine_topk(repeated, neighbors=4, transposed=transposed)
+        want = knn_similarity.cosine_topk(summed, neighbors=4)
+        np.testing.assert_allclose(got.toarray(), want.toarray(), rtol=1e-6)
+        assert got.has_canonical_format and got.indices.dtype == np.int32 and got.dtype == np.float32
+    np.testing.assert_array_equal(repeated.indices, before[0])  # the caller's matrix is left as it was
+    np.testing.assert_array_equal(repeated.data, before[1])
+    with pytest.raises(ValueError, match="transposed has shape"):
+        knn_similarity.cosine_topk(summed, neighbors=4, transposed=summed)
 
 
 def test_dense_hub_scoring_equals_the_sparse_product() -> None:
