@@ -6,9 +6,11 @@ Option values are validated before Prefect starts, so a typo costs a clear messa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -24,6 +26,49 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The temporary local API takes ~10 s to start on 2 busy cores and sometimes longer than Prefect's default.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def _start_temporary_server() -> Callable[[], None]:
+    """Start Prefect's temporary local server now, in a thread, when no Prefect API is configured; returns the
+    function that waits for it.
+
+    The server is a subprocess that takes ~7 s to come up; started here, it boots on the other core while this
+    process imports the pipeline (torch, Great Expectations: ~4.5 s), instead of after it, when the flow call
+    would start it. Prefect keeps one such server per process and its ``start`` does nothing when it already
+    runs, so the flow call then uses this one. If starting fails here, the flow call tries again and reports
+    Prefect's own error. Wait before calling the flow (a half-started server would be taken as running) and
+    before leaving on an error (so that Prefect has registered the server's shutdown at exit).
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return lambda: None
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+    except ImportError:  # another Prefect layout: the flow call starts its server as before
+        return lambda: None
+
+    server = SubprocessASGIServer()
+
+    def start() -> None:
+        with contextlib.suppress(Exception):
+            server.start()
+
+    thread = threading.Thread(target=start, name="prefect-temporary-server", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if server.running:  # Prefect's own notice was logged before its logging was set up
+            from prefect.logging import get_logger
+
+            get_logger().info(
+                "Started a temporary Prefect server on %s; for the dashboard and scheduled runs, run a dedicated "
+                "one and set PREFECT_API_URL (docs/operations.md)",
+                server.address,
+            )
+
+    return wait
 
 
 def _parse_columns(text: str) -> dict[str, str]:
@@ -304,10 +349,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.db_url:
         # Passed by environment, not as a flow parameter, so a password never shows among the run's parameters.
         os.environ[DB_URL_ENV] = args.db_url
-    from flows.recommend import recommend
     from flows.runners import make_task_runner
 
-    runner = make_task_runner(config.task_runner, config.max_workers, config.dask_address)
+    runner = make_task_runner(config.task_runner, config.max_workers, config.dask_address)  # may refuse: first
+    server_ready = _start_temporary_server()
+    try:
+        from flows.recommend import recommend
+    finally:
+        server_ready()
     summary = recommend.with_options(task_runner=runner)(config=config)
     print()
     print(f"recforge run {summary['run_id']} — {summary['dataset']} as of {summary['as_of']}: {summary['status']}")

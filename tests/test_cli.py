@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -133,3 +134,43 @@ def test_toml_errors_and_db_url_resolution(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("RECFORGE_DB_URL", "sqlite:///env.db")
     assert resolve_db_url() == "sqlite:///env.db"
     assert resolve_db_url("sqlite:///flag.db") == "sqlite:///flag.db"
+
+
+def test_temporary_server_starts_in_a_thread_and_the_flow_waits_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    import prefect.server.api.server as prefect_server
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import cli
+
+    class FakeServer:
+        starts: ClassVar[list[str]] = []
+        fail = False
+
+        def __init__(self) -> None:
+            self.running = False
+            self.address = "http://127.0.0.1:1"
+
+        def start(self) -> None:
+            time.sleep(0.3)  # the caller goes on meanwhile
+            FakeServer.starts.append(threading.current_thread().name)
+            if FakeServer.fail:
+                raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+            self.running = True
+
+    monkeypatch.setattr(prefect_server, "SubprocessASGIServer", FakeServer)
+    # A configured API means no temporary server at all.
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        cli._start_temporary_server()()
+    assert FakeServer.starts == []
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        started = time.perf_counter()
+        wait = cli._start_temporary_server()
+        assert time.perf_counter() - started < 0.25 and FakeServer.starts == []  # not waited for yet
+        wait()
+        assert FakeServer.starts == ["prefect-temporary-server"]
+        FakeServer.fail = True  # a failed start is left to the flow call, which starts it again and reports it
+        cli._start_temporary_server()()
+        assert FakeServer.starts == ["prefect-temporary-server"] * 2
