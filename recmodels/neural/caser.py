@@ -62,7 +62,7 @@ class CaserConfig(NeuralConfig):
     negatives: int | None = None
     horizon: int = 1
     max_epochs: int = 20
-    batch_size: int = 256
+    batch_size: int = 64
     learning_rate: float = 5e-3
     patience: int = 3
 
