@@ -435,8 +435,11 @@ def test_a_hanging_model_is_cut_off_by_a_time_budget(tmp_path: Path, monkeypatch
 # A flow run in its own process whose EASE fit hangs (writing a marker file first), so that the test can send
 # the process a signal while the models train.
 _HANGING_RUN = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
+# A parent that ignores SIGINT (a shell's background job, nohup) passes that on, and Python then installs no
+# KeyboardInterrupt handler: restore it, or the SIGINT case tests the launcher, not the flow.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from recmodels.baselines.ease import EASE
 
 def hang(self, *args, **kwargs):
