@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from math import log, sqrt
 from pathlib import Path
 
@@ -263,7 +264,8 @@ def test_sparse_top_k_equals_the_definition_including_ties_blocks_and_thresholds
         monkeypatch.setattr(knn_similarity, "SPARSE_BLOCK_VALUES", int(rng.integers(1, 6)) * n * 2)
         for neighbors in (1, 2, 5, n + 3):
             for shrinkage, min_similarity, alpha, exponent in ((0.0, 0.0, 0.5, 1.0), (1.5, 0.2, 0.7, 2.0)):
-                got = knn_similarity.cosine_topk(
+                top = partial(
+                    knn_similarity.cosine_topk,
                     sp.csr_matrix(dense),
                     neighbors,
                     shrinkage,
@@ -271,20 +273,12 @@ def test_sparse_top_k_equals_the_definition_including_ties_blocks_and_thresholds
                     RunSettings(threads=1 + trial % 2),
                     alpha=alpha,
                     exponent=exponent,
-                ).toarray()
+                )
+                got = top().toarray()
                 want = _reference_cosine_topk(dense, neighbors, shrinkage, min_similarity, alpha, exponent)
                 assert [list(np.flatnonzero(r)) for r in got] == [list(np.flatnonzero(r)) for r in want], trial
                 np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
-                given_transpose = knn_similarity.cosine_topk(
-                    sp.csr_matrix(dense),
-                    neighbors,
-                    shrinkage,
-                    min_similarity,
-                    RunSettings(threads=1 + trial % 2),
-                    alpha=alpha,
-                    exponent=exponent,
-                    transposed=sp.csr_matrix(dense.T),
-                ).toarray()
+                given_transpose = top(transposed=sp.csr_matrix(dense.T)).toarray()
                 np.testing.assert_array_equal(given_transpose, got)
                 checked += 1
     assert checked == 12 * 4 * 2
