@@ -35,7 +35,7 @@ from tasks.privacy import protect
 from tasks.publish import close_run, open_run, publish
 from tasks.report import write_run_report
 from tasks.train import evaluate_model, recommend_model
-from tasks.validate import validate
+from tasks.validate import validate_with_docs
 
 
 class ModelsFailed(RuntimeError):
@@ -86,7 +86,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
     task_data: PreparedData | handoff.DataRef | None = None
     memory: MemoryWatch | None = None  # samples free memory while models train
     try:
-        report = validate(dataset, config.min_interactions, output_dir / "gx")
+        report = validate_with_docs(dataset, config.min_interactions, output_dir / "gx")
         lap("validate")
         impute = {table: config.impute_for(table) for table in ("users", "items")}
         data = prepare_data(dataset, report, as_of, config.test_fraction, impute)

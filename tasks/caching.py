@@ -94,6 +94,15 @@ def source_fingerprint(source: Mapping[str, Any]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def folder_fingerprint(path: Path | str | None) -> str:
+    """A folder an output is written to, by its absolute path (not its content, which the task writes).
+
+    A relative path such as ``var/gx`` names a different folder in every checkout or working directory; keyed
+    by the text, a run in one checkout was handed the report of another, pointing into a folder of that checkout.
+    """
+    return fingerprint(None if path is None else Path(path).resolve())
+
+
 def frame_fingerprint(frame: pd.DataFrame | pd.Series) -> str:
     """SHA-256 of a frame's column names, dtypes, index and values (row order matters)."""
     digest = hashlib.sha256()

@@ -11,7 +11,7 @@ from prefect.logging import get_run_logger
 
 from recforge.data.contract import Dataset
 from recforge.validation import ValidationReport, validate_dataset
-from tasks.caching import cached
+from tasks.caching import cached, folder_fingerprint
 
 # Great Expectations parses suite parameters with a module-level pyparsing grammar that is not thread-safe: two
 # validations in threads of one process (e.g. backfill dates running side by side) failed with
@@ -19,8 +19,9 @@ from tasks.caching import cached
 _GX_LOCK = threading.Lock()
 
 
-# Cached by the data set's content and the settings (see tasks.caching); a critical failure is never cached.
-@task(name="validate", **cached("validate"))
+# Cached by the data set's content, the settings and the absolute Data Docs folder (see tasks.caching); a critical
+# failure is never cached. The flow calls it through ``validate_with_docs``.
+@task(name="validate", **cached("validate", data_docs_dir=folder_fingerprint))
 def validate(dataset: Dataset, min_interactions: int, data_docs_dir: Path | None) -> ValidationReport:
     """Validate every table; publish a table artifact of all outcomes, then raise on critical failures."""
     report = _validate_one_at_a_time(dataset, min_interactions, data_docs_dir)
@@ -46,3 +47,19 @@ def _validate_one_at_a_time(dataset: Dataset, min_interactions: int, data_docs_d
     """
     with _GX_LOCK:
         return validate_dataset(dataset, min_interactions=min_interactions, data_docs_dir=data_docs_dir)
+
+
+def validate_with_docs(dataset: Dataset, min_interactions: int, data_docs_dir: Path | None) -> ValidationReport:
+    """Run ``validate``; validate again, past the cache, when a cached report's Data Docs page is gone.
+
+    A cache hit returns the report of an earlier run in the same folder (the key holds the absolute folder), whose
+    site may have been deleted since, with ``var/`` or by hand; a report that points at nothing is no report.
+    """
+    report = validate(dataset, min_interactions, data_docs_dir)
+    if report.data_docs_index is not None and not report.data_docs_index.exists():
+        get_run_logger().info(
+            "the cached validation's Data Docs page %s is gone: validating again",
+            report.data_docs_index,
+        )
+        report = validate.with_options(refresh_cache=True)(dataset, min_interactions, data_docs_dir)
+    return report

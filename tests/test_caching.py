@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from tasks.caching import (
     ContentHash,
     Unfingerprintable,
     fingerprint,
+    folder_fingerprint,
     frame_fingerprint,
     source_fingerprint,
 )
@@ -186,3 +188,45 @@ def test_rerun_after_failed_training_reuses_ingest_validate_prepare(
     assert (states["ingest"], states["validate"], states["prepare"]) == ("Completed",) * 3
     assert len(loads) == 2
     assert changed.result()["row_counts"]["loaded"] == 2000
+
+    # 5. The same relative output folder in two checkouts: the second validates again and points at its own
+    #    Data Docs, never into the first checkout (whose folder may be deleted with it).
+    relative = config.model_copy(update={"output_dir": "var"})
+    for checkout in ("one", "two"):
+        (tmp_path / checkout).mkdir()
+        monkeypatch.chdir(tmp_path / checkout)
+        run = recommend(config=relative, db_url=url, return_state=True)
+        assert _runs_of(run.state_details.flow_run_id, "validate") == ["Completed"]
+        docs = Path(run.result()["data_docs"])
+        assert docs.is_file() and (tmp_path / checkout / "var").resolve() in docs.resolve().parents
+
+    # 6. A cached report whose Data Docs site was deleted since is validated again, so the page exists.
+    shutil.rmtree(tmp_path / "two" / "var" / "gx")
+    again = recommend(config=relative, db_url=url, return_state=True)
+    assert _runs_of(again.state_details.flow_run_id, "validate") == ["Cached", "Completed"]
+    assert Path(again.result()["data_docs"]).is_file()
+
+
+def _runs_of(flow_run_id: UUID, task_name: str) -> list[str]:
+    """States of one task's runs in a flow run, oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        )
+    return [run.state.name for run in runs if run.state is not None and run.name.rsplit("-", 1)[0] == task_name]
+
+
+def test_folder_fingerprint_is_the_absolute_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    here = folder_fingerprint(Path("var/gx"))
+    assert here == folder_fingerprint(tmp_path / "a" / "var" / "gx") == folder_fingerprint("var/gx")
+    monkeypatch.chdir(tmp_path / "b")
+    assert folder_fingerprint(Path("var/gx")) != here
+    assert folder_fingerprint(None) == fingerprint(None)
