@@ -362,6 +362,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"recforge run {summary['run_id']} — {summary['dataset']} as of {summary['as_of']}: {summary['status']}")
     print(f"Leaderboard (top-N metrics @{config.k} on the per-user temporal holdout):")
     print(_format_leaderboard(summary))
+    for name, reason in (summary.get("skipped_models") or {}).items():
+        print(f"Left out: {name} — {reason}")
     if summary.get("report"):
         print(f"Report: {summary['report']}")
     print(f"Champion: {summary['champion']} ({summary['champion_reason']})")

@@ -92,7 +92,9 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         data = prepare_data(dataset, report, as_of, config.test_fraction, impute)
         lap("prepare")
 
-        names = config.model_list()
+        names, skipped = config.models_for_data(data.has_ratings)
+        for name, reason in skipped.items():
+            logger.warning("%s left out: %s", name, reason)
         task_data = data_for_tasks(data, output_dir / "handoff")
         memory = MemoryWatch(logger.warning, _memory_advice(context, config, task_data)).start()
         # A time budget per model task: a model that hangs is cut off and counted as failed, not the whole run.
@@ -160,6 +162,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             "timings": timings,
             "memory": memory.summary(),
             "failed_models": failed,
+            "skipped_models": skipped,
             "data_docs": None if report.data_docs_index is None else str(report.data_docs_index),
         }
         summary["report"] = write_run_report(

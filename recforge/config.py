@@ -172,6 +172,26 @@ class RunConfig(BaseModel):
             chosen += by_family[family]
         return list(dict.fromkeys(chosen))
 
+    def models_for_data(self, has_ratings: bool) -> tuple[list[str], dict[str, str]]:
+        """The models to train on a data set, and those left out with the reason.
+
+        Models that need ratings (``requires_ratings``) are left out on data without ratings (clicks, purchases)
+        when they came from the default set or a family; a model named in ``models`` is always kept, so asking
+        for one that cannot train on this data fails visibly with its own error.
+        """
+        from recmodels.registry import get_model_class
+
+        chosen = self.model_list()
+        if has_ratings:
+            return chosen, {}
+        named = set(self.models or [])
+        skipped = {
+            name: "it needs ratings and this data set has none (map a rating column with --columns rating=<column>)"
+            for name in chosen
+            if name not in named and get_model_class(name).requires_ratings
+        }
+        return [name for name in chosen if name not in skipped], skipped
+
 
 def resolve_db_url(explicit: str | None = None) -> str:
     """The database URL: an explicit value, else ``$RECFORGE_DB_URL``, else the embedded SQLite default."""

@@ -81,7 +81,7 @@ class ReportInputs:
 
     ``summary`` is the dict the recommend flow returns (``run_id``, ``status``, ``dataset``, ``as_of``,
     ``champion``, ``champion_reason``, ``leaderboard`` records, ``row_counts``, ``timings``,
-    ``failed_models``, ``database``, ``data_docs``); missing keys are shown as absent.
+    ``failed_models``, ``skipped_models``, ``database``, ``data_docs``); missing keys are shown as absent.
     """
 
     summary: Mapping[str, Any]
@@ -459,10 +459,15 @@ def _header(summary: Mapping[str, Any]) -> str:
         if failed
         else ""
     )
+    skipped = summary.get("skipped_models") or {}
+    skipped_html = "".join(
+        f'<p class="skipped"><strong>{html.escape(str(m))}</strong> left out: {html.escape(str(why))}</p>'
+        for m, why in skipped.items()
+    )
     return (
         f"<header><h1>recforge run <code>{html.escape(str(summary.get('run_id', '?')))}</code> "
         f'<span class="status status-{html.escape(status)}">{html.escape(status)}</span></h1>'
-        f"{champion_html}<dl>{items}</dl>{failed_html}</header>"
+        f"{champion_html}<dl>{items}</dl>{failed_html}{skipped_html}</header>"
     )
 
 

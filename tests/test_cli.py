@@ -47,6 +47,18 @@ def test_families_select_every_model_of_a_family() -> None:
     assert both[0] == "popularity" and "item_knn" in both
 
 
+def test_models_that_need_ratings_are_left_out_only_when_not_named() -> None:
+    from recmodels.registry import DEFAULT_MODELS
+
+    default = _config([])
+    assert default.models_for_data(has_ratings=True) == (list(DEFAULT_MODELS), {})
+    kept, skipped = default.models_for_data(has_ratings=False)
+    assert set(skipped) == {"biased_mf", "nmf"} and kept == [m for m in DEFAULT_MODELS if m not in skipped]
+    named = _config(["--families", "matrix_factorization", "--models", "nmf"])
+    kept, skipped = named.models_for_data(has_ratings=False)
+    assert "nmf" in kept and set(skipped) == {"biased_mf"}
+
+
 def test_kind_is_inferred_from_the_inputs() -> None:
     assert _config(["--interactions", "e.parquet"]).source["kind"] == "parquet"
     assert _config(["--interactions", "e.tsv"]).source["kind"] == "csv"

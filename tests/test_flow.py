@@ -203,3 +203,33 @@ def test_cli_run_models_and_recommendations(
     assert out.count("item_knn") == 3
     assert main(["recommendations", "--user", "no-such-user", "--db-url", url]) == 1
     assert "no recommendations" in capsys.readouterr().err
+
+
+def test_click_data_leaves_out_the_rating_models_it_was_not_asked_for(tmp_path: Path) -> None:
+    """Interactions without ratings (clicks, purchases): the models that need ratings are left out of a family
+    or the default set, and the run completes; named explicitly, such a model fails with its own error."""
+    from flows.recommend import ModelsFailed, recommend
+
+    clicks = generate_synthetic(n_users=150, n_items=90, n_events=3_000).interactions.drop(columns="rating")
+    clicks["timestamp"] = (clicks["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    path = tmp_path / "clicks.csv"
+    clicks.to_csv(path, index=False)
+    url = f"sqlite:///{tmp_path / 'clicks.db'}"
+    config = RunConfig(
+        source={"kind": "csv", "interactions": str(path)},
+        as_of=datetime(2030, 1, 1, tzinfo=UTC),
+        families=["matrix_factorization"],
+        top_n=5,
+        output_dir=str(tmp_path / "var"),
+    )
+    summary = recommend(config=config, db_url=url)
+
+    assert summary["status"] == "completed", summary["failed_models"]
+    assert set(summary["skipped_models"]) == {"biased_mf", "nmf"}
+    assert "needs ratings" in summary["skipped_models"]["nmf"]
+    assert set(pd.DataFrame(summary["leaderboard"])["model"]) == {"pure_svd", "als", "bpr"}
+    assert set(_table(url, "recommendations")["model"]) == {"pure_svd", "als", "bpr"}
+
+    asked = config.model_copy(update={"families": None, "models": ["popularity", "nmf"]})
+    with pytest.raises(ModelsFailed, match="nmf needs ratings"):
+        recommend(config=asked, db_url=url)

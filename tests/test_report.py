@@ -321,8 +321,15 @@ def test_metrics_long_reads_groups_from_the_split_column() -> None:
 
 
 def test_report_with_only_a_summary_explains_what_is_missing() -> None:
-    summary = {"run_id": "r", "status": "partial", "dataset": "<b>evil</b>", "failed_models": {"bad": "Boom <x>"}}
+    summary = {
+        "run_id": "r",
+        "status": "partial",
+        "dataset": "<b>evil</b>",
+        "failed_models": {"bad": "Boom <x>"},
+        "skipped_models": {"nmf": "it needs <ratings>"},
+    }
     document = render_report(ReportInputs(summary=summary))
+    assert "<strong>nmf</strong> left out: it needs &lt;ratings&gt;" in document
     assert '<p class="section-error' not in document
     assert "<b>evil</b>" not in document and "&lt;b&gt;evil&lt;/b&gt;" in document
     assert "Boom &lt;x&gt;" in document and "status-partial" in document
