@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.champion import LOWER_IS_BETTER, Candidate, ChampionRules, ChampionSelection, select_champion
-from recforge.data.contract import ITEM, RATING, USER, Dataset
+from recforge.data.contract import ITEM, RATING, USER, DataError, Dataset
 from recforge.evaluation import FullEvaluation, evaluate_full, evaluate_ratings
 from recforge.features import item_features, user_features
 from recforge.ids import IdIndex
@@ -124,6 +124,17 @@ def prepare(
             f"{cleaned['timestamp'].min() if len(cleaned) else 'absent'})"
         )
     split = temporal_holdout(before, test_fraction=test_fraction)
+    if split.test.empty:
+        # Every model would fail its evaluation with the same error; say it once, with the counts behind it.
+        raise DataError(
+            f"{dataset.name}: nothing to evaluate on — of {len(before)} events before {as_of.isoformat()} "
+            f"({before[USER].nunique()} users, {before[ITEM].nunique()} items), the newest {test_fraction:.0%} of "
+            f"each user's events held out for testing leave none that can be scored ({split.users_without_train} "
+            f"users have a single event, {split.dropped_unseen_items} held-out events are of items no one had "
+            f"before, {split.dropped_seen_pairs} repeat items the user already had). The pipeline needs users with "
+            "several events, on items that other users have too: use more data, or a later --as-of if newer events"
+            " exist"
+        )
     train_users = pd.Index(split.train[USER].unique())
     train_items = pd.Index(split.train[ITEM].unique())
     imputation: list[dict[str, Any]] = []

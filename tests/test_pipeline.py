@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from recforge.data.contract import DataError, Dataset
 from recforge.data.movielens import load_movielens_100k
 from recforge.data.synthetic import generate_synthetic
 from recforge.pipeline import (
@@ -58,6 +60,21 @@ def test_prepare_refuses_an_as_of_before_all_data() -> None:
     report = validate_dataset(dataset)
     with pytest.raises(ValueError, match="before as_of"):
         prepare(dataset, report, datetime(2000, 1, 1, tzinfo=UTC))
+
+
+def test_prepare_refuses_data_with_nothing_to_evaluate() -> None:
+    """One user whose held-out events are all of items nobody had: one clear error, not one per model."""
+    events = pd.DataFrame(
+        {
+            "user_id": ["a"] * 20,
+            "item_id": [f"i{n}" for n in range(20)],
+            "timestamp": pd.to_datetime(np.arange(20) + 1_700_000_000, unit="s", utc=True),
+        }
+    )
+    dataset = Dataset(name="one_user", interactions=events)
+    with pytest.raises(DataError, match="nothing to evaluate on") as excinfo:
+        prepare(dataset, validate_dataset(dataset), datetime(2030, 1, 1, tzinfo=UTC))
+    assert "4 held-out events are of items no one had before" in str(excinfo.value)
 
 
 def test_evaluate_and_refit(prepared: PreparedData) -> None:
