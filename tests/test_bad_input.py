@@ -348,10 +348,20 @@ CASES: tuple[Case, ...] = (
         "validate",
         ("interactions", "expect_table_row_count_to_be_between", "expected at least 10", "observed: 0"),
     ),
-    # One user: each test event's item occurs only in the test part, so no model can be evaluated.
-    Case("csv_single_user", _csv("single_user.csv"), "evaluate", ("test set is empty", "evaluable held-out")),
+    # One user: each test event's item occurs only in the test part, so nothing can be evaluated (one error).
+    Case(
+        "csv_single_user",
+        _csv("single_user.csv"),
+        "prepare",
+        ("nothing to evaluate on", "(1 users,", "held-out events are of items no one had before", "use more data"),
+    ),
     # One item, one event per user: nothing left to train on.
-    Case("csv_single_item", _csv("single_item.csv"), "evaluate", ("test set is empty", "evaluable held-out")),
+    Case(
+        "csv_single_item",
+        _csv("single_item.csv"),
+        "prepare",
+        ("nothing to evaluate on", "1 items)", "users have a single event", "use more data"),
+    ),
     Case(
         "csv_all_after_as_of",
         _csv("all_after_as_of.csv"),
