@@ -90,7 +90,7 @@ class Explanation:
     weights: ``(rows, n_reasons)`` float32 weight of each cited item (its contribution to the score, or its
         similarity for models that only offer one; see the module docstring), 0 where nothing is cited.
     kinds: ``(rows,)`` one of :data:`KINDS` per row.
-    explicit: the history holds ratings (the text says "rated", else "watched").
+    explicit: the history holds ratings (the text says "rated", else "interacted with": clicks, views, purchases).
     """
 
     users: np.ndarray
@@ -113,8 +113,8 @@ class Explanation:
 
 
 def format_reason(kind: str, cited_item_labels: Sequence[str], explicit: bool = True) -> str:
-    """A short reason: "because you rated A and B" (``explicit``) / "because you watched A and B" / "popular with
-    users like you"; sequence models say "recently". Rows with nothing to cite get a generic text."""
+    """A short reason: "because you rated A and B" (``explicit``) / "because you interacted with A and B" /
+    "popular with users like you"; sequence models say "recently". Rows with nothing to cite get a generic text."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose from: {', '.join(KINDS)}")
     if kind == "popularity":
@@ -123,7 +123,7 @@ def format_reason(kind: str, cited_item_labels: Sequence[str], explicit: bool = 
     if not labels:
         return "based on your history"
     listed = labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
-    verb = "rated" if explicit else "watched"
+    verb = "rated" if explicit else "interacted with"
     if kind == "sequence":
         verb = f"recently {verb}"
     return f"because you {verb} {listed}"

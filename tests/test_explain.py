@@ -46,8 +46,9 @@ def test_format_reason() -> None:
     assert format_reason("neighbours", ["Toy Story (1995)", "Heat (1995)"]) == (
         "because you rated Toy Story (1995) and Heat (1995)"
     )
-    assert format_reason("latent_similarity", ["A", "B", "C"], explicit=False) == "because you watched A, B and C"
-    assert format_reason("sequence", ["A"], explicit=False) == "because you recently watched A"
+    implicit = format_reason("latent_similarity", ["A", "B", "C"], explicit=False)
+    assert implicit == "because you interacted with A, B and C"
+    assert format_reason("sequence", ["A"], explicit=False) == "because you recently interacted with A"
     assert format_reason("popularity", []) == "popular with users like you"
     assert format_reason("neighbours", []) == "based on your history"
     with pytest.raises(ValueError, match="unknown kind"):
@@ -132,7 +133,7 @@ def test_popularity_unknown_users_and_padding() -> None:
     assert ex.kinds.tolist() == ["popularity", "neighbours", "popularity", "neighbours"]
     assert (ex.cited[:3] == -1).all()  # unknown user, padding item, unknown user
     assert ex.reasons(["A", "B", "C"])[0] == "popular with users like you"
-    assert ex.reasons(["A", "B", "C"])[3] == "because you watched B"
+    assert ex.reasons(["A", "B", "C"])[3] == "because you interacted with B"
 
 
 SEQUENCE_MODELS = {
