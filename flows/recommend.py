@@ -73,7 +73,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         timings[stage] = round(now - clock, 3)
         clock = now
 
-    dataset = protect(ingest(config.source), config.privacy, url)
+    dataset = protect(ingest(config.source, config.privacy), url)
     lap("ingest")
     run_id = open_run(
         url,

@@ -101,13 +101,21 @@ def personal_columns(columns: Iterable[str], config: PrivacyConfig) -> list[str]
 
 
 def apply_privacy(dataset: Dataset, config: PrivacyConfig, erased: set[str]) -> tuple[Dataset, dict[str, object]]:
-    """Drop personal columns, pseudonymise user ids (if configured), drop erased users' events and rows.
+    """:func:`deidentify`, then :func:`erase`: the whole privacy step; returns the data set and one summary."""
+    deidentified, summary = deidentify(dataset, config)
+    protected, erasure = erase(deidentified, erased)
+    return protected, summary | erasure
 
-    ``erased`` holds user ids as the database stores them (pseudonyms when pseudonymising). Returns the new
-    data set and a summary for the logs (what was dropped; never any id).
+
+def deidentify(dataset: Dataset, config: PrivacyConfig) -> tuple[Dataset, dict[str, object]]:
+    """Drop personal columns and pseudonymise user ids (if configured).
+
+    Depends only on the data, ``config`` and the key, so its result may be cached (the ingest task caches it:
+    what reaches Prefect's result storage is already de-identified). Returns the data set and a summary for the
+    logs (what was dropped; never any id).
     """
     interactions, users = dataset.interactions, dataset.users
-    summary: dict[str, object] = {"pseudonymised": False, "dropped_columns": [], "erased_users": 0, "erased_events": 0}
+    summary: dict[str, object] = {"pseudonymised": False, "dropped_columns": []}
     if users is not None:
         dropped = personal_columns(users.columns, config)
         if dropped:
@@ -119,6 +127,17 @@ def apply_privacy(dataset: Dataset, config: PrivacyConfig, erased: set[str]) -> 
         if users is not None:
             users = users.assign(**{USER: pseudonymise_ids(users[USER], key)})
         summary["pseudonymised"] = True
+    return dataclasses.replace(dataset, interactions=interactions, users=users), summary
+
+
+def erase(dataset: Dataset, erased: set[str]) -> tuple[Dataset, dict[str, object]]:
+    """Drop the events and users-table rows of the ``erased`` users.
+
+    ``erased`` holds user ids as the database stores them (pseudonyms when pseudonymising), so ``dataset`` must
+    be de-identified already. Returns the data set and the counts removed.
+    """
+    interactions, users = dataset.interactions, dataset.users
+    summary: dict[str, object] = {"erased_users": 0, "erased_events": 0}
     if erased:
         gone = interactions[USER].astype(str).isin(erased)
         summary["erased_events"] = int(gone.sum())
@@ -127,6 +146,22 @@ def apply_privacy(dataset: Dataset, config: PrivacyConfig, erased: set[str]) -> 
         if users is not None:
             users = users.loc[~users[USER].astype(str).isin(erased)].reset_index(drop=True)
     return dataclasses.replace(dataset, interactions=interactions, users=users), summary
+
+
+def privacy_fingerprint(config: PrivacyConfig) -> str:
+    """What :func:`deidentify` depends on besides the data: the settings and, when pseudonymising, the key.
+
+    The key enters as an HMAC of a fixed text under it, so a new key gives a new cache key while neither the
+    fingerprint nor the cache reveals the key. A missing key gives no fingerprint (``LookupError``): the
+    ingest task then runs uncached and fails with :func:`pseudonym_key`'s explanation.
+    """
+    parts = [config.model_dump_json()]
+    if config.pseudonymise_users:
+        value = os.environ.get(config.key_env, "")
+        if len(value) < 16:
+            raise LookupError(f"no usable pseudonym key in {config.key_env}")
+        parts.append(hmac.new(value.encode("utf-8"), b"recforge cache fingerprint", hashlib.sha256).hexdigest())
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 def stored_user_id(user_id: str, config: PrivacyConfig | None = None) -> str:

@@ -9,7 +9,8 @@ from prefect.logging import get_run_logger
 
 from recforge.data.contract import Dataset
 from recforge.data.sources import SourceSpec, load_dataset
-from tasks.caching import cached, source_fingerprint
+from recforge.privacy import PrivacyConfig, deidentify, privacy_fingerprint
+from tasks.caching import Unfingerprintable, cached, source_fingerprint
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -19,16 +20,29 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, OperationalError)) and not isinstance(exc, FileNotFoundError)
 
 
-# Cached by the content of the files the source names (see tasks.caching): a rerun reads the stored Dataset.
+def _privacy_key(privacy: PrivacyConfig | None) -> str:
+    try:
+        return privacy_fingerprint(privacy or PrivacyConfig())
+    except LookupError as exc:
+        raise Unfingerprintable(str(exc)) from None
+
+
+# Cached by the content of the files the source names and the privacy settings (see tasks.caching): a rerun reads
+# the stored Dataset, which is stored de-identified — personal columns dropped, user ids pseudonymised if asked.
 @task(
-    **cached("ingest", source=source_fingerprint),
+    **cached("ingest", source=source_fingerprint, privacy=_privacy_key),
     name="ingest",
     retries=2,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=lambda _task, _run, state: _is_transient(state.result(raise_on_failure=False)),
 )
-def ingest(source: dict[str, Any]) -> Dataset:
-    """Load interactions (and optional users/items tables) from the configured source."""
+def ingest(source: dict[str, Any], privacy: PrivacyConfig | None = None) -> Dataset:
+    """Load interactions (and optional users/items tables) from the configured source, de-identified.
+
+    Personal columns are dropped and user ids pseudonymised (as ``privacy`` says) before the result leaves the
+    task, so raw ids and personal columns never reach Prefect's result storage. Erasures are applied after, by
+    the uncached ``protect`` task.
+    """
     spec = SourceSpec.from_mapping(source)
     logger = get_run_logger()
     logger.info("loading %s", spec.describe())
@@ -39,5 +53,11 @@ def ingest(source: dict[str, Any]) -> Dataset:
         len(dataset.interactions),
         "no" if dataset.users is None else len(dataset.users),
         "no" if dataset.items is None else len(dataset.items),
+    )
+    dataset, summary = deidentify(dataset, privacy or PrivacyConfig())
+    logger.info(
+        "privacy: user ids %s; dropped personal columns %s",
+        "pseudonymised" if summary["pseudonymised"] else "kept as given",
+        summary["dropped_columns"] or "none",
     )
     return dataset

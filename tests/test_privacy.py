@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,3 +151,44 @@ def test_pseudonymised_run_then_forget_removes_the_user_now_and_from_the_next_ru
     shown = capsys.readouterr().out
     assert "strategy" in shown and "reason" in shown and pseudonymise_id("2", KEY) in shown
     store.dispose()
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_harness")
+def test_cached_ingest_results_hold_no_raw_ids_or_personal_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the ingest task leaves in Prefect's result storage (for reruns) is already de-identified."""
+    from prefect.settings import get_current_settings
+
+    from flows.recommend import recommend
+    from tasks.ingest import _privacy_key
+
+    monkeypatch.setenv(DEFAULT_KEY_ENV, KEY.decode())
+    events = pd.read_csv(GOOD / "interactions.csv", dtype=str)
+    events["user_id"] = "raw-user-" + events["user_id"]
+    events.to_csv(tmp_path / "events.csv", index=False)
+    users = pd.DataFrame({"user_id": events["user_id"].unique()})
+    users["Email"] = "secret-" + users["user_id"] + "@example.com"
+    users["age"] = 30
+    users.to_csv(tmp_path / "users.csv", index=False)
+    source = {"kind": "csv", "interactions": str(tmp_path / "events.csv"), "users": str(tmp_path / "users.csv")}
+    privacy = PrivacyConfig(pseudonymise_users=True)
+    config = RunConfig(
+        source=source, as_of=AS_OF, models=["popularity"], top_n=3, output_dir=str(tmp_path / "var"), privacy=privacy
+    )
+    storage = Path(get_current_settings().results.local_storage_path)
+    before = {p: p.stat().st_mtime_ns for p in storage.rglob("*") if p.is_file()}
+    recommend(config=config, db_url=f"sqlite:///{tmp_path / 'rf.db'}")
+
+    written = [p for p in storage.rglob("*") if p.is_file() and before.get(p) != p.stat().st_mtime_ns]
+    assert written, "the run cached nothing: the test would prove nothing"
+    payloads = [base64.b64decode(json.loads(path.read_bytes())["result"]) for path in written]
+    assert any(b"p_" in payload for payload in payloads)  # the pseudonymised data set is there, readable
+    for path, payload in zip(written, payloads, strict=True):
+        assert b"raw-user-" not in payload and b"secret-" not in payload, path
+    # A new key or new privacy settings are another cache entry, never the old pseudonyms; the key stays hidden.
+    first = _privacy_key(privacy)
+    assert first != _privacy_key(PrivacyConfig()) and KEY.decode() not in first
+    monkeypatch.setenv(DEFAULT_KEY_ENV, "another key, long enough")
+    assert _privacy_key(privacy) != first
