@@ -207,6 +207,24 @@ def test_cut_off_ties_keep_the_lowest_items_and_threads_do_not_change_the_result
     assert results[0].nnz == 60 * 7
 
 
+def test_the_top_k_runs_on_the_threads_the_run_settings_give(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    seen: list[int] = []
+    real_topk = torch.topk
+
+    def recording_topk(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return real_topk(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "topk", recording_topk)
+    vectors = sp.csr_matrix((np.random.default_rng(5).random((40, 30)) < 0.3).astype(np.float32))
+    before = torch.get_num_threads()
+    knn_similarity.cosine_topk(vectors, neighbors=5, settings=RunSettings(threads=1))
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before  # restored for whatever runs next in the process
+
+
 def _reference_cosine_topk(
     vectors: np.ndarray, neighbors: int, shrinkage: float, min_similarity: float, alpha: float, exponent: float
 ) -> np.ndarray:

@@ -133,13 +133,20 @@ def _map_blocks(
     bounds = [(start, min(start + block, n)) for start in range(0, n, block)]
     workers = min(_block_workers(settings), len(bounds))
     parts = []
-    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
-        run = map if pool is None else pool.map  # one worker: no thread at all
-        results = run(lambda bound: _row_major(compute(*bound)), bounds)
-        for (_, stop), part in zip(bounds, results, strict=True):
-            parts.append(part)
-            if settings is not None:
-                settings.report(stage, stop / n)
+    # torch's topk inside ``compute`` follows torch's process-wide thread count: hold it to the run's setting.
+    from recmodels.torch_utils import set_threads
+
+    previous = set_threads(settings.threads if settings is not None else None)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+            run = map if pool is None else pool.map  # one worker: no thread at all
+            results = run(lambda bound: _row_major(compute(*bound)), bounds)
+            for (_, stop), part in zip(bounds, results, strict=True):
+                parts.append(part)
+                if settings is not None:
+                    settings.report(stage, stop / n)
+    finally:
+        set_threads(previous)
     return parts
 
 
