@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from prefect import task
@@ -14,10 +15,23 @@ from tasks.caching import Unfingerprintable, cached, source_fingerprint
 
 
 def _is_transient(exc: BaseException) -> bool:
-    """Retry only I/O hiccups (network, database connection), never contract violations."""
+    """Retry only I/O hiccups (network, database connection), never contract violations.
+
+    A host name that does not resolve at all (no network, a typo in the URL) is not a hiccup either: retrying it
+    only delayed the explanation by 12 s. A temporary resolver failure (``EAI_AGAIN``) is retried.
+    """
     from sqlalchemy.exc import OperationalError
 
-    return isinstance(exc, (OSError, OperationalError)) and not isinstance(exc, FileNotFoundError)
+    if not isinstance(exc, (OSError, OperationalError)) or isinstance(exc, FileNotFoundError):
+        return False
+    cause: object = exc
+    for _ in range(8):  # the chain: SourceUnavailableError <- URLError (reason: gaierror)
+        if isinstance(cause, socket.gaierror) and cause.errno == socket.EAI_NONAME:
+            return False
+        if not isinstance(cause, BaseException):
+            break
+        cause = cause.__cause__ or getattr(cause, "reason", None)
+    return True
 
 
 def _privacy_key(privacy: PrivacyConfig | None) -> str:

@@ -719,3 +719,33 @@ def test_source_url_reads_environment_references(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("RF_TEST_PASSWORD")
     with pytest.raises(DataError, match="RF_TEST_PASSWORD is not set"):
         expand_url("postgresql://app:${RF_TEST_PASSWORD}@db/events")
+
+
+def test_only_passing_io_failures_are_retried(tmp_path: Path, zip_server: tuple[_ZipServer, Path]) -> None:
+    import socket
+    import urllib.error
+
+    from tasks.ingest import _is_transient
+
+    def unavailable(cause: BaseException) -> SourceUnavailableError:
+        try:
+            raise SourceUnavailableError("could not download") from cause
+        except SourceUnavailableError as exc:
+            return exc
+
+    no_such_host = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    resolver_hiccup = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    assert not _is_transient(unavailable(urllib.error.URLError(no_such_host)))
+    assert _is_transient(unavailable(urllib.error.URLError(resolver_hiccup)))
+    assert _is_transient(unavailable(urllib.error.URLError("timed out")))  # a text reason: still I/O
+    assert _is_transient(unavailable(ConnectionRefusedError(111, "refused")))
+    assert not _is_transient(DataError("column 'rating' holds text"))
+    assert not _is_transient(FileNotFoundError("events.csv"))
+    # A real refused download (nothing listens on the port) stays retryable.
+    server, _ = zip_server
+    closed = server.url("ml-100k.zip")
+    server.server.shutdown()
+    server.server.server_close()
+    with pytest.raises(SourceUnavailableError) as err:
+        load_movielens_100k(cache_dir=tmp_path / "cache", url=closed)
+    assert _is_transient(err.value)
