@@ -116,6 +116,8 @@ def prepare(
         known_users=None if dataset.users is None else pd.Index(dataset.users[USER]),
         known_items=None if dataset.items is None else pd.Index(dataset.items[ITEM]),
     )
+    if cleaned.empty and loaded:
+        raise DataError(_nothing_left_after_cleaning(dataset, cleaning))
     before = events_before(cleaned, as_of)
     if before.empty:
         raise ValueError(
@@ -170,6 +172,29 @@ def prepare(
             "items": int(before[ITEM].nunique()),
         },
     )
+
+
+def _nothing_left_after_cleaning(dataset: Dataset, cleaning: CleaningReport) -> str:
+    """Why cleaning kept no interaction, and the likely fix (ids that do not match the users/items tables)."""
+    reasons = "; ".join(f"{rows} as {reason!r}" for reason, rows in cleaning.invalid_rows_dropped.items() if rows)
+    message = f"{dataset.name}: cleaning kept none of the {cleaning.input_rows} interactions"
+    message += f" ({reasons or 'none invalid'})"
+    for column, table, name in ((ITEM, dataset.items, "items"), (USER, dataset.users, "users")):
+        if table is None:
+            continue
+        ids = dataset.interactions[column].dropna().astype(str)
+        if ids.empty or ids.isin(set(table[column].dropna().astype(str))).any():
+            continue
+        message += (
+            f". Not one interaction's {column} is in the {name} table (interactions: {', '.join(ids.head(3))}; "
+            f"{name} table: {', '.join(table[column].astype(str).head(3))})"
+        )
+        if ids.str.fullmatch(r"-?\d+\.0").all():
+            message += (
+                f"; the interactions' {column}s are written as decimals (e.g. {ids.iloc[0]}), as a column with "
+                "empty cells gets exported: write them as whole numbers"
+            )
+    return message + ". Ids are compared as text: make the files use the same ids"
 
 
 def make_model(name: str, config: Mapping[str, Any] | None = None) -> Recommender:

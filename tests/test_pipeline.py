@@ -77,6 +77,26 @@ def test_prepare_refuses_data_with_nothing_to_evaluate() -> None:
     assert "4 held-out events are of items no one had before" in str(excinfo.value)
 
 
+def test_prepare_explains_ids_that_match_no_row_of_the_items_table() -> None:
+    """Item ids exported as decimals ("12.0") against an items table of "12": every row would be dropped as an
+    unknown item; the error says so instead of blaming --as-of."""
+    events = pd.DataFrame(
+        {
+            "user_id": [str(u) for u in np.repeat(np.arange(20), 5)],
+            "item_id": [f"{i}.0" for i in np.tile(np.arange(10), 10)],
+            "timestamp": pd.to_datetime(np.arange(100) * 3600 + 1_700_000_000, unit="s", utc=True),
+        }
+    )
+    items = pd.DataFrame({"item_id": [str(i) for i in range(10)], "genres": ["A"] * 10})
+    dataset = Dataset(name="decimal_ids", interactions=events, items=items)
+    with pytest.raises(DataError) as excinfo:
+        prepare(dataset, validate_dataset(dataset), datetime(2030, 1, 1, tzinfo=UTC))
+    message = str(excinfo.value)
+    assert "cleaning kept none of the 100 interactions" in message
+    assert "Not one interaction's item_id is in the items table" in message
+    assert "written as decimals (e.g. 0.0)" in message and "as_of" not in message
+
+
 def test_evaluate_and_refit(prepared: PreparedData) -> None:
     pop = evaluate("popularity", prepared, k=10)
     knn = evaluate("item_knn", prepared, k=10)
