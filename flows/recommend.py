@@ -260,6 +260,7 @@ def _summary_artifact(summary: dict[str, Any], cleaning: str, validation: str) -
     timing_rows = "\n".join(f"| {stage} | {seconds:.2f} |" for stage, seconds in summary["timings"].items())
     count_rows = "\n".join(f"| {stage} | {rows:,} |" for stage, rows in summary["row_counts"].items())
     failed = "\n".join(f"- **{m}** failed: {e}" for m, e in summary["failed_models"].items()) or "- none"
+    skipped = "\n".join(f"- **{m}**: {why}" for m, why in summary.get("skipped_models", {}).items()) or "- none"
     markdown = f"""# recforge run `{summary["run_id"]}`
 
 - **data set**: {summary["dataset"]}, as of {summary["as_of"]}
@@ -282,5 +283,8 @@ def _summary_artifact(summary: dict[str, Any], cleaning: str, validation: str) -
 
 ## Failed models
 {failed}
+
+## Left out for this data
+{skipped}
 """
     create_markdown_artifact(key="run-summary", markdown=markdown, description="What this run did")

@@ -222,10 +222,14 @@ def test_click_data_leaves_out_the_rating_models_it_was_not_asked_for(tmp_path: 
         top_n=5,
         output_dir=str(tmp_path / "var"),
     )
-    summary = recommend(config=config, db_url=url)
+    state = recommend(config=config, db_url=url, return_state=True)
+    summary = state.result()
 
     assert summary["status"] == "completed", summary["failed_models"]
     assert set(summary["skipped_models"]) == {"biased_mf", "nmf"}
+    dashboard = _run_summary_markdown(state.state_details.flow_run_id)
+    left_out = dashboard.split("## Left out for this data", 1)[1]
+    assert "**biased_mf**: it needs ratings" in left_out and "**nmf**" in left_out
     assert "needs ratings" in summary["skipped_models"]["nmf"]
     assert set(pd.DataFrame(summary["leaderboard"])["model"]) == {"pure_svd", "als", "bpr"}
     assert set(_table(url, "recommendations")["model"]) == {"pure_svd", "als", "bpr"}
@@ -233,3 +237,18 @@ def test_click_data_leaves_out_the_rating_models_it_was_not_asked_for(tmp_path: 
     asked = config.model_copy(update={"families": None, "models": ["popularity", "nmf"]})
     with pytest.raises(ModelsFailed, match="nmf needs ratings"):
         recommend(config=asked, db_url=url)
+
+
+def _run_summary_markdown(flow_run_id: object) -> str:
+    """The run-summary artifact a flow run shows in the Prefect dashboard."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["run-summary"]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+            )
+        )
+    assert len(found) == 1
+    return str(found[0].data)
