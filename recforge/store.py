@@ -775,16 +775,36 @@ class Store:
                 f"abandoned: its process (pid {pid} on {host}) ended without closing the run — killed by "
                 f"SIGKILL or the out-of-memory killer, or the machine restarted; {PUBLISHED_ALL_OR_NOTHING}"
             )
-            with self.engine.begin() as conn:
-                # Only if still running: the owner may have closed it in the meantime after all.
-                result = conn.execute(
-                    update(runs_table)
-                    .where(runs_table.c.run_id == run_id, runs_table.c.status == "running")
-                    .values(status="failed", finished_at=_now(), error=error)
-                )
-            if result.rowcount:
+            if self.fail_running_run(run_id, error):
                 closed.append(run_id)
         return closed
+
+    def running_runs_of_other_hosts(self) -> list[tuple[str, str, str]]:
+        """``(run_id, flow_run_id, host)`` of the ``running`` rows started on other hosts by a Prefect flow run.
+
+        Their processes cannot be checked from here; the orchestrator that ran them can (``tasks.publish``).
+        """
+        host = host_name()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(runs_table.c.run_id, runs_table.c.flow_run_id, runs_table.c.host).where(
+                    runs_table.c.status == "running",
+                    runs_table.c.host != host,
+                    runs_table.c.flow_run_id.is_not(None),
+                )
+            ).all()
+        return [(str(run_id), str(flow_run_id), str(other)) for run_id, flow_run_id, other in rows]
+
+    def fail_running_run(self, run_id: str, error: str) -> bool:
+        """Close ``run_id`` as failed with ``error`` if it is still ``running``; True when it was closed."""
+        with self.engine.begin() as conn:
+            # Only if still running: the owner may have closed it in the meantime after all.
+            result = conn.execute(
+                update(runs_table)
+                .where(runs_table.c.run_id == run_id, runs_table.c.status == "running")
+                .values(status="failed", finished_at=_now(), error=error)
+            )
+        return bool(result.rowcount)
 
     def finish_run(
         self,

@@ -12,7 +12,7 @@ from prefect.logging import get_run_logger
 
 from recforge.data.contract import ITEM, USER
 from recforge.pipeline import PreparedData
-from recforge.store import ChampionDecision, Store
+from recforge.store import PUBLISHED_ALL_OR_NOTHING, ChampionDecision, Store
 
 # Transient database trouble (a dropped connection, a locked SQLite file) is worth a retry; bad data is not.
 _DB_RETRY = {"retries": 2, "retry_delay_seconds": [2, 10]}
@@ -35,11 +35,48 @@ def open_run(
             "run %s was still marked running but its process on this host is gone (killed?); closed it as failed",
             abandoned,
         )
+    for abandoned in close_runs_whose_flow_run_ended(store):
+        get_run_logger().warning(
+            "run %s was still marked running but its Prefect flow run has ended; closed it as failed", abandoned
+        )
     run_id = store.start_run(
         dataset=dataset, source=source, as_of=as_of, parameters=parameters, flow_run_id=flow_run_id
     )
     get_run_logger().info("run %s recorded in %s", run_id, store.url_masked)
     return run_id
+
+
+def close_runs_whose_flow_run_ended(store: Store) -> list[str]:
+    """Close as failed the ``running`` rows of other hosts whose Prefect flow run is over; returns their ids.
+
+    A run killed on another machine (a worker's pod evicted, a machine that never came back) cannot be checked by
+    process; its flow run can, when it is known to this Prefect API. A flow run that is over (crashed, failed,
+    cancelled — or even completed, which always closes its row first) while its row still says ``running`` left
+    the row behind. Flow runs this API does not know, or cannot be asked about, are left alone.
+    """
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    others = store.running_runs_of_other_hosts()
+    if not others:
+        return []
+    closed = []
+    with get_client(sync_client=True) as client:
+        for run_id, flow_run_id, host in others:
+            try:
+                state = client.read_flow_run(UUID(flow_run_id)).state
+            except Exception:  # unknown to this API (another server), malformed id, API trouble: not ours to judge
+                continue
+            if state is None or not state.is_final():
+                continue
+            error = (
+                f"abandoned: its Prefect flow run {flow_run_id} on {host} ended as {state.name} without closing the "
+                f"run; {PUBLISHED_ALL_OR_NOTHING}"
+            )
+            if store.fail_running_run(run_id, error):
+                closed.append(run_id)
+    return closed
 
 
 @task(name="publish", cache_policy=NO_CACHE, **_DB_RETRY)

@@ -1056,6 +1056,47 @@ def test_a_run_whose_process_is_gone_is_closed_by_the_next_start(store: Store) -
     assert store.close_abandoned_runs() == []  # nothing left to close
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_of_another_host_whose_flow_run_ended_is_closed_by_the_next_start(sqlite_store: Store) -> None:
+    """Rows of other hosts are judged by their Prefect flow run: over (crashed) → closed; running, or unknown to
+    this API → left alone."""
+    from uuid import uuid4
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed, Running
+
+    from tasks.publish import close_runs_whose_flow_run_ended
+
+    @flow(name="elsewhere")
+    def elsewhere() -> None:
+        """Never called: only registered, to own the flow runs below."""
+
+    with get_client(sync_client=True) as client:
+        crashed = client.create_flow_run(elsewhere, state=Crashed(message="pod evicted")).id
+        running = client.create_flow_run(elsewhere, state=Running()).id
+
+    def start(flow_run_id: object, host: str) -> str:
+        run_id = sqlite_store.start_run(
+            dataset="toy", source="toy.csv", as_of=AS_OF_1, parameters={}, flow_run_id=str(flow_run_id)
+        )
+        _set_owner(sqlite_store, run_id, host, "1:gone")
+        return run_id
+
+    lost = start(crashed, "evicted-host")
+    alive = start(running, "busy-host")
+    unknown = start(uuid4(), "other-server-host")  # a flow run of another Prefect server
+    here = start(crashed, host_name())  # this host's rows are judged by process, not here
+
+    assert close_runs_whose_flow_run_ended(sqlite_store) == [lost]
+    closed = _run(sqlite_store, lost)
+    assert closed["status"] == "failed"
+    assert closed["error"].startswith(f"abandoned: its Prefect flow run {crashed} on evicted-host ended as Crashed")
+    for untouched in (alive, unknown, here):
+        assert _run(sqlite_store, untouched)["status"] == "running"
+    assert close_runs_whose_flow_run_ended(sqlite_store) == []
+
+
 def test_process_tokens_tell_a_recycled_pid_from_the_original_process() -> None:
     token = process_token()
     pid, boot, ticks = token.split(":")
