@@ -415,11 +415,13 @@ def cmd_forget(args: argparse.Namespace) -> int:
 def cmd_models(_: argparse.Namespace) -> int:
     from recmodels.registry import DEFAULT_MODELS, get_model_class, model_names
 
-    print(f"{'model':<16} {'family':<26} {'predicts ratings':<17} default")
+    print(f"{'model':<16} {'family':<26} {'predicts ratings':<17} {'needs ratings':<14} default")
     for name in model_names():
         cls = get_model_class(name)
-        rating = "yes" if cls.predicts_ratings else "no"
-        print(f"{name:<16} {cls.family:<26} {rating:<17} {'yes' if name in DEFAULT_MODELS else 'no'}")
+        predicts = "yes" if cls.predicts_ratings else "no"
+        needs = "yes" if cls.requires_ratings else "no"
+        print(f"{name:<16} {cls.family:<26} {predicts:<17} {needs:<14} {'yes' if name in DEFAULT_MODELS else 'no'}")
+    print("Models that need ratings are left out of the default set and of --families on data without ratings.")
     return 0
 
 

@@ -130,6 +130,8 @@ def test_models_command_lists_families(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "popularity" in out and "baseline" in out and "item_knn" in out and "collaborative_filtering" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.split()}
+    assert rows["nmf"][3] == "yes" and rows["item_knn"][3] == "no"  # the "needs ratings" column
 
 
 def test_toml_errors_and_db_url_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
