@@ -766,18 +766,15 @@ class Store:
                     runs_table.c.process.is_not(None),
                 )
             ).all()
-        closed = []
-        for run_id, token in rows:
-            if process_alive(token) is not False:
-                continue
-            pid = token.partition(":")[0]
-            error = (
-                f"abandoned: its process (pid {pid} on {host}) ended without closing the run — killed by "
-                f"SIGKILL or the out-of-memory killer, or the machine restarted; {PUBLISHED_ALL_OR_NOTHING}"
+        errors = {
+            run_id: (
+                f"abandoned: its process (pid {token.partition(':')[0]} on {host}) ended without closing the run — "
+                f"killed by SIGKILL or the out-of-memory killer, or the machine restarted; {PUBLISHED_ALL_OR_NOTHING}"
             )
-            if self.fail_running_run(run_id, error):
-                closed.append(run_id)
-        return closed
+            for run_id, token in rows
+            if process_alive(token) is False
+        }
+        return self.fail_running_runs(errors)
 
     def running_runs_of_other_hosts(self) -> list[tuple[str, str, str]]:
         """``(run_id, flow_run_id, host)`` of the ``running`` rows started on other hosts by a Prefect flow run.
@@ -795,16 +792,20 @@ class Store:
             ).all()
         return [(str(run_id), str(flow_run_id), str(other)) for run_id, flow_run_id, other in rows]
 
-    def fail_running_run(self, run_id: str, error: str) -> bool:
-        """Close ``run_id`` as failed with ``error`` if it is still ``running``; True when it was closed."""
-        with self.engine.begin() as conn:
-            # Only if still running: the owner may have closed it in the meantime after all.
-            result = conn.execute(
-                update(runs_table)
-                .where(runs_table.c.run_id == run_id, runs_table.c.status == "running")
-                .values(status="failed", finished_at=_now(), error=error)
-            )
-        return bool(result.rowcount)
+    def fail_running_runs(self, errors: Mapping[str, str]) -> list[str]:
+        """Close each run id of ``errors`` as failed with its error text if it is still ``running``; returns those
+        closed (the owner may have closed one in the meantime after all)."""
+        closed = []
+        for run_id, error in errors.items():
+            with self.engine.begin() as conn:
+                result = conn.execute(
+                    update(runs_table)
+                    .where(runs_table.c.run_id == run_id, runs_table.c.status == "running")
+                    .values(status="failed", finished_at=_now(), error=error)
+                )
+            if result.rowcount:
+                closed.append(run_id)
+        return closed
 
     def finish_run(
         self,

@@ -61,22 +61,19 @@ def close_runs_whose_flow_run_ended(store: Store) -> list[str]:
     others = store.running_runs_of_other_hosts()
     if not others:
         return []
-    closed = []
+    errors = {}
     with get_client(sync_client=True) as client:
         for run_id, flow_run_id, host in others:
             try:
                 state = client.read_flow_run(UUID(flow_run_id)).state
             except Exception:  # unknown to this API (another server), malformed id, API trouble: not ours to judge
                 continue
-            if state is None or not state.is_final():
-                continue
-            error = (
-                f"abandoned: its Prefect flow run {flow_run_id} on {host} ended as {state.name} without closing the "
-                f"run; {PUBLISHED_ALL_OR_NOTHING}"
-            )
-            if store.fail_running_run(run_id, error):
-                closed.append(run_id)
-    return closed
+            if state is not None and state.is_final():
+                errors[run_id] = (
+                    f"abandoned: its Prefect flow run {flow_run_id} on {host} ended as {state.name} without closing "
+                    f"the run; {PUBLISHED_ALL_OR_NOTHING}"
+                )
+    return store.fail_running_runs(errors)
 
 
 @task(name="publish", cache_policy=NO_CACHE, **_DB_RETRY)

@@ -26,6 +26,7 @@ from tasks.caching import (
     frame_fingerprint,
     source_fingerprint,
 )
+from tests.synthetic_files import write_synthetic_csv
 
 
 def _frame() -> pd.DataFrame:
@@ -138,10 +139,8 @@ def test_rerun_after_failed_training_reuses_ingest_validate_prepare(
 
     monkeypatch.setattr(tasks.ingest, "load_dataset", counting_load)
     # The input is a file of this test only, so no earlier test can have cached it.
-    events = generate_synthetic(n_users=100, n_items=60, n_events=2500).interactions
-    events["timestamp"] = (events["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     path = tmp_path / "events.csv"
-    events.to_csv(path, index=False)
+    events = write_synthetic_csv(path, n_users=100, n_items=60, n_events=2500)
     config = RunConfig(
         source={"kind": "csv", "interactions": str(path)},
         as_of=datetime(2024, 5, 1, tzinfo=UTC),

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from recforge.config import RunConfig
 from recforge.data.synthetic import generate_synthetic
 from recforge.store import Store
+from tests.synthetic_files import write_synthetic_csv
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -210,10 +211,8 @@ def test_click_data_leaves_out_the_rating_models_it_was_not_asked_for(tmp_path: 
     or the default set, and the run completes; named explicitly, such a model fails with its own error."""
     from flows.recommend import ModelsFailed, recommend
 
-    clicks = generate_synthetic(n_users=150, n_items=90, n_events=3_000).interactions.drop(columns="rating")
-    clicks["timestamp"] = (clicks["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     path = tmp_path / "clicks.csv"
-    clicks.to_csv(path, index=False)
+    write_synthetic_csv(path, n_users=150, n_items=90, n_events=3_000, drop=["rating"])
     url = f"sqlite:///{tmp_path / 'clicks.db'}"
     config = RunConfig(
         source={"kind": "csv", "interactions": str(path)},
