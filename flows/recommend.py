@@ -14,7 +14,8 @@ from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from flows.runners import data_for_tasks, make_task_runner, runner_name, worker_processes
+from flows.dispatch import run_model_tasks
+from flows.runners import data_for_tasks, make_task_runner, model_task_slots, runner_name, worker_processes
 from recforge import handoff
 from recforge.config import RunConfig, resolve_db_url
 from recforge.data.sources import SourceSpec
@@ -100,24 +101,25 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         # A time budget per model task: a model that hangs is cut off and counted as failed, not the whole run.
         evaluate_task = evaluate_model.with_options(timeout_seconds=config.model_timeout_s)
         recommend_task = recommend_model.with_options(timeout_seconds=config.model_timeout_s)
-        evaluations = {n: evaluate_task.submit(n, task_data, config.k, config.seed) for n in names}
-        # Each refit starts as soon as its own evaluation is done, so families stay in parallel; it receives the
-        # evaluation result and skips itself when that model already failed.
-        refits = {
-            n: recommend_task.submit(
+        tasks = run_model_tasks(
+            names,
+            {n: get_model_class(n).training_cost for n in names},
+            lambda n: evaluate_task.submit(n, task_data, config.k, config.seed),
+            # A refit receives its finished evaluation and skips itself when that model already failed.
+            lambda n, evaluation: recommend_task.submit(
                 n,
                 task_data,
                 config.top_n,
                 config.seed,
-                evaluations[n],
+                evaluation,
                 config.cold_start,
                 config.explanations,
                 config.new_items_weight,
-            )
-            for n in names
-        }
+            ),
+            model_task_slots(context.task_runner if context is not None else None, config.max_workers),
+        )
+        evaluations, refits = tasks.evaluations, tasks.refits
         results: list[ModelEvaluation] = [_evaluation_result(n, evaluations[n]) for n in names]
-        lap("train_evaluate")
         recommendations: list[ModelRecommendations] = []
         refit_errors: dict[str, str] = {}
         for name in names:
@@ -128,7 +130,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             elif (published := refits[name].result()) is not None:
                 recommendations.append(published)
         _training_over(memory, task_data)
-        lap("refit_recommend")
+        lap("train")  # evaluations and refits interleave: one stage
 
         # An evaluation's own error says more than the refit's "upstream failed", so it wins.
         failed = refit_errors | {r.model: r.error for r in results if not r.ok}

@@ -26,6 +26,7 @@ class Popularity(Recommender):
 
     name = "popularity"
     family = "baseline"
+    training_cost = 0.8
     config_class = PopularityConfig
     config: PopularityConfig
 

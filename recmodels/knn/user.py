@@ -38,6 +38,7 @@ class UserKNN(NeighbourhoodRecommender):
     """User-based collaborative filtering: implicit cosine neighbourhoods, or classic kNN rating prediction."""
 
     name = "user_knn"
+    training_cost = 1.4
     config_class = UserKNNConfig
     config: UserKNNConfig
     user_based = True

@@ -84,6 +84,7 @@ class NMF(Recommender):
     """Masked non-negative factorisation of ratings; ranks with a missing-aware weighted NMF by default."""
 
     name = "nmf"
+    training_cost = 8.2
     family = "matrix_factorization"
     config_class = NMFConfig
     config: NMFConfig

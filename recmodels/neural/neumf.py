@@ -121,6 +121,7 @@ class NeuMF(NeuralRecommender):
     """Neural collaborative filtering (GMF + MLP) on implicit feedback with sampled negatives."""
 
     name = "neumf"
+    training_cost = 15.2
     family = "neural"
     config_class = NeuMFConfig
     config: NeuMFConfig
