@@ -223,15 +223,23 @@ _FLOW_STATE: dict[str, Any] = {}
 
 
 def _train_models(names: list[str], k: int, top_n: int, seed: int) -> dict[str, Any]:
-    """The benchmark flow's body: both tasks of every model, as the recommend flow submits them."""
+    """The benchmark flow's body: both tasks of every model, submitted as the recommend flow submits them."""
+    from flows.dispatch import run_model_tasks
     from flows.runners import data_for_tasks
     from recforge.handoff import remove
+    from recmodels.registry import get_model_class
 
     evaluate_task, refit_task = _FLOW_STATE["evaluate"], _FLOW_STATE["refit"]
     start = time.perf_counter()
     task_data = data_for_tasks(_FLOW_STATE["data"], _FLOW_STATE["handoff_dir"])
-    evaluations = {n: evaluate_task.submit(n, task_data, k, seed) for n in names}
-    refits = {n: refit_task.submit(n, task_data, top_n, seed, wait_for=[evaluations[n]]) for n in names}
+    tasks = run_model_tasks(
+        names,
+        {n: get_model_class(n).training_cost for n in names},
+        lambda n: evaluate_task.submit(n, task_data, k, seed),
+        lambda n, evaluation: refit_task.submit(n, task_data, top_n, seed, wait_for=[evaluation]),
+        WORKERS,  # what the flow keeps in flight with --max-workers 2
+    )
+    evaluations, refits = tasks.evaluations, tasks.refits
     outcomes = [evaluations[n].result() for n in names] + [refits[n].result() for n in names]
     remove(task_data)
     return {
