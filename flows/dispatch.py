@@ -5,7 +5,9 @@ lets them share the cores evenly, so the costliest model (a deep network) crawls
 refit starts last and then runs alone on one core: on the 2-core reference machine the 12-model run on ML-100K
 spent 87–91 s training. Here at most ``limit`` tasks are in flight (by default one per core), and when a slot
 frees, the ready task with the longest remaining chain goes next — an evaluation counts its model's whole cost,
-a refit half of it (list scheduling by critical path). The same run then trained in 68 s (docs/BENCHMARKS.md).
+a refit half of it (list scheduling by critical path). The same run then trained in 70 s (docs/BENCHMARKS.md).
+The costs are each model's seconds in the last run on the same data set when the database has them (a large
+catalogue makes EASE costly, many events ALS), else the model classes' ``training_cost`` hints.
 
 The runner still runs every task (threads, processes or Dask); this only decides when to submit, from the
 flow run's thread, with Prefect futures.
@@ -22,6 +24,15 @@ from prefect.futures import PrefectFuture
 
 SubmitEvaluation = Callable[[str], PrefectFuture[Any]]
 SubmitRefit = Callable[[str, PrefectFuture[Any]], PrefectFuture[Any]]
+
+
+def estimated_costs(hints: Mapping[str, float], measured: Mapping[str, float]) -> dict[str, float]:
+    """Each model's expected training cost: its measured seconds from earlier runs on the same data where known,
+    else its class's ``training_cost`` hint scaled by the median measured / hint ratio of the models that have both
+    (hints are seconds on ML-100K; the measurements are seconds on this data and machine)."""
+    ratios = sorted(measured[n] / hints[n] for n in hints if n in measured and hints[n] > 0)
+    scale = ratios[len(ratios) // 2] if ratios else 1.0
+    return {name: measured.get(name, hint * scale) for name, hint in hints.items()}
 
 
 @dataclass

@@ -14,7 +14,7 @@ from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from flows.dispatch import run_model_tasks
+from flows.dispatch import estimated_costs, run_model_tasks
 from flows.runners import data_for_tasks, make_task_runner, model_task_slots, runner_name, worker_processes
 from recforge import handoff
 from recforge.config import RunConfig, resolve_db_url
@@ -101,9 +101,13 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         # A time budget per model task: a model that hangs is cut off and counted as failed, not the whole run.
         evaluate_task = evaluate_model.with_options(timeout_seconds=config.model_timeout_s)
         recommend_task = recommend_model.with_options(timeout_seconds=config.model_timeout_s)
+        costs = estimated_costs(
+            {n: get_model_class(n).training_cost for n in names}, _measured_seconds(url, dataset.name, names)
+        )
+        logger.info("training order (expected seconds): %s", _order_line(costs))
         tasks = run_model_tasks(
             names,
-            {n: get_model_class(n).training_cost for n in names},
+            costs,
             lambda n: evaluate_task.submit(n, task_data, config.k, config.seed),
             # A refit receives its finished evaluation and skips itself when that model already failed.
             lambda n, evaluation: recommend_task.submit(
@@ -231,6 +235,25 @@ def _close_interrupted_run(url: str, run_id: str, timings: dict[str, float], exc
             store.dispose()
     except Exception as close_error:  # the interruption matters more than the record of it
         get_run_logger().warning("could not close interrupted run %s: %s", run_id, close_error)
+
+
+def _measured_seconds(url: str, dataset: str, names: list[str]) -> dict[str, float]:
+    """The models' training seconds in recent runs on this data set; {} when they cannot be read (only the order
+    of the model tasks depends on them, so this never fails the run)."""
+    store = None
+    try:
+        store = Store(url)
+        return store.recent_training_seconds(dataset, names)
+    except Exception as exc:
+        get_run_logger().warning("earlier runs' model timings unreadable (%s); using the models' cost hints", exc)
+        return {}
+    finally:
+        if store is not None:
+            store.dispose()
+
+
+def _order_line(costs: dict[str, float]) -> str:
+    return ", ".join(f"{n} {c:.1f}" for n, c in sorted(costs.items(), key=lambda item: -item[1]))
 
 
 def _evaluation_result(name: str, future: PrefectFuture[ModelEvaluation]) -> ModelEvaluation:

@@ -856,6 +856,42 @@ class Store:
         frame["timings"] = [_from_json(v) for v in frame["timings"]]
         return frame
 
+    def recent_training_seconds(self, dataset: str, models: Sequence[str], runs: int = 5) -> dict[str, float]:
+        """Each model's training seconds in the newest of the last ``runs`` finished runs on ``dataset`` that timed it.
+
+        From the ``timing`` metrics the flow stores: twice ``fit_seconds`` (the evaluation's fit and the refit's),
+        plus ``score_seconds`` and ``rating_fit_seconds``. Models never timed on this data set are absent.
+        """
+        recent = (
+            select(runs_table.c.run_id, runs_table.c.started_at)
+            .where(runs_table.c.dataset == dataset, runs_table.c.status.in_(("completed", "partial")))
+            .order_by(runs_table.c.started_at.desc())
+            .limit(runs)
+            .subquery()
+        )
+        stmt = (
+            select(metrics_table.c.run_id, metrics_table.c.model, metrics_table.c.metric, metrics_table.c.value)
+            .join(recent, recent.c.run_id == metrics_table.c.run_id)
+            .where(
+                metrics_table.c.split == "timing",
+                metrics_table.c.model.in_(list(models)),
+                metrics_table.c.metric.in_(("fit_seconds", "score_seconds", "rating_fit_seconds")),
+            )
+            .order_by(recent.c.started_at.desc())
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        newest_run: dict[str, str] = {}
+        newest: dict[str, dict[str, float]] = {}
+        for run_id, model, metric, value in rows:  # newest run first: a model's first row names its newest run
+            if newest_run.setdefault(model, run_id) == run_id and value is not None:
+                newest.setdefault(model, {})[metric] = float(value)
+        return {
+            model: 2 * t["fit_seconds"] + t.get("score_seconds", 0.0) + t.get("rating_fit_seconds", 0.0)
+            for model, t in newest.items()
+            if "fit_seconds" in t
+        }
+
     # -- metrics and features -----------------------------------------------------------------------------
 
     def write_metrics(self, run_id: str, metrics: pd.DataFrame, *, conn: Connection | None = None) -> int:

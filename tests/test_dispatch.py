@@ -11,7 +11,7 @@ from prefect import flow, task
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from flows.dispatch import run_model_tasks
+from flows.dispatch import estimated_costs, run_model_tasks
 from flows.runners import available_cores, model_task_slots
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -133,3 +133,11 @@ def test_slots_follow_max_workers_then_the_runner() -> None:
     assert model_task_slots(DaskTaskRunner(address="tcp://127.0.0.1:1"), None) is None
     local = DaskTaskRunner(cluster_kwargs={"n_workers": 3})
     assert model_task_slots(local, None) == 3
+
+
+def test_costs_prefer_measured_seconds_and_scale_the_hints_of_the_others() -> None:
+    hints = {"a": 10.0, "b": 1.0, "c": 2.0, "d": 4.0}
+    # measured / hint: a 3.0, b 2.0, c 5.0 → median 3.0 scales d's hint.
+    assert estimated_costs(hints, {"a": 30.0, "b": 2.0, "c": 10.0}) == {"a": 30.0, "b": 2.0, "c": 10.0, "d": 12.0}
+    assert estimated_costs(hints, {}) == hints
+    assert estimated_costs({"a": 1.0}, {"a": 7.0, "gone": 3.0}) == {"a": 7.0}

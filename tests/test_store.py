@@ -1116,3 +1116,30 @@ def test_revision_0006_downgrades_and_upgrades_keeping_runs(store: Store, run_id
     after = store.latest_runs()
     assert after["run_id"].tolist() == before["run_id"].tolist()
     assert after["host"].isna().all()  # not known after a downgrade: such rows are never closed automatically
+
+
+def test_recent_training_seconds_come_from_each_models_newest_finished_run_on_that_data(store: Store) -> None:
+    def run(dataset: str, status: str | None, timings: dict[str, dict[str, float]]) -> None:
+        run_id = store.start_run(dataset=dataset, source="s.csv", as_of=AS_OF_1, parameters={}, flow_run_id=None)
+        rows = [
+            {"model": model, "metric": metric, "k": None, "value": value, "split": "timing"}
+            for model, values in timings.items()
+            for metric, value in values.items()
+        ]
+        rows.append({"model": "ease", "metric": "ndcg", "k": 10, "value": 0.2, "split": "temporal_holdout"})
+        store.write_metrics(run_id, pd.DataFrame(rows))
+        if status is not None:
+            store.finish_run(run_id, status=status, timings={})
+        time.sleep(0.01)  # distinct start times
+
+    run("toy", "completed", {"ease": {"fit_seconds": 9.0}, "nmf": {"fit_seconds": 5.0, "rating_fit_seconds": 4.0}})
+    run("toy", "partial", {"ease": {"fit_seconds": 1.0, "score_seconds": 0.5}})  # newer: ease's wins
+    run("toy", "failed", {"ease": {"fit_seconds": 100.0}})  # a failed run's timings are not used
+    run("toy", None, {"nmf": {"fit_seconds": 100.0}})  # nor a running one's
+    run("other", "completed", {"als": {"fit_seconds": 3.0}})  # another data set
+    assert store.recent_training_seconds("toy", ["ease", "nmf", "als", "gru4rec"]) == {
+        "ease": 2 * 1.0 + 0.5,
+        "nmf": 2 * 5.0 + 4.0,  # from the older run: the newer one did not time it
+    }
+    assert store.recent_training_seconds("toy", ["ease"], runs=0) == {}
+    assert store.recent_training_seconds("nothing-yet", ["ease"]) == {}
