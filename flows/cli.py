@@ -143,7 +143,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--task-runner", choices=("thread", "process", "dask"), help="how model tasks run (default thread)"
     )
     parser.add_argument("--dask-address", help="address of an existing Dask scheduler (with --task-runner dask)")
-    parser.add_argument("--max-workers", type=_positive_int, help="concurrent model tasks")
+    parser.add_argument(
+        "--max-workers",
+        type=_positive_int,
+        help="model tasks in flight at once (default: one per core on threads, one per worker process otherwise)",
+    )
     parser.add_argument(
         "--no-cold-start",
         dest="cold_start",

@@ -60,7 +60,12 @@ class RunConfig(BaseModel):
     output_dir: str = Field(default="var", description="Folder for Data Docs, reports and model files.")
     task_runner: TaskRunnerName = Field(default="thread", description="How model tasks run concurrently.")
     dask_address: str | None = Field(default=None, description="Existing Dask scheduler (dask runner only).")
-    max_workers: int | None = Field(default=None, ge=1, description="Concurrent model tasks (thread/process).")
+    max_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Model tasks in flight at once (default: one per core on threads, one per worker process "
+        "on a process pool or a local Dask cluster).",
+    )
     cold_start: bool = Field(
         default=True,
         description="Publish through the cold-start chain: the model for users with more than 4 events, item "
