@@ -405,6 +405,7 @@ def cmd_recommendations(args: argparse.Namespace) -> int:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     from recforge.store import Store
+    from tasks.caching import purge_cached_results
 
     store = Store(resolve_db_url(args.db_url))
     deleted = store.forget_user(_stored_user(args), note=args.note)
@@ -413,6 +414,14 @@ def cmd_forget(args: argparse.Namespace) -> int:
         f"{deleted['features']} feature rows; recorded in table erasures, so later runs drop this user's events "
         "and no model trained from now on contains them."
     )
+    # Cached ingest/validate/prepare results hold every user's events: the next run recomputes them without this one.
+    purged = purge_cached_results()
+    print(
+        f"deleted {purged.deleted} cached stage result(s) under {purged.folder} (they held the user's events; the "
+        "next run recomputes them). Clear them on every other machine whose Prefect home runs recforge too."
+    )
+    if purged.unreachable:
+        print(f"warning: {purged.unreachable}")
     return 0
 
 

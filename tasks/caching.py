@@ -13,7 +13,8 @@ computing them again. The cache key of a task run is a SHA-256 over:
 An input whose content cannot be fingerprinted (a SQL source, which can change at any moment, a missing file,
 an object of unknown type) makes the key ``None``: Prefect then runs the task and caches nothing. Set
 ``PREFECT_TASKS_REFRESH_CACHE=true`` to recompute everything once; delete ``$PREFECT_HOME/storage`` to reclaim
-the space.
+the space. Keys (and so the stored files) are named ``recforge-<stage>-<sha256>``: :func:`purge_cached_results`
+deletes them after an erasure (``recforge forget``), since they hold the (pseudonymised) events of every user.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import pandas as pd
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.logging import get_logger
+from prefect.settings import get_current_settings
 
 from recforge.data.sources import SourceSpec
 
@@ -165,6 +167,46 @@ def _feed(digest: Any, value: Any) -> None:
         raise Unfingerprintable(f"no content fingerprint for {type(value).__qualname__}")
 
 
+#: The cached stages; each one's result holds every user's (pseudonymised) events or rows drawn from them.
+CACHED_STAGES = ("ingest", "validate", "prepare")
+
+
+def cache_key_prefix(stage: str) -> str:
+    """The start of every cache key (and stored result file name) of ``stage``."""
+    return f"recforge-{stage}-"
+
+
+@dataclass(frozen=True)
+class PurgedResults:
+    """What :func:`purge_cached_results` did: the folder it looked in, files deleted, and what it could not reach."""
+
+    folder: Path
+    deleted: int
+    unreachable: str | None = None
+
+
+def purge_cached_results(stages: tuple[str, ...] = CACHED_STAGES) -> PurgedResults:
+    """Delete recforge's cached results of ``stages`` from Prefect's local result storage on this machine.
+
+    The next run computes them again. Results kept in a storage block (``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK``)
+    or under another Prefect home are out of reach: ``unreachable`` says so.
+    """
+    settings = get_current_settings().results
+    folder = Path(settings.local_storage_path).expanduser()
+    deleted = 0
+    if folder.is_dir():
+        for stage in stages:
+            for path in folder.glob(f"{cache_key_prefix(stage)}*"):
+                path.unlink(missing_ok=True)
+                deleted += 1
+    unreachable = None
+    if settings.default_storage_block:
+        unreachable = (
+            f"results are stored in block {settings.default_storage_block!r}: delete its recforge-* entries there"
+        )
+    return PurgedResults(folder, deleted, unreachable)
+
+
 @dataclass
 class ContentHash(CachePolicy):
     """Cache key from the content of a task's inputs plus the code fingerprint (see the module docstring).
@@ -191,7 +233,7 @@ class ContentHash(CachePolicy):
         except (Unfingerprintable, OSError) as exc:
             log.info("%s: not cached (%s)", self.stage, exc)
             return None
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+        return cache_key_prefix(self.stage) + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def cached(stage: str, **special: Callable[[Any], str]) -> dict[str, Any]:

@@ -99,7 +99,7 @@ def test_content_hash_policy_keys() -> None:
     policy = ContentHash(stage="validate")
     small = generate_synthetic(n_users=30, n_items=20, n_events=300)
     key = policy.compute_key(None, {"dataset": small, "min_interactions": 10}, {})  # type: ignore[arg-type]
-    assert isinstance(key, str) and len(key) == 64
+    assert isinstance(key, str) and key.startswith("recforge-validate-") and len(key) == len("recforge-validate-") + 64
     assert key == policy.compute_key(None, {"min_interactions": 10, "dataset": small}, {})  # type: ignore[arg-type]
     assert key != policy.compute_key(None, {"dataset": small, "min_interactions": 11}, {})  # type: ignore[arg-type]
     assert key != ContentHash(stage="other").compute_key(None, {"dataset": small, "min_interactions": 10}, {})  # type: ignore[arg-type]

@@ -103,6 +103,33 @@ def test_store_forget_deletes_rows_and_records_the_erasure(tmp_path: Path) -> No
     store.dispose()
 
 
+def _stored_payload(path: Path) -> bytes:
+    """A file of Prefect's result storage, its result decoded when it is a result record."""
+    raw = path.read_bytes()
+    try:
+        return raw + base64.b64decode(json.loads(raw)["result"])
+    except (ValueError, KeyError, TypeError):
+        return raw
+
+
+def test_purge_deletes_only_recforge_cached_stage_results(tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    from tasks.caching import cache_key_prefix, purge_cached_results
+
+    names = [f"{cache_key_prefix(stage)}{'a' * 64}" for stage in ("ingest", "validate", "prepare")]
+    kept = ["0e065e60f1b24833240082bc13171d3a", "recforge-other-1", "notes.txt"]  # other flows' results, other files
+    for name in names + kept:
+        (tmp_path / name).write_text("x")
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path}):
+        purged = purge_cached_results()
+        assert (purged.folder, purged.deleted, purged.unreachable) == (tmp_path, 3, None)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+        assert purge_cached_results().deleted == 0
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "absent"}):
+        assert purge_cached_results().deleted == 0
+
+
 def _texts(url: str) -> str:
     engine = sa.create_engine(url)
     with engine.connect() as conn:
@@ -117,6 +144,8 @@ def _texts(url: str) -> str:
 def test_pseudonymised_run_then_forget_removes_the_user_now_and_from_the_next_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from prefect.settings import get_current_settings
+
     from flows.cli import main
     from flows.recommend import recommend
 
@@ -138,13 +167,18 @@ def test_pseudonymised_run_then_forget_removes_the_user_now_and_from_the_next_ru
     assert set(published) == {pseudonymise_id(u, KEY) for u in raw_users}
     assert not set(published) & raw_users
 
+    storage = Path(get_current_settings().results.local_storage_path)
+    gone = pseudonymise_id("1", KEY)
+    assert any(gone.encode() in _stored_payload(path) for path in storage.glob("recforge-*")), "nothing cached"
     assert main(["forget", "--user", "1", "--pseudonymised", "--db-url", url, "--note", "request 7"]) == 0
-    assert "forgot user '1'" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "forgot user '1'" in said and f"cached stage result(s) under {storage}" in said
+    # The cached ingest/validate/prepare results held the user's events: none is left on this machine.
+    assert not any(gone.encode() in _stored_payload(path) for path in storage.rglob("*") if path.is_file())
     assert main(["recommendations", "--user", "1", "--pseudonymised", "--db-url", url]) == 1
 
     summary = recommend(config=config.model_copy(update={"as_of": datetime(2022, 1, 2, tzinfo=UTC)}), db_url=url)
     assert summary["status"] == "completed"
-    gone = pseudonymise_id("1", KEY)
     assert gone not in _texts(url)  # not in the new run's rows, features or metrics either
     capsys.readouterr()
     assert main(["recommendations", "--user", "2", "--pseudonymised", "--db-url", url, "--explain"]) == 0
