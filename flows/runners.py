@@ -129,7 +129,7 @@ def model_task_slots(task_runner: TaskRunner | None, max_workers: int | None) ->
     """How many model tasks the flow keeps in flight (see :mod:`flows.dispatch`); None: no cap.
 
     ``--max-workers`` if given; else one per core on threads (more only share the cores: on 2 cores, three at a
-    time trained the 12 models in 87 s and two in 68 s), one per worker process on a process pool or a local
+    time trained the 12 models in 85 s and two in 68 s), one per worker process on a process pool or a local
     Dask cluster, and no cap on an existing Dask cluster, whose size this flow does not know.
     """
     if max_workers is not None:
