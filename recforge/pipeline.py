@@ -40,6 +40,8 @@ from recmodels.coldstart.chain import CONTENT_LABEL, MODEL_LABEL, NEIGHBOURS_LAB
 from recmodels.data import Interactions
 from recmodels.explain import explain
 from recmodels.knn.item import ItemKNN
+from recmodels.neural.training import NeuralRecommender
+from recmodels.neural.warm_start import WarmStart
 from recmodels.registry import get_model_class
 
 
@@ -64,6 +66,21 @@ class PreparedData:
         return RATING in self.interactions.columns and bool(self.interactions[RATING].notna().any())
 
 
+@dataclass(frozen=True, eq=False)
+class EvaluatedWeights:
+    """A deep model's weights after its evaluation fit, with the ids its rows stand for, so that the publishing
+    fit can start from them (``NeuralConfig.warm_start_epochs``) whatever indices the newer data gives."""
+
+    state: dict[str, np.ndarray]
+    users: pd.Index
+    items: pd.Index
+
+    def matched_to(self, index: IdIndex) -> WarmStart:
+        """The warm start for a fit over ``index``: each of its users and items mapped to its row here (or -1)."""
+        earlier = IdIndex(users=self.users, items=self.items)
+        return WarmStart(self.state, earlier.user_codes(index.users), earlier.item_codes(index.items))
+
+
 @dataclass(frozen=True)
 class ModelEvaluation:
     """One model's side-by-side evaluation result (metrics on the held-out part, timings, or the error)."""
@@ -74,6 +91,7 @@ class ModelEvaluation:
     seconds: float
     error: str | None = None
     full: FullEvaluation | None = None  # tidy metrics over all k and user groups, per-user values
+    weights: EvaluatedWeights | None = None  # a deep model's trained weights, for a warm-started refit
 
     @property
     def ok(self) -> bool:
@@ -220,10 +238,16 @@ def evaluate(
     """
     cls = get_model_class(name)
     settings = settings or RunSettings(seed=seed)
+    fitted: list[Recommender] = []
+
+    def new_model() -> Recommender:
+        fitted.append(cls())
+        return fitted[-1]
+
     start = time.perf_counter()
     try:
         full = evaluate_full(
-            lambda: cls(),
+            new_model,
             data.split,
             ks=sorted({*ks, k}),
             item_attributes=data.items,
@@ -235,9 +259,18 @@ def evaluate(
         if cls.predicts_ratings and data.has_ratings:
             rating = evaluate_ratings(lambda: cls(), data.interactions, seed=seed, settings=settings)
             metrics.update(rmse=rating["rmse"], mae=rating["mae"], rating_fit_seconds=rating["fit_seconds"])
+        weights = _warm_start_weights(fitted[0], data.split.train)
     except Exception as exc:  # one model's failure must not sink the others; the flow reports it
         return ModelEvaluation(name, cls.family, {}, time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
-    return ModelEvaluation(name, cls.family, metrics, time.perf_counter() - start, full=full)
+    return ModelEvaluation(name, cls.family, metrics, time.perf_counter() - start, full=full, weights=weights)
+
+
+def _warm_start_weights(model: Recommender, train: pd.DataFrame) -> EvaluatedWeights | None:
+    """The evaluated network's weights when its config asks for warm-started refits, else ``None``."""
+    if not isinstance(model, NeuralRecommender) or model.config.warm_start_epochs is None:
+        return None
+    index = IdIndex.from_frame(train)  # the index the evaluation fit used (evaluate_full builds the same one)
+    return EvaluatedWeights(model.warm_state(), index.users, index.items)
 
 
 def _metrics_at(full: FullEvaluation, k: int) -> dict[str, float]:
@@ -266,11 +299,14 @@ def fit_and_recommend(
     explanations: bool = True,
     new_items_weight: float | None = None,
     config: Mapping[str, Any] | None = None,
+    weights: EvaluatedWeights | None = None,
 ) -> ModelRecommendations:
     """Refit ``name`` on every event before ``as_of`` and rank ``top_n`` unseen items for every known user.
 
     ``config`` (a config's ``to_dict()``) replaces the registered default, typically the evaluated model's
     :attr:`ModelEvaluation.refit_config`: a deep model then trains the epoch count its evaluation early-stopped at.
+    With ``weights`` (:attr:`ModelEvaluation.weights`) a deep model instead starts from the evaluated network,
+    users and items matched by id, and trains its config's ``warm_start_epochs``.
 
     Users listed in the users table but without events are ranked too. With ``cold_start`` the declared fallback
     chain decides per user (:mod:`recmodels.coldstart.chain`): the model for users with more than four events,
@@ -290,7 +326,12 @@ def fit_and_recommend(
     model = make_model(name, config)
     settings = settings or RunSettings(seed=seed)
     start = time.perf_counter()
-    model.fit(train, settings)
+    if weights is not None:
+        if not isinstance(model, NeuralRecommender):
+            raise TypeError(f"{name}: only deep models can start from evaluated weights")
+        model.fit(train, settings, warm_start=weights.matched_to(index))
+    else:
+        model.fit(train, settings)
     fit_seconds = time.perf_counter() - start
     user_ids = index.users
     if data.users is not None:

@@ -45,13 +45,20 @@ def recommend_model(
     """Refit on all events before as_of and rank top-N unseen items for every user (skipped if evaluation failed).
 
     The refit uses the config the evaluated model asks for (a deep model: the epoch count its evaluation
-    early-stopped at, so the refit trains on every event without a validation slice of its own).
+    early-stopped at, so the refit trains on every event without a validation slice of its own), and starts
+    from the evaluated network when that config has ``warm_start_epochs`` (GRU4Rec, NeuMF).
     """
     if not evaluation.ok:
         get_run_logger().warning("%s: not refitted because its evaluation failed", name)
         return None
     tune_malloc()
     settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (refit)", log=get_run_logger().info))
+    if evaluation.weights is not None and evaluation.refit_config is not None:
+        get_run_logger().info(
+            "%s: refit starts from the evaluated network's weights, %s epochs on all events",
+            name,
+            evaluation.refit_config.get("warm_start_epochs"),
+        )
     result = fit_and_recommend(
         name,
         resolve(data),
@@ -62,6 +69,7 @@ def recommend_model(
         explanations=explanations,
         new_items_weight=new_items_weight,
         config=evaluation.refit_config,
+        weights=evaluation.weights,
     )
     for warning in result.warnings:
         get_run_logger().warning("%s: %s", name, warning)

@@ -138,6 +138,39 @@ def test_a_deep_models_refit_trains_the_epochs_its_evaluation_chose(
     assert evaluate("item_knn", prepared, k=10, bootstrap=0).refit_config == ItemKNNConfig().to_dict()
 
 
+def test_a_deep_models_refit_starts_from_its_evaluated_weights(
+    prepared: PreparedData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluated = evaluate("gru4rec", prepared, k=10, bootstrap=0)
+    weights = evaluated.weights
+    assert weights is not None and len(weights.items) == prepared.split.train["item_id"].nunique()
+    fitted: list[GRU4Rec] = []
+    original_fit = GRU4Rec.fit
+
+    def spy(self: GRU4Rec, *args: object, **kwargs: object) -> GRU4Rec:
+        fitted.append(self)
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(GRU4Rec, "fit", spy)
+    published = fit_and_recommend(
+        "gru4rec",
+        prepared,
+        top_n=5,
+        config=evaluated.refit_config,
+        weights=weights,
+        cold_start=False,
+        explanations=False,
+    )
+    assert len(published.frame) > 0
+    (model,) = fitted
+    assert model.training_log_.epochs == GRU4RecConfig().warm_start_epochs
+    # Models without warm starts carry no weights, and cannot be given any.
+    knn = evaluate("item_knn", prepared, k=10, bootstrap=0)
+    assert knn.weights is None
+    with pytest.raises(TypeError, match="only deep models"):
+        fit_and_recommend("item_knn", prepared, top_n=5, weights=weights)
+
+
 def test_failed_model_is_reported_not_raised(prepared: PreparedData, monkeypatch: pytest.MonkeyPatch) -> None:
     from recmodels.knn.item import ItemKNN
 

@@ -15,8 +15,9 @@ user's recommendations come from the window of their ``L`` newest training event
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from recmodels.neural.training import (
     SeededDropout,
     next_item_loss,
 )
+from recmodels.neural.warm_start import Axis
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,13 @@ class Caser(NeuralRecommender):
     config_class = CaserConfig
     config: CaserConfig
     net_: CaserNet
+    # warm_start_epochs stays None: warm-started refits scored below fresh ones (docs/benchmarks/neural.md).
+    indexed_weights: ClassVar[Mapping[str, Axis]] = {
+        "item_embed.weight": "item",
+        "user_embed.weight": "user",
+        "out.weight": "item",
+        "out_bias": "item",
+    }
 
     def _build_net(self) -> CaserNet:
         return CaserNet(self.n_users_, self.n_items_, self.config)

@@ -11,8 +11,9 @@ newest ``max_len`` training events.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from recmodels.neural.training import (
     SeededDropout,
     next_item_loss,
 )
+from recmodels.neural.warm_start import Axis
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class GRU4RecConfig(NeuralConfig):
     batch_size: int = 256
     learning_rate: float = 1e-2
     patience: int = 2
+    # Chosen on bench.tuning's validation split (three seeds): 3 warm epochs beat the fresh refit for each seed.
+    warm_start_epochs: int | None = 3
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,6 +132,7 @@ class GRU4Rec(NeuralRecommender):
     config_class = GRU4RecConfig
     config: GRU4RecConfig
     net_: GRU4RecNet
+    indexed_weights: ClassVar[Mapping[str, Axis]] = {"embed.weight": "item", "out.weight": "item", "out_bias": "item"}
 
     def _build_net(self) -> GRU4RecNet:
         return GRU4RecNet(self.n_items_, self.config)

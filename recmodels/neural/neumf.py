@@ -14,8 +14,9 @@ Scoring the whole catalogue uses that the MLP's first layer is linear in the con
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,6 +26,7 @@ from torch import nn
 
 from recmodels.neural.sequences import SequenceData
 from recmodels.neural.training import Batch, NeuralConfig, NeuralRecommender, SeededDropout
+from recmodels.neural.warm_start import Axis
 
 NEUMF_LOSSES = ("bce", "bpr")
 
@@ -56,6 +58,7 @@ class NeuMFConfig(NeuralConfig):
     weight_decay: float = 0.1
     patience: int = 2
     refit: bool = True
+    warm_start_epochs: int | None = 3  # on bench.tuning's validation split: ≥ the fresh refit's NDCG, ~half the time
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -128,6 +131,12 @@ class NeuMF(NeuralRecommender):
     net_: NeuMFNet
     needs_order = False
     score_batch = 64
+    indexed_weights: ClassVar[Mapping[str, Axis]] = {
+        "gmf_user.weight": "user",
+        "gmf_item.weight": "item",
+        "mlp_user.weight": "user",
+        "mlp_item.weight": "item",
+    }
 
     def _build_net(self) -> NeuMFNet:
         return NeuMFNet(self.n_users_, self.n_items_, self.config)

@@ -27,10 +27,10 @@ import math
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,6 +40,7 @@ from torch import nn
 from recmodels.base import ModelConfig, Recommender, RunSettings, top_k
 from recmodels.data import Interactions
 from recmodels.neural.sequences import SequenceData
+from recmodels.neural.warm_start import Axis, WarmStart, warm_started_state
 from recmodels.torch_utils import resolve_device, seeded_generator, set_threads
 
 Batch = tuple[np.ndarray, ...]
@@ -68,6 +69,10 @@ class NeuralConfig(ModelConfig):
         included) for the best epoch count, instead of keeping the network that never saw the newest events.
         Doubles the cost; worth it for models whose user state is learned (NeuMF's user embeddings) rather
         than read from the history at scoring time.
+    warm_start_epochs: epochs of a warm-started fit (``fit(..., warm_start=…)``, :mod:`recmodels.neural.warm_start`):
+        the flow's publishing fit then begins from the evaluated network's weights and trains this many epochs
+        on every event, instead of the early-stopped epoch count from a fresh initialisation. ``None``: the
+        publishing fit starts from scratch.
     """
 
     max_epochs: int = 30
@@ -78,6 +83,7 @@ class NeuralConfig(ModelConfig):
     validation_fraction: float = 0.1
     clip_norm: float = 5.0
     refit: bool = False
+    warm_start_epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_epochs < 1:
@@ -94,6 +100,8 @@ class NeuralConfig(ModelConfig):
             raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction}")
         if self.clip_norm < 0:
             raise ValueError(f"clip_norm must be ≥ 0 (0 disables clipping), got {self.clip_norm}")
+        if self.warm_start_epochs is not None and self.warm_start_epochs < 1:
+            raise ValueError(f"warm_start_epochs must be ≥ 1 or None (no warm start), got {self.warm_start_epochs}")
 
 
 @dataclass
@@ -466,6 +474,9 @@ class NeuralRecommender(Recommender):
     needs_order: ClassVar[bool] = True
     #: Users scored per forward pass in ``score`` (bounds memory: a batch holds batch × n_items scores).
     score_batch: ClassVar[int] = 256
+    #: Weights whose rows are users or items (name → axis): a warm start matches those rows by id and copies
+    #: every other weight whole.
+    indexed_weights: ClassVar[Mapping[str, Axis]] = {}
 
     # ---- hooks ----------------------------------------------------------------------------------------
     @abstractmethod
@@ -489,6 +500,39 @@ class NeuralRecommender(Recommender):
         return None
 
     # ---- shared implementation ------------------------------------------------------------------------
+    def fit(
+        self, data: Interactions, settings: RunSettings | None = None, *, warm_start: WarmStart | None = None
+    ) -> Self:
+        """Learn from ``data``; with ``warm_start`` the network begins from an earlier fit's weights (rows matched
+        by the caller) and trains ``config.warm_start_epochs`` epochs (``max_epochs`` if that is ``None``)."""
+        if warm_start is not None and (
+            len(warm_start.user_rows) != data.n_users or len(warm_start.item_rows) != data.n_items
+        ):
+            raise ValueError(
+                f"{self.name}: the warm start matches {len(warm_start.user_rows)} users and "
+                f"{len(warm_start.item_rows)} items, the data has {data.n_users} and {data.n_items}"
+            )
+        self._warm_start = warm_start  # read by _fit only; not learned state
+        try:
+            return super().fit(data, settings)
+        finally:
+            del self._warm_start
+
+    def warm_state(self) -> dict[str, np.ndarray]:
+        """The trained network's weights (CPU arrays by ``state_dict`` name), to warm-start a later fit."""
+        self._check_fitted()
+        return {name: tensor.detach().cpu().numpy() for name, tensor in self.net_.state_dict().items()}
+
+    def _initial_net(self, seed: int, device: torch.device) -> nn.Module:
+        """The network a fit begins with: seeded fresh weights, overwritten by the warm start's where it has them."""
+        net = self._seeded_net(seed, device)
+        warm: WarmStart | None = getattr(self, "_warm_start", None)
+        if warm is not None:
+            fresh = {name: tensor.detach().cpu().numpy() for name, tensor in net.state_dict().items()}
+            merged = warm_started_state(fresh, warm, self.indexed_weights)
+            net.load_state_dict({name: torch.from_numpy(array) for name, array in merged.items()})
+        return net
+
     def _seeded_net(self, seed: int, device: torch.device) -> nn.Module:
         """The network with initial weights drawn from ``seed`` and dropout masks from a generator of its own."""
         with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
@@ -508,35 +552,38 @@ class NeuralRecommender(Recommender):
                 f"{self.name}: no user has two or more events, so there is no next item to learn from; "
                 "a sequence model needs histories (use popularity or an order-free model for such data)"
             )
-        head, tail = sequences.split_tail(self.config.validation_fraction)
-        validation = Validation.from_split(head, tail) if self.config.validation_fraction > 0 else None
+        config = self.config
+        if getattr(self, "_warm_start", None) is not None and config.warm_start_epochs is not None:
+            config = dataclasses.replace(config, max_epochs=config.warm_start_epochs)
+        head, tail = sequences.split_tail(config.validation_fraction)
+        validation = Validation.from_split(head, tail) if config.validation_fraction > 0 else None
         with torch_run(settings) as device:
             self.device_ = device
             self.threads_ = default_threads(settings, device)
             self.generator_ = seeded_generator(settings.seed, device)
-            self.net_ = self._seeded_net(settings.seed, device)
+            self.net_ = self._initial_net(settings.seed, device)
             self.history_ = head
             log = train(
                 self.net_,
                 partial(self._epoch_batches, head),
                 self._loss,
-                self.config,
+                config,
                 settings,
                 device,
                 validation,
                 partial(self._scores, history=head),
                 self.name,
             )
-            if self.config.refit and validation is not None:
+            if config.refit and validation is not None:
                 started = time.perf_counter()
                 self.generator_ = seeded_generator(settings.seed, device)
-                self.net_ = self._seeded_net(settings.seed, device)  # the same initial weights as the validated run
+                self.net_ = self._initial_net(settings.seed, device)  # the same initial weights as the validated run
                 self.history_ = sequences
                 train(
                     self.net_,
                     partial(self._epoch_batches, sequences),
                     self._loss,
-                    dataclasses.replace(self.config, max_epochs=log.best_epoch),
+                    dataclasses.replace(config, max_epochs=log.best_epoch),
                     settings,
                     device,
                     None,
