@@ -193,12 +193,18 @@ def _evaluate_body(name: str, data: Any, k: int, seed: int) -> tuple[Any, float,
     return result, time.perf_counter() - start, os.getpid()
 
 
-def _refit_body(name: str, data: Any, top_n: int, seed: int) -> tuple[Any, float, int]:
+def _refit_body(
+    name: str, data: Any, top_n: int, seed: int, evaluated: tuple[Any, float, int]
+) -> tuple[Any, float, int]:
+    """The publishing refit as the flow's task does it: the evaluated config, from the evaluated weights if any."""
     from recforge.handoff import resolve
     from recforge.pipeline import fit_and_recommend
 
+    evaluation = evaluated[0]
     start = time.perf_counter()
-    result = fit_and_recommend(name, resolve(data), top_n=top_n, seed=seed)
+    result = fit_and_recommend(
+        name, resolve(data), top_n=top_n, seed=seed, config=evaluation.refit_config, weights=evaluation.weights
+    )
     return result, time.perf_counter() - start, os.getpid()
 
 
@@ -208,8 +214,9 @@ def run_loop(data: Any, names: Sequence[str], k: int, top_n: int, seed: int) -> 
     bodies, ndcg = 0.0, {}
     with TreeMemory(_SERVER_SESSIONS) as memory:
         for name in names:
-            evaluation, seconds, _ = _evaluate_body(name, data, k, seed)
-            _, refit_seconds, _ = _refit_body(name, data, top_n, seed)
+            evaluated = _evaluate_body(name, data, k, seed)
+            evaluation, seconds, _ = evaluated
+            _, refit_seconds, _ = _refit_body(name, data, top_n, seed, evaluated)
             bodies += seconds + refit_seconds
             ndcg[name] = evaluation.metrics["ndcg"]
     wall = time.perf_counter() - start
@@ -224,23 +231,27 @@ _FLOW_STATE: dict[str, Any] = {}
 
 def _train_models(names: list[str], k: int, top_n: int, seed: int) -> dict[str, Any]:
     """The benchmark flow's body: both tasks of every model, submitted as the recommend flow submits them."""
+    from prefect.context import FlowRunContext
+
     from flows.dispatch import run_model_tasks
-    from flows.runners import data_for_tasks
+    from flows.runners import data_for_tasks, shared_blas_threads
     from recforge.handoff import remove
     from recmodels.registry import get_model_class
 
     evaluate_task, refit_task = _FLOW_STATE["evaluate"], _FLOW_STATE["refit"]
     start = time.perf_counter()
     task_data = data_for_tasks(_FLOW_STATE["data"], _FLOW_STATE["handoff_dir"])
-    tasks = run_model_tasks(
-        names,
-        {n: get_model_class(n).training_cost for n in names},
-        lambda n: evaluate_task.submit(n, task_data, k, seed),
-        lambda n, evaluation: refit_task.submit(n, task_data, top_n, seed, wait_for=[evaluation]),
-        WORKERS,  # what the flow keeps in flight with --max-workers 2
-    )
-    evaluations, refits = tasks.evaluations, tasks.refits
-    outcomes = [evaluations[n].result() for n in names] + [refits[n].result() for n in names]
+    context = FlowRunContext.get()
+    with shared_blas_threads(context.task_runner if context is not None else None, WORKERS):
+        tasks = run_model_tasks(
+            names,
+            {n: get_model_class(n).training_cost for n in names},
+            lambda n: evaluate_task.submit(n, task_data, k, seed),
+            lambda n, evaluation: refit_task.submit(n, task_data, top_n, seed, evaluation),
+            WORKERS,  # what the flow keeps in flight with --max-workers 2
+        )
+        evaluations, refits = tasks.evaluations, tasks.refits
+        outcomes = [evaluations[n].result() for n in names] + [refits[n].result() for n in names]
     remove(task_data)
     return {
         "training_wall": time.perf_counter() - start,

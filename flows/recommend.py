@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,14 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from flows.dispatch import estimated_costs, run_model_tasks
-from flows.runners import data_for_tasks, make_task_runner, model_task_slots, runner_name, worker_processes
+from flows.runners import (
+    data_for_tasks,
+    make_task_runner,
+    model_task_slots,
+    runner_name,
+    shared_blas_threads,
+    worker_processes,
+)
 from recforge import handoff
 from recforge.config import RunConfig, resolve_db_url
 from recforge.data.sources import SourceSpec
@@ -86,6 +94,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
     )
     task_data: PreparedData | handoff.DataRef | None = None
     memory: MemoryWatch | None = None  # samples free memory while models train
+    training = contextlib.ExitStack()  # what holds while model tasks run (closed by _training_over)
     try:
         report = validate_with_docs(dataset, config.min_interactions, output_dir / "gx")
         lap("validate")
@@ -105,6 +114,9 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             {n: get_model_class(n).training_cost for n in names}, _measured_seconds(url, dataset.name, names)
         )
         logger.info("training order (expected seconds): %s", _order_line(costs))
+        runner = context.task_runner if context is not None else None
+        slots = model_task_slots(runner, config.max_workers)
+        training.enter_context(shared_blas_threads(runner, slots))
         tasks = run_model_tasks(
             names,
             costs,
@@ -120,7 +132,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
                 config.explanations,
                 config.new_items_weight,
             ),
-            model_task_slots(context.task_runner if context is not None else None, config.max_workers),
+            slots,
         )
         evaluations, refits = tasks.evaluations, tasks.refits
         results: list[ModelEvaluation] = [_evaluation_result(n, evaluations[n]) for n in names]
@@ -133,7 +145,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
                 refit_errors[name] = str(state.message or state.name)
             elif (published := refits[name].result()) is not None:
                 recommendations.append(published)
-        _training_over(memory, task_data)
+        _training_over(memory, task_data, training)
         lap("train")  # evaluations and refits interleave: one stage
 
         # An evaluation's own error says more than the refit's "upstream failed", so it wins.
@@ -189,7 +201,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         _summary_artifact(summary, data.cleaning.summary(), report.summary())
         logger.info("run %s %s; champion %s", run_id, status, summary["champion"])
     except Exception as exc:
-        _training_over(memory, task_data)
+        _training_over(memory, task_data, training)
         lap("failed")
         close_run(url, run_id, "failed", timings, f"{type(exc).__name__}: {exc}")
         raise
@@ -197,7 +209,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         # Interrupted: Ctrl-C, or a SIGTERM (which Prefect raises as TerminationSignal) from a cancellation, a
         # worker or container shutting down. No task can run any more, so the run record is closed directly, or
         # it would say "running" for ever; then the interruption goes on.
-        _training_over(memory, task_data)
+        _training_over(memory, task_data, training)
         _close_interrupted_run(url, run_id, timings, exc)
         raise
     if failed:
@@ -216,8 +228,12 @@ def _memory_advice(context: FlowRunContext | None, config: RunConfig, task_data:
     return runner_advice(runner_name(context.task_runner), worker_processes(context.task_runner), data_bytes)
 
 
-def _training_over(memory: MemoryWatch | None, task_data: PreparedData | handoff.DataRef | None) -> None:
-    """Stop watching memory and remove the hand-off file: the model tasks are done (or will never run)."""
+def _training_over(
+    memory: MemoryWatch | None, task_data: PreparedData | handoff.DataRef | None, training: contextlib.ExitStack
+) -> None:
+    """Stop watching memory, lift the BLAS limit and remove the hand-off file: the model tasks are done (or will
+    never run)."""
+    training.close()
     if memory is not None:
         memory.stop()
     handoff.remove(task_data)

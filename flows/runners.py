@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -12,6 +13,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 
 from recforge import handoff
 from recforge.config import ConfigError
+from recmodels.blas import blas_threads
 
 T = TypeVar("T")
 
@@ -137,6 +139,21 @@ def model_task_slots(task_runner: TaskRunner | None, max_workers: int | None) ->
     if task_runner is None or isinstance(task_runner, ThreadPoolTaskRunner):
         return available_cores()
     return worker_processes(task_runner)
+
+
+def shared_blas_threads(task_runner: TaskRunner | None, slots: int | None) -> contextlib.AbstractContextManager[None]:
+    """While model tasks run in this process (the thread runner), BLAS gets ``cores // slots`` threads (at least 1).
+
+    Each task's numpy and scipy products would otherwise use one thread per core beside the other tasks doing
+    the same (the process pool and Dask workers get the same split through :data:`THREAD_VARIABLES`). Nothing
+    changes when the user set one of those variables, or on other runners (their tasks run elsewhere).
+    """
+    if not (task_runner is None or isinstance(task_runner, ThreadPoolTaskRunner)):
+        return contextlib.nullcontext()
+    if any(name in os.environ for name in THREAD_VARIABLES):
+        return contextlib.nullcontext()
+    cores = available_cores()
+    return blas_threads(max(1, cores // max(1, slots or cores)))
 
 
 def runner_name(task_runner: TaskRunner) -> str:

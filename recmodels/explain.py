@@ -50,6 +50,7 @@ import torch
 from recmodels.base import Recommender
 from recmodels.baselines.ease import EASE
 from recmodels.baselines.popularity import Popularity
+from recmodels.blas import blas_threads
 from recmodels.data import Interactions
 from recmodels.knn.item import NeighbourhoodRecommender
 from recmodels.knn.similarity import BLOCK_VALUES, SimilarityLookup, weigh_rows
@@ -421,12 +422,9 @@ def _sequence(model: Recommender, data: Interactions, users: np.ndarray) -> _Att
 def _single_threaded_blas() -> contextlib.AbstractContextManager[object]:
     """One BLAS thread for the per-user loop: its products are tiny (tens × hundreds), and on a busy machine
     (the flow trains models side by side) multi-threaded BLAS made explaining 943 × 50 rows 10× slower (0.2 s →
-    2 s for user_knn). ``threadpoolctl`` comes with the scientific stack; without it BLAS keeps its default."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    2 s for user_knn). Effective when explaining from the main thread: OpenBLAS ignores limits set from other
+    threads, such as the flow's task threads, which the flow limits itself (:mod:`recmodels.blas`)."""
+    return blas_threads(1)
 
 
 def _strongest(
