@@ -127,7 +127,7 @@ class GRU4Rec(NeuralRecommender):
     """Session/sequence-based recommendations from a GRU over each user's time-ordered history."""
 
     name = "gru4rec"
-    training_cost = 52.6
+    training_cost = 35.9
     family = "neural"
     config_class = GRU4RecConfig
     config: GRU4RecConfig
