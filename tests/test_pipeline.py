@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -142,7 +143,8 @@ def test_a_deep_models_refit_starts_from_its_evaluated_weights(
     prepared: PreparedData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     evaluated = evaluate("gru4rec", prepared, k=10, bootstrap=0)
-    weights = evaluated.weights
+    # Process and Dask runners hand the evaluation to the refit task pickled: the weights must survive that.
+    weights = pickle.loads(pickle.dumps(evaluated)).weights
     assert weights is not None and len(weights.items) == prepared.split.train["item_id"].nunique()
     fitted: list[GRU4Rec] = []
     original_fit = GRU4Rec.fit
