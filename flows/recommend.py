@@ -159,7 +159,9 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         champion = selection.to_decision() if selection is not None and selection.model else None
         if recommendations:
             frame = pd.concat([r.frame for r in recommendations], ignore_index=True)
-            written = publish(url, run_id, data, metrics_frame(results, config.k), frame, champion)
+            written = publish(
+                url, run_id, data, metrics_frame(results, config.k, refits=recommendations), frame, champion
+            )
         else:
             written = {}
         lap("publish")
@@ -190,7 +192,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             primary_metric=config.primary_metric,
             data=data,
             recommendations=frame if recommendations else None,
-            metrics=metrics_frame(results, config.k),
+            metrics=metrics_frame(results, config.k, refits=recommendations),
             validation=report.to_records(),
             validation_summary=report.summary(),
             refit_timings={

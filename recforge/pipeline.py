@@ -513,12 +513,17 @@ def choose_champion(
     return select_champion(candidates, rules, previous)
 
 
-def metrics_frame(results: list[ModelEvaluation], k: int, protocol: str = "temporal_holdout") -> pd.DataFrame:
+def metrics_frame(
+    results: list[ModelEvaluation],
+    k: int,
+    protocol: str = "temporal_holdout",
+    refits: Sequence[ModelRecommendations] = (),
+) -> pd.DataFrame:
     """Long-format metrics (model, metric, k, value, split) for the ``model_metrics`` table.
 
     Every metric at every evaluated cut-off, its bootstrap interval as ``<metric>_ci_low`` / ``_ci_high``, and the
     per-activity-group values under split ``<protocol>:<group>``; rating metrics under ``random_80_20``; timings
-    under ``timing``.
+    under ``timing``, the publishing refits' as ``refit_fit_seconds`` / ``refit_recommend_seconds``.
     """
     rows: list[tuple[str, str, int | None, float, str]] = []
     for result in results:
@@ -547,4 +552,7 @@ def metrics_frame(results: list[ModelEvaluation], k: int, protocol: str = "tempo
                 rows.append((result.model, metric, None, float(value), "timing"))
             elif result.full is None and not metric.endswith(("_ci_low", "_ci_high")) and metric != "users":
                 rows.append((result.model, metric, k, float(value), protocol))
+    for refit in refits:
+        rows.append((refit.model, "refit_fit_seconds", None, float(refit.fit_seconds), "timing"))
+        rows.append((refit.model, "refit_recommend_seconds", None, float(refit.recommend_seconds), "timing"))
     return pd.DataFrame(rows, columns=["model", "metric", "k", "value", "split"])

@@ -166,6 +166,10 @@ def test_a_deep_models_refit_starts_from_its_evaluated_weights(
     assert len(published.frame) > 0
     (model,) = fitted
     assert model.training_log_.epochs == GRU4RecConfig().warm_start_epochs
+    # The refit's seconds are stored beside the evaluation's (the next run orders its tasks by them).
+    timing = metrics_frame([evaluated], 10, refits=[published]).query("split == 'timing'").set_index("metric")["value"]
+    assert timing["refit_fit_seconds"] == published.fit_seconds > 0
+    assert timing["refit_recommend_seconds"] == published.recommend_seconds
     # Models without warm starts carry no weights, and cannot be given any.
     knn = evaluate("item_knn", prepared, k=10, bootstrap=0)
     assert knn.weights is None

@@ -1137,9 +1137,14 @@ def test_recent_training_seconds_come_from_each_models_newest_finished_run_on_th
     run("toy", "failed", {"ease": {"fit_seconds": 100.0}})  # a failed run's timings are not used
     run("toy", None, {"nmf": {"fit_seconds": 100.0}})  # nor a running one's
     run("other", "completed", {"als": {"fit_seconds": 3.0}})  # another data set
+    # A run that also stored the publishing refit's seconds: they replace the evaluation's fit counted twice.
+    run(
+        "toy", "completed", {"gru4rec": {"fit_seconds": 20.0, "refit_fit_seconds": 6.0, "refit_recommend_seconds": 1.0}}
+    )
     assert store.recent_training_seconds("toy", ["ease", "nmf", "als", "gru4rec"]) == {
         "ease": 2 * 1.0 + 0.5,
         "nmf": 2 * 5.0 + 4.0,  # from the older run: the newer one did not time it
+        "gru4rec": 20.0 + 6.0 + 1.0,
     }
     assert store.recent_training_seconds("toy", ["ease"], runs=0) == {}
     assert store.recent_training_seconds("nothing-yet", ["ease"]) == {}
