@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -24,9 +25,11 @@ from recforge.pipeline import (
     prepare,
 )
 from recforge.validation import validate_dataset
+from recmodels.base import Recommender
 from recmodels.knn.item import ItemKNNConfig
 from recmodels.neural.gru4rec import GRU4Rec, GRU4RecConfig
 
+M = TypeVar("M", bound=Recommender)
 AS_OF = datetime(2024, 5, 1, tzinfo=UTC)
 
 
@@ -111,6 +114,19 @@ def test_evaluate_and_refit(prepared: PreparedData) -> None:
     assert not any((u, i) in seen for u, i in zip(frame["user_id"], frame["item_id"], strict=True))
 
 
+def _record_fits(monkeypatch: pytest.MonkeyPatch, cls: type[M]) -> list[M]:
+    """Every instance of ``cls`` whose ``fit`` runs from now on (``fit`` still runs as usual)."""
+    fitted: list[M] = []
+    original_fit = cls.fit
+
+    def recording_fit(self: M, *args: object, **kwargs: object) -> M:
+        fitted.append(self)
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "fit", recording_fit)
+    return fitted
+
+
 def test_a_deep_models_refit_trains_the_epochs_its_evaluation_chose(
     prepared: PreparedData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,14 +138,7 @@ def test_a_deep_models_refit_trains_the_epochs_its_evaluation_chose(
     assert {k: v for k, v in config.items() if k not in ("max_epochs", "validation_fraction")} == {
         k: v for k, v in default.to_dict().items() if k not in ("max_epochs", "validation_fraction")
     }
-    fitted: list[GRU4Rec] = []
-    original_fit = GRU4Rec.fit
-
-    def spy(self: GRU4Rec, *args: object, **kwargs: object) -> GRU4Rec:
-        fitted.append(self)
-        return original_fit(self, *args, **kwargs)
-
-    monkeypatch.setattr(GRU4Rec, "fit", spy)
+    fitted = _record_fits(monkeypatch, GRU4Rec)
     published = fit_and_recommend("gru4rec", prepared, top_n=5, config=config, cold_start=False, explanations=False)
     assert len(published.frame) > 0
     # The refit ran exactly the chosen epochs, on every event, with no validation pass.
@@ -146,14 +155,7 @@ def test_a_deep_models_refit_starts_from_its_evaluated_weights(
     # Process and Dask runners hand the evaluation to the refit task pickled: the weights must survive that.
     weights = pickle.loads(pickle.dumps(evaluated)).weights
     assert weights is not None and len(weights.items) == prepared.split.train["item_id"].nunique()
-    fitted: list[GRU4Rec] = []
-    original_fit = GRU4Rec.fit
-
-    def spy(self: GRU4Rec, *args: object, **kwargs: object) -> GRU4Rec:
-        fitted.append(self)
-        return original_fit(self, *args, **kwargs)
-
-    monkeypatch.setattr(GRU4Rec, "fit", spy)
+    fitted = _record_fits(monkeypatch, GRU4Rec)
     published = fit_and_recommend(
         "gru4rec",
         prepared,
@@ -289,14 +291,7 @@ def test_models_share_one_neighbour_fit_per_data_set(
     from recmodels.knn.item import ItemKNN
 
     monkeypatch.setattr(recforge.pipeline, "_NEIGHBOURS", {})  # earlier tests used the same data set
-    fits = []
-    original = ItemKNN.fit
-
-    def counting_fit(self: ItemKNN, *args: object, **kwargs: object) -> ItemKNN:
-        fits.append(self)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ItemKNN, "fit", counting_fit)
+    fits = _record_fits(monkeypatch, ItemKNN)
     first = fit_and_recommend("popularity", movielens_before_1998, top_n=5, explanations=False).frame
     second = fit_and_recommend("pure_svd", movielens_before_1998, top_n=5, explanations=False).frame
     assert len(fits) == 1  # the chain's item neighbours, fitted once for both models
