@@ -157,11 +157,10 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         # is written and the view keeps serving the previous champion.
         selection = choose_champion(ok_results, config.primary_metric, config.k) if ok_results else None
         champion = selection.to_decision() if selection is not None and selection.model else None
+        metrics = metrics_frame(results, config.k, refits=recommendations)
         if recommendations:
             frame = pd.concat([r.frame for r in recommendations], ignore_index=True)
-            written = publish(
-                url, run_id, data, metrics_frame(results, config.k, refits=recommendations), frame, champion
-            )
+            written = publish(url, run_id, data, metrics, frame, champion)
         else:
             written = {}
         lap("publish")
@@ -192,7 +191,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             primary_metric=config.primary_metric,
             data=data,
             recommendations=frame if recommendations else None,
-            metrics=metrics_frame(results, config.k, refits=recommendations),
+            metrics=metrics,
             validation=report.to_records(),
             validation_summary=report.summary(),
             refit_timings={

@@ -441,9 +441,14 @@ def score_users(
 WEIGHTS_PREFIX = "weights."
 
 
+def state_arrays(module: nn.Module) -> dict[str, np.ndarray]:
+    """The module's state dict as CPU numpy arrays, by ``state_dict`` name."""
+    return {name: tensor.detach().cpu().numpy() for name, tensor in module.state_dict().items()}
+
+
 def module_state(module: nn.Module) -> dict[str, np.ndarray]:
     """The module's state dict as CPU numpy arrays, keys prefixed ``weights.`` (saved without pickle)."""
-    return {WEIGHTS_PREFIX + name: tensor.detach().cpu().numpy() for name, tensor in module.state_dict().items()}
+    return {WEIGHTS_PREFIX + name: array for name, array in state_arrays(module).items()}
 
 
 def load_module_state(module: nn.Module, state: dict[str, np.ndarray]) -> None:
@@ -521,15 +526,14 @@ class NeuralRecommender(Recommender):
     def warm_state(self) -> dict[str, np.ndarray]:
         """The trained network's weights (CPU arrays by ``state_dict`` name), to warm-start a later fit."""
         self._check_fitted()
-        return {name: tensor.detach().cpu().numpy() for name, tensor in self.net_.state_dict().items()}
+        return state_arrays(self.net_)
 
     def _initial_net(self, seed: int, device: torch.device) -> nn.Module:
         """The network a fit begins with: seeded fresh weights, overwritten by the warm start's where it has them."""
         net = self._seeded_net(seed, device)
         warm: WarmStart | None = getattr(self, "_warm_start", None)
         if warm is not None:
-            fresh = {name: tensor.detach().cpu().numpy() for name, tensor in net.state_dict().items()}
-            merged = warm_started_state(fresh, warm, self.indexed_weights)
+            merged = warm_started_state(state_arrays(net), warm, self.indexed_weights)
             net.load_state_dict({name: torch.from_numpy(array) for name, array in merged.items()})
         return net
 
