@@ -183,6 +183,27 @@ def test_hybrid_lets_new_items_in_and_labels_them_content() -> None:
     assert set(labels[1][items[1] != 5]) <= {"item_neighbours", "segment_popularity:occupation=a"}
 
 
+@pytest.mark.parametrize("hybrid", [False, True])
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_a_users_row_does_not_depend_on_the_batch_it_is_ranked_in(hybrid: bool, exclude_seen: bool) -> None:
+    # Batches mix model, neighbour and cold rows, rows the first strategy fills and rows the fallback completes;
+    # only the latter are scored by the segment popularity, and unknown users' seen rows are empty.
+    chain, _ = _chain(hybrid=hybrid)
+    users = np.array([8, 0, -1, 3, 1, 8, -1, 2, 5, 7])
+    query = _attributes([-1, -1, 1, -1, -1, -1, 0, -1, -1, -1], [-1, -1, 1, -1, -1, -1, 0, -1, -1, -1])
+    whole = chain.recommend_with_strategy(users, 4, attributes=query, exclude_seen=exclude_seen)
+    for batch_size in (1, 3):
+        batched = chain.recommend_with_strategy(
+            users, 4, attributes=query, exclude_seen=exclude_seen, batch_size=batch_size
+        )
+        for expected, got in zip(whole, batched, strict=True):
+            np.testing.assert_array_equal(got, expected)
+    one_by_one = [chain.recommend_with_strategy(users[[r]], 4, attributes=query.take(np.array([r]))) for r in (0, 2)]
+    if exclude_seen:
+        np.testing.assert_array_equal(one_by_one[0][0][0], whole[0][0])  # user 8: item 5, then padding
+        np.testing.assert_array_equal(one_by_one[1][2][0], whole[2][2])
+
+
 def test_chain_save_load_round_trip_and_determinism(tmp_path: Path) -> None:
     chain, _ = _chain(hybrid=True)
     users = np.array([8, 0, 3, -1])

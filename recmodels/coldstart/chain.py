@@ -30,7 +30,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from recmodels.base import Recommender, RunSettings, top_k
+from recmodels.base import SCORE_BATCH_VALUES, Recommender, RunSettings, top_k
 from recmodels.coldstart.attribute_popularity import SegmentPopularity, SegmentPopularityConfig, UserAttributes
 from recmodels.coldstart.content import ContentConfig, ContentScorer, ItemFeatures, blend_scores, min_max_rows
 from recmodels.data import Interactions
@@ -161,6 +161,9 @@ class ColdStartChain:
         k = int(min(k, self.n_items_))
         if attributes is not None and len(attributes) != len(users):
             raise ValueError(f"attributes have {len(attributes)} rows for {len(users)} users")
+        # As in Recommender.recommend: a batch's dense (users × items) arrays stay under SCORE_BATCH_VALUES, so
+        # that large catalogues do not map and fault in hundreds of MB per batch.
+        batch_size = max(1, min(batch_size, SCORE_BATCH_VALUES // max(self.n_items_, 1)))
         parts = []
         for start in range(0, max(len(users), 1), batch_size):
             rows = np.arange(start, min(start + batch_size, len(users)))
@@ -178,18 +181,16 @@ class ColdStartChain:
         if attributes is not None:
             from_attributes = self.segments_.segments(attributes)
             segments = np.where(known & (segments >= 0), segments, from_attributes)
-        fallback = self.segments_.segment_scores(segments)
         fallback_labels = self.segments_.labels(segments)
         seen = sp.csr_matrix((len(users), self.n_items_), dtype=np.float32)
         if known.any() and exclude_seen:
-            rows = np.flatnonzero(known)
-            seen = (
-                sp.csr_matrix(
-                    (np.ones(len(rows)), (np.arange(len(rows)), users[known])), shape=(len(users), self.n_users_)
-                )
-                @ self.segments_.seen_
-            )
-            seen = sp.csr_matrix(seen)
+            # The known users' rows, unknown users' rows left empty. Row indexing reads only those rows; a
+            # (batch × users) selection product also converted the whole seen matrix's indices on every batch.
+            picked = self.segments_.seen_[users[known]]
+            lengths = np.zeros(len(users), dtype=np.int64)
+            lengths[known] = np.diff(picked.indptr)
+            indptr = np.concatenate([[0], np.cumsum(lengths)])
+            seen = sp.csr_matrix((picked.data, picked.indices, indptr), shape=(len(users), self.n_items_))
         strategy = self.strategy(users)
         primary = np.full((len(users), self.n_items_), -np.inf, dtype=np.float32)
         evidence = np.zeros((len(users), self.n_items_), dtype=bool)  # where the row's strategy itself had a say
@@ -205,7 +206,7 @@ class ColdStartChain:
             evidence[rows] = usable
             weight = self.config.neighbour_popularity_weight
             if label == NEIGHBOURS_LABEL and weight > 0:
-                prior = min_max_rows(fallback[rows])
+                prior = min_max_rows(self.segments_.segment_scores(segments[rows]))  # seen items included
                 scores = np.where(new_items, -np.inf, (1 - weight) * min_max_rows(scores) + weight * prior)
                 usable = ~new_items[None, :] & np.ones_like(usable)
             if self.config.hybrid_alpha is not None and self.content_ is not None:
@@ -218,18 +219,29 @@ class ColdStartChain:
         if exclude_seen:
             coo = seen.tocoo()
             primary[coo.row, coo.col] = -np.inf
-            fallback[coo.row, coo.col] = -np.inf
-        first_items, first_scores = top_k(primary, k)
-        taken = np.maximum(first_items, 0)
-        fallback[np.arange(len(users))[:, None].repeat(k, 1)[first_items >= 0], taken[first_items >= 0]] = -np.inf
-        second_items, second_scores = top_k(fallback, k)
-        # Row r keeps its n_r primary picks, then the first k − n_r fallback picks.
-        n_first = (first_items >= 0).sum(axis=1, keepdims=True)
-        cols = np.arange(k)[None, :]
-        from_first = cols < n_first
-        second_col = np.clip(cols - n_first, 0, k - 1)
-        items = np.where(from_first, first_items, np.take_along_axis(second_items, second_col, axis=1))
-        scores = np.where(from_first, first_scores, np.take_along_axis(second_scores, second_col, axis=1))
+        items, scores = top_k(primary, k)
+        # Rows the first strategy filled keep its k picks. The others (the cold ones, exhausted rankings) keep
+        # their n_r picks, then the first k − n_r picks of the segment popularity among the items left: only
+        # those rows are scored by it (a model's ranking fills every row it scores on a catalogue of thousands).
+        n_first = (items >= 0).sum(axis=1)
+        short = np.flatnonzero(n_first < k)
+        from_first = np.ones(items.shape, dtype=bool)
+        if len(short):
+            fallback = self.segments_.segment_scores(segments[short])
+            if exclude_seen:
+                short_seen = seen[short].tocoo()
+                fallback[short_seen.row, short_seen.col] = -np.inf
+            first_items = items[short]
+            taken = first_items >= 0
+            fallback[np.nonzero(taken)[0], first_items[taken]] = -np.inf
+            second_items, second_scores = top_k(fallback, k)
+            cols = np.arange(k)[None, :]
+            from_first[short] = cols < n_first[short, None]
+            second_col = np.clip(cols - n_first[short, None], 0, k - 1)
+            items[short] = np.where(from_first[short], first_items, np.take_along_axis(second_items, second_col, 1))
+            scores[short] = np.where(
+                from_first[short], scores[short], np.take_along_axis(second_scores, second_col, axis=1)
+            )
         had_say = np.take_along_axis(evidence, np.maximum(items, 0), axis=1)
         labels = np.where(from_first & had_say, strategy[:, None], fallback_labels[:, None]).astype(object)
         if self.config.hybrid_alpha is not None:
