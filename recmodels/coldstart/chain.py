@@ -164,12 +164,21 @@ class ColdStartChain:
         # As in Recommender.recommend: a batch's dense (users × items) arrays stay under SCORE_BATCH_VALUES, so
         # that large catalogues do not map and fault in hundreds of MB per batch.
         batch_size = max(1, min(batch_size, SCORE_BATCH_VALUES // max(self.n_items_, 1)))
+        # Rows are ranked in batches of one strategy where possible: each scorer then runs on whole batches (a few
+        # item-neighbour rows in every batch made the neighbours model read all its dense hub rows per batch).
+        order = np.argsort(self.strategy(users), kind="stable")
         parts = []
         for start in range(0, max(len(users), 1), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(users)))
+            rows = order[start : start + batch_size]
             batch_attributes = None if attributes is None else attributes.take(rows)
             parts.append(self._recommend_batch(users[rows], k, batch_attributes, exclude_seen))
-        items, scores, labels = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+        results = []
+        for arrays in zip(*parts, strict=True):
+            grouped = np.concatenate(arrays)
+            result = np.empty_like(grouped)
+            result[order] = grouped  # back to the callers' row order
+            results.append(result)
+        items, scores, labels = results
         return items, scores, labels
 
     def _recommend_batch(
