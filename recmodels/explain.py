@@ -105,12 +105,38 @@ class Explanation:
         return len(self.users)
 
     def reasons(self, labels: Sequence[str] | np.ndarray) -> list[str]:
-        """One short text per row; ``labels[i]`` names item ``i`` (e.g. its title)."""
-        labels = np.asarray(labels, dtype=object)
-        return [
-            format_reason(kind, [str(labels[j]) for j in row if j >= 0], self.explicit)
-            for kind, row in zip(self.kinds, self.cited, strict=True)
-        ]
+        """One short text per row (:func:`format_reason`'s); ``labels[i]`` names item ``i`` (e.g. its title).
+
+        Built column-wise on object arrays, one string operation per part for all rows alike, rather than one
+        :func:`format_reason` call per row: publishing 200,000 users × 50 rows made ten million of those calls.
+        """
+        names = np.array([str(label) for label in labels] + [""], dtype=object)  # cited -1 → "" (never shown)
+        kinds = np.asarray(self.kinds).astype(str, copy=False)
+        known = np.zeros(len(kinds), dtype=bool)
+        for kind in KINDS:  # a pass per kind: sorting millions of strings (np.unique) took seconds
+            known |= kinds == kind
+        if not known.all():
+            raise ValueError(f"unknown kind {kinds[~known][0]!r}; choose from: {', '.join(KINDS)}")
+        present = self.cited >= 0
+        cited = self.cited
+        if (present[:, 1:] & ~present[:, :-1]).any():  # move each row's cited items to the front, in their order
+            cited = np.take_along_axis(cited, np.argsort(~present, axis=1, kind="stable"), axis=1)
+        cited = np.where(cited >= 0, cited, len(names) - 1)
+        counts = present.sum(axis=1)
+        verb = "rated" if self.explicit else "interacted with"
+        out = np.full(len(kinds), "based on your history", dtype=object)
+        for count in range(1, cited.shape[1] + 1):
+            rows = np.flatnonzero((counts == count) & (kinds != "popularity"))
+            if len(rows) == 0:
+                continue
+            parts = names[cited[rows, :count]]
+            listed = parts[:, 0].copy()
+            for position in range(1, count):
+                listed = listed + (" and " if position == count - 1 else ", ") + parts[:, position]
+            prefixes = np.array([f"because you {verb} ", f"because you recently {verb} "], dtype=object)
+            out[rows] = prefixes[(kinds[rows] == "sequence").astype(np.intp)] + listed
+        out[kinds == "popularity"] = "popular with users like you"
+        return out.tolist()
 
 
 def format_reason(kind: str, cited_item_labels: Sequence[str], explicit: bool = True) -> str:

@@ -22,7 +22,7 @@ from recmodels.base import Recommender, RunSettings
 from recmodels.baselines.ease import EASE, EASEConfig
 from recmodels.baselines.popularity import Popularity
 from recmodels.data import Interactions
-from recmodels.explain import als_user_factor, contributions, explain, format_reason
+from recmodels.explain import KINDS, Explanation, als_user_factor, contributions, explain, format_reason
 from recmodels.knn.item import ItemKNN, ItemKNNConfig
 from recmodels.knn.user import UserKNN, UserKNNConfig
 from recmodels.mf.als import ALS, ALSConfig, confidence_matrix
@@ -53,6 +53,25 @@ def test_format_reason() -> None:
     assert format_reason("neighbours", []) == "based on your history"
     with pytest.raises(ValueError, match="unknown kind"):
         format_reason("magic", ["A"])
+
+
+@pytest.mark.parametrize("n_reasons", [1, 2, 3])
+@pytest.mark.parametrize("explicit", [True, False])
+def test_explanation_reasons_are_format_reason_row_by_row(n_reasons: int, explicit: bool) -> None:
+    # Every kind, 0..n_reasons cited items, gaps (-1) anywhere in a row, labels that are not strings.
+    rng = np.random.default_rng(n_reasons)
+    n = 3000
+    cited = rng.integers(-1, 30, (n, n_reasons))
+    kinds = rng.choice(np.array(KINDS), n)
+    labels = [f"Item {i}" if i % 3 else i for i in range(30)]
+    rows = Explanation(np.zeros(n, int), np.zeros(n, int), cited, np.zeros(cited.shape, np.float32), kinds, explicit)
+    expected = [
+        format_reason(k, [str(labels[j]) for j in row if j >= 0], explicit) for k, row in zip(kinds, cited, strict=True)
+    ]
+    assert rows.reasons(labels) == expected
+    kinds[5] = "magic"
+    with pytest.raises(ValueError, match="magic"):
+        rows.reasons(labels)
 
 
 def test_item_knn_cites_the_terms_of_its_sum() -> None:
