@@ -73,7 +73,10 @@ def recommend_model(
     )
     for warning in result.warnings:
         get_run_logger().warning("%s: %s", name, warning)
-    by_strategy = result.frame["strategy"].str.split(":").str[0].value_counts().to_dict()
+    # Count first, then fold "segment_popularity:<segment>" labels by prefix: splitting every row's label cost
+    # 16 s per model at 200,000 users × 50 rows.
+    counts = result.frame["strategy"].value_counts()
+    by_strategy = counts.groupby(counts.index.str.split(":").str[0], sort=False).sum().to_dict()
     get_run_logger().info(
         "%s: %d recommendations (fit %.2f s, recommend %.2f s); rows by strategy: %s",
         name,
