@@ -14,12 +14,14 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
+from prefect.task_runners import TaskRunner
 
 from flows.dispatch import estimated_costs, run_model_tasks
 from flows.runners import (
     data_for_tasks,
     make_task_runner,
     model_task_slots,
+    release_workers,
     runner_name,
     shared_blas_threads,
     worker_processes,
@@ -117,6 +119,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         runner = context.task_runner if context is not None else None
         slots = model_task_slots(runner, config.max_workers)
         training.enter_context(shared_blas_threads(runner, slots))
+        training.callback(_release_workers, runner)  # no worker holds the data while the flow publishes
         tasks = run_model_tasks(
             names,
             costs,
@@ -238,6 +241,18 @@ def _training_over(
     if memory is not None:
         memory.stop()
     handoff.remove(task_data)
+
+
+def _release_workers(runner: TaskRunner | None) -> None:
+    """:func:`flows.runners.release_workers`, logged; a failure to release is a warning, not the run's end."""
+    logger = get_run_logger()
+    try:
+        done = release_workers(runner)
+    except Exception as exc:  # the workers' memory is reclaimed when the flow ends anyway
+        logger.warning("could not release the worker processes' memory after training: %s: %s", type(exc).__name__, exc)
+        return
+    if done:
+        logger.info("model tasks done: %s", done)
 
 
 def _close_interrupted_run(url: str, run_id: str, timings: dict[str, float], exc: BaseException) -> None:

@@ -10,12 +10,14 @@ checks its hash and keeps the data for its later tasks.
 The file is a pickle, the same serialisation the runners would have applied to the data, read only after its
 bytes match the SHA-256 that came through the task's parameters: a file changed on disk is refused, never
 unpickled. For a Dask cluster spread over several machines, ``output_dir`` must be on a file system every
-worker sees (the same holds for Prefect's result storage). A long-lived Dask worker keeps the last run's data
-until a task of the next run replaces it: one run's data per worker process at most.
+worker sees (the same holds for Prefect's result storage). When a flow run's model tasks are done, the flow has
+its Dask workers drop the data (:func:`release`) and stops its process pool, so no worker holds it while the
+flow publishes.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import pickle
@@ -78,6 +80,24 @@ def read(ref: DataRef) -> object:
         _cache.clear()
         _cache[ref.sha256] = obj
         return obj
+
+
+def release() -> int:
+    """Drop the data this process read for a flow run's tasks and return the freed heap to the kernel; returns
+    how many objects were dropped (0 or 1).
+
+    The flow calls it on every Dask worker once its model tasks are done (``flows.runners.release_workers``): a
+    worker otherwise keeps the run's data — gigabytes at millions of events — while the flow publishes, and a
+    long-lived worker until the next run's first task.
+    """
+    from recforge.malloc import trim_heap
+
+    with _lock:
+        dropped = len(_cache)
+        _cache.clear()
+    gc.collect()
+    trim_heap()
+    return dropped
 
 
 def resolve(value: T | DataRef) -> T:

@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from prefect import flow, task
 
 from flows.cli import main
-from flows.runners import THREAD_VARIABLES, local_dask_cluster, make_task_runner
+from flows.runners import THREAD_VARIABLES, local_dask_cluster, make_task_runner, release_workers
+from recforge import handoff
 from recforge.config import DB_URL_ENV
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
@@ -76,6 +77,33 @@ def test_process_workers_split_the_cores_between_them(monkeypatch: pytest.Monkey
     assert not [name for name in THREAD_VARIABLES if name in os.environ]  # the flow's own environment restored
 
 
+def test_the_flow_can_stop_its_process_workers_once_its_model_tasks_are_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the flow does after training on a process pool: the workers exit (they held the data), and the flow
+    still ends cleanly when Prefect shuts the pool down again."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("PREFECT_API_URL", str(PREFECT_API_URL.value()))
+
+    @flow(task_runner=make_task_runner("process", max_workers=2))
+    def train_then_release() -> tuple[set[int], str | None]:
+        pids = {future.result()[0] for future in [_worker_threads.submit() for _ in range(4)]}
+        context = FlowRunContext.get()
+        assert context is not None
+        return pids, release_workers(context.task_runner)
+
+    pids, done = train_then_release()
+    assert done == "stopped the process pool's worker processes"
+    assert pids and os.getpid() not in pids
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone, not merely idle
+
+
+def _cached_objects() -> int:
+    return len(handoff._cache)
+
+
 def _recommendations(url: str) -> pd.DataFrame:
     engine = sa.create_engine(url)
     try:
@@ -100,6 +128,9 @@ def test_models_train_on_dask_workers_and_publish_what_threads_publish(
         monkeypatch.setenv(DB_URL_ENV, dask_url)
         assert main([*common, "--task-runner", "dask", "--dask-address", dask_cluster.scheduler_address]) == 0
         worker_pids = set(client.run(os.getpid).values())
+        # Both workers read the prepared data for their tasks; once those were done the flow had them drop it, so
+        # a long-lived cluster does not hold it while the flow publishes, nor until the next run.
+        assert list(client.run(_cached_objects).values()) == [0, 0]
 
     # Both models' evaluation and refit ran as Dask tasks in the cluster's worker processes, not in this one.
     ran = [(t["key"], t["worker"]) for t in stream.data]
