@@ -24,8 +24,6 @@ orchestration costs. Times are the median over ``--repeats``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import gc
 import os
 import socket
@@ -138,9 +136,10 @@ _SERVER_SESSIONS: set[int] = set()
 def _release_memory() -> None:
     """Collect garbage and hand glibc's free heap pages back to the kernel before a measurement: memory freed by
     an earlier runner's threads stays resident in their malloc arenas and would count against the next runner."""
+    from recforge.malloc import trim_heap
+
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim_heap()
 
 
 @contextmanager

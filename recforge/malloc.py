@@ -51,14 +51,10 @@ def tune_malloc() -> bool:
     global _applied
     if _applied:
         return True
-    if not sys.platform.startswith("linux") or user_malloc_settings():
+    libc = _glibc()
+    if libc is None or user_malloc_settings():
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 (glibc only: musl's mallopt accepts the call and does nothing)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     applied = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
@@ -72,14 +68,22 @@ def trim_heap() -> bool:
     For a process that has just dropped large objects and will stay alive (a worker after a flow run's model
     tasks): the trim threshold above otherwise keeps up to 256 MiB free per heap for reuse. No-op off glibc.
     """
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 (glibc only)
-        malloc_trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return False
+    malloc_trim = libc.malloc_trim
     malloc_trim.argtypes = (ctypes.c_size_t,)
     malloc_trim.restype = ctypes.c_int
     return malloc_trim(0) == 1
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """This process's glibc, or None elsewhere (musl's ``mallopt`` accepts calls and does nothing)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 (only glibc has it)
+    except (OSError, AttributeError):
+        return None
+    return libc
