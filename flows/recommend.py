@@ -29,7 +29,7 @@ from flows.runners import (
 from recforge import handoff
 from recforge.config import RunConfig, resolve_db_url
 from recforge.data.sources import SourceSpec
-from recforge.memory import MemoryWatch, runner_advice
+from recforge.memory import MemoryWatch, publish_advice, runner_advice
 from recforge.pipeline import (
     ModelEvaluation,
     ModelRecommendations,
@@ -95,7 +95,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         str(flow_run.id) if flow_run.id else None,
     )
     task_data: PreparedData | handoff.DataRef | None = None
-    memory: MemoryWatch | None = None  # samples free memory while models train
+    memory: MemoryWatch | None = None  # samples free memory while models train and while the run publishes
     training = contextlib.ExitStack()  # what holds while model tasks run (closed by _training_over)
     try:
         report = validate_with_docs(dataset, config.min_interactions, output_dir / "gx")
@@ -148,8 +148,12 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
                 refit_errors[name] = str(state.message or state.name)
             elif (published := refits[name].result()) is not None:
                 recommendations.append(published)
-        _training_over(memory, task_data, training)
+        _training_over(None, task_data, training)
         lap("train")  # evaluations and refits interleave: one stage
+        # Publishing holds every model's rows at once in this process: the watch goes on, with advice for it.
+        memory.switch(
+            "while the recommendations are published", publish_advice(sum(len(r.frame) for r in recommendations))
+        )
 
         # An evaluation's own error says more than the refit's "upstream failed", so it wins.
         failed = refit_errors | {r.model: r.error for r in results if not r.ok}
@@ -166,6 +170,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             written = publish(url, run_id, data, metrics, frame, champion)
         else:
             written = {}
+        memory.stop()
         lap("publish")
         status = "completed" if not failed else ("partial" if recommendations else "failed")
         error = "; ".join(f"{m}: {e}" for m, e in failed.items()) or None
@@ -235,8 +240,8 @@ def _memory_advice(context: FlowRunContext | None, config: RunConfig, task_data:
 def _training_over(
     memory: MemoryWatch | None, task_data: PreparedData | handoff.DataRef | None, training: contextlib.ExitStack
 ) -> None:
-    """Stop watching memory, lift the BLAS limit and remove the hand-off file: the model tasks are done (or will
-    never run)."""
+    """Stop watching memory (if given: a successful run watches on while it publishes), release the workers, lift
+    the BLAS limit and remove the hand-off file: the model tasks are done (or will never run)."""
     training.close()
     if memory is not None:
         memory.stop()

@@ -61,7 +61,8 @@ def low_memory_fraction() -> float:
 
 class MemoryWatch:
     """Context manager: samples available memory in a daemon thread and calls ``warn`` once each time it falls
-    below ``fraction`` of the total (re-armed once it is back above 1.5× that).
+    below ``fraction`` of the total (re-armed once it is back above 1.5× that, or when :meth:`switch` starts
+    another stage).
 
     ``advice`` ends the warning: what holds memory in this run and what to change. ``lowest_available`` and
     ``total`` (bytes) are known after the first sample; both stay None where memory cannot be read.
@@ -77,6 +78,7 @@ class MemoryWatch:
     ) -> None:
         self.warn = warn
         self.advice = advice
+        self.stage = "while models train"
         self.fraction = low_memory_fraction() if fraction is None else fraction
         self.interval_s = interval_s
         self.read = read
@@ -85,6 +87,7 @@ class MemoryWatch:
         self.warnings = 0
         self._armed = True
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # sample() runs in the watch's thread, and in the caller's on switch()
         self._thread: threading.Thread | None = None
 
     def sample(self) -> None:
@@ -92,14 +95,18 @@ class MemoryWatch:
         reading = self.read()
         if reading is None:
             return
-        available, total = reading
+        with self._lock:
+            self._record(*reading)
+
+    def _record(self, available: int, total: int) -> None:
+        """Note one reading (under the lock) and warn if it starts a low episode."""
         self.total = total
         self.lowest_available = available if self.lowest_available is None else min(self.lowest_available, available)
         floor = self.fraction * total
         if available < floor and self._armed:
             self._armed = False
             self.warn(
-                f"memory is running low while models train: {available / GIB:.1f} GiB of {total / GIB:.1f} GiB "
+                f"memory is running low {self.stage}: {available / GIB:.1f} GiB of {total / GIB:.1f} GiB "
                 f"available (warning below {self.fraction:.0%}). If it runs out, the kernel kills a worker or "
                 f"this run without a Python error. {self.advice}"
             )
@@ -119,6 +126,15 @@ class MemoryWatch:
             "total_gib": None if self.total is None else round(self.total / GIB, 2),
             "low_memory_warnings": self.warnings,
         }
+
+    def switch(self, stage: str, advice: str) -> None:
+        """Go on watching through another stage of the run (e.g. ``"while the recommendations are published"``),
+        whose warning names it and ends with its own ``advice``; re-armed, so a low episode that began in the
+        previous stage is warned about again under the new stage's name."""
+        with self._lock:
+            self.stage, self.advice, self._armed = stage, advice, True
+        if self._thread is not None:
+            self.sample()  # at once: the new stage may be short, and may begin low
 
     def start(self) -> MemoryWatch:
         """Start sampling (nothing happens where memory cannot be read or the fraction is 0); returns self."""
@@ -154,4 +170,12 @@ def runner_advice(runner: str, workers: int | None, data_bytes: int | None) -> s
     return (
         f"The {runner} runner keeps a copy of the prepared data{size} and its model's working set in {count} "
         "worker processes; --task-runner thread shares one copy, and fewer workers (--max-workers) hold fewer."
+    )
+
+
+def publish_advice(rows: int) -> str:
+    """What holds memory while a run publishes, and what to change, for :meth:`MemoryWatch.switch`."""
+    return (
+        f"Publishing holds every model's recommendations in the flow's process ({rows:,} rows); publish fewer rows "
+        "per user (--top-n), fewer models (--models), or give the flow more memory."
     )

@@ -9,7 +9,7 @@ import pytest
 from prefect.task_runners import ProcessPoolTaskRunner
 
 from flows.runners import make_task_runner, worker_processes
-from recforge.memory import GIB, MemoryWatch, low_memory_fraction, read_meminfo, runner_advice
+from recforge.memory import GIB, MemoryWatch, low_memory_fraction, publish_advice, read_meminfo, runner_advice
 
 
 def test_meminfo_is_read_in_bytes_and_missing_fields_give_none(tmp_path: Path) -> None:
@@ -40,6 +40,22 @@ def test_warns_once_per_low_episode_and_rearms_after_recovery() -> None:
     assert "below 10%" in warnings[0] and warnings[0].endswith("Use fewer workers.")
     assert "1.0 GiB of 24.0 GiB" in warnings[1]  # the second episode starts at 1 GiB, after the recovery to 4
     assert watch.summary() == {"lowest_available_gib": 0.5, "total_gib": 24.0, "low_memory_warnings": 2}
+
+
+def test_a_new_stage_rearms_the_warning_and_names_itself() -> None:
+    readings = iter([1, 1, 1])  # GiB available of 24: low throughout
+    warnings: list[str] = []
+    watch = MemoryWatch(
+        warnings.append, "Use fewer workers.", fraction=0.1, read=lambda: (int(next(readings) * GIB), 24 * GIB)
+    )
+    watch.sample()
+    watch.sample()  # the same low episode: no second warning
+    watch.switch("while the recommendations are published", publish_advice(30_000_000))
+    watch.sample()
+    assert len(warnings) == 2
+    assert warnings[0].startswith("memory is running low while models train") and "fewer workers" in warnings[0]
+    assert warnings[1].startswith("memory is running low while the recommendations are published: 1.0 GiB")
+    assert "(30,000,000 rows)" in warnings[1] and "--top-n" in warnings[1] and "workers" not in warnings[1]
 
 
 def test_the_thread_samples_until_stopped_and_does_nothing_without_meminfo() -> None:
