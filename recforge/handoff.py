@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from recforge.malloc import trim_heap
+
 T = TypeVar("T")
 
 
@@ -90,8 +92,6 @@ def release() -> int:
     worker otherwise keeps the run's data — gigabytes at millions of events — while the flow publishes, and a
     long-lived worker until the next run's first task.
     """
-    from recforge.malloc import trim_heap
-
     with _lock:
         dropped = len(_cache)
         _cache.clear()

@@ -124,6 +124,7 @@ class Explanation:
         cited = np.where(cited >= 0, cited, len(names) - 1)
         counts = present.sum(axis=1)
         verb = "rated" if self.explicit else "interacted with"
+        prefixes = np.array([f"because you {verb} ", f"because you recently {verb} "], dtype=object)
         out = np.full(len(kinds), "based on your history", dtype=object)
         for count in range(1, cited.shape[1] + 1):
             rows = np.flatnonzero((counts == count) & (kinds != "popularity"))
@@ -133,7 +134,6 @@ class Explanation:
             listed = parts[:, 0].copy()
             for position in range(1, count):
                 listed = listed + (" and " if position == count - 1 else ", ") + parts[:, position]
-            prefixes = np.array([f"because you {verb} ", f"because you recently {verb} "], dtype=object)
             out[rows] = prefixes[(kinds[rows] == "sequence").astype(np.intp)] + listed
         out[kinds == "popularity"] = "popular with users like you"
         return out.tolist()
