@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from recforge.data.movielens import load_movielens_100k
 from recforge.evaluation import evaluate_topn
@@ -16,9 +17,11 @@ from recmodels.baselines.ease import (
     EASE,
     EASEConfig,
     ease_weights,
+    mirror_upper,
     newer_event_counts,
     recency_weighted,
     spd_inverse,
+    upper_gram,
 )
 from recmodels.data import Interactions
 
@@ -68,6 +71,64 @@ def test_spd_inverse_matches_numpy_and_rejects_indefinite() -> None:
     np.testing.assert_allclose(spd_inverse(spd.copy()), np.linalg.inv(spd), rtol=1e-8, atol=1e-12)
     with pytest.raises(np.linalg.LinAlgError, match="positive definite"):
         spd_inverse(np.array([[1.0, 2.0], [2.0, 1.0]]))
+
+
+def _strided(matrix: np.ndarray) -> np.ndarray:
+    out = np.zeros((matrix.shape[0], 2 * matrix.shape[1]))[:, ::2]
+    out[...] = matrix
+    return out
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_spd_inverse_reads_only_the_upper_triangle(layout: str) -> None:
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(40, 40))
+    spd = a @ a.T + 40 * np.eye(40)
+    work = _strided(spd) if layout == "strided" else np.array(spd, order=layout)
+    work[np.tril_indices(40, -1)] = np.nan  # garbage below the diagonal, as upper_gram leaves it
+    for block in (7, 40):  # the blocked factorisation (uneven last block) and one LAPACK call
+        result = spd_inverse(work.copy(order="K") if layout != "strided" else _strided(work), block=block)
+        np.testing.assert_allclose(result, np.linalg.inv(spd), rtol=1e-8, atol=1e-12)
+
+
+def test_spd_inverse_allocates_no_second_matrix() -> None:
+    import tracemalloc
+
+    a = np.random.default_rng(4).normal(size=(400, 400))
+    spd = a @ a.T + 400 * np.eye(400)
+    work = spd.copy()  # C order, 1.28 MB
+    tracemalloc.start()
+    try:
+        spd_inverse(work, block=64)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < work.nbytes / 2, f"spd_inverse allocated {peak:,} bytes for a {work.nbytes:,}-byte matrix"
+    np.testing.assert_allclose(work, np.linalg.inv(spd), rtol=1e-8, atol=1e-12)
+
+
+def test_spd_inverse_names_the_row_where_positive_definiteness_fails() -> None:
+    matrix = np.eye(6)
+    matrix[4, 4] = -1.0
+    with pytest.raises(np.linalg.LinAlgError, match="row 4"):
+        spd_inverse(matrix, block=2)
+
+
+def test_upper_gram_in_blocks_is_the_upper_triangle_of_xtx() -> None:
+    rng = np.random.default_rng(2)
+    counts = sp.random(50, 11, density=0.3, random_state=3, data_rvs=lambda n: rng.integers(1, 4, n)).tocsr()
+    expected = (counts.T @ counts).toarray()
+    for block_values in (1, 3 * 11, 10**6):  # one item row per block, uneven blocks of 3, everything at once
+        gram = upper_gram(counts, block_values=block_values)
+        upper = np.triu_indices(11)
+        np.testing.assert_array_equal(gram[upper], expected[upper])
+
+
+def test_mirror_upper_in_blocks() -> None:
+    matrix = np.triu(np.arange(49.0).reshape(7, 7)) + np.tril(np.full((7, 7), -1.0), -1)
+    expected = np.triu(matrix) + np.triu(matrix, 1).T
+    mirror_upper(matrix, block=3)
+    np.testing.assert_array_equal(matrix, expected)
 
 
 def test_recency_weights_by_hand() -> None:

@@ -8,9 +8,9 @@ With ``X`` the binary users × items matrix and ``λ`` the L2 weight, the item�
 and a user's scores are ``x_u B``. There is no iteration and no randomness, so the fit is exact and
 deterministic.
 
-Memory: the Gram matrix, its inverse and ``B`` are dense ``n_items × n_items``. Fitting holds about two
-float64 copies (the inverse is computed in place by a Cholesky factorisation) plus the float32 ``B``: roughly
-``20 · n_items²`` bytes, i.e. 57 MB for MovieLens 100K's 1,682 items, 2 GB for 10,000 items, 50 GB for 50,000.
+Memory: the Gram matrix, its inverse and ``B`` are dense ``n_items × n_items``. Fitting holds one float64
+array (Gram matrix, Cholesky inverse and ``B`` computed in it, in place) plus the float32 ``B``: roughly
+``12 · n_items²`` bytes, i.e. 34 MB for MovieLens 100K's 1,682 items, 1.2 GB for 10,000 items, 30 GB for 50,000.
 ``max_items`` refuses larger catalogues up front with a message pointing to sparse alternatives.
 
 Recency weighting (optional, ``recency_half_life``): in a user's *scoring* history each event is weighted by
@@ -26,12 +26,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg import lapack
+from scipy.linalg import lapack, solve_triangular
 
 from recmodels.base import ModelConfig, Recommender, RunSettings, csr_from_state, csr_state
 from recmodels.data import Interactions
 
-_BYTES_PER_ITEM_PAIR = 20  # two float64 n×n working matrices while fitting plus the float32 result
+_BYTES_PER_ITEM_PAIR = 12  # one float64 n×n working matrix while fitting plus the float32 result
+# Sparse entries per block of the Gram matrix's rows (12 bytes each): ~200 MB of product at a time.
+_GRAM_BLOCK_VALUES = 1 << 24
+# Rows per step of the blocked Cholesky factorisation (upper_cholesky): blocks of 2048 × n floats.
+_CHOLESKY_BLOCK = 2048
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class EASEConfig(ModelConfig):
         ``n_newer`` is how many of that user's events are strictly newer; ``None`` scores with the plain
         binary history (textbook EASE). Needs timestamps; data without them is scored unweighted.
     max_items: refuse catalogues with more items than this, because ``B`` is dense (about
-        ``20 · n_items²`` bytes while fitting; the default 20,000 items is about 8 GB).
+        ``12 · n_items²`` bytes while fitting; the default 20,000 items is about 4.8 GB).
     """
 
     regularization: float = 1200.0
@@ -101,33 +105,106 @@ class EASE(Recommender):
 
 
 def ease_weights(matrix: sp.csr_matrix, regularization: float) -> np.ndarray:
-    """The EASE item–item matrix ``B`` (float32, zero diagonal) for a users × items matrix and λ."""
-    x = sp.csr_matrix(matrix, dtype=np.float64)
-    gram = np.asarray((x.T @ x).todense(), dtype=np.float64)
+    """The EASE item–item matrix ``B`` (float32, zero diagonal) for a users × items matrix and λ.
+
+    One dense float64 ``n × n`` array does all the work in place (Gram matrix, Cholesky inverse, ``B``), and the
+    float32 result is its only copy: about 12 bytes per item pair at the peak (:data:`_BYTES_PER_ITEM_PAIR`).
+    """
+    gram = upper_gram(matrix)
     gram[np.diag_indices_from(gram)] += regularization
     precision = spd_inverse(gram)
     # B_ij = −P_ij / P_jj: divide every column j by its diagonal entry, then zero the diagonal (the
     # constraint).
-    precision /= -np.diag(precision)[np.newaxis, :]
+    precision /= -np.diag(precision).copy()[np.newaxis, :]
     np.fill_diagonal(precision, 0.0)
     return precision.astype(np.float32)
 
 
-def spd_inverse(matrix: np.ndarray) -> np.ndarray:
-    """Inverse of a symmetric positive-definite float64 matrix via LAPACK Cholesky (overwrites ``matrix``).
+def upper_gram(matrix: sp.csr_matrix, block_values: int = _GRAM_BLOCK_VALUES) -> np.ndarray:
+    """``XᵀX`` as a dense float64 array, only its upper triangle (diagonal included) filled in; the rest is garbage.
 
-    ``potrf``/``potri`` work in place on one triangle, so the peak is one extra n×n copy (for mirroring the
-    triangle), about half of what a general LU inverse needs.
+    Computed in blocks of item rows, each written straight into the result: a sparse ``XᵀX`` at once would
+    hold up to ``n²`` entries at 12 bytes each (4.8 GB at 20,000 items) before its dense copy, and the lower
+    triangle would be computed for nothing (Cholesky reads one triangle). Binary and count data give integer
+    sums, exact in float64, so the result does not depend on the blocking.
     """
-    factor, info = lapack.dpotrf(matrix, lower=False, overwrite_a=True, clean=False)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"matrix is not positive definite (LAPACK dpotrf info={info})")
-    inverse, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
+    x = sp.csr_matrix(matrix, dtype=np.float64)
+    n_items = x.shape[1]
+    item_rows = x.T.tocsr()  # items × users
+    gram = np.empty((n_items, n_items), dtype=np.float64)
+    block = max(1, block_values // max(n_items, 1))
+    for start in range(0, n_items, block):
+        stop = min(start + block, n_items)
+        # Rows start..stop of XᵀX, from column ``start`` on: the block's share of the upper triangle.
+        gram[start:stop, start:] = (item_rows[start:stop] @ x[:, start:]).toarray()
+    return gram
+
+
+def spd_inverse(matrix: np.ndarray, block: int = _CHOLESKY_BLOCK) -> np.ndarray:
+    """Inverse of a symmetric positive-definite float64 matrix via Cholesky, in place; returns ``matrix``.
+
+    Only the upper triangle of ``matrix`` is read. It is overwritten by the Cholesky factor
+    (:func:`upper_cholesky`), then by the inverse's upper triangle (LAPACK ``potri``), which is mirrored onto
+    the lower one block by block: the peak is the matrix itself plus a few hundred MB of blocks. LAPACK works on
+    Fortran-ordered arrays and f2py copies anything else first (an extra n×n); a C-ordered array is handed over
+    transposed instead — the same memory, Fortran-ordered, its upper triangle now the lower one. Other layouts
+    are copied to C order first. ``block``: rows per step of the factorisation.
+    """
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.dtype != np.float64:
+        raise ValueError(f"spd_inverse needs a square float64 array, got {matrix.dtype} {matrix.shape}")
+    work = matrix if matrix.flags.c_contiguous else np.ascontiguousarray(matrix)
+    upper_cholesky(work, block)
+    # Uᵀ is the lower Cholesky factor of the Fortran-ordered transpose: potri inverts from it in place.
+    inverse, info = lapack.dpotri(work.T, lower=True, overwrite_c=True)
     if info != 0:
         raise np.linalg.LinAlgError(f"inverse failed (LAPACK dpotri info={info})")
-    upper = np.triu(inverse)
-    upper += np.triu(inverse, 1).T
-    return upper
+    if not np.shares_memory(inverse, work):  # f2py could not work in place (it always can on work.T)
+        work[...] = inverse.T
+    if work is not matrix:
+        matrix[...] = work
+    mirror_upper(matrix)
+    return matrix
+
+
+def upper_cholesky(matrix: np.ndarray, block: int = _CHOLESKY_BLOCK) -> None:
+    """Overwrite the upper triangle of a C-ordered SPD float64 array with ``U`` (``A = UᵀU``), ``block`` rows at a time.
+
+    A right-looking blocked factorisation: LAPACK ``potrf`` on each diagonal block, a triangular solve for the
+    block's row panel, and the trailing upper triangle updated by matrix products, column block by column
+    block. The same arithmetic as LAPACK's own blocked ``potrf``, but every call works on at most ``block``
+    rows: OpenBLAS 0.3.30's multi-threaded ``dpotrf`` crashes the process (SIGSEGV) from about 16,000 rows
+    on (measured here: 15,000 worked, 16,000 and 20,000 crashed with 2 threads; one thread worked) — EASE's
+    Gram matrix at a 20,000-item catalogue. The lower triangle is left as it was.
+    """
+    n = matrix.shape[0]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        factor, info = lapack.dpotrf(matrix[start:stop, start:stop].T, lower=True, clean=False)
+        if info != 0:
+            raise np.linalg.LinAlgError(
+                f"matrix is not positive definite (LAPACK dpotrf info={info} at row {start + info - 1})"
+            )
+        diagonal = factor.T  # U_kk, upper; lower part of the copy is garbage, ignored below
+        matrix[start:stop, start:stop] = diagonal
+        if stop == n:
+            break
+        # Row panel: U_k,rest = U_kkᵀ⁻¹ A_k,rest.
+        panel = solve_triangular(diagonal, matrix[start:stop, stop:], trans="T", lower=False, check_finite=False)
+        matrix[start:stop, stop:] = panel
+        # Trailing update of the upper triangle, A_rest,rest −= U_k,restᵀ U_k,rest, one column block at a time.
+        for column in range(stop, n, block):
+            end = min(column + block, n)
+            matrix[stop:end, column:end] -= panel[:, : end - stop].T @ panel[:, column - stop : end - stop]
+
+
+def mirror_upper(matrix: np.ndarray, block: int = 1024) -> None:
+    """Copy the upper triangle of a square array onto its lower one, in place, ``block`` rows at a time."""
+    n = matrix.shape[0]
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        matrix[start:stop, :start] = matrix[:start, start:stop].T
+        for row in range(start + 1, stop):  # the diagonal block, row by row: no index arrays
+            matrix[row, start:row] = matrix[start:row, row]
 
 
 def newer_event_counts(data: Interactions) -> np.ndarray:
