@@ -107,6 +107,25 @@ def test_spd_inverse_allocates_no_second_matrix() -> None:
     np.testing.assert_allclose(work, np.linalg.inv(spd), rtol=1e-8, atol=1e-12)
 
 
+def test_lapack_factorises_at_most_one_block_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # OpenBLAS 0.3.30's threaded dpotrf crashes the process from ~16,000 rows on (recmodels/baselines/ease.py):
+    # no call may see more rows than a block, whatever the matrix size.
+    from recmodels.baselines import ease
+
+    sizes: list[int] = []
+    real = ease.lapack.dpotrf
+
+    def recording(a: np.ndarray, *args: object, **kwargs: object) -> object:
+        sizes.append(a.shape[0])
+        return real(a, *args, **kwargs)
+
+    monkeypatch.setattr(ease.lapack, "dpotrf", recording)
+    a = np.random.default_rng(5).normal(size=(30, 30))
+    spd = a @ a.T + 30 * np.eye(30)
+    np.testing.assert_allclose(spd_inverse(spd.copy(), block=8), np.linalg.inv(spd), rtol=1e-8, atol=1e-12)
+    assert sizes == [8, 8, 8, 6]
+
+
 def test_spd_inverse_names_the_row_where_positive_definiteness_fails() -> None:
     matrix = np.eye(6)
     matrix[4, 4] = -1.0
