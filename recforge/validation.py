@@ -8,7 +8,8 @@ Run-time rules applied to the stored suites before each validation:
 
 - Values known only at run time come in as GX suite parameters (``{"$PARAMETER": "name"}`` in the JSON, values
   passed with ``ValidationDefinition.run(expectation_parameters=...)``): ``rating_min``/``rating_max`` from
-  ``Dataset.rating_range``, ``now`` (wall clock), ``min_interactions``, ``known_user_ids``/``known_item_ids``
+  ``Dataset.rating_range``, ``now`` (wall clock) and ``future_limit`` (``now`` + :data:`FUTURE_TOLERANCE`),
+  ``min_interactions``, ``known_user_ids``/``known_item_ids``
   (ids of the users/items tables). An expectation whose parameter has no value this run (no declared rating
   range, no users table, ...) is skipped.
 - An expectation on a column the table lacks is skipped; required columns have their own critical
@@ -29,7 +30,7 @@ import shutil
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -51,6 +52,10 @@ TABLES = ("interactions", "users", "items")
 CRITICAL = "critical"
 WARNING = "warning"
 SAMPLE_SIZE = 5
+#: How far ahead of the wall clock a timestamp may lie before the run fails. Events from devices or servers
+#: with skewed clocks arrive minutes to hours ahead and only warn (each run keeps the events before its
+#: ``as_of``); a wrong time unit or epoch puts them years to millennia ahead.
+FUTURE_TOLERANCE = timedelta(days=1)
 # Data Docs keep the pages of this many most recent validate_dataset calls; older ones are deleted.
 DATA_DOCS_KEEP_RUNS = 10
 
@@ -200,11 +205,12 @@ def validate_dataset(
 ) -> ValidationReport:
     """Validate every table of ``dataset`` against its suite in ``suites_dir``.
 
-    ``now`` is the wall clock that timestamps must not exceed (default: the current UTC time); it must be
-    timezone-aware. ``min_interactions`` is the row-count floor of the interactions table. With
-    ``data_docs_dir``, GX Data Docs for this validation are written there (older runs pruned) and the report's
-    ``data_docs_index`` points at the site's index.html. Never raises for bad data: call
-    :meth:`ValidationReport.raise_for_critical` to stop on critical failures.
+    ``now`` is the wall clock (default: the current UTC time; it must be timezone-aware): a timestamp after it
+    is a warning (a skewed device clock; the event counts only for a later ``as_of``), one more than
+    :data:`FUTURE_TOLERANCE` after it fails the run (a wrong time unit or epoch). ``min_interactions`` is the
+    row-count floor of the interactions table. With ``data_docs_dir``, GX Data Docs for this validation are
+    written there (older runs pruned) and the report's ``data_docs_index`` points at the site's index.html.
+    Never raises for bad data: call :meth:`ValidationReport.raise_for_critical` to stop on critical failures.
     """
     if now is None:
         now = datetime.now(UTC)
@@ -290,7 +296,12 @@ def _load_suite(suites_dir: Path, table: str) -> dict[str, Any]:
 
 def _run_parameters(dataset: Dataset, *, now: datetime, min_interactions: int) -> dict[str, Any]:
     """Values for the suites' ``$PARAMETER`` references; a name left out skips the expectations using it."""
-    params: dict[str, Any] = {"now": now.astimezone(UTC), "min_interactions": int(min_interactions)}
+    now = now.astimezone(UTC)
+    params: dict[str, Any] = {
+        "now": now,
+        "future_limit": now + FUTURE_TOLERANCE,
+        "min_interactions": int(min_interactions),
+    }
     if dataset.rating_range is not None:
         low, high = dataset.rating_range
         params["rating_min"] = float(low)

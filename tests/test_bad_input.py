@@ -65,6 +65,7 @@ GOOD_SOURCE = {
 MISSING_RATING = "rating, where the column exists, is filled in"
 UNKNOWN_USER = "every interaction's user_id appears in the users table (when there is one)"
 UNKNOWN_ITEM = "every interaction's item_id appears in the items table (when there is one)"
+AHEAD_OF_CLOCK = "no timestamp lies ahead of the wall clock at validation"
 
 
 # ----------------------------------------------------------------------------------------------- the pipeline
@@ -295,7 +296,7 @@ CASES: tuple[Case, ...] = (
         "csv_timestamp_future",
         _csv("timestamp_future.csv"),
         "validate",
-        ("interactions.timestamp", "in the future", f"2 of {GOOD_ROWS} rows", "2099-01-01"),
+        ("interactions.timestamp", "more than a day ahead", f"2 of {GOOD_ROWS} rows", "2099-01-01"),
     ),
     Case(
         "csv_timestamp_unparseable",
@@ -602,6 +603,24 @@ def test_proceeding_case_cleans_as_declared(case: Case, tmp_path: Path) -> None:
     assert store.latest_runs(limit=1)["status"].tolist() == ["completed"]
     if case.check is not None:
         case.check(published)
+    store.dispose()
+
+
+def test_events_slightly_ahead_of_the_clock_are_dropped_not_fatal(tmp_path: Path) -> None:
+    # Skewed device or server clocks: two events a few hours "in the future" must not stop a nightly run.
+    frame = pd.read_csv(CORPUS / "good" / "interactions.csv")
+    ahead = int(datetime.now(UTC).timestamp()) + 3 * 3600
+    frame.loc[[4, 9], "timestamp"] = ahead
+    frame.to_csv(tmp_path / "interactions.csv", index=False)
+    source = resolve(GOOD_SOURCE) | {"interactions": str(tmp_path / "interactions.csv")}
+    store = Store(f"sqlite:///{tmp_path / 'rf.db'}")
+    store.create_schema()
+    published = run_pipeline(source, store)
+    [warning] = published.report.warnings
+    assert warning.description.startswith(AHEAD_OF_CLOCK) and warning.unexpected_count == 2
+    dropped = {r: n for r, n in published.data.cleaning.invalid_rows_dropped.items() if n}
+    assert dropped == {AHEAD_OF_CLOCK: 2}
+    assert store.latest_runs(limit=1)["status"].tolist() == ["completed"]
     store.dispose()
 
 

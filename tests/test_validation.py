@@ -63,9 +63,15 @@ def _dataset(
     )
 
 
-def _outcome(report: ValidationReport, table: str, expectation: str, column: str | None) -> ExpectationOutcome:
-    """The single outcome of ``expectation`` on ``table.column``."""
-    found = [o for o in report.outcomes if (o.table, o.expectation, o.column) == (table, expectation, column)]
+def _outcome(
+    report: ValidationReport, table: str, expectation: str, column: str | None, severity: str | None = None
+) -> ExpectationOutcome:
+    """The single outcome of ``expectation`` on ``table.column`` (of that severity, when given)."""
+    found = [
+        o
+        for o in report.outcomes
+        if (o.table, o.expectation, o.column) == (table, expectation, column) and severity in (None, o.severity)
+    ]
     assert len(found) == 1, f"{table}.{column} {expectation}: {found}"
     return found[0]
 
@@ -106,7 +112,7 @@ def test_clean_dataset_passes(clean_report: ValidationReport) -> None:
     assert report.warnings == []
     assert all(o.success for o in report.outcomes)
     # Every stored expectation applies here: all columns, parameters and tables are present.
-    assert [o.table for o in report.outcomes].count("interactions") == 17
+    assert [o.table for o in report.outcomes].count("interactions") == 18
     assert [o.table for o in report.outcomes].count("users") == 6
     assert [o.table for o in report.outcomes].count("items") == 5
     rating_range = _outcome(report, "interactions", "expect_column_values_to_be_between", "rating")
@@ -116,7 +122,7 @@ def test_clean_dataset_passes(clean_report: ValidationReport) -> None:
     assert set(report.failing_rows) == {"interactions", "users", "items"}
     assert all(rows.size == 0 and rows.dtype == np.int64 for rows in report.failing_rows.values())
     report.raise_for_critical()  # no critical failure: must not raise
-    assert report.summary().startswith("Validation of data set 'toy' (tests/toy) passed: 28 checks, 28 passed")
+    assert report.summary().startswith("Validation of data set 'toy' (tests/toy) passed: 29 checks, 29 passed")
 
 
 def test_to_records_lists_every_outcome(clean_report: ValidationReport) -> None:
@@ -180,18 +186,35 @@ def test_null_ids_are_critical() -> None:
     assert "2 of 12 rows fail" in message
 
 
-def test_future_timestamps_are_critical() -> None:
+def test_timestamps_far_in_the_future_are_critical() -> None:
+    # A wrong time unit or epoch puts events years ahead: the run must stop.
     frame = _interactions()
-    future = pd.Timestamp("2024-06-02 08:00", tz="UTC")
+    future = pd.Timestamp("2024-06-02 08:00", tz="UTC")  # 32 hours after NOW
     frame.loc[5, "timestamp"] = future
     report = validate_dataset(_dataset(frame), now=NOW)
-    failure = _outcome(report, "interactions", "expect_column_values_to_be_between", "timestamp")
+    failure = _outcome(report, "interactions", "expect_column_values_to_be_between", "timestamp", "critical")
+    ahead = _outcome(report, "interactions", "expect_column_values_to_be_between", "timestamp", "warning")
     assert report.critical_failures == [failure]
-    assert failure.unexpected_count == 1
+    assert failure.unexpected_count == 1 and ahead.unexpected_count == 1
     assert failure.sample_values == [future.isoformat()]
-    assert "expected at most 2024-06-01T00:00:00+00:00" in _critical_message(report)
-    # The bound is the wall clock at validation: a year later the same row is fine.
+    assert "more than a day ahead" in _critical_message(report)
+    assert "expected at most 2024-06-02T00:00:00+00:00" in _critical_message(report)
+    # The bound follows the wall clock at validation: a year later the same row is fine.
     assert validate_dataset(_dataset(frame), now=NOW + timedelta(days=365)).passed
+
+
+def test_timestamps_slightly_ahead_of_the_clock_only_warn_and_are_dropped() -> None:
+    # Device and server clocks run minutes to hours ahead; a nightly run must not fail over them.
+    frame = _interactions()
+    frame.loc[[3, 7], "timestamp"] = [NOW + timedelta(minutes=5), NOW + timedelta(hours=20)]
+    report = validate_dataset(_dataset(frame), now=NOW)
+    assert report.passed
+    assert _outcome(report, "interactions", "expect_column_values_to_be_between", "timestamp", "critical").success
+    warning = _outcome(report, "interactions", "expect_column_values_to_be_between", "timestamp", "warning")
+    assert warning.unexpected_count == 2
+    assert report.warnings == [warning]
+    dropped = report.rows_to_drop["interactions"]
+    assert [rows.tolist() for rows in dropped.values()] == [[3, 7]]
 
 
 def test_duplicate_user_ids_in_users_are_critical() -> None:
@@ -239,7 +262,7 @@ def test_wrong_dtypes_are_critical_without_crashing() -> None:
     assert not ids.success and ids.sample_values == ["int64"]
     assert not ts.success and ts.sample_values == ["datetime64"]
     # Comparing naive datetimes with the aware wall clock errors inside GX: reported, not raised.
-    future = _outcome(report, "interactions", "expect_column_values_to_be_between", "timestamp")
+    future = _outcome(report, "interactions", "expect_column_values_to_be_between", "timestamp", "critical")
     assert not future.success and future.sample_values[0].startswith("error: ")
     assert all(o in report.critical_failures for o in (ids, ts, future))
 
