@@ -123,6 +123,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="column mapping, e.g. user_id=customer,item_id=sku,timestamp=ts",
     )
     parser.add_argument("--sep", help="csv: field separator (default from the extension)")
+    parser.add_argument(
+        "--names",
+        help="csv: the interactions file has no header line; its column names in file order, "
+        "e.g. user_id,item_id,rating,timestamp",
+    )
     parser.add_argument("--timestamp-unit", choices=("s", "ms", "us", "ns"), help="unit of numeric timestamps")
     parser.add_argument(
         "--rating-range", help="valid rating scale 'min,max', e.g. 1,5 (ratings outside fail validation)"
@@ -272,6 +277,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "items": args.items,
         "columns": args.columns,
         "sep": args.sep,
+        "names": args.names,
         "timestamp_unit": args.timestamp_unit,
         "rating_range": args.rating_range,
         "source_url": args.source_url,

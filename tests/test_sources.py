@@ -448,6 +448,39 @@ def test_missing_column_error_explains_the_mapping(tmp_path: Path) -> None:
         load_files(path, columns={"customer": "user_id"})  # reversed mapping
 
 
+def test_headerless_file_is_recognised_and_read_with_names(tmp_path: Path) -> None:
+    # MovieLens' own layouts: u.data (tabs) and ratings.dat ("::"), no header line.
+    body = "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n"
+    tsv = _write(tmp_path / "u.tsv", body)
+    with pytest.raises(DataError) as err:
+        load_files(tsv)
+    message = str(err.value)
+    assert "first line looks like data ('196', '242', '3', '881250949')" in message
+    assert "--names user_id,item_id,rating,timestamp" in message
+    names = "user_id,item_id,rating,timestamp"
+    data = load_files(tsv, names=names.split(","))
+    assert data.interactions[USER].tolist() == ["196", "186", "22"]  # the first line is an event, not lost
+    assert data.interactions[RATING].tolist() == [3.0, 3.0, 1.0]
+    dat = _write(tmp_path / "ratings.dat", body.replace("\t", "::"))
+    spec = SourceSpec.from_mapping({"kind": "csv", "interactions": str(dat), "sep": "::", "names": names})
+    assert spec.names == tuple(names.split(",")) and "names=user_id,item_id" in spec.describe()
+    pd.testing.assert_frame_equal(load_dataset(spec).interactions, data.interactions)
+    # Names pass through the column mapping like header names do.
+    mapped = load_files(tsv, names=["customer", "sku", "stars", "ts"], columns={"user_id": "customer",
+        "item_id": "sku", "rating": "stars", "timestamp": "ts"})  # fmt: skip
+    pd.testing.assert_frame_equal(mapped.interactions, data.interactions)
+    with pytest.raises(DataError, match=r"first line has 4 field\(s\).*names gives 3"):
+        load_files(tsv, names=["user_id", "item_id", "timestamp"])
+    with pytest.raises(DataError, match="repeated column name"):
+        SourceSpec.from_mapping({"names": "user_id,user_id,item_id,timestamp"})
+    with pytest.raises(DataError, match="non-empty"):
+        SourceSpec.from_mapping({"names": "user_id,,item_id"})
+    parquet = tmp_path / "events.parquet"
+    data.interactions.to_parquet(parquet)
+    with pytest.raises(DataError, match=r"Parquet.*--columns"):
+        load_files(parquet, names=names.split(","))
+
+
 def test_implicit_epoch_ms_and_parquet_attribute_tables(tmp_path: Path) -> None:
     events = _write(tmp_path / "events.tsv", f"user_id\titem_id\ttimestamp\n{BIG_ID}\t5\t1700000000123\nu2\t6\t0\n")
     pd.DataFrame({"item_id": [5, 6], GENRES: ["A|B", None], "price": [9.5, 3.0]}).to_parquet(tmp_path / "items.pq")

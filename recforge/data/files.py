@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -52,6 +53,7 @@ def load_files(
     timestamp_unit: str = "s",
     name: str | None = None,
     max_input_bytes: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> Dataset:
     """Load a dataset from delimited text or Parquet files.
 
@@ -68,6 +70,8 @@ def load_files(
         name: dataset name; defaults to the interactions file's stem.
         max_input_bytes: memory guard: refuse, before reading anything, input files whose sizes on disk add
             up to more than this many bytes (None: no limit). A compressed file counts at its compressed size.
+        names: the interactions text file has no header line: its columns' names in file order (contract
+            names or names that ``columns`` maps). The users and items files keep their header lines.
 
     Raises:
         DataError: unreadable file, unknown format, repeated column names, missing column (the message lists
@@ -78,9 +82,10 @@ def load_files(
     interactions = Path(interactions)
     check_input_size({"interactions": interactions, "users": users, "items": items}, max_input_bytes)
     id_sources = [mapping.get(USER, USER), mapping.get(ITEM, ITEM)]
-    frame = standardize_interactions(
-        read_table(interactions, sep=sep, text_columns=id_sources), mapping, str(interactions), timestamp_unit
+    raw = read_table(
+        interactions, sep=sep, text_columns=id_sources, names=None if names is None else parse_names(names)
     )
+    frame = standardize_interactions(raw, mapping, str(interactions), timestamp_unit)
     tables: dict[str, pd.DataFrame | None] = {"users": None, "items": None}
     for table, path, id_column in (("users", users, USER), ("items", items, ITEM)):
         if path is not None:
@@ -146,8 +151,25 @@ def check_column_mapping(columns: Mapping[str, str] | None) -> dict[str, str]:
     return mapping
 
 
-def read_table(path: Path, sep: str | None = None, text_columns: Iterable[str] = ()) -> pd.DataFrame:
-    """Read a CSV/TSV/Parquet file; ``text_columns`` (ids) are read as text with only empty cells missing."""
+def parse_names(value: str | Iterable[str]) -> tuple[str, ...]:
+    """Column names of a headerless file from ``"a,b,c"`` or a list; empty or repeated names are a DataError."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    names = tuple(str(part).strip() for part in parts)
+    if not names or any(not name for name in names):
+        raise DataError(
+            f"names must be non-empty column names in file order, e.g. user_id,item_id,rating,timestamp; got {value!r}"
+        )
+    require_unique_columns(names, "names")
+    return names
+
+
+def read_table(
+    path: Path, sep: str | None = None, text_columns: Iterable[str] = (), names: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Read a CSV/TSV/Parquet file; ``text_columns`` (ids) are read as text with only empty cells missing.
+
+    ``names``: a text file without a header line, its columns' names in file order (one per field).
+    """
     path = Path(path)
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
@@ -157,6 +179,11 @@ def read_table(path: Path, sep: str | None = None, text_columns: Iterable[str] =
         raise DataError(f"file {path} does not exist (or is not a file)")
     try:
         if suffix in _PARQUET_SUFFIXES:
+            if names is not None:
+                raise DataError(
+                    f"{path} is Parquet, whose columns have names: names (--names) is for text files without a "
+                    "header line; map Parquet columns with columns (--columns) instead"
+                )
             return pd.read_parquet(path)
         separator = sep if sep is not None else _TEXT_SEPARATORS.get(suffix)
         if separator is None:
@@ -164,16 +191,32 @@ def read_table(path: Path, sep: str | None = None, text_columns: Iterable[str] =
                 f"cannot tell the format of {path} from its extension {suffix or '(none)'}: use .csv, .tsv, "
                 ".tab, .parquet or .pq, or give the separator (sep / --sep)"
             )
-        # utf-8-sig: a byte-order mark from spreadsheet exports would otherwise stick to the first column name.
-        header = pd.read_csv(path, sep=separator, nrows=0, encoding="utf-8-sig").columns
+        # A separator of several characters ("::" in MovieLens 1M) is a regular expression to pandas, which only
+        # its python engine reads (it would fall back to it with a warning).
+        engine = "python" if len(separator) > 1 else "c"
         # pandas renames a repeated name to "name.1": read the header line as data to see the names as given.
-        written = pd.read_csv(path, sep=separator, header=None, nrows=1, dtype=str, encoding="utf-8-sig")
-        require_unique_columns(written.iloc[0].tolist(), str(path))
+        # utf-8-sig: a byte-order mark from spreadsheet exports would otherwise stick to the first column name.
+        written = pd.read_csv(path, sep=separator, header=None, nrows=1, dtype=str, encoding="utf-8-sig", engine=engine)
+        if names is None:
+            header = pd.read_csv(path, sep=separator, nrows=0, encoding="utf-8-sig", engine=engine).columns
+            require_unique_columns(written.iloc[0].tolist(), str(path))
+        else:
+            header = pd.Index(list(names))
+            if written.shape[1] != len(header):
+                first = ", ".join(repr(v) for v in written.iloc[0].tolist())
+                raise DataError(
+                    f"{path}: its first line has {written.shape[1]} field(s) ({first}) but names gives "
+                    f"{len(header)} ({','.join(header)}); give one name per field, in file order, or check the "
+                    f"separator (sep={separator!r})"
+                )
         text = set(text_columns)
         return pd.read_csv(
             path,
             sep=separator,
+            engine=engine,
             encoding="utf-8-sig",
+            header=None if names is not None else "infer",
+            names=None if names is None else list(header),
             dtype={c: str for c in header if c in text},
             keep_default_na=False,
             na_values={c: [""] if c in text else _TEXT_NA_VALUES for c in header},
@@ -352,10 +395,34 @@ def _missing_column(df: pd.DataFrame, target: str, mapping: Mapping[str, str], o
             f"{origin} has no {what}: its header was read as the single column {found[0]!r}, so the file is "
             f"probably separated by {other[0]!r}, not by the separator used; set sep={other[0]!r} (--sep)"
         )
+    if found and all(_looks_like_a_value(name) for name in found):
+        # No header line: pandas took the first event for the column names.
+        suggestion = _NAMES_BY_FIELDS.get(len(found), "user_id,item_id,timestamp,… (one name per field)")
+        raise DataError(
+            f"{origin} has no {what}: its first line looks like data ({', '.join(map(repr, found))}), not a "
+            f"header. Name its columns in file order with --names {suggestion} (names=[...] in Python), or add "
+            "a header line to the file"
+        )
     raise DataError(
         f"{origin} has no {what}; columns found: {found}. Map yours with --columns {target}={guess} "
         f"(columns={{{target!r}: {guess!r}}} in Python)"
     )
+
+
+def _looks_like_a_value(name: str) -> bool:
+    """Whether a column name read from a file's first line is a number or an ISO date (an event, not a name)."""
+    text = name.strip()
+    try:
+        float(text)
+        return True
+    except ValueError:
+        pass
+    return bool(_ISO_DATE.match(text))
+
+
+#: What ``--names`` to suggest for a headerless file with this many fields (MovieLens-style layouts).
+_NAMES_BY_FIELDS = {3: "user_id,item_id,timestamp", 4: "user_id,item_id,rating,timestamp"}
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T].*)?$")
 
 
 def _id_text(value: object) -> str:

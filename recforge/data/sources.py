@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from recforge.data.contract import DataError, Dataset
-from recforge.data.files import TIMESTAMP_UNITS, check_column_mapping, load_files
+from recforge.data.files import TIMESTAMP_UNITS, check_column_mapping, load_files, parse_names
 from recforge.data.movielens import OFFICIAL_URL, load_movielens_100k
 from recforge.data.sql import load_sql, mask_url
 from recforge.data.synthetic import generate_synthetic
@@ -36,6 +36,8 @@ class SourceSpec:
         items: csv/parquet: optional item attributes file.
         columns: csv/parquet/sql: contract column name → source column name, e.g. {"user_id": "customer"}.
         sep: csv: field separator when the extension does not tell it.
+        names: csv: the interactions file has no header line; these are its columns' names in file order
+            (e.g. ``["user_id", "item_id", "rating", "timestamp"]`` for MovieLens' ``u.data``/``ratings.dat``).
         timestamp_unit: csv/parquet/sql: unit of numeric epoch timestamps ("s", "ms", ...).
         max_input_bytes: csv/parquet: refuse input files larger than this in all (bytes on disk), before
             reading them; None: no limit. A memory guard for machines that share their RAM.
@@ -61,6 +63,7 @@ class SourceSpec:
     items: Path | None = None
     columns: dict[str, str] = field(default_factory=dict)
     sep: str | None = None
+    names: tuple[str, ...] | None = None
     timestamp_unit: str = "s"
     max_input_bytes: int | None = None
     source_url: str | None = None
@@ -104,6 +107,8 @@ class SourceSpec:
             values["sep"] = _SEP_ALIASES.get(values["sep"], values["sep"])
         if "rating_range" in values:
             values["rating_range"] = _parse_rating_range(values["rating_range"])
+        if "names" in values:
+            values["names"] = parse_names(values["names"])
         if values.get("max_input_bytes", 1) <= 0:
             budget = values["max_input_bytes"]
             raise DataError(f"source setting max_input_bytes must be a positive byte count, got {budget}")
@@ -135,6 +140,8 @@ class SourceSpec:
             parts += [f"{n}={getattr(self, n)}" for n in ("interactions", "users", "items") if getattr(self, n)]
             if self.sep is not None:
                 parts.append(f"sep={self.sep!r}")
+            if self.names is not None:
+                parts.append("names=" + ",".join(self.names))
             if self.max_input_bytes is not None:
                 parts.append(f"max_input_bytes={self.max_input_bytes}")
         if self.columns:
@@ -225,6 +232,7 @@ def _load(spec: SourceSpec) -> Dataset:
             items=spec.items,
             columns=spec.columns,
             sep=spec.sep,
+            names=spec.names,
             timestamp_unit=spec.timestamp_unit,
             max_input_bytes=spec.max_input_bytes,
         )
