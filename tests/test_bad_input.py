@@ -247,6 +247,12 @@ CASES: tuple[Case, ...] = (
         ("missing_column.csv", "no column 'timestamp'", "columns found"),
     ),
     Case(
+        "csv_no_header",
+        _csv("no_header.csv"),
+        "load",
+        ("no_header.csv", "first line looks like data", "--names user_id,item_id,rating,timestamp"),
+    ),
+    Case(
         "csv_renamed_column",
         _csv("renamed_column.csv"),
         "load",
@@ -283,6 +289,12 @@ CASES: tuple[Case, ...] = (
         _csv("timestamp_negative.csv"),
         None,
         dropped={REASON_EPOCH_TIMESTAMP: 2},
+        users=GOOD_USERS,
+    ),
+    Case(
+        "csv_no_header_named",
+        _csv("no_header.csv", names="user_id,item_id,rating,timestamp"),
+        None,
         users=GOOD_USERS,
     ),
     Case(

@@ -129,6 +129,7 @@ def _csv_cases(good: list[Row]) -> dict[str, bytes | str]:
         "duplicate_columns.csv": _csv(two_ratings, header=(*HEADER[:3], "rating", "timestamp")),
         "truncated_last_line.csv": truncated,
         "wrong_delimiter.csv": _csv(good, sep=";"),
+        "no_header.csv": _lines(good),
         "non_utf8.csv": non_utf8,
         "bom.csv": b"\xef\xbb\xbf" + _csv(good).encode(),
         "empty.csv": b"",
