@@ -17,6 +17,8 @@ goes to the ``backfill`` table artifact, and the flow fails at the end if any da
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -29,9 +31,11 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from sqlalchemy import func, select
 
+from flows.runners import THREAD_VARIABLES, available_cores
 from recforge.config import ConfigError, RunConfig, build_config, resolve_db_url
 from recforge.data.sources import SourceSpec
 from recforge.store import Store, mask_source, metrics_table, recommendations_table, runs_table, to_naive_utc
+from recmodels.blas import blas_threads
 
 #: Most dates one backfill accepts: a typo in a year should not start ten thousand runs.
 MAX_DATES = 1000
@@ -186,6 +190,29 @@ def run_date(
     return outcome
 
 
+def _share_cores(
+    config: RunConfig, children: int, in_process: bool
+) -> tuple[RunConfig, contextlib.AbstractContextManager[None]]:
+    """The config for in-process child runs and a BLAS limit to hold around them, so that they share the cores.
+
+    Each ``recommend`` run alone keeps one model task in flight per core, with BLAS split between them; two
+    dates side by side in this process would otherwise run two tasks per core, each with that run's BLAS share.
+    So on the thread runner, unless the user chose ``max_workers``, every child gets ``cores // children`` model
+    slots (at least 1), and BLAS is limited to ``cores // (children × slots)`` threads from this flow's thread —
+    OpenBLAS takes limits only from the main thread, so a child's own limit (set in a worker thread) does
+    nothing. Children on workers (a deployment) or on other runners are left as configured, as is BLAS when
+    the user set a thread variable.
+    """
+    if not in_process or config.task_runner != "thread" or children < 1:
+        return config, contextlib.nullcontext()
+    cores = available_cores()
+    if config.max_workers is None:
+        config = config.model_copy(update={"max_workers": max(1, cores // children)})
+    if any(name in os.environ for name in THREAD_VARIABLES):
+        return config, contextlib.nullcontext()
+    return config, blas_threads(max(1, cores // (children * (config.max_workers or 1))))
+
+
 @flow(
     name="backfill",
     flow_run_name="backfill-{start}-to-{end}",
@@ -255,22 +282,24 @@ def backfill(
         progress=100.0 * len(outcomes) / len(dates), key="backfill-progress", description=f"backfill of {source}"
     )
 
+    child_config, shared_cores = _share_cores(config, min(concurrency, len(todo)), child_deployment is None)
     # A sliding window of `concurrency` child runs: the next date starts as soon as one finishes.
     queue = list(todo)
     running: dict[PrefectFuture[dict[str, Any]], datetime] = {}
-    while queue or running:
-        while queue and len(running) < concurrency:
-            as_of = queue.pop(0)
-            running[run_date.submit(as_of, config, db_url, child_deployment)] = as_of
-        finished = next(as_completed(list(running)))
-        as_of = running.pop(finished)
-        finished.wait()  # sets the final state; `.state` alone may still read "Running" from the API
-        state = finished.state
-        if state.is_completed():
-            outcomes[as_of] = finished.result()
-        else:  # the task itself broke (not the child run): record it and go on with the other dates
-            outcomes[as_of] = {"status": "failed", "rows": None, "champion": None, "error": state.message}
-        update_progress_artifact(progress, 100.0 * len(outcomes) / len(dates))
+    with shared_cores:
+        while queue or running:
+            while queue and len(running) < concurrency:
+                as_of = queue.pop(0)
+                running[run_date.submit(as_of, child_config, db_url, child_deployment)] = as_of
+            finished = next(as_completed(list(running)))
+            as_of = running.pop(finished)
+            finished.wait()  # sets the final state; `.state` alone may still read "Running" from the API
+            state = finished.state
+            if state.is_completed():
+                outcomes[as_of] = finished.result()
+            else:  # the task itself broke (not the child run): record it and go on with the other dates
+                outcomes[as_of] = {"status": "failed", "rows": None, "champion": None, "error": state.message}
+            update_progress_artifact(progress, 100.0 * len(outcomes) / len(dates))
 
     records = [{**dict.fromkeys(OUTCOME_COLUMNS), **outcomes[d], "date": d.date().isoformat()} for d in dates]
     records = [{c: r[c] for c in OUTCOME_COLUMNS} for r in records]

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from threadpoolctl import threadpool_info
 
 from flows.backfill import OUTCOME_COLUMNS, BackfillFailed, as_of_dates, published_runs
 from recforge.config import DB_URL_ENV, ConfigError, RunConfig
@@ -180,3 +181,40 @@ def test_cli_backfill_reports_each_date(
     # Dates meant to run as runs of a deployment that does not exist: refused before any child starts.
     assert main([*argv, "--start", "2024-03-09", "--deployment", "recommend/missing"]) == 2
     assert "deployment 'recommend/missing' does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("cores", "children", "slots", "blas"), [(2, 2, 1, 1), (8, 2, 4, 1), (8, 3, 2, 1), (2, 1, 2, 1)]
+)
+def test_in_process_dates_share_the_cores(
+    monkeypatch: pytest.MonkeyPatch, cores: int, children: int, slots: int, blas: int
+) -> None:
+    # Two dates side by side in one process must not each keep one model task per core in flight, each with
+    # its own BLAS share: they split the cores, and BLAS is limited from the backfill's (main) thread.
+    from flows import backfill as backfill_module
+
+    monkeypatch.setattr(backfill_module, "available_cores", lambda: cores)
+    for name in backfill_module.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    config, shared = backfill_module._share_cores(RunConfig(), children, in_process=True)
+    assert config.max_workers == slots
+    with shared:
+        assert _blas_thread_counts() == {blas}
+
+
+def test_dates_on_workers_or_with_chosen_slots_keep_their_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows import backfill as backfill_module
+
+    monkeypatch.setattr(backfill_module, "available_cores", lambda: 8)
+    chosen = RunConfig(max_workers=3)
+    assert backfill_module._share_cores(chosen, 2, in_process=True)[0].max_workers == 3
+    assert backfill_module._share_cores(RunConfig(), 2, in_process=False)[0].max_workers is None  # a deployment
+    assert backfill_module._share_cores(RunConfig(task_runner="process"), 2, in_process=True)[0].max_workers is None
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")  # the user's own BLAS setting wins
+    before = _blas_thread_counts()
+    with backfill_module._share_cores(RunConfig(), 2, in_process=True)[1]:
+        assert _blas_thread_counts() == before
+
+
+def _blas_thread_counts() -> set[int]:
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
