@@ -79,10 +79,11 @@ def main() -> None:
     parser.add_argument("--grid", required=True, help='JSON object: {"param": [values, ...], ...}')
     parser.add_argument("--metric", default="ndcg")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--seed", type=int, default=42, help="model seed (RunSettings.seed; default 42)")
     args = parser.parse_args()
     interactions = load_movielens_100k(args.data_dir).interactions
-    table = grid_search(args.model, json.loads(args.grid), interactions, metric=args.metric)
-    print(f"validation-slice {args.metric} for {args.model} (test part never used):")
+    table = grid_search(args.model, json.loads(args.grid), interactions, metric=args.metric, seed=args.seed)
+    print(f"validation-slice {args.metric} for {args.model}, seed {args.seed} (test part never used):")
     print(table.to_string(index=False))
 
 
