@@ -128,6 +128,17 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="csv: the interactions file has no header line; its column names in file order, "
         "e.g. user_id,item_id,rating,timestamp",
     )
+    parser.add_argument(
+        "--user-names",
+        help="csv: the users file has no header line; its column names in file order, the id named user_id, "
+        "e.g. user_id,gender,age,occupation,zip_code",
+    )
+    parser.add_argument(
+        "--item-names",
+        help="csv: the items file has no header line; its column names in file order, the id named item_id, "
+        "e.g. item_id,title,genres",
+    )
+    parser.add_argument("--encoding", help="csv: text encoding of the files, e.g. latin-1 (default utf-8)")
     parser.add_argument("--timestamp-unit", choices=("s", "ms", "us", "ns"), help="unit of numeric timestamps")
     parser.add_argument(
         "--rating-range", help="valid rating scale 'min,max', e.g. 1,5 (ratings outside fail validation)"
@@ -278,6 +289,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "columns": args.columns,
         "sep": args.sep,
         "names": args.names,
+        "user_names": args.user_names,
+        "item_names": args.item_names,
+        "encoding": args.encoding,
         "timestamp_unit": args.timestamp_unit,
         "rating_range": args.rating_range,
         "source_url": args.source_url,

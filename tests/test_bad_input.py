@@ -352,7 +352,12 @@ CASES: tuple[Case, ...] = (
         "load",
         ("wrong_delimiter.csv", "no column 'user_id'", "separated by ';'", "sep=';'"),
     ),
-    Case("csv_non_utf8", _csv("non_utf8.csv"), "load", ("non_utf8.csv", "not UTF-8", "re-save it as UTF-8")),
+    Case(
+        "csv_non_utf8",
+        _csv("non_utf8.csv"),
+        "load",
+        ("non_utf8.csv", "line 14 (b'1,caf\\xe9", "is not UTF-8 text", "--encoding", "re-save it as UTF-8"),
+    ),
     Case("csv_bom", _csv("bom.csv"), None, users=GOOD_USERS, check=_bom),
     Case("csv_empty", _csv("empty.csv"), "load", ("empty.csv", "the file is empty")),
     Case(

@@ -41,6 +41,19 @@ def test_flags_build_the_source_and_options() -> None:
     assert config.top_n == 7 and config.task_runner == "dask"
 
 
+def test_headerless_side_files_and_encoding_flags_reach_the_source() -> None:
+    config = _config(
+        [
+            "--interactions", "ratings.dat", "--sep", "::", "--names", "user_id,item_id,rating,timestamp",
+            "--users", "users.dat", "--user-names", "user_id,gender", "--items", "movies.dat",
+            "--item-names", "item_id,title,genres", "--encoding", "latin-1",
+        ]
+    )  # fmt: skip
+    source = config.source
+    assert source["user_names"] == "user_id,gender" and source["item_names"] == "item_id,title,genres"
+    assert source["encoding"] == "latin-1" and source["kind"] == "csv"
+
+
 def test_families_select_every_model_of_a_family() -> None:
     assert _config(["--families", "baseline"]).model_list() == ["popularity", "ease"]
     both = _config(["--families", "collaborative_filtering", "--models", "popularity"]).model_list()

@@ -481,6 +481,74 @@ def test_headerless_file_is_recognised_and_read_with_names(tmp_path: Path) -> No
         load_files(parquet, names=names.split(","))
 
 
+def test_headerless_side_files_and_a_latin1_file_read_with_names_and_encoding(tmp_path: Path) -> None:
+    # MovieLens 1M's layout: every file "::"-separated without a header line, movies.dat in Latin-1.
+    names = "user_id,item_id,rating,timestamp"
+    ratings = _write(tmp_path / "ratings.dat", "1::10::5::978300760\n2::20::3::978302109\n2::10::4::978301968\n")
+    users = _write(tmp_path / "users.dat", "1::F::1::10::48067\n2::M::56::16::70072\n")
+    movies_text = "10::GoldenEye (1995)::Action\n20::Café Lumière (2003)::Drama\n"
+    movies = _write(tmp_path / "movies.dat", movies_text, "latin-1")
+    user_names, item_names = "user_id,gender,age,occupation,zip_code", "item_id,title,genres"
+    files = {"sep": "::", "names": names.split(",")}
+
+    with pytest.raises(DataError) as err:
+        load_files(ratings, users=users, **files)
+    message = str(err.value)
+    # User 1 is aged 1: the repeated value is not taken for a repeated column name.
+    assert str(users) in message and "first line looks like data ('1', 'F', '1', '10', '48067')" in message
+    assert f"--user-names {user_names}" in message and "user_names=[...]" in message
+    with pytest.raises(DataError) as err:  # an unknown layout: the id column's name and one name per field
+        load_files(ratings, items=_write(tmp_path / "items.dat", "10::a::b::c\n"), **files)
+    assert "--item-names item_id,… (one name per field" in str(err.value)
+    with pytest.raises(DataError) as err:
+        load_files(ratings, items=movies, item_names=item_names.split(","), **files)
+    message = str(err.value)  # the line, its bytes and the way out
+    assert str(movies) in message and "line 2 (b'20::Caf\\xe9 Lumi\\xe8re (2003)::Drama') is not UTF-8" in message
+    assert "--encoding" in message and "latin-1" in message and "re-save it as UTF-8" in message
+
+    data = load_files(
+        ratings, users=users, items=movies, user_names=user_names.split(","), item_names=item_names.split(","),
+        encoding="latin-1", **files,
+    )  # fmt: skip
+    assert data.users is not None and data.items is not None
+    assert data.users[USER].tolist() == ["1", "2"] and data.users["gender"].tolist() == ["F", "M"]
+    assert data.items[ITEM].tolist() == ["10", "20"] and data.items["title"].tolist()[1] == "Café Lumière (2003)"
+    assert data.items[GENRES].tolist() == ["Action", "Drama"]
+    assert len(data.interactions) == 3  # the events file is plain ASCII, so Latin-1 reads it alike
+
+    spec = SourceSpec.from_mapping(
+        {"kind": "csv", "interactions": str(ratings), "users": str(users), "items": str(movies), "sep": "::",
+         "names": names, "user_names": user_names, "item_names": item_names, "encoding": "latin-1"}
+    )  # fmt: skip
+    assert spec.user_names == tuple(user_names.split(",")) and spec.encoding == "latin-1"
+    assert "user_names=user_id,gender" in spec.describe() and "encoding=latin-1" in spec.describe()
+    loaded = load_dataset(spec)
+    assert loaded.items is not None
+    pd.testing.assert_frame_equal(loaded.items, data.items)
+    with pytest.raises(DataError, match="unknown text encoding 'latin-9000'"):
+        SourceSpec.from_mapping({"encoding": "latin-9000"})
+    with pytest.raises(DataError, match="item_names must be non-empty column names"):
+        SourceSpec.from_mapping({"item_names": "item_id,,genres"})
+    with pytest.raises(DataError, match="repeated column name"):
+        SourceSpec.from_mapping({"user_names": "user_id,age,age"})
+
+
+def test_undecodable_line_is_found_in_compressed_files_and_other_codecs(tmp_path: Path) -> None:
+    import gzip
+
+    body = "user_id,item_id,timestamp\nu1,i1,1\nu2,i2,2\nu3,\u00e9t\u00e9,3\n"
+    packed = tmp_path / "events.csv.gz"
+    packed.write_bytes(gzip.compress(body.encode("latin-1")))
+    with pytest.raises(DataError, match=r"line 4 \(b'u3,\\xe9t\\xe9,3'\) is not UTF-8 text"):
+        load_files(packed)
+    assert load_files(packed, encoding="latin-1").interactions[ITEM].tolist() == ["i1", "i2", "été"]
+    # cp1252 leaves 0x81 undefined: the message names the codec asked for.
+    odd = tmp_path / "odd.csv"
+    odd.write_bytes(b"user_id,item_id,timestamp\nu1,i\x81,1\n")
+    with pytest.raises(DataError, match=r"line 2 .* is not cp1252 text"):
+        load_files(odd, encoding="cp1252")
+
+
 def test_implicit_epoch_ms_and_parquet_attribute_tables(tmp_path: Path) -> None:
     events = _write(tmp_path / "events.tsv", f"user_id\titem_id\ttimestamp\n{BIG_ID}\t5\t1700000000123\nu2\t6\t0\n")
     pd.DataFrame({"item_id": [5, 6], GENRES: ["A|B", None], "price": [9.5, 3.0]}).to_parquet(tmp_path / "items.pq")

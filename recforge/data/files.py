@@ -6,7 +6,11 @@ column names to the contract's, reading ids as exact text, ratings as float64 an
 
 from __future__ import annotations
 
+import bz2
+import codecs
 import difflib
+import gzip
+import lzma
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,6 +58,9 @@ def load_files(
     name: str | None = None,
     max_input_bytes: int | None = None,
     names: Sequence[str] | None = None,
+    user_names: Sequence[str] | None = None,
+    item_names: Sequence[str] | None = None,
+    encoding: str = "utf-8",
 ) -> Dataset:
     """Load a dataset from delimited text or Parquet files.
 
@@ -71,7 +78,11 @@ def load_files(
         max_input_bytes: memory guard: refuse, before reading anything, input files whose sizes on disk add
             up to more than this many bytes (None: no limit). A compressed file counts at its compressed size.
         names: the interactions text file has no header line: its columns' names in file order (contract
-            names or names that ``columns`` maps). The users and items files keep their header lines.
+            names or names that ``columns`` maps).
+        user_names, item_names: the same for a users or items text file without a header line (its id column
+            named ``user_id`` / ``item_id`` or as ``columns`` maps it; the attributes named as you like).
+        encoding: text encoding of the text files (a Python codec name: "utf-8", "latin-1", "cp1252", …); a
+            UTF-8 byte-order mark is skipped.
 
     Raises:
         DataError: unreadable file, unknown format, repeated column names, missing column (the message lists
@@ -83,13 +94,24 @@ def load_files(
     check_input_size({"interactions": interactions, "users": users, "items": items}, max_input_bytes)
     id_sources = [mapping.get(USER, USER), mapping.get(ITEM, ITEM)]
     raw = read_table(
-        interactions, sep=sep, text_columns=id_sources, names=None if names is None else parse_names(names)
+        interactions,
+        sep=sep,
+        text_columns=id_sources,
+        names=None if names is None else parse_names(names),
+        encoding=encoding,
     )
     frame = standardize_interactions(raw, mapping, str(interactions), timestamp_unit)
     tables: dict[str, pd.DataFrame | None] = {"users": None, "items": None}
-    for table, path, id_column in (("users", users, USER), ("items", items, ITEM)):
+    for table, path, id_column, given in (("users", users, USER, user_names), ("items", items, ITEM, item_names)):
         if path is not None:
-            raw = read_table(Path(path), sep=sep, text_columns=[mapping.get(id_column, id_column)])
+            raw = read_table(
+                Path(path),
+                sep=sep,
+                text_columns=[mapping.get(id_column, id_column)],
+                names=None if given is None else parse_names(given, f"{table[:-1]}_names"),
+                encoding=encoding,
+                names_setting=f"{table[:-1]}_names",
+            )
             tables[table] = standardize_entities(raw, id_column, mapping, str(path))
     paths = {"interactions": interactions, "users": users, "items": items}
     return Dataset(
@@ -151,26 +173,49 @@ def check_column_mapping(columns: Mapping[str, str] | None) -> dict[str, str]:
     return mapping
 
 
-def parse_names(value: str | Iterable[str]) -> tuple[str, ...]:
-    """Column names of a headerless file from ``"a,b,c"`` or a list; empty or repeated names are a DataError."""
+def parse_names(value: str | Iterable[str], setting: str = "names") -> tuple[str, ...]:
+    """Column names of a headerless file from ``"a,b,c"`` or a list; empty or repeated names are a DataError.
+
+    ``setting`` is the option's name in messages ("names", "user_names", "item_names").
+    """
     parts = value.split(",") if isinstance(value, str) else list(value)
     names = tuple(str(part).strip() for part in parts)
     if not names or any(not name for name in names):
-        raise DataError(
-            f"names must be non-empty column names in file order, e.g. user_id,item_id,rating,timestamp; got {value!r}"
-        )
-    require_unique_columns(names, "names")
+        example = _NAMES_EXAMPLE.get(setting, _NAMES_EXAMPLE["names"])
+        raise DataError(f"{setting} must be non-empty column names in file order, e.g. {example}; got {value!r}")
+    require_unique_columns(names, setting)
     return names
 
 
+def check_encoding(encoding: str) -> str:
+    """``encoding`` if Python knows the codec, else a DataError listing common ones."""
+    try:
+        codecs.lookup(encoding)
+    except (LookupError, TypeError):
+        raise DataError(
+            f"unknown text encoding {encoding!r} (--encoding): give a Python codec name such as utf-8, latin-1 "
+            "or cp1252"
+        ) from None
+    return encoding
+
+
 def read_table(
-    path: Path, sep: str | None = None, text_columns: Iterable[str] = (), names: Sequence[str] | None = None
+    path: Path,
+    sep: str | None = None,
+    text_columns: Iterable[str] = (),
+    names: Sequence[str] | None = None,
+    encoding: str = "utf-8",
+    names_setting: str = "names",
 ) -> pd.DataFrame:
     """Read a CSV/TSV/Parquet file; ``text_columns`` (ids) are read as text with only empty cells missing.
 
     ``names``: a text file without a header line, its columns' names in file order (one per field).
+    ``encoding``: the text file's encoding (a UTF-8 byte-order mark is skipped either way).
+    ``names_setting``: the setting that gives ``names`` for this file, suggested when it seems to lack a header.
     """
     path = Path(path)
+    # utf-8-sig: a byte-order mark from spreadsheet exports would otherwise stick to the first column name.
+    codec = "utf-8-sig" if codecs.lookup(check_encoding(encoding)).name == "utf-8" else encoding
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
         suffixes = suffixes[:-1]
@@ -195,11 +240,14 @@ def read_table(
         # its python engine reads (it would fall back to it with a warning).
         engine = "python" if len(separator) > 1 else "c"
         # pandas renames a repeated name to "name.1": read the header line as data to see the names as given.
-        # utf-8-sig: a byte-order mark from spreadsheet exports would otherwise stick to the first column name.
-        written = pd.read_csv(path, sep=separator, header=None, nrows=1, dtype=str, encoding="utf-8-sig", engine=engine)
+        written = pd.read_csv(path, sep=separator, header=None, nrows=1, dtype=str, encoding=codec, engine=engine)
         if names is None:
-            header = pd.read_csv(path, sep=separator, nrows=0, encoding="utf-8-sig", engine=engine).columns
-            require_unique_columns(written.iloc[0].tolist(), str(path))
+            header = pd.read_csv(path, sep=separator, nrows=0, encoding=codec, engine=engine).columns
+            first = [str(value) for value in written.iloc[0].tolist()]
+            if len(set(first)) < len(first) and any(_looks_like_a_value(value) for value in first):
+                # "1::F::1::10::48067" (a user aged 1): repeated values in a data line, not repeated names.
+                _headerless(str(path), "header line", first, names_setting)
+            require_unique_columns(first, str(path))
         else:
             header = pd.Index(list(names))
             if written.shape[1] != len(header):
@@ -214,7 +262,7 @@ def read_table(
             path,
             sep=separator,
             engine=engine,
-            encoding="utf-8-sig",
+            encoding=codec,
             header=None if names is not None else "infer",
             names=None if names is None else list(header),
             dtype={c: str for c in header if c in text},
@@ -224,12 +272,48 @@ def read_table(
     except DataError:
         raise
     except UnicodeDecodeError as exc:
-        raise DataError(f"cannot read {path}: it is not UTF-8 text ({exc}); re-save it as UTF-8") from exc
+        raise DataError(_undecodable_message(path, encoding, exc)) from exc
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"cannot read {path}: the file is empty") from exc
     except (OSError, ValueError, ImportError, pd.errors.ParserError) as exc:
         kind = "Parquet" if suffix in _PARQUET_SUFFIXES else f"delimited text (sep={sep!r})"
         raise DataError(f"cannot read {path} as {kind}: {exc}") from exc
+
+
+def _undecodable_message(path: Path, encoding: str, exc: UnicodeDecodeError) -> str:
+    """Name the first line of ``path`` that ``encoding`` cannot decode, and the way out."""
+    label = "UTF-8" if codecs.lookup(encoding).name == "utf-8" else encoding
+    found = _first_undecodable_line(path, encoding)
+    if found is None:
+        what = f"it is not {label} text ({exc})"
+    else:
+        what = f"line {found[0]} ({found[1][:60]!r}) is not {label} text"
+    return (
+        f"cannot read {path}: {what}. Give the file's encoding with --encoding (encoding= in Python), e.g. latin-1 "
+        "(MovieLens 1M's movies.dat) or cp1252 (Windows exports), or re-save it as UTF-8"
+    )
+
+
+def _first_undecodable_line(path: Path, encoding: str) -> tuple[int, bytes] | None:
+    """(1-based line number, raw bytes) of the first line ``encoding`` cannot decode, or None if not found.
+
+    Only for encodings where a newline byte is always a line break (UTF-8 and the single-byte codecs) and for
+    plain, gzip, bzip2 and xz files; anything else returns None and the message goes without a line.
+    """
+    if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):
+        return None
+    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    opener = openers.get(path.suffix.lower(), open if path.suffix.lower() not in _COMPRESSION_SUFFIXES else None)
+    if opener is None:
+        return None
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with opener(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError:
+                return number, line.rstrip(b"\r\n")
+    return None
 
 
 def require_unique_columns(names: Iterable[object], origin: str) -> None:
@@ -269,7 +353,7 @@ def standardize_entities(df: pd.DataFrame, id_column: str, columns: Mapping[str,
     """A users (``id_column="user_id"``) or items table: rename the id column and read ids as text."""
     mapping = check_column_mapping(columns)
     require_unique_columns(df.columns, origin)
-    out = _rename(df, [id_column], mapping, origin)
+    out = _rename(df, [id_column], mapping, origin, names_setting=f"{id_column.removesuffix('_id')}_names")
     out[id_column] = ids_to_text(out[id_column])
     if GENRES in out.columns:
         out[GENRES] = out[GENRES].astype("str")
@@ -363,13 +447,19 @@ def _ratings(values: pd.Series, origin: str) -> pd.Series:
     return numbers.astype("float64")
 
 
-def _rename(df: pd.DataFrame, names: list[str], mapping: Mapping[str, str], origin: str) -> pd.DataFrame:
-    """Copy of ``df`` with the source columns of ``names`` renamed to the contract names."""
+def _rename(
+    df: pd.DataFrame, names: list[str], mapping: Mapping[str, str], origin: str, names_setting: str = "names"
+) -> pd.DataFrame:
+    """Copy of ``df`` with the source columns of ``names`` renamed to the contract names.
+
+    ``names_setting``: the setting that names a headerless file's columns, suggested when one seems to lack a
+    header line.
+    """
     renames: dict[str, str] = {}
     for target in names:
         source = mapping.get(target, target)
         if source not in df.columns:
-            _missing_column(df, target, mapping, origin)
+            _missing_column(df, target, mapping, origin, names_setting)
         if source != target:
             if target in df.columns:
                 raise DataError(
@@ -380,7 +470,9 @@ def _rename(df: pd.DataFrame, names: list[str], mapping: Mapping[str, str], orig
     return df.rename(columns=renames)
 
 
-def _missing_column(df: pd.DataFrame, target: str, mapping: Mapping[str, str], origin: str) -> None:
+def _missing_column(
+    df: pd.DataFrame, target: str, mapping: Mapping[str, str], origin: str, names_setting: str = "names"
+) -> None:
     source = mapping.get(target, target)
     found = [str(c) for c in df.columns]
     # Never suggest a column that already plays another contract role (item_id is not "close" to user_id).
@@ -395,17 +487,25 @@ def _missing_column(df: pd.DataFrame, target: str, mapping: Mapping[str, str], o
             f"{origin} has no {what}: its header was read as the single column {found[0]!r}, so the file is "
             f"probably separated by {other[0]!r}, not by the separator used; set sep={other[0]!r} (--sep)"
         )
-    if found and all(_looks_like_a_value(name) for name in found):
-        # No header line: pandas took the first event for the column names.
-        suggestion = _NAMES_BY_FIELDS.get(len(found), "user_id,item_id,timestamp,… (one name per field)")
-        raise DataError(
-            f"{origin} has no {what}: its first line looks like data ({', '.join(map(repr, found))}), not a "
-            f"header. Name its columns in file order with --names {suggestion} (names=[...] in Python), or add "
-            "a header line to the file"
-        )
+    if found and any(_looks_like_a_value(name) for name in found):
+        # No header line: pandas took the first row (an event, a user, an item) for the column names. A real
+        # header rarely has a number or a date among its names.
+        _headerless(origin, what, found, names_setting)
     raise DataError(
         f"{origin} has no {what}; columns found: {found}. Map yours with --columns {target}={guess} "
         f"(columns={{{target!r}: {guess!r}}} in Python)"
+    )
+
+
+def _headerless(origin: str, what: str, first_line: list[str], names_setting: str) -> None:
+    """Raise the DataError for a text file whose first line is data: which setting names its columns, and how."""
+    suggestion = _suggested_names(names_setting, len(first_line))
+    flag = "--" + names_setting.replace("_", "-")
+    yours = "" if names_setting == "names" else "; the attributes' names are yours to choose"
+    raise DataError(
+        f"{origin} has no {what}: its first line looks like data ({', '.join(map(repr, first_line))}), not a "
+        f"header. Name its columns in file order with {flag} {suggestion} ({names_setting}=[...] in "
+        f"Python{yours}), or add a header line to the file"
     )
 
 
@@ -422,6 +522,29 @@ def _looks_like_a_value(name: str) -> bool:
 
 #: What ``--names`` to suggest for a headerless file with this many fields (MovieLens-style layouts).
 _NAMES_BY_FIELDS = {3: "user_id,item_id,timestamp", 4: "user_id,item_id,rating,timestamp"}
+#: Layouts known for headerless side files: MovieLens 1M's users.dat and movies.dat.
+_SIDE_NAMES_BY_FIELDS = {
+    ("user_names", 5): "user_id,gender,age,occupation,zip_code",
+    ("item_names", 3): "item_id,title,genres",
+}
+_NAMES_EXAMPLE = {
+    "names": "user_id,item_id,rating,timestamp",
+    "user_names": "user_id,gender,age",
+    "item_names": "item_id,title,genres",
+}
+
+
+def _suggested_names(setting: str, fields: int) -> str:
+    """Names to suggest for a headerless file with ``fields`` columns, given by ``setting``."""
+    if setting == "names":
+        return _NAMES_BY_FIELDS.get(fields, "user_id,item_id,timestamp,… (one name per field)")
+    known = _SIDE_NAMES_BY_FIELDS.get((setting, fields))
+    if known is not None:
+        return known
+    id_column = setting.replace("_names", "_id")
+    return f"{id_column},… (one name per field, the id's column named {id_column})"
+
+
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T].*)?$")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from recforge.data.contract import DataError, Dataset
-from recforge.data.files import TIMESTAMP_UNITS, check_column_mapping, load_files, parse_names
+from recforge.data.files import TIMESTAMP_UNITS, check_column_mapping, check_encoding, load_files, parse_names
 from recforge.data.movielens import OFFICIAL_URL, load_movielens_100k
 from recforge.data.sql import load_sql, mask_url
 from recforge.data.synthetic import generate_synthetic
@@ -38,6 +38,11 @@ class SourceSpec:
         sep: csv: field separator when the extension does not tell it.
         names: csv: the interactions file has no header line; these are its columns' names in file order
             (e.g. ``["user_id", "item_id", "rating", "timestamp"]`` for MovieLens' ``u.data``/``ratings.dat``).
+        user_names: csv: the users file has no header line; its columns' names in file order, the id column
+            named ``user_id`` (or as ``columns`` maps it), e.g. ``user_id,gender,age,occupation,zip_code``.
+        item_names: csv: the same for the items file, e.g. ``item_id,title,genres`` (MovieLens 1M's
+            ``movies.dat``).
+        encoding: csv: text encoding of the files (a Python codec name, e.g. "latin-1"); default UTF-8.
         timestamp_unit: csv/parquet/sql: unit of numeric epoch timestamps ("s", "ms", ...).
         max_input_bytes: csv/parquet: refuse input files larger than this in all (bytes on disk), before
             reading them; None: no limit. A memory guard for machines that share their RAM.
@@ -64,6 +69,9 @@ class SourceSpec:
     columns: dict[str, str] = field(default_factory=dict)
     sep: str | None = None
     names: tuple[str, ...] | None = None
+    user_names: tuple[str, ...] | None = None
+    item_names: tuple[str, ...] | None = None
+    encoding: str = "utf-8"
     timestamp_unit: str = "s"
     max_input_bytes: int | None = None
     source_url: str | None = None
@@ -107,8 +115,11 @@ class SourceSpec:
             values["sep"] = _SEP_ALIASES.get(values["sep"], values["sep"])
         if "rating_range" in values:
             values["rating_range"] = _parse_rating_range(values["rating_range"])
-        if "names" in values:
-            values["names"] = parse_names(values["names"])
+        for setting in ("names", "user_names", "item_names"):
+            if setting in values:
+                values[setting] = parse_names(values[setting], setting)
+        if "encoding" in values:
+            values["encoding"] = check_encoding(values["encoding"])
         if values.get("max_input_bytes", 1) <= 0:
             budget = values["max_input_bytes"]
             raise DataError(f"source setting max_input_bytes must be a positive byte count, got {budget}")
@@ -140,8 +151,11 @@ class SourceSpec:
             parts += [f"{n}={getattr(self, n)}" for n in ("interactions", "users", "items") if getattr(self, n)]
             if self.sep is not None:
                 parts.append(f"sep={self.sep!r}")
-            if self.names is not None:
-                parts.append("names=" + ",".join(self.names))
+            for setting in ("names", "user_names", "item_names"):
+                if getattr(self, setting) is not None:
+                    parts.append(f"{setting}=" + ",".join(getattr(self, setting)))
+            if self.encoding != "utf-8":
+                parts.append(f"encoding={self.encoding}")
             if self.max_input_bytes is not None:
                 parts.append(f"max_input_bytes={self.max_input_bytes}")
         if self.columns:
@@ -233,6 +247,9 @@ def _load(spec: SourceSpec) -> Dataset:
             columns=spec.columns,
             sep=spec.sep,
             names=spec.names,
+            user_names=spec.user_names,
+            item_names=spec.item_names,
+            encoding=spec.encoding,
             timestamp_unit=spec.timestamp_unit,
             max_input_bytes=spec.max_input_bytes,
         )
