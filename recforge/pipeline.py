@@ -138,7 +138,8 @@ def prepare(
         raise DataError(_nothing_left_after_cleaning(dataset, cleaning))
     before = events_before(cleaned, as_of)
     if before.empty:
-        raise ValueError(
+        # A DataError like the other "this data cannot make a run" cases: the CLI reports it as a data problem.
+        raise DataError(
             f"no interactions of {dataset.name!r} happened before as_of={as_of.isoformat()}: "
             "choose a later --as-of (the data's first event is "
             f"{cleaned['timestamp'].min() if len(cleaned) else 'absent'})"

@@ -62,7 +62,7 @@ def test_prepare_cuts_at_as_of_and_splits_without_leakage(prepared: PreparedData
 def test_prepare_refuses_an_as_of_before_all_data() -> None:
     dataset = generate_synthetic(n_users=50, n_items=40, n_events=600)
     report = validate_dataset(dataset)
-    with pytest.raises(ValueError, match="before as_of"):
+    with pytest.raises(DataError, match=r"before as_of=2000-01-01.*choose a later --as-of"):
         prepare(dataset, report, datetime(2000, 1, 1, tzinfo=UTC))
 
 
