@@ -487,7 +487,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     import pandas as pd
 
     table = pd.DataFrame(records, columns=list(OUTCOME_COLUMNS))
-    table["error"] = table["error"].map(lambda e: "" if e is None else str(e)[:80])
+    # Missing champion or error (None, read back as NaN): blank, not "NaN" / "nan".
+    table = table.astype(object).where(table.notna(), "")
+    table["error"] = table["error"].map(lambda e: str(e)[:80])
     print()
     print(f"recforge backfill {args.start} to {args.end} every {args.step} day(s):")
     print(table.to_string(index=False))

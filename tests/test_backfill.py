@@ -171,11 +171,13 @@ def test_cli_backfill_reports_each_date(
         ["2024-03-08", "skipped"],
         ["2024-03-09", "skipped"],
     ]
+    assert not [word for line in table for word in line.split() if word.lower() == "nan"]  # blanks, not NaN
     # A failing date makes the command fail, after the other dates ran.
     assert main([*argv, "--start", "2023-12-31", "--step", "69"]) == 1
     out = capsys.readouterr().out
-    rows = [line.split()[:2] for line in out[out.rindex("recforge backfill") :].splitlines()[2:]]
-    assert rows == [["2023-12-31", "failed"], ["2024-03-09", "skipped"]]
+    lines = out[out.rindex("recforge backfill") :].splitlines()[2:]
+    assert [line.split()[:2] for line in lines] == [["2023-12-31", "failed"], ["2024-03-09", "skipped"]]
+    assert lines[0].split()[2:4] == ["0", "DataError:"]  # no champion: a blank, not NaN
     assert main([*argv, "--start", "2024-03-10"]) == 2  # end before start: a usage error, nothing runs
     assert "before start" in capsys.readouterr().err
     # Dates meant to run as runs of a deployment that does not exist: refused before any child starts.
