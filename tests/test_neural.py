@@ -29,9 +29,10 @@ from recmodels.neural import (
     SequenceData,
     training,
 )
+from recmodels.neural import neumf as neumf_module
 from recmodels.neural.caser import CaserNet
 from recmodels.neural.gru4rec import GRU4RecNet
-from recmodels.neural.neumf import recency_weights, sample_unseen
+from recmodels.neural.neumf import NeuMFNet, recency_weights, sample_unseen
 from recmodels.neural.sequences import segment_batches
 from recmodels.neural.training import FullCatalogueCrossEntropy, Validation, ndcg_at_k, next_item_loss
 
@@ -370,6 +371,30 @@ def test_neumf_learns_planted_blocks() -> None:
     model = NeuMF(dataclasses.replace(TINY_NEUMF, validation_fraction=0.0)).fit(data, RunSettings(seed=0))
     top, _ = model.recommend(np.arange(24), k=1)
     assert float(np.mean(top[:, 0] == np.array(missing))) >= 0.9
+
+
+@pytest.mark.parametrize("layers", [(64, 32, 16), (16, 8), (32, 16, 8, 4)])
+def test_neumf_score_all_is_forward_over_the_catalogue(
+    monkeypatch: pytest.MonkeyPatch, layers: tuple[int, ...]
+) -> None:
+    # score_all computes the item side once and tiles the users; it must give what forward gives pair by pair.
+    torch.manual_seed(0)
+    net = NeuMFNet(37, 53, NeuMFConfig(factors=8, mlp_layers=layers, dropout=0.3))
+    for table in (net.gmf_user, net.gmf_item, net.mlp_user, net.mlp_item):
+        torch.nn.init.normal_(table.weight, std=0.7)  # well away from 0, so ReLUs cut in both directions
+    users = torch.tensor([5, 0, 36, 5, 12])
+    every_item = torch.arange(53)[None, :].expand(len(users), -1)
+    monkeypatch.setattr(neumf_module, "_TILE_VALUES", 2 * 53 * layers[1])  # two users per tile
+    with torch.no_grad():
+        net.eval()
+        expected = net.forward(users, every_item)
+        torch.testing.assert_close(net.score_all(users), expected, rtol=1e-5, atol=1e-6)
+        net.train()  # dropout on: the general path, masks and all
+        for layer in net.modules():
+            if hasattr(layer, "generator"):
+                layer.generator = torch.Generator().manual_seed(1)
+        trained = net.score_all(users)
+        assert trained.shape == expected.shape and not torch.allclose(trained, expected)
 
 
 # ---- the shared machinery, through each model --------------------------------------------------------------

@@ -116,9 +116,34 @@ class NeuMFNet(nn.Module):
         return self.fuse(torch.cat([gmf, mlp], dim=2))[..., 0]
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        """Logits of ``users`` (B,) against the whole catalogue, ``(B, n_items)``."""
-        items = torch.arange(self.gmf_item.num_embeddings, device=users.device)
-        return self.forward(users, items[None, :].expand(len(users), -1))
+        """Logits of ``users`` (B,) against the whole catalogue, ``(B, n_items)`` (what ``forward`` gives, in eval
+        mode, for every item).
+
+        Every user meets the same items, so the item side is computed once, not gathered per pair: the GMF
+        tower and its fusion weights collapse to one ``(B, f) @ (f, n_items)`` product, the item half of the
+        first MLP layer to one ``(n_items, h)`` product, and no ``(B, n_items, ·)`` concatenation is built. Only
+        the rest of the MLP runs per pair, a tile of users at a time small enough to stay in cache.
+        """
+        if self.training:  # dropout masks per pair: only the general path draws them
+            items = torch.arange(self.gmf_item.num_embeddings, device=users.device)
+            return self.forward(users, items[None, :].expand(len(users), -1))
+        w_user, w_item = self._first_halves()
+        factors = self.gmf_user.embedding_dim
+        fuse_gmf, fuse_mlp = self.fuse.weight[0, :factors], self.fuse.weight[0, factors:]
+        hidden_user = self.mlp_user(users) @ w_user.T + self.first.bias  # (B, h)
+        hidden_item = self.mlp_item.weight @ w_item.T  # (n_items, h)
+        out = torch.addmm(self.fuse.bias, self.gmf_user(users) * fuse_gmf, self.gmf_item.weight.T)  # GMF part
+        tile = max(1, _TILE_VALUES // max(1, hidden_item.numel()))
+        for start in range(0, len(users), tile):
+            hidden = hidden_user[start : start + tile, None, :] + hidden_item  # (t, n_items, h)
+            mlp = self.rest(hidden.relu_())
+            out[start : start + tile] += mlp @ fuse_mlp
+        return out
+
+
+# Pair values (users × items × hidden units) per tile of ``score_all``: ~1 MiB of float32, so the per-pair passes
+# of the MLP stay in cache instead of streaming a (64, n_items, h) block through memory each.
+_TILE_VALUES = 1 << 18
 
 
 class NeuMF(NeuralRecommender):
