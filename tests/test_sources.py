@@ -533,6 +533,19 @@ def test_headerless_side_files_and_a_latin1_file_read_with_names_and_encoding(tm
         SourceSpec.from_mapping({"user_names": "user_id,age,age"})
 
 
+def test_movielens_placeholder_for_no_genres_is_a_missing_value(tmp_path: Path) -> None:
+    events = _write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,10,4.5,1700000000\n")
+    movies = _write(
+        tmp_path / "movies.csv",
+        'movieId,title,genres\n10,"Heat, The (1995)",Action|Crime\n20,Lost (2020),(no genres listed)\n30,X (2021),\n',
+    )
+    data = load_files(events, items=movies, columns={"user_id": "userId", "item_id": "movieId"})
+    assert data.items is not None
+    genres = data.items.set_index(ITEM)[GENRES]
+    assert genres["10"] == "Action|Crime" and data.items["title"].tolist()[0] == "Heat, The (1995)"
+    assert genres[["20", "30"]].isna().all()
+
+
 def test_undecodable_line_is_found_in_compressed_files_and_other_codecs(tmp_path: Path) -> None:
     import gzip
 

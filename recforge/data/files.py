@@ -36,6 +36,7 @@ _TEXT_NA_VALUES = [
 # Epoch values that land after this year were almost surely given in a finer unit than declared.
 _LATEST_PLAUSIBLE_YEAR = 2200
 _SHOW = 5  # offending values quoted in an error message
+_NO_GENRES = "(no genres listed)"
 # Separators recognised in a header that was read as one column (the file uses another separator).
 _LIKELY_SEPARATORS = (";", "\t", "|", ",")
 
@@ -356,7 +357,10 @@ def standardize_entities(df: pd.DataFrame, id_column: str, columns: Mapping[str,
     out = _rename(df, [id_column], mapping, origin, names_setting=f"{id_column.removesuffix('_id')}_names")
     out[id_column] = ids_to_text(out[id_column])
     if GENRES in out.columns:
-        out[GENRES] = out[GENRES].astype("str")
+        genres = out[GENRES].astype("str")
+        # MovieLens' newer releases (ml-latest, 20M, 25M, 32M) write "(no genres listed)" for an item without
+        # genres: a missing value, not a label that would become a "share_no_genres_listed" feature.
+        out[GENRES] = genres.mask(genres.str.strip().str.lower() == _NO_GENRES)
     return out[[id_column] + [c for c in out.columns if c != id_column]].reset_index(drop=True)
 
 
