@@ -497,6 +497,8 @@ def test_headerless_side_files_and_a_latin1_file_read_with_names_and_encoding(tm
     # User 1 is aged 1: the repeated value is not taken for a repeated column name.
     assert str(users) in message and "first line looks like data ('1', 'F', '1', '10', '48067')" in message
     assert f"--user-names {user_names}" in message and "user_names=[...]" in message
+    with pytest.raises(DataError, match=r"users.dat: its first line has 5 field\(s\).*but user_names gives 2"):
+        load_files(ratings, users=users, user_names=["user_id", "gender"], **files)
     with pytest.raises(DataError) as err:  # an unknown layout: the id column's name and one name per field
         load_files(ratings, items=_write(tmp_path / "items.dat", "10::a::b::c\n"), **files)
     assert "--item-names item_id,… (one name per field" in str(err.value)

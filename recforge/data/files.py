@@ -254,7 +254,7 @@ def read_table(
             if written.shape[1] != len(header):
                 first = ", ".join(repr(v) for v in written.iloc[0].tolist())
                 raise DataError(
-                    f"{path}: its first line has {written.shape[1]} field(s) ({first}) but names gives "
+                    f"{path}: its first line has {written.shape[1]} field(s) ({first}) but {names_setting} gives "
                     f"{len(header)} ({','.join(header)}); give one name per field, in file order, or check the "
                     f"separator (sep={separator!r})"
                 )
