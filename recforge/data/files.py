@@ -105,13 +105,14 @@ def load_files(
     tables: dict[str, pd.DataFrame | None] = {"users": None, "items": None}
     for table, path, id_column, given in (("users", users, USER, user_names), ("items", items, ITEM, item_names)):
         if path is not None:
+            setting = _NAMES_SETTING[id_column]
             raw = read_table(
                 Path(path),
                 sep=sep,
                 text_columns=[mapping.get(id_column, id_column)],
-                names=None if given is None else parse_names(given, f"{table[:-1]}_names"),
+                names=None if given is None else parse_names(given, setting),
                 encoding=encoding,
-                names_setting=f"{table[:-1]}_names",
+                names_setting=setting,
             )
             tables[table] = standardize_entities(raw, id_column, mapping, str(path))
     paths = {"interactions": interactions, "users": users, "items": items}
@@ -354,7 +355,7 @@ def standardize_entities(df: pd.DataFrame, id_column: str, columns: Mapping[str,
     """A users (``id_column="user_id"``) or items table: rename the id column and read ids as text."""
     mapping = check_column_mapping(columns)
     require_unique_columns(df.columns, origin)
-    out = _rename(df, [id_column], mapping, origin, names_setting=f"{id_column.removesuffix('_id')}_names")
+    out = _rename(df, [id_column], mapping, origin, names_setting=_NAMES_SETTING[id_column])
     out[id_column] = ids_to_text(out[id_column])
     if GENRES in out.columns:
         genres = out[GENRES].astype("str")
@@ -526,6 +527,8 @@ def _looks_like_a_value(name: str) -> bool:
 
 #: What ``--names`` to suggest for a headerless file with this many fields (MovieLens-style layouts).
 _NAMES_BY_FIELDS = {3: "user_id,item_id,timestamp", 4: "user_id,item_id,rating,timestamp"}
+#: The setting that names a headerless users / items file's columns, by the file's id column.
+_NAMES_SETTING = {USER: "user_names", ITEM: "item_names"}
 #: Layouts known for headerless side files: MovieLens 1M's users.dat and movies.dat.
 _SIDE_NAMES_BY_FIELDS = {
     ("user_names", 5): "user_id,gender,age,occupation,zip_code",
