@@ -309,6 +309,28 @@ def test_ml100k_biased_mf_rmse(ml_interactions: pd.DataFrame) -> None:
     assert result["rmse"] <= 0.918, result  # surprise SVD defaults 0.934, LensKit BiasedMF 0.920
 
 
+def test_nmf_factors_never_hold_subnormal_numbers(ml_interactions: pd.DataFrame) -> None:
+    # Multiplicative updates drive many ML-100K factors towards 0 (thousands reach float32's subnormal range
+    # without the flush), where every product with them runs many times slower; they must be 0 instead.
+    frame = ml_interactions
+    users, items = pd.factorize(frame["user_id"])[0], pd.factorize(frame["item_id"])[0]
+    data = Interactions(
+        int(users.max()) + 1,
+        int(items.max()) + 1,
+        users.astype(np.int32),
+        items.astype(np.int32),
+        frame["rating"].to_numpy(np.float32),
+    )
+    model = NMF(NMFConfig(epochs=60, ranking_epochs=60)).fit(data, RunSettings(seed=42))
+    smallest_normal = np.finfo(np.float32).tiny
+    for fitted in (model.model_, model.ranker_):
+        assert fitted is not None
+        for factors in (fitted.user_factors, fitted.item_factors):
+            assert factors.min() >= 0.0
+            assert not np.any((factors > 0) & (factors < smallest_normal))
+        assert np.count_nonzero(fitted.item_factors == 0) > 0  # the case the flush is for did occur
+
+
 def test_ml100k_nmf_rmse(ml_interactions: pd.DataFrame) -> None:
     result = evaluate_ratings(lambda: NMF(NMFConfig(rank_by="rating")), ml_interactions, seed=42)
     assert result["rmse"] <= 0.955, result  # surprise NMF defaults 0.963

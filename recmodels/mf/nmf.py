@@ -32,6 +32,7 @@ from recmodels.mf.cells import cell_dots
 
 _RANK_BY = ("missing_aware", "rating")
 _TINY = np.float32(1e-12)  # keeps a denominator positive when a row's factors have all reached zero
+_SMALLEST_NORMAL = np.finfo(np.float32).tiny
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,11 @@ def _multiplicative_step(
         denominator += w * (own @ (fixed.T @ fixed))
     positive = sp.csr_matrix((np.maximum(target, 0), pred.indices, pred.indptr), shape=shape)
     own *= (positive @ fixed) / np.maximum(denominator, _TINY)
+    # Factors decaying towards 0 pass through float32's subnormal range (below 1.2e-38) before they underflow to
+    # 0, and the CPU computes with subnormals many times slower, while they add nothing a float32 sum can hold:
+    # they become 0 now. ML-100K's default fit held ~5,500 of them at the end and took 4.02 s instead of 3.25 s
+    # (medians of 4, alternating in one process, one BLAS thread), with the same RMSE and NDCG@10 to 6 digits.
+    np.putmask(own, own < _SMALLEST_NORMAL, 0.0)
 
 
 def _ridge_biases(
