@@ -6,6 +6,7 @@ Also covers the shared torch helpers (recmodels.torch_utils) that every torch mo
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from recforge.split import TemporalSplit, temporal_holdout
 from recmodels.base import RunSettings
 from recmodels.data import Interactions
 from recmodels.mf.als import ALS, ALSConfig, als_loss, confidence_matrix, conjugate_gradient_update
-from recmodels.torch_utils import resolve_device, seeded_generator, set_threads
+from recmodels.torch_utils import dense_product, resolve_device, seeded_generator, set_threads
 
 
 @pytest.fixture(autouse=True)
@@ -251,3 +252,25 @@ def test_ml100k_cg_path_with_real_confidence_weighting(ml_split: TemporalSplit) 
     config = ALSConfig(alpha=2.0, regularization=20.0)
     result = evaluate_topn(lambda: ALS(config), ml_split, k=10, settings=RunSettings(seed=42))
     assert result["ndcg"] >= 0.18, result
+
+
+def test_dense_product_is_numpys_product_for_the_layouts_models_pass() -> None:
+    # The factor models score through torch (dense_product); the result must be numpy's @ for the layouts they
+    # hand it: a gathered batch times a transposed factor matrix, float32 or float64, mixed, read-only, empty.
+    rng = np.random.default_rng(3)
+    users32 = rng.standard_normal((5, 4)).astype(np.float32)
+    items32 = rng.standard_normal((7, 4)).astype(np.float32)
+    out = dense_product(users32, items32.T)
+    assert out.dtype == np.float32 and out.shape == (5, 7) and out.flags.writeable
+    np.testing.assert_allclose(out, users32 @ items32.T, rtol=1e-5, atol=1e-6)
+    items64 = items32.astype(np.float64)
+    mixed = dense_product(users32, items64.T)
+    assert mixed.dtype == np.float64
+    np.testing.assert_allclose(mixed, users32.astype(np.float64) @ items64.T, rtol=1e-12)
+    frozen = items32.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it wraps a read-only array
+        np.testing.assert_allclose(dense_product(users32, frozen.T), users32 @ items32.T, rtol=1e-5, atol=1e-6)
+    assert dense_product(users32[:0], items32.T).shape == (0, 7)
+    assert np.array_equal(dense_product(np.zeros((3, 0)), np.zeros((0, 7))), np.zeros((3, 7)))

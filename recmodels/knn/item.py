@@ -45,6 +45,7 @@ from recmodels.knn.similarity import (
     rating_similarity,
     weigh_rows,
 )
+from recmodels.torch_utils import dense_product
 
 MODES: tuple[str, ...] = ("implicit", "rating")
 CENTERINGS: tuple[str, ...] = ("baseline", "mean")
@@ -270,7 +271,7 @@ class NeighbourhoodRecommender(Recommender):
         history = self.history_[users]
         scores = np.asarray((history @ light).toarray(), dtype=np.float32)
         if len(hubs):
-            scores += history[:, hubs].toarray().astype(np.float32) @ hub_rows
+            scores += dense_product(history[:, hubs].toarray().astype(np.float32), hub_rows)
         return scores
 
     def _neighbour_major(self) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:

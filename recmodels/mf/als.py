@@ -30,7 +30,7 @@ import torch
 
 from recmodels.base import ModelConfig, Recommender, RunSettings
 from recmodels.data import Interactions
-from recmodels.torch_utils import resolve_device, set_threads
+from recmodels.torch_utils import dense_product, resolve_device, set_threads
 
 __all__ = ["ALS", "ALSConfig", "RowPlan", "als_loss", "confidence_matrix", "conjugate_gradient_update"]
 
@@ -135,7 +135,7 @@ class ALS(Recommender):
         self.item_factors_ = y.cpu().numpy()
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
-        return self.user_factors_[users] @ self.item_factors_.T
+        return dense_product(self.user_factors_[users], self.item_factors_.T)
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.user_factors_, "item_factors": self.item_factors_}

@@ -39,6 +39,7 @@ import scipy.sparse as sp
 from recmodels.base import ModelConfig, Recommender, RunSettings
 from recmodels.data import Interactions
 from recmodels.mf.ridge import ridge_rows, solve_cg, solve_exact, solve_shared_gram
+from recmodels.torch_utils import dense_product
 
 _RANK_BY = ("missing_aware", "rating")
 _SOLVERS = ("cg", "exact")
@@ -111,7 +112,7 @@ class FactorModel:
 
     def rows(self, users: np.ndarray) -> np.ndarray:
         """Dense ``(len(users), n_items)`` values."""
-        out = self.user_factors[users] @ self.item_factors.T
+        out = dense_product(self.user_factors[users], self.item_factors.T)
         out += self.item_bias[np.newaxis, :]
         out += (self.offset + self.user_bias[users])[:, np.newaxis]
         return out

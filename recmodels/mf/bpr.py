@@ -19,7 +19,7 @@ import torch
 
 from recmodels.base import ModelConfig, Recommender, RunSettings
 from recmodels.data import Interactions
-from recmodels.torch_utils import resolve_device, seeded_generator, set_threads
+from recmodels.torch_utils import dense_product, resolve_device, seeded_generator, set_threads
 
 __all__ = [
     "BPR",
@@ -163,7 +163,9 @@ class BPR(Recommender):
         self.item_bias_ = bias.cpu().numpy().ravel()
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
-        return self.user_factors_[users] @ self.item_factors_.T + self.item_bias_
+        scores = dense_product(self.user_factors_[users], self.item_factors_.T)
+        scores += self.item_bias_
+        return scores
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.user_factors_, "item_factors": self.item_factors_, "item_bias": self.item_bias_}

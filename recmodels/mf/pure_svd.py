@@ -23,6 +23,7 @@ from scipy.sparse.linalg import svds
 
 from recmodels.base import ModelConfig, Recommender, RunSettings, csr_from_state, csr_state
 from recmodels.data import Interactions
+from recmodels.torch_utils import dense_product
 
 _WEIGHTINGS = ("binary", "rating")
 
@@ -78,7 +79,9 @@ class PureSVD(Recommender):
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
         history = (self.history_ if self.history_ is not None else self.seen_)[users]
-        return np.asarray((history @ self.item_factors_) @ self.item_factors_.T, dtype=np.float32)
+        return dense_product(np.asarray(history @ self.item_factors_), self.item_factors_.T).astype(
+            np.float32, copy=False
+        )
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"item_factors": self.item_factors_} | csr_state("h", self.history_)
