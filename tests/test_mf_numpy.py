@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 from recforge.data.movielens import load_movielens_100k
-from recforge.evaluation import evaluate_ratings, evaluate_topn
+from recforge.evaluation import IdIndex, evaluate_ratings, evaluate_topn
 from recforge.split import temporal_holdout
 from recmodels.base import RunSettings
 from recmodels.data import Interactions
@@ -312,15 +312,7 @@ def test_ml100k_biased_mf_rmse(ml_interactions: pd.DataFrame) -> None:
 def test_nmf_factors_never_hold_subnormal_numbers(ml_interactions: pd.DataFrame) -> None:
     # Multiplicative updates drive many ML-100K factors towards 0 (thousands reach float32's subnormal range
     # without the flush), where every product with them runs many times slower; they must be 0 instead.
-    frame = ml_interactions
-    users, items = pd.factorize(frame["user_id"])[0], pd.factorize(frame["item_id"])[0]
-    data = Interactions(
-        int(users.max()) + 1,
-        int(items.max()) + 1,
-        users.astype(np.int32),
-        items.astype(np.int32),
-        frame["rating"].to_numpy(np.float32),
-    )
+    data = IdIndex.from_frame(ml_interactions).interactions(ml_interactions, ratings=True)
     model = NMF(NMFConfig(epochs=60, ranking_epochs=60)).fit(data, RunSettings(seed=42))
     smallest_normal = np.finfo(np.float32).tiny
     for fitted in (model.model_, model.ranker_):
