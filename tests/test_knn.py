@@ -296,12 +296,41 @@ def test_sparse_top_k_equals_the_definition_including_ties_blocks_and_thresholds
                 want = _reference_cosine_topk(dense, neighbors, shrinkage, min_similarity, alpha, exponent)
                 assert [list(np.flatnonzero(r)) for r in got] == [list(np.flatnonzero(r)) for r in want], trial
                 np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
-                given_transpose = top(transposed=sp.csr_matrix(dense.T)).toarray()
-                np.testing.assert_array_equal(given_transpose, got)
                 checked += 1
     assert checked == 12 * 4 * 2
     with pytest.raises(ValueError, match="min_similarity must be ≥ 0"):
         knn_similarity.cosine_topk(sp.csr_matrix(np.ones((3, 2), dtype=np.float32)), 1, min_similarity=-0.1)
+
+
+@pytest.mark.parametrize("levels", [0, 3, 12])
+def test_top_candidates_keep_every_entry_that_can_reach_its_row_top(levels: int) -> None:
+    # Rows of 0–600 entries, values continuous (levels 0) or from a few levels (many ties at every cut-off): each
+    # row keeps exactly its own entries, in their order, and among them every one at or above the row's need-th
+    # largest value; wide rows are really cut.
+    rng = np.random.default_rng(levels)
+    for need in (1, 2, 5, 13):
+        counts = rng.integers(0, 600, size=80)
+        counts[:3] = (0, need, 4 * need)  # empty, exactly need, exactly the smallest wide row
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        nnz = int(indptr[-1])
+        values = rng.random(nnz).astype(np.float32)
+        if levels:
+            values = np.floor(values * levels).astype(np.float32) / levels
+        entry_ids = np.arange(nnz)  # as "column indices": which entries survived
+        got_indptr, got_ids, got_values = knn_similarity._top_candidates(indptr, entry_ids, values, need)
+        np.testing.assert_array_equal(got_values, values[got_ids])
+        for row in range(len(counts)):
+            start, stop = indptr[row], indptr[row + 1]
+            kept = got_ids[got_indptr[row] : got_indptr[row + 1]]
+            assert np.all((kept >= start) & (kept < stop)) and np.all(np.diff(kept) > 0)
+            row_values = values[start:stop]
+            if len(row_values) >= need:
+                cut = np.sort(row_values)[-need]
+                must = start + np.flatnonzero(row_values >= cut)
+            else:
+                must = np.arange(start, stop)
+            assert set(must) <= set(kept), (need, row)
+        assert len(got_ids) < nnz / 2
 
 
 def test_cosine_topk_sums_repeated_entries_and_returns_canonical_csr() -> None:
@@ -315,15 +344,12 @@ def test_cosine_topk_sums_repeated_entries_and_returns_canonical_csr() -> None:
     summed = repeated.copy()
     summed.sum_duplicates()
     before = (repeated.indices.copy(), repeated.data.copy())
-    for transposed in (None, sp.csr_matrix(repeated.T)):
-        got = knn_similarity.cosine_topk(repeated, neighbors=4, transposed=transposed)
-        want = knn_similarity.cosine_topk(summed, neighbors=4)
-        np.testing.assert_allclose(got.toarray(), want.toarray(), rtol=1e-6)
-        assert got.has_canonical_format and got.indices.dtype == np.int32 and got.dtype == np.float32
+    got = knn_similarity.cosine_topk(repeated, neighbors=4)
+    want = knn_similarity.cosine_topk(summed, neighbors=4)
+    np.testing.assert_allclose(got.toarray(), want.toarray(), rtol=1e-6)
+    assert got.has_canonical_format and got.indices.dtype == np.int32 and got.dtype == np.float32
     np.testing.assert_array_equal(repeated.indices, before[0])  # the caller's matrix is left as it was
     np.testing.assert_array_equal(repeated.data, before[1])
-    with pytest.raises(ValueError, match="transposed has shape"):
-        knn_similarity.cosine_topk(summed, neighbors=4, transposed=summed)
 
 
 def test_dense_hub_scoring_equals_the_sparse_product() -> None:

@@ -213,8 +213,6 @@ class NeighbourhoodRecommender(Recommender):
             normalize=cfg.weighting != "bm25",
             alpha=cfg.alpha,
             exponent=cfg.exponent,
-            # Item–item entities are the history's columns: unweighted, the history itself is their transpose.
-            transposed=history if cfg.weighting == "none" and not self.user_based else None,
         )
 
     def _fit_rating_model(self, settings: RunSettings | None = None) -> RatingNeighbourhood:
