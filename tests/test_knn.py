@@ -367,6 +367,24 @@ def test_dense_hub_scoring_equals_the_sparse_product() -> None:
     np.testing.assert_allclose(model.score(users), plain, rtol=1e-5, atol=1e-6)
 
 
+def test_add_sparse_adds_stored_entries_in_place_whatever_the_layout() -> None:
+    rng = np.random.default_rng(9)
+    # 40 entries over 6 × 9 in random order within their rows: repeated (row, col) pairs must add up.
+    rows, cols = np.sort(rng.integers(0, 6, size=40)), rng.integers(0, 9, size=40).astype(np.int32)
+    values = rng.random(40).astype(np.float32)
+    indptr = np.searchsorted(rows, np.arange(7)).astype(np.int32)
+    matrix = sp.csr_matrix((values, cols, indptr), shape=(6, 9))
+    assert not matrix.has_canonical_format
+    want = rng.random((6, 9)).astype(np.float32)
+    want_sum = want.copy()
+    np.add.at(want_sum, (rows, cols), values)
+    for dense in (want.copy(), np.asfortranarray(want), want.astype(np.float64)):  # kernel, then fallbacks
+        knn_similarity.add_sparse(dense, matrix)
+        np.testing.assert_allclose(dense, want_sum, rtol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        knn_similarity.add_sparse(np.zeros((9, 6), dtype=np.float32), matrix)
+
+
 # ---- implicit mode --------------------------------------------------------------------------------------------
 def test_user_knn_implicit_scores_by_hand() -> None:
     config = UserKNNConfig(neighbors=2, shrinkage=0.0, alpha=0.5, exponent=1.0)

@@ -39,6 +39,7 @@ from recmodels.knn.similarity import (
     BLOCK_VALUES,
     RATING_SIMILARITIES,
     WEIGHTINGS,
+    add_sparse,
     als_baselines,
     cosine_topk,
     neighbourhood_offsets,
@@ -267,9 +268,12 @@ class NeighbourhoodRecommender(Recommender):
             return np.asarray((self.similarity_[users] @ self.history_).toarray(), dtype=np.float32)
         light, hubs, hub_rows = self._neighbour_major()
         history = self.history_[users]
-        scores = np.asarray((history @ light).toarray(), dtype=np.float32)
-        if len(hubs):
-            scores += dense_product(history[:, hubs].toarray().astype(np.float32), hub_rows)
+        product = sp.csr_matrix(history @ light, dtype=np.float32)
+        if not len(hubs):
+            return product.toarray()
+        # The hub product's new array takes the sparse part's entries in place (no second dense array).
+        scores = dense_product(history[:, hubs].toarray().astype(np.float32), hub_rows)
+        add_sparse(scores, product)
         return scores
 
     def _neighbour_major(self) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:

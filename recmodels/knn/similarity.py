@@ -29,10 +29,11 @@ import scipy.sparse as sp
 
 from recmodels.base import RunSettings
 
-try:  # scipy's C++ sparse × sparse kernel (private; see _block_product)
+try:  # scipy's C++ sparse × sparse kernel and densifier (private; see _block_product, add_sparse)
     from scipy.sparse._sparsetools import csr_matmat as _csr_matmat
-except ImportError:  # pragma: no cover - another scipy layout: the public product is used
-    _csr_matmat = None
+    from scipy.sparse._sparsetools import csr_todense as _csr_todense
+except ImportError:  # pragma: no cover - another scipy layout: the public functions are used
+    _csr_matmat = _csr_todense = None
 
 Weighting = Literal["none", "bm25", "tfidf"]
 RatingSimilarity = Literal["pearson", "cosine", "pearson_baseline"]
@@ -113,6 +114,24 @@ def _block_product(left: sp.csr_matrix, right: sp.csr_matrix) -> np.ndarray:
     indptr, indices, data = _block_product_parts(left, right)
     nnz = int(indptr[-1])
     return sp.csr_matrix((data[:nnz], indices[:nnz], indptr), shape=(left.shape[0], right.shape[1])).toarray()
+
+
+def add_sparse(dense: np.ndarray, matrix: sp.csr_matrix) -> None:
+    """``dense += matrix`` in place, touching only ``matrix``'s stored entries (repeated ones add up).
+
+    scipy's densifier adds into the array it is given (``toarray(out=…)`` zeroes it first, so it is called
+    directly), which saves a zero-filled temporary as large as ``dense`` and a pass adding it.
+    """
+    if matrix.shape != dense.shape:
+        raise ValueError(f"matrix has shape {matrix.shape}, dense has {dense.shape}")
+    if _csr_todense is not None and dense.flags.c_contiguous and dense.dtype == matrix.dtype:
+        try:
+            _csr_todense(*matrix.shape, matrix.indptr, matrix.indices, matrix.data, dense)
+        except (TypeError, ValueError):
+            pass
+        else:
+            return
+    dense += matrix.toarray()
 
 
 def _block_workers(settings: RunSettings | None) -> int:
