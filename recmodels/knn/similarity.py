@@ -262,9 +262,10 @@ def _top_candidates(
 
     A row of at least ``_WIDE_ROW_FACTOR × need`` entries is split into ``_WIDE_ROW_FACTOR × need`` chunks; the
     ``need``-th largest chunk maximum is a bound that at least ``need`` entries reach, so it is at most the row's
-    ``need``-th largest value, and only entries at or above it stay (typically 1–3 × ``need``). That costs one
-    maximum per chunk and one comparison per entry, where a top-k over the whole row (most of the item–item rows
-    at 200k × 50k hold thousands of entries) cost ~3× more. Shorter rows are kept whole.
+    ``need``-th largest value, and only entries at or above it stay (at 200k × 50k items, K = 50: 6 % of the
+    entries, ~7 × ``need`` per row). That costs one maximum per chunk and one comparison per entry instead of
+    copying whole rows (thousands of entries each there) for torch's top-k: the top-K of 40 blocks took 0.76 s
+    instead of 1.23 s on one thread. Shorter rows are kept whole.
     """
     counts = np.diff(indptr).astype(np.int64)
     chunks = _WIDE_ROW_FACTOR * need
