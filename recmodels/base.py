@@ -68,7 +68,9 @@ class Recommender(ABC):
     #: True for models that need ratings to train (they cannot run on implicit-only data).
     requires_ratings: ClassVar[bool] = False
     #: Rough CPU seconds of one evaluation plus one refit on MovieLens 100K (one core, default config). Only the
-    #: order matters: the flow starts the costliest models first so that they do not finish last, alone.
+    #: order matters: the flow starts the costliest models first so that they do not finish last, alone. The
+    #: models' values: `recforge.pipeline.evaluate` then `fit_and_recommend` per model in one process, one BLAS
+    #: thread, 2026-12-06 (the six costliest: means of two runs; docs/BENCHMARKS.md, the flow row).
     training_cost: ClassVar[float] = 1.0
 
     def __init__(self, config: ModelConfig | None = None) -> None:

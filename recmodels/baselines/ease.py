@@ -68,7 +68,7 @@ class EASE(Recommender):
     """Closed-form item–item linear model (EASE^R), optionally scoring with a recency-weighted history."""
 
     name = "ease"
-    training_cost = 1.2
+    training_cost = 1.0
     family = "baseline"
     config_class = EASEConfig
     config: EASEConfig

@@ -26,7 +26,7 @@ class Popularity(Recommender):
 
     name = "popularity"
     family = "baseline"
-    training_cost = 0.8
+    training_cost = 0.5
     config_class = PopularityConfig
     config: PopularityConfig
 

@@ -389,7 +389,7 @@ class ItemKNN(NeighbourhoodRecommender):
     """Item-based collaborative filtering: implicit cosine neighbourhoods, or classic kNN rating prediction."""
 
     name = "item_knn"
-    training_cost = 1.9
+    training_cost = 1.8
     config_class = ItemKNNConfig
     config: ItemKNNConfig
     user_based = False

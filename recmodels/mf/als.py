@@ -98,7 +98,7 @@ class ALS(Recommender):
     """Implicit ALS: ``score(u, i) = x_u · y_i`` with factors from weighted alternating least squares."""
 
     name = "als"
-    training_cost = 0.9
+    training_cost = 0.6
     family = "matrix_factorization"
     config_class = ALSConfig
     config: ALSConfig

@@ -141,7 +141,7 @@ class BiasedMF(Recommender):
     """Biased MF rating predictor (ALS); ranks with a missing-aware fit of the same form by default."""
 
     name = "biased_mf"
-    training_cost = 2.6
+    training_cost = 2.9
     family = "matrix_factorization"
     config_class = BiasedMFConfig
     config: BiasedMFConfig

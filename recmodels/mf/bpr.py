@@ -88,7 +88,7 @@ class BPR(Recommender):
     """BPR-MF: ``score(u, i) = p_u · q_i + b_i``, trained on sampled (user, positive, negative) triples."""
 
     name = "bpr"
-    training_cost = 7.2
+    training_cost = 13.4
     family = "matrix_factorization"
     config_class = BPRConfig
     config: BPRConfig

@@ -85,7 +85,7 @@ class NMF(Recommender):
     """Masked non-negative factorisation of ratings; ranks with a missing-aware weighted NMF by default."""
 
     name = "nmf"
-    training_cost = 8.2
+    training_cost = 10.7
     family = "matrix_factorization"
     config_class = NMFConfig
     config: NMFConfig

@@ -57,7 +57,7 @@ class PureSVD(Recommender):
     """Truncated-SVD ranking model: scores are the user's history projected on the top-``k`` item factors."""
 
     name = "pure_svd"
-    training_cost = 0.9
+    training_cost = 0.5
     family = "matrix_factorization"
     config_class = PureSVDConfig
     config: PureSVDConfig

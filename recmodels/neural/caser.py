@@ -150,7 +150,7 @@ class Caser(NeuralRecommender):
     """Next-items model from convolutions over a user's newest ``L`` items plus a user embedding."""
 
     name = "caser"
-    training_cost = 32.7
+    training_cost = 35.6
     family = "neural"
     config_class = CaserConfig
     config: CaserConfig

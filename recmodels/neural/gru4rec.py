@@ -128,7 +128,7 @@ class GRU4Rec(NeuralRecommender):
     """Session/sequence-based recommendations from a GRU over each user's time-ordered history."""
 
     name = "gru4rec"
-    training_cost = 35.9
+    training_cost = 33.0
     family = "neural"
     config_class = GRU4RecConfig
     config: GRU4RecConfig

@@ -150,7 +150,7 @@ class NeuMF(NeuralRecommender):
     """Neural collaborative filtering (GMF + MLP) on implicit feedback with sampled negatives."""
 
     name = "neumf"
-    training_cost = 14.2
+    training_cost = 17.3
     family = "neural"
     config_class = NeuMFConfig
     config: NeuMFConfig
