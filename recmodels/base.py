@@ -69,8 +69,8 @@ class Recommender(ABC):
     requires_ratings: ClassVar[bool] = False
     #: Rough CPU seconds of one evaluation plus one refit on MovieLens 100K (one core, default config). Only the
     #: order matters: the flow starts the costliest models first so that they do not finish last, alone. The
-    #: models' values: `recforge.pipeline.evaluate` then `fit_and_recommend` per model in one process, one BLAS
-    #: thread, 2026-12-06 (the six costliest: means of two runs; docs/BENCHMARKS.md, the flow row).
+    #: models' values: `python -m bench.model_costs` (each model's evaluation then refit, one BLAS thread),
+    #: 2026-12-06 (the six costliest: means of two runs; docs/BENCHMARKS.md, the flow row).
     training_cost: ClassVar[float] = 1.0
 
     def __init__(self, config: ModelConfig | None = None) -> None:
