@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from bench import DEFAULT_DATA_DIR
 from recforge.data.contract import ITEM, TIMESTAMP, USER, Dataset
 from recforge.data.movielens import load_movielens_100k
 from recforge.ids import IdIndex, sorted_ids
@@ -49,7 +50,6 @@ from recmodels.coldstart import (
 )
 from recmodels.knn.item import ItemKNN
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 K = 10
 HOLDOUT = 0.2
 USER_VARIANTS: dict[str, SegmentPopularityConfig | None] = {

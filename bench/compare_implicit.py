@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import os
 
+from bench import DEFAULT_DATA_DIR
+
 # OpenMP threads that spin while waiting wreck torch (and implicit) on a CPU shared with other work: an ALS fit
 # on ML-100K took 28 s instead of 1 s with 2 spinning threads on this busy 2-core machine. libgomp reads this
 # once, when torch loads, so it must be set before the imports below (an explicit setting is kept).
@@ -54,7 +56,6 @@ from recmodels.data import Interactions
 from recmodels.mf.als import ALS, ALSConfig
 from recmodels.mf.bpr import BPR, BPRConfig
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 K = 10
 
 

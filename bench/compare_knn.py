@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from bench import DEFAULT_DATA_DIR
 from recforge.data.contract import ITEM, RATING, USER
 from recforge.data.movielens import load_movielens_100k
 from recforge.evaluation import relevance_matrix
@@ -43,7 +44,6 @@ from recmodels.base import Recommender
 from recmodels.knn.item import ItemKNN, ItemKNNConfig, KNNConfig
 from recmodels.knn.user import UserKNN, UserKNNConfig
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 K = 10
 
 

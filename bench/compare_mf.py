@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench import DEFAULT_DATA_DIR
 from recforge.data.contract import ITEM, RATING, USER
 from recforge.data.movielens import load_movielens_100k
 from recforge.evaluation import evaluate_ratings, evaluate_topn
@@ -44,7 +45,6 @@ from recmodels.mf.nmf import NMF, NMFConfig
 from recmodels.registry import get_model_class
 
 _EASE = EASEConfig()
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
 # A small grid for surprise SVD, scored on the validation rows only (test rows never seen while choosing).
 SURPRISE_SVD_GRID: tuple[dict[str, Any], ...] = (

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench import DEFAULT_DATA_DIR
 from recforge.data.movielens import load_movielens_100k
 from recforge.evaluation import evaluate_ratings, evaluate_topn
 from recforge.metrics import TOPN_KEYS
@@ -27,7 +28,6 @@ from recforge.split import TemporalSplit, temporal_holdout
 from recmodels.base import RunSettings
 from recmodels.registry import get_model_class, model_names
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 BASELINE = "popularity"
 _TIMING_KEYS = ("fit_seconds", "score_seconds", "predict_seconds")
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.compare_knn import DEFAULT_DATA_DIR
+from bench import DEFAULT_DATA_DIR
 
 
 def measure(data_dir: Path, models: Sequence[str], repeats: int) -> dict[str, list[tuple[float, float]]]:

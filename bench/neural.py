@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from bench import DEFAULT_DATA_DIR
 from recforge.data.movielens import load_movielens_100k
 from recforge.evaluation import evaluate_topn
 from recforge.split import TemporalSplit, temporal_holdout
@@ -32,7 +33,6 @@ from recmodels.neural.training import NeuralRecommender, default_threads
 from recmodels.registry import get_model_class
 from recmodels.torch_utils import resolve_device
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 NEURAL = ("neumf", "caser", "gru4rec")
 BASELINES = ("popularity", "item_knn")
 BUDGET_SECONDS = 90.0

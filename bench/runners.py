@@ -41,7 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
+from bench import DEFAULT_DATA_DIR
+
 # "dask-cluster" reuses one LocalCluster for every run (a long-lived cluster); "dask" starts one per flow run.
 RUNNERS = ("loop", "thread", "process", "dask", "dask-cluster")
 WORKERS = 2

@@ -19,13 +19,12 @@ from typing import Any
 
 import pandas as pd
 
+from bench import DEFAULT_DATA_DIR
 from recforge.data.movielens import load_movielens_100k
 from recforge.evaluation import evaluate_ratings, evaluate_topn
 from recforge.split import TemporalSplit, random_rating_split, temporal_holdout
 from recmodels.base import RunSettings
 from recmodels.registry import get_model_class
-
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
 
 def validation_split(interactions: pd.DataFrame, test_fraction: float = 0.2) -> TemporalSplit:

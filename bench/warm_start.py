@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench import DEFAULT_DATA_DIR
 from recforge.data.movielens import load_movielens_100k
 from recforge.evaluation import IdIndex, relevance_matrix
 from recforge.metrics import topn_metrics
@@ -29,8 +30,6 @@ from recforge.split import temporal_holdout
 from recmodels.base import RunSettings
 from recmodels.neural.training import NeuralRecommender
 from recmodels.registry import get_model_class
-
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
 
 def _fit(

@@ -29,9 +29,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench import DEFAULT_DATA_DIR
 from flows.runners import THREAD_VARIABLES, available_cores, local_dask_cluster
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 SETUPS = ("spawn", "spawn-shared", "dask-default", "dask-recforge")
 
 
