@@ -9,10 +9,12 @@ Persistence is ``.npz`` with ``allow_pickle=False``: loading a model file never 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -129,6 +131,7 @@ class Recommender(ABC):
         k: int,
         exclude_seen: bool = True,
         batch_size: int = 1024,
+        threads: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` item indices and scores per user, best first, as two ``(len(users), k)`` arrays.
 
@@ -136,6 +139,15 @@ class Recommender(ABC):
         after excluding seen ones, the tail is padded with item ``-1`` and score ``-inf``. Users are scored
         ``batch_size`` at a time, fewer on large catalogues so that a batch's dense scores stay under
         :data:`SCORE_BATCH_VALUES`.
+
+        threads: batches ranked at once, each on its own thread running torch on one thread. scipy's sparse
+        products, numpy and torch release the GIL, so the steps that use one core (a sparse product, the seen-item
+        mask, the final sort) overlap with the others: item_knn's top-10 for 10,000 users at 200,000 × 50,000
+        took 1.07–1.29 s on 2 threads against 1.83–2.00 s one batch at a time (ALS's 0.90–1.07 s against
+        0.90–1.28 s; one process, 3 alternations, 2026-12-06). The lists do not depend on it; the
+        scores may differ in their last bits, as between any two torch thread counts (a product's sums are split by
+        thread). ``None``: torch's intra-op thread count of the calling thread (one per core unless set), so a
+        caller that gave torch one thread ranks one batch at a time.
         """
         self._check_fitted()
         users = np.asarray(users, dtype=np.int64)
@@ -143,7 +155,8 @@ class Recommender(ABC):
         batch_size = max(1, min(batch_size, SCORE_BATCH_VALUES // max(self.n_items_, 1)))
         items_out = np.empty((len(users), k), dtype=np.int64)
         scores_out = np.empty((len(users), k), dtype=np.float32)
-        for start in range(0, len(users), batch_size):
+
+        def rank(start: int) -> None:
             batch = users[start : start + batch_size]
             scores = self.score(batch)
             if exclude_seen:
@@ -153,6 +166,17 @@ class Recommender(ABC):
             top_items, top_scores = top_k(scores, k)
             items_out[start : start + len(batch)] = top_items
             scores_out[start : start + len(batch)] = top_scores
+
+        starts = list(range(0, len(users), batch_size))
+        workers = min(_rank_threads(threads), len(starts))
+        if workers <= 1:
+            for start in starts:
+                rank(start)
+            return items_out, scores_out
+        rank(starts[0])  # on this thread first: models build their lazy scoring caches here, not in two threads
+        with _one_torch_thread_each(workers) as pool:
+            for done in [pool.submit(rank, start) for start in starts[1:]]:
+                done.result()
         return items_out, scores_out
 
     # ---- persistence ----------------------------------------------------------------------------------
@@ -216,6 +240,40 @@ class Recommender(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+
+def _rank_threads(threads: int | None) -> int:
+    """``recommend``'s batch threads: ``threads``, or torch's intra-op count of the calling thread."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be ≥ 1 (or None), got {threads}")
+        return threads
+    try:
+        import torch
+    except ImportError:  # numpy-only installs rank one batch at a time
+        return 1
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def _one_torch_thread_each(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A thread pool whose threads run torch on one thread each.
+
+    torch keeps its thread count per thread, but ``set_num_threads`` also sets the count that threads starting
+    later begin with; the calling thread's own count is set again afterwards to put that default back.
+    """
+    try:
+        import torch
+    except ImportError:
+        with ThreadPoolExecutor(workers) as pool:
+            yield pool
+        return
+    caller = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(caller)
 
 
 def csr_state(prefix: str, matrix: sp.csr_matrix | None) -> dict[str, np.ndarray]:

@@ -119,12 +119,41 @@ def test_recommend_excludes_seen_and_is_sorted(
     # products round differently by batch shape, in the last float32 bits of each term. A score near 0 is a sum
     # of terms that cancel, so its rounding is bounded relative to the scores' scale, not to itself (NeuMF gave
     # -0.0019120 vs -0.0019118 among scores up to 3).
+    scale = float(np.abs(scores[np.isfinite(scores)]).max(initial=1.0))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(recmodels_base, "SCORE_BATCH_VALUES", 2 * ml_train.n_items)
         small_items, small_scores = model.recommend(users, k=20)
+        # The same batches ranked on one thread and on three (unknown users among them): the same lists; the
+        # pool's threads run torch on one thread, so products may round differently in the last bits.
+        mixed = np.concatenate([users, [-1, ml_train.n_users]])
+        one = model.recommend(mixed, k=20, threads=1)
+        three = model.recommend(mixed, k=20, threads=3)
+    np.testing.assert_array_equal(one[0], three[0])
+    np.testing.assert_allclose(one[1], three[1], rtol=1e-6, atol=1e-7 * scale)
+    np.testing.assert_array_equal(one[0][: len(users)], small_items)
     np.testing.assert_array_equal(small_items, items)
-    scale = float(np.abs(scores[np.isfinite(scores)]).max(initial=1.0))
     np.testing.assert_allclose(small_scores, scores, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_recommend_threads_leave_torch_thread_counts_as_they_were(fitted: Callable[[str], Recommender]) -> None:
+    import threading
+
+    import torch
+
+    model = fitted("item_knn")
+    users = np.arange(50)
+    caller = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(recmodels_base, "SCORE_BATCH_VALUES", 3 * model.n_items_)  # 17 batches
+        model.recommend(users, k=5, threads=2)
+    assert torch.get_num_threads() == caller
+    later: list[int] = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert later == [caller]  # a thread started afterwards begins with the caller's count, not the pool's 1
+    with pytest.raises(ValueError, match="threads must be"):
+        model.recommend(users, k=5, threads=0)
 
 
 @pytest.mark.parametrize("name", model_names())
