@@ -13,16 +13,18 @@ import contextlib
 import dataclasses
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 
 from recmodels.data import Interactions
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import torch
@@ -167,16 +169,7 @@ class Recommender(ABC):
             items_out[start : start + len(batch)] = top_items
             scores_out[start : start + len(batch)] = top_scores
 
-        starts = list(range(0, len(users), batch_size))
-        workers = min(_rank_threads(threads), len(starts))
-        if workers <= 1:
-            for start in starts:
-                rank(start)
-            return items_out, scores_out
-        rank(starts[0])  # on this thread first: models build their lazy scoring caches here, not in two threads
-        with _one_torch_thread_each(workers) as pool:
-            for done in [pool.submit(rank, start) for start in starts[1:]]:
-                done.result()
+        map_batches(rank, range(0, len(users), batch_size), threads)
         return items_out, scores_out
 
     # ---- persistence ----------------------------------------------------------------------------------
@@ -240,6 +233,25 @@ class Recommender(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+
+def map_batches(function: Callable[[int], T], starts: Iterable[int], threads: int | None = None) -> list[T]:
+    """``[function(start) for start in starts]``, on ``threads`` threads at once (see :meth:`Recommender.recommend`).
+
+    The first start runs on the calling thread before any other, so that lazy caches a scorer builds on its first
+    call (item_knn's hub rows) are built once; the rest go to a pool whose threads run torch on one thread each. A
+    scorer that only a later batch uses (the cold-start chain's neighbours, when the first batch holds none of
+    their rows) may build its cache in two threads at once: the same result twice, the last one kept. ``None``:
+    torch's intra-op thread count of the calling thread.
+    """
+    starts = list(starts)
+    workers = min(_rank_threads(threads), len(starts))
+    if workers <= 1:
+        return [function(start) for start in starts]
+    results = [function(starts[0])]
+    with _one_torch_thread_each(workers) as pool:
+        results += [done.result() for done in [pool.submit(function, start) for start in starts[1:]]]
+    return results
 
 
 def _rank_threads(threads: int | None) -> int:

@@ -192,9 +192,10 @@ def test_a_users_row_does_not_depend_on_the_batch_it_is_ranked_in(hybrid: bool, 
     users = np.array([8, 0, -1, 3, 1, 8, -1, 2, 5, 7])
     query = _attributes([-1, -1, 1, -1, -1, -1, 0, -1, -1, -1], [-1, -1, 1, -1, -1, -1, 0, -1, -1, -1])
     whole = chain.recommend_with_strategy(users, 4, attributes=query, exclude_seen=exclude_seen)
-    for batch_size in (1, 3):
+    # One batch at a time and three at once (pool threads); the row order of the output is the callers'.
+    for batch_size, threads in ((1, 1), (3, 1), (1, 3), (3, 3)):
         batched = chain.recommend_with_strategy(
-            users, 4, attributes=query, exclude_seen=exclude_seen, batch_size=batch_size
+            users, 4, attributes=query, exclude_seen=exclude_seen, batch_size=batch_size, threads=threads
         )
         for expected, got in zip(whole, batched, strict=True):
             np.testing.assert_array_equal(got, expected)

@@ -30,7 +30,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from recmodels.base import SCORE_BATCH_VALUES, Recommender, RunSettings, top_k
+from recmodels.base import SCORE_BATCH_VALUES, Recommender, RunSettings, map_batches, top_k
 from recmodels.coldstart.attribute_popularity import SegmentPopularity, SegmentPopularityConfig, UserAttributes
 from recmodels.coldstart.content import ContentConfig, ContentScorer, ItemFeatures, blend_scores, min_max_rows
 from recmodels.data import Interactions
@@ -150,12 +150,15 @@ class ColdStartChain:
         attributes: UserAttributes | None = None,
         exclude_seen: bool = True,
         batch_size: int = 1024,
+        threads: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-``k`` items, scores and the strategy label of each cell, three ``(len(users), k)`` arrays.
 
         attributes: rows aligned with ``users``, for users outside the index (new users); None uses the attributes
             given at fit for indexed users and treats the others as having none. Padding cells (item ``-1``, when
             the catalogue runs out) are labelled ``""``.
+        threads: batches ranked at once, as in :meth:`Recommender.recommend` (``None``: torch's thread count of the
+            calling thread); the lists and labels do not depend on it.
         """
         users = np.asarray(users, dtype=np.int64)
         k = int(min(k, self.n_items_))
@@ -167,11 +170,13 @@ class ColdStartChain:
         # Rows are ranked in batches of one strategy where possible: each scorer then runs on whole batches (a few
         # item-neighbour rows in every batch made the neighbours model read all its dense hub rows per batch).
         order = np.argsort(self.strategy(users), kind="stable")
-        parts = []
-        for start in range(0, max(len(users), 1), batch_size):
+
+        def rank(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             rows = order[start : start + batch_size]
             batch_attributes = None if attributes is None else attributes.take(rows)
-            parts.append(self._recommend_batch(users[rows], k, batch_attributes, exclude_seen))
+            return self._recommend_batch(users[rows], k, batch_attributes, exclude_seen)
+
+        parts = map_batches(rank, range(0, max(len(users), 1), batch_size), threads)
         results = []
         for arrays in zip(*parts, strict=True):
             grouped = np.concatenate(arrays)
