@@ -1,6 +1,7 @@
 """Scale benchmark: ``als`` and ``item_knn`` vs implicit on a synthetic 200,000 × 50,000 data set (~8.9M pairs).
 
     python -m bench.scale [--repeats 1] [--threads 2] [--iterations 15] [--only als,als_cg,item_knn]
+                          [--recommend-threads N]
     python -m bench.scale --profile          # torch.profiler table of one recforge ALS iteration (CG, 1 thread)
 
 The data set is deterministic (``--seed``, default 0): 200,000 users and 50,000 items; item popularity ∝
@@ -15,7 +16,9 @@ own. A measurement loads the pairs and builds its input (recforge: the
 ``/proc/self/clear_refs``) so that building the input does not count, and notes the resident memory as its
 *baseline*. It fits (→ *fit peak*: the most resident memory during the fit, input included; *fit growth*: fit
 peak − baseline), resets the mark again and ranks the top 10 unseen items for 10,000 users, the same users for
-every model (→ *recommend peak*). Measurements are interleaved (recforge, implicit, …); figures are medians
+every model (→ *recommend peak*). recforge's ``recommend`` ranks its batches on ``--threads`` threads unless
+``--recommend-threads`` says otherwise (``--recommend-threads 1`` against the default is the A/B of the batch
+threads; implicit keeps ``--threads``). Measurements are interleaved (recforge, implicit, …); figures are medians
 over ``--repeats``. Compared:
 
 - ``als``: recforge ALS defaults (alpha 0, every confidence 1: exact solves) vs implicit ALS alpha=1 (the same
@@ -117,8 +120,13 @@ def _reset_peak() -> float:
     return _rss_mb()
 
 
-def measure(kind: str, data_path: Path, threads: int, iterations: int, seed: int) -> dict[str, Any]:
-    """Run one measurement in this (fresh) process; returns seconds and peak memory in MiB."""
+def measure(
+    kind: str, data_path: Path, threads: int, iterations: int, seed: int, recommend_threads: int | None = None
+) -> dict[str, Any]:
+    """Run one measurement in this (fresh) process; returns seconds and peak memory in MiB.
+
+    recommend_threads: threads of recforge's ``recommend`` (``None``: ``threads``); implicit ignores it.
+    """
     with np.load(data_path) as npz:
         user, item, users = npz["user"], npz["item"], npz["recommend_users"]
     if kind.startswith("recforge"):
@@ -142,7 +150,7 @@ def measure(kind: str, data_path: Path, threads: int, iterations: int, seed: int
         fit_peak = _peak_mb()
         _reset_peak()
         start = time.perf_counter()
-        model.recommend(users, 10)
+        model.recommend(users, 10, threads=recommend_threads or threads)
         recommend = time.perf_counter() - start
     else:
         import implicit.cpu.als
@@ -188,6 +196,8 @@ def measure(kind: str, data_path: Path, threads: int, iterations: int, seed: int
 def _run_child(kind: str, data_path: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.scale", "--child", kind, "--data", str(data_path)]
     cmd += ["--threads", str(args.threads), "--iterations", str(args.iterations), "--seed", str(args.seed)]
+    if args.recommend_threads is not None:
+        cmd += ["--recommend-threads", str(args.recommend_threads)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1])
     if done.returncode != 0:
         raise RuntimeError(f"measurement {kind!r} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -225,7 +235,8 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, n
     out = [
         f"## Scale: {N_USERS:,} users × {N_ITEMS:,} items, {n_pairs:,} distinct pairs (seed {args.seed})",
         "",
-        f"{args.threads} thread(s), {FACTORS} factors, {args.iterations} ALS iterations, top-10 for "
+        f"{args.threads} thread(s) (recforge's recommend: {args.recommend_threads or args.threads}), "
+        f"{FACTORS} factors, {args.iterations} ALS iterations, top-10 for "
         f"{RECOMMEND_USERS:,} users; medians of {args.repeats} interleaved run(s), each in a fresh process. "
         f"Data generation took {gen_s:.0f} s. Load average at the end: {load[0]:.1f} / {load[1]:.1f} / "
         f"{load[2]:.1f}.",
@@ -253,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repetitions (default 1)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both libraries (default 2)")
+    parser.add_argument(
+        "--recommend-threads", type=int, default=None, help="threads of recforge's recommend (default: --threads)"
+    )
     parser.add_argument("--iterations", type=int, default=15, help="ALS iterations (default 15)")
     parser.add_argument("--seed", type=int, default=0, help="data and model seed (default 0)")
     parser.add_argument("--only", default=",".join(COMPARISONS), help=f"subset of {','.join(COMPARISONS)}")
@@ -261,12 +275,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.child, args.data, args.threads, args.iterations, args.seed)))
+        row = measure(args.child, args.data, args.threads, args.iterations, args.seed, args.recommend_threads)
+        print(json.dumps(row))
         return 0
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in COMPARISONS]
     if unknown or args.repeats < 1:
         parser.error(f"unknown comparison(s) {unknown}; choose from {', '.join(COMPARISONS)}; --repeats ≥ 1")
+    if args.threads < 1 or (args.recommend_threads is not None and args.recommend_threads < 1):
+        parser.error("--threads and --recommend-threads must be ≥ 1")
     if not args.profile:
         try:
             import implicit  # noqa: F401

@@ -271,8 +271,9 @@ def _rank_threads(threads: int | None) -> int:
 def _one_torch_thread_each(workers: int) -> Iterator[ThreadPoolExecutor]:
     """A thread pool whose threads run torch on one thread each.
 
-    torch keeps its thread count per thread, but ``set_num_threads`` also sets the count that threads starting
-    later begin with; the calling thread's own count is set again afterwards to put that default back.
+    torch's thread count is process-wide (``set_num_threads`` in any thread sets OpenMP's and MKL's count for all
+    of them: checked with a second thread reading it), so while the pool runs the whole process ranks on one
+    torch thread per pool thread, and the caller's count is put back afterwards.
     """
     try:
         import torch

@@ -34,7 +34,13 @@ from recmodels.neural.caser import CaserNet
 from recmodels.neural.gru4rec import GRU4RecNet
 from recmodels.neural.neumf import NeuMFNet, recency_weights, sample_unseen
 from recmodels.neural.sequences import segment_batches
-from recmodels.neural.training import FullCatalogueCrossEntropy, Validation, ndcg_at_k, next_item_loss
+from recmodels.neural.training import (
+    FullCatalogueCrossEntropy,
+    SeededDropout,
+    Validation,
+    ndcg_at_k,
+    next_item_loss,
+)
 
 # ---- SequenceData -----------------------------------------------------------------------------------------
 
@@ -395,6 +401,28 @@ def test_neumf_score_all_is_forward_over_the_catalogue(
                 layer.generator = torch.Generator().manual_seed(1)
         trained = net.score_all(users)
         assert trained.shape == expected.shape and not torch.allclose(trained, expected)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.1, 0.3])
+def test_seeded_dropout_keeps_each_value_with_probability_one_minus_p(p: float) -> None:
+    # The mask is cut from 16-bit draws: every bit of them must be uniform (a draw that leaves the sign bit 0 keeps
+    # 3/8 instead of 1/2 at p = 0.5), the kept share must be 1 − p, the kept values scaled by 1 / (1 − p), and the same
+    # generator seed must give the same mask.
+    layer = SeededDropout(p)
+    layer.generator = torch.Generator().manual_seed(3)
+    x = torch.rand(1000, 1001, dtype=torch.float32) + 0.5  # odd size: the draws are cut from 64-bit words
+    x.requires_grad_(True)
+    out = layer(x)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.003  # ±4.5σ with a million values
+    torch.testing.assert_close(out[kept], x.detach()[kept] / (1 - p))
+    out.sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))
+    layer.generator = torch.Generator().manual_seed(3)
+    assert torch.equal(layer(x.detach()), out.detach())
+    layer.eval()
+    assert layer(x) is x
 
 
 # ---- the shared machinery, through each model --------------------------------------------------------------
