@@ -180,8 +180,26 @@ def prefect_server() -> Iterator[str]:
         )
         yield api_url
     finally:
+        _drain_prefect_clients()
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def _drain_prefect_clients(timeout: float = 120.0) -> None:
+    """Send the log records and events this process still queues for the server, before the server stops.
+
+    Prefect sends them from background workers in batches; at 9M events a run's last records were still queued
+    when the server went, and the command's last line was "Error logging to API — All connection attempts
+    failed". Draining first delivers them (a flow that logs 12,000 lines and returns showed the same error
+    without it).
+    """
+    if "prefect" not in sys.modules:  # nothing was sent: no worker to drain
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout)
 
 
 def _evaluate_body(name: str, data: Any, k: int, seed: int) -> tuple[Any, float, int]:
