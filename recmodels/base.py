@@ -271,9 +271,10 @@ def _rank_threads(threads: int | None) -> int:
 def _one_torch_thread_each(workers: int) -> Iterator[ThreadPoolExecutor]:
     """A thread pool whose threads run torch on one thread each.
 
-    torch's thread count is process-wide (``set_num_threads`` in any thread sets OpenMP's and MKL's count for all
-    of them: checked with a second thread reading it), so while the pool runs the whole process ranks on one
-    torch thread per pool thread, and the caller's count is put back afterwards.
+    Each pool thread calls ``set_num_threads(1)`` itself: set in the caller beforehand, it does not reach threads
+    started afterwards (one read 1 yet ran a 2000 × 2000 product at two-thread speed, 0.38 vs 0.73 s with its own
+    call; 2026-12-06). Their calls can change the count the caller reads back (the caller's before it has run
+    any parallel torch work), so the caller's count is set again afterwards.
     """
     try:
         import torch
