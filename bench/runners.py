@@ -36,7 +36,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,8 @@ class Measurement:
     ndcg: dict[str, float]
     peak_gb: float = float("nan")  # the most resident memory of this process and its workers together
     start_gb: float = float("nan")  # the same at the start (this process: the prepared data and what it kept)
+    # The loop's (evaluation, refit) seconds per model: where the time of a model set goes, without overlap.
+    per_model: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def overhead(self) -> float:
@@ -229,7 +231,7 @@ def _refit_body(
 def run_loop(data: Any, names: Sequence[str], k: int, top_n: int, seed: int) -> Measurement:
     """The baseline: every model's evaluation and refit one after another, no Prefect at all."""
     start = time.perf_counter()
-    bodies, ndcg = 0.0, {}
+    bodies, ndcg, per_model = 0.0, {}, {}
     with TreeMemory(_SERVER_SESSIONS) as memory:
         for name in names:
             evaluated = _evaluate_body(name, data, k, seed)
@@ -237,8 +239,25 @@ def run_loop(data: Any, names: Sequence[str], k: int, top_n: int, seed: int) -> 
             _, refit_seconds, _ = _refit_body(name, data, top_n, seed, evaluated)
             bodies += seconds + refit_seconds
             ndcg[name] = evaluation.metrics["ndcg"]
+            per_model[name] = (seconds, refit_seconds)
     wall = time.perf_counter() - start
-    return Measurement(wall, wall, bodies, {os.getpid()}, ndcg, memory.peak_gb, memory.start_gb)
+    return Measurement(wall, wall, bodies, {os.getpid()}, ndcg, memory.peak_gb, memory.start_gb, per_model)
+
+
+def per_model_table(runs: Sequence[Measurement], k: int) -> list[str]:
+    """Markdown lines: each model's evaluation and refit seconds in the loop (medians over ``runs``), costliest
+    first, with its share of the loop's Σ bodies and its NDCG@k."""
+    names = list(runs[0].per_model)
+    evaluation = {n: statistics.median(m.per_model[n][0] for m in runs) for n in names}
+    refit = {n: statistics.median(m.per_model[n][1] for m in runs) for n in names}
+    total = sum(evaluation.values()) + sum(refit.values())
+    lines = [f"| model | evaluation (s) | refit + top-N (s) | share of Σ bodies | NDCG@{k} |", "|---|---|---|---|---|"]
+    for name in sorted(names, key=lambda n: -(evaluation[n] + refit[n])):
+        share = (evaluation[name] + refit[name]) / total if total > 0 else float("nan")
+        lines.append(
+            f"| {name} | {evaluation[name]:.2f} | {refit[name]:.2f} | {share:.0%} | {runs[0].ndcg[name]:.4f} |"
+        )
+    return lines
 
 
 # What the benchmark flow works on, set by build_flow. A module global, not a closure: process and Dask runners
@@ -423,7 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The loop always runs: it is the reference of every speedup.
     results = {"loop": [run_loop(data, names, args.k, args.top_n, args.seed) for _ in range(args.repeats)]}
     loop_wall = statistics.median(m.training_wall for m in results["loop"])
-    print(_row("loop", results["loop"], loop_wall), flush=True)
+    print(_row("loop", results["loop"], loop_wall))
+    # Printed now, as each runner's row is: a later runner that is killed (memory at 9M events) loses nothing here.
+    print("\nPer model, in the loop (one after another, nothing beside it):\n")
+    print("\n".join(per_model_table(results["loop"], args.k)) + "\n", flush=True)
     flow_runners = [r for r in runners if r != "loop"]
     if flow_runners:
         with prefect_server():
