@@ -466,14 +466,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results[runner] = [once() for _ in range(args.repeats)]
                     # Printed as soon as measured: a later runner that fails (or is killed) loses only its own row.
                     print(_row(runner, results[runner], loop_wall), flush=True)
-    reference = results["loop"][0].ndcg
-    for runner, runs in results.items():
-        for run in runs:
-            # Same work everywhere: a runner that changed the results would make the timing meaningless.
-            # Equal up to float summation order: Dask starts its workers with OMP_NUM_THREADS=1, and torch's
-            # reductions over another thread count differ in the last bits (2.7e-7 of nDCG seen for als).
-            assert all(abs(run.ndcg[n] - reference[n]) < 1e-6 for n in names), (runner, run.ndcg, reference)
-
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     print()
     header = ("runner", "training wall (s)", "total wall (s)", "Σ task bodies (s)", "speedup", "overhead")
@@ -481,7 +473,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for runner, runs in results.items():
         print(_row(runner, runs, loop_wall))
-    return 0
+    differing = ndcg_mismatches(results)
+    for line in differing:
+        print(f"different results, so the timings compare different work: {line}", file=sys.stderr)
+    return 1 if differing else 0
+
+
+#: How far a runner's NDCG may be from the loop's. Runners give torch and BLAS another thread count (process and
+#: Dask workers split the cores), and sums split over other threads round differently: als's NDCG@10 moved by
+#: 2.7e-7 on ML-100K and by 3.4e-6 on the 900k-event synthetic set (process runner, 2026-12-06). A runner that
+#: changed the work (another seed, split or config) moves it by orders of magnitude more.
+NDCG_TOLERANCE = 1e-4
+
+
+def ndcg_mismatches(results: dict[str, list[Measurement]]) -> list[str]:
+    """``runner model: NDCG vs the loop's`` for every run whose NDCG differs from the loop's first by more than
+    :data:`NDCG_TOLERANCE` (checked after the tables are printed, so a long run never loses its numbers)."""
+    reference = results["loop"][0].ndcg
+    return [
+        f"{runner} {name}: {run.ndcg[name]:.6f} vs {reference[name]:.6f}"
+        for runner, runs in results.items()
+        for run in runs
+        for name in reference
+        if abs(run.ndcg[name] - reference[name]) > NDCG_TOLERANCE
+    ]
 
 
 if __name__ == "__main__":

@@ -45,3 +45,13 @@ def test_the_loop_records_each_models_evaluation_and_refit(ml100k_dir: Path) -> 
     assert sum(e + r for e, r in measurement.per_model.values()) == pytest.approx(measurement.bodies)
     rows = _rows(runners.per_model_table([measurement], k=10))
     assert float(rows["pure_svd"][3]) == pytest.approx(measurement.ndcg["pure_svd"], abs=1e-4)
+
+
+def test_a_runner_with_other_results_is_named_and_float_noise_is_not() -> None:
+    loop = _measurement({"als": (1.0, 1.0)}, {"als": 0.19138269})
+    noise = _measurement({"als": (1.0, 1.0)}, {"als": 0.19138609})  # 3.4e-6 away: another thread count's sums
+    changed = _measurement({"als": (1.0, 1.0)}, {"als": 0.2010})
+    assert runners.ndcg_mismatches({"loop": [loop], "process": [noise]}) == []
+    assert runners.ndcg_mismatches({"loop": [loop], "process": [noise], "dask": [changed]}) == [
+        "dask als: 0.201000 vs 0.191383"
+    ]
