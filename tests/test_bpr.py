@@ -87,12 +87,12 @@ def test_gradient_by_hand_without_bias() -> None:
     assert grads.positive_bias is None and grads.negative_bias is None
 
 
-@pytest.mark.parametrize("dense", [True, False])
-def test_negatives_avoid_the_users_items(dense: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("lookup", ["table", "bits", "sorted_keys"])
+def test_negatives_avoid_the_users_items(lookup: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # user 0 has items 0, 1, 2 of 4: every negative must be 3; user 1 has none: anything goes.
-    monkeypatch.setattr(bpr_module, "_DENSE_PAIRS", 8 if dense else 0)
+    _use_lookup(lookup, 8, monkeypatch)
     positives = PositiveSet(torch.tensor([0, 0, 0]), torch.tensor([0, 1, 2]), n_users=2, n_items=4)
-    assert (positives.dense is not None) == dense
+    assert getattr(positives, lookup) is not None
     assert positives.contains(torch.tensor([0, 0, 1, 1]), torch.tensor([2, 3, 0, 3])).tolist() == [
         True,
         False,
@@ -223,3 +223,23 @@ def test_ml100k_default_reaches_the_bar(ml100k_dir: Path) -> None:
     result = evaluate_topn(BPR, split, k=10, settings=RunSettings(seed=42))
     assert result["users"] == 943
     assert result["ndcg"] >= 0.175, result
+
+
+def _use_lookup(lookup: str, cells: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make :class:`PositiveSet` pick ``lookup`` for a catalogue of ``cells`` user × item cells."""
+    monkeypatch.setattr(bpr_module, "_BYTE_TABLE_CELLS", cells if lookup == "table" else 0)
+    monkeypatch.setattr(bpr_module, "_BIT_TABLE_CELLS", 0 if lookup == "sorted_keys" else cells)
+
+
+@pytest.mark.parametrize("lookup", ["table", "bits", "sorted_keys"])
+def test_each_lookup_agrees_with_the_pairs_on_every_cell(lookup: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 37 × 29 cells (not a multiple of 8: the last byte is partial), pairs drawn with repeats.
+    gen = torch.Generator().manual_seed(3)
+    users, items = torch.randint(37, (600,), generator=gen), torch.randint(29, (600,), generator=gen)
+    pairs = set(zip(users.tolist(), items.tolist(), strict=True))
+    every_user, every_item = torch.arange(37).repeat_interleave(29), torch.arange(29).repeat(37)
+    want = [(u, i) in pairs for u, i in zip(every_user.tolist(), every_item.tolist(), strict=True)]
+    _use_lookup(lookup, 37 * 29, monkeypatch)
+    positives = PositiveSet(users, items, n_users=37, n_items=29)
+    assert getattr(positives, lookup) is not None
+    assert positives.contains(every_user, every_item).tolist() == want

@@ -35,8 +35,10 @@ __all__ = [
 # owning a fraction d of the catalogue keeps a false negative with probability d^(1 + retries) (3e-13 at d = 3/4);
 # a user who owns every item has no negative at all and keeps the last draw.
 _NEGATIVE_RETRIES = 100
-# Up to this many user × item cells, observed pairs are looked up in a dense boolean table (≤ 64 MB).
-_DENSE_PAIRS = 1 << 26
+# Observed pairs are looked up in a table of one byte per user × item cell up to this many cells (≤ 64 MB) ...
+_BYTE_TABLE_CELLS = 1 << 26
+# ... then in a table of one bit per cell up to this many (≤ 64 MB), then by binary search in the sorted pairs.
+_BIT_TABLE_CELLS = 1 << 29
 
 
 @dataclass(frozen=True)
@@ -294,32 +296,48 @@ class _SparseAdam:
 class PositiveSet:
     """Membership test for observed (user, item) pairs, vectorized over a batch.
 
-    Catalogues up to ``_DENSE_PAIRS`` user × item cells use a dense boolean table (one byte per cell: a gather
-    per lookup); larger ones binary-search the sorted ``user · n_items + item`` keys (~20× slower per lookup,
-    but memory proportional to the pairs).
+    Three lookups, the fastest whose memory stays within 64 MB: a table of one byte per user × item cell (a
+    gather per lookup) up to ``_BYTE_TABLE_CELLS`` cells; one bit per cell up to ``_BIT_TABLE_CELLS`` (a gather,
+    a mask and a test: 41 µs against 9 µs for 4,096 pairs, as torch pays per operation, but 8× the catalogue);
+    beyond, a binary search of the sorted ``user · n_items + item`` keys (memory proportional to the pairs). On
+    the 900k-event synthetic set (20,000 users × 17,177 items, 886,500 pairs) ten epochs took 7.2 / 7.7 s with
+    the bits against 10.9 / 10.8 s with the binary search (2026-12-06, alternating, the same factors).
     """
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> None:
         self.n_items = n_items
         keys = users * n_items + items
-        self.dense: torch.Tensor | None = None
+        self.table: torch.Tensor | None = None
+        self.bits: torch.Tensor | None = None
         self.sorted_keys: torch.Tensor | None = None
-        if n_users * n_items <= _DENSE_PAIRS:
-            self.dense = torch.zeros(n_users * n_items, dtype=torch.bool, device=users.device)
-            self.dense[keys] = True
+        cells = n_users * n_items
+        if cells <= _BYTE_TABLE_CELLS:
+            self.table = torch.zeros(cells, dtype=torch.bool, device=users.device)
+            self.table[keys] = True
+        elif cells <= _BIT_TABLE_CELLS:
+            keys = torch.unique(keys)  # distinct keys set distinct bits: adding them up within a byte or-s them
+            self.bits = torch.zeros((cells + 7) // 8, dtype=torch.uint8, device=users.device)
+            self.bits.index_put_((keys >> 3,), _BIT_MASKS.to(users.device)[keys & 7], accumulate=True)
         else:
             self.sorted_keys = torch.sort(keys).values
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Boolean tensor: is ``(users[k], items[k])`` an observed pair?"""
         keys = users * self.n_items + items
-        if self.dense is not None:
-            return self.dense.index_select(0, keys)  # several times faster than ``dense[keys]`` on CPU
+        if self.table is not None:
+            return self.table.index_select(0, keys)  # several times faster than ``table[keys]`` on CPU
+        if self.bits is not None:
+            masks = _BIT_MASKS.to(keys.device).index_select(0, keys & 7)
+            return self.bits.index_select(0, keys >> 3).bitwise_and_(masks).bool()
         assert self.sorted_keys is not None
         if self.sorted_keys.numel() == 0:
             return torch.zeros_like(keys, dtype=torch.bool)
         pos = torch.searchsorted(self.sorted_keys, keys).clamp_max(self.sorted_keys.shape[0] - 1)
         return self.sorted_keys[pos] == keys
+
+
+#: Bit ``b`` of a byte, for ``b`` in 0..7.
+_BIT_MASKS = torch.tensor([1 << b for b in range(8)], dtype=torch.uint8)
 
 
 def sample_negatives(
