@@ -316,8 +316,9 @@ class PositiveSet:
             self.table[keys] = True
         elif cells <= _BIT_TABLE_CELLS:
             keys = torch.unique(keys)  # distinct keys set distinct bits: adding them up within a byte or-s them
+            self.bit_masks = _BIT_MASKS.to(users.device)  # once: a copy per lookup would sync a GPU every step
             self.bits = torch.zeros((cells + 7) // 8, dtype=torch.uint8, device=users.device)
-            self.bits.index_put_((keys >> 3,), _BIT_MASKS.to(users.device)[keys & 7], accumulate=True)
+            self.bits.index_put_((keys >> 3,), self.bit_masks[keys & 7], accumulate=True)
         else:
             self.sorted_keys = torch.sort(keys).values
 
@@ -327,7 +328,7 @@ class PositiveSet:
         if self.table is not None:
             return self.table.index_select(0, keys)  # several times faster than ``table[keys]`` on CPU
         if self.bits is not None:
-            masks = _BIT_MASKS.to(keys.device).index_select(0, keys & 7)
+            masks = self.bit_masks.index_select(0, keys & 7)
             return self.bits.index_select(0, keys >> 3).bitwise_and_(masks).bool()
         assert self.sorted_keys is not None
         if self.sorted_keys.numel() == 0:
