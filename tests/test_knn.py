@@ -165,9 +165,29 @@ def test_neighbourhood_offsets_top_k_and_chunking(monkeypatch: pytest.MonkeyPatc
     assert sizes.tolist() == [2, 2, 0]  # entity 1's only positive neighbour (0) did not rate feature 0
     # The sparse look-up path and tiny chunks give the same answer.
     monkeypatch.setattr(knn_similarity, "BLOCK_VALUES", 4)
+    monkeypatch.setattr(knn_similarity, "_DENSE_CELLS_PER_ENTRY", 0)
     monkeypatch.setattr(knn_similarity, "_ELEMENT_BUDGET", 2)
     again, _ = neighbourhood_offsets(similarity, residuals, np.array([0, 0, 1]), np.array([0, 0, 0]), k=2)
     np.testing.assert_allclose(again, terms, rtol=1e-6)
+
+
+def test_similarity_lookup_densifies_small_or_full_matrices_and_both_paths_agree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(5)
+    rows, cols = rng.integers(0, 30, 50), rng.integers(0, 40, (50, 7))
+    monkeypatch.setattr(knn_similarity, "BLOCK_VALUES", 100)  # below the 30 × 40 cells
+    full = sp.csr_matrix(rng.random((30, 40)) * (rng.random((30, 40)) < 0.5), dtype=np.float32)  # ~600 entries
+    sparse = sp.csr_matrix(rng.random((30, 40)) * (rng.random((30, 40)) < 0.1), dtype=np.float32)  # ~120
+    assert knn_similarity.SimilarityLookup(full).dense is not None  # 1,200 cells ≤ 4 per entry
+    assert knn_similarity.SimilarityLookup(sparse).dense is None
+    for matrix in (full, sparse):
+        want = matrix.toarray()[rows[:, None], cols].astype(np.float64)
+        for per_entry in (0, 10**6):  # the search, then the dense copy
+            monkeypatch.setattr(knn_similarity, "_DENSE_CELLS_PER_ENTRY", per_entry)
+            lookup = knn_similarity.SimilarityLookup(matrix)
+            assert (lookup.dense is None) == (per_entry == 0)
+            np.testing.assert_array_equal(lookup(rows, cols), want)
 
 
 def test_block_wise_computation_matches_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,6 +199,7 @@ def test_block_wise_computation_matches_one_block(monkeypatch: pytest.MonkeyPatc
     for budget in (knn_similarity.BLOCK_VALUES, 50):
         monkeypatch.setattr(knn_similarity, "BLOCK_VALUES", budget)
         monkeypatch.setattr(knn_similarity, "SPARSE_BLOCK_VALUES", budget)
+        monkeypatch.setattr(knn_similarity, "_DENSE_CELLS_PER_ENTRY", 4 if budget > 50 else 0)
         monkeypatch.setattr(knn_similarity, "_ELEMENT_BUDGET", 10**6 if budget > 50 else 7)
         for cls in (ItemKNN, UserKNN):
             model = cls(cls.config_class(mode="rating", neighbors=5)).fit(data)

@@ -53,6 +53,9 @@ BLOCK_VALUES = 16_000_000
 SPARSE_BLOCK_VALUES = 4 * BLOCK_VALUES
 # Neighbourhood aggregation handles at most this many (pair, candidate neighbour) elements at once.
 _ELEMENT_BUDGET = 1_000_000
+#: :class:`SimilarityLookup` densifies a matrix with at most this many cells per stored entry: a float32 cell takes
+#: 4 bytes, an entry's search key and float64 value 16.
+_DENSE_CELLS_PER_ENTRY = 4
 # The top-K selection first cuts rows of at least this many × (K + 2) stored entries down to their candidates
 # (:func:`_top_candidates`), judged on that many × (K + 2) chunk maxima per row.
 _WIDE_ROW_FACTOR = 4
@@ -655,15 +658,19 @@ class SimilarityLookup:
     """Vectorised ``similarity[rows, cols]`` look-ups into a sparse entity × entity matrix (float64 result).
 
     Small matrices (at most :data:`BLOCK_VALUES` cells) are densified once, which makes a look-up a plain
-    gather; larger ones are searched with ``searchsorted`` on the sorted (row, column) keys of their entries.
+    gather; so are full ones, where a float32 copy (4 bytes a cell) is no larger than the keys and values the
+    search would need (16 bytes an entry). The rest are searched with ``searchsorted`` on the sorted (row,
+    column) keys of their entries. user_knn's rating similarities at the 900k-event synthetic set (20,000 users,
+    107M positive entries: 1.6 GB dense against 1.7 GB of keys and values): its first ``predict`` of 177,248
+    ratings, which also fits those similarities, took 46.6 / 50.6 s instead of 73.2 / 85.2 s, the same values.
     """
 
     def __init__(self, similarity: sp.csr_matrix) -> None:
         n_rows, n_cols = similarity.shape
         self.n_cols = n_cols
         self.dense: np.ndarray | None = None
-        if n_rows * n_cols <= BLOCK_VALUES:
-            self.dense = similarity.toarray().astype(np.float32)
+        if n_rows * n_cols <= max(BLOCK_VALUES, _DENSE_CELLS_PER_ENTRY * similarity.nnz):
+            self.dense = similarity.toarray().astype(np.float32, copy=False)
             return
         csr = sp.csr_matrix(similarity)
         csr.sort_indices()
