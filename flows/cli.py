@@ -114,7 +114,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file with run options ([run] table); flags override it")
     parser.add_argument("--dataset", choices=DATASET_KINDS, help="data source kind (default: synthetic)")
     parser.add_argument("--data-dir", help="movielens-100k: folder with u.data/u.user/u.item or RecBole files")
-    parser.add_argument("--interactions", help="csv/parquet: interactions file")
+    parser.add_argument("--interactions", help="csv/parquet: interactions file (.csv, .tsv, .parquet, RecBole .inter)")
     parser.add_argument("--users", help="csv/parquet: optional users attribute file")
     parser.add_argument("--items", help="csv/parquet: optional items attribute file")
     parser.add_argument(

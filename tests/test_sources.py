@@ -434,6 +434,57 @@ def test_csv_with_column_mapping_preserves_ids(tmp_path: Path) -> None:
     assert inter["channel"].tolist() == ["web", "app", "web"]
 
 
+def test_recbole_atomic_files_are_read_by_extension_and_typed_header(tmp_path: Path) -> None:
+    inter = _write(
+        tmp_path / "shop.inter",
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n007\t0042\t4\t881250949\n8\t9\t2.5\t60.0\n",
+    )
+    users = _write(tmp_path / "shop.user", "user_id:token\tage:token\tzip_code:token\n007\t31\t01234\n8\t\t98105\n")
+    items = _write(
+        tmp_path / "shop.item",
+        "item_id:token\tmovie_title:token_seq\tyear:float\tgenre:token_seq\n"
+        '0042\tThe "Quoted" Film\t1994\tComedy Sci-Fi\n9\tPlain\t\t\n',
+    )
+    ds = load_files(inter, users=users, items=items)
+    assert_contract(ds)
+    assert ds.name == "shop"
+    frame = ds.interactions
+    assert frame[USER].tolist() == ["007", "8"] and frame[ITEM].tolist() == ["0042", "9"]
+    assert frame[RATING].tolist() == [4.0, 2.5]
+    assert frame[TIMESTAMP].iloc[1] == pd.Timestamp("1970-01-01 00:01:00", tz="UTC")
+    assert ds.users is not None and ds.items is not None
+    assert list(ds.users.columns) == [USER, "age", "zip_code"]
+    assert ds.users["age"].dtype == "Int64" and ds.users["age"].iloc[0] == 31 and pd.isna(ds.users["age"].iloc[1])
+    assert ds.users["zip_code"].tolist() == ["01234", "98105"]  # a code keeps its leading zero
+    assert list(ds.items.columns) == [ITEM, "movie_title", "year", GENRES]
+    assert ds.items["movie_title"].tolist() == ['The "Quoted" Film', "Plain"]  # no quoting in atomic files
+    assert ds.items[GENRES].iloc[0] == "Comedy|Sci-Fi" and pd.isna(ds.items[GENRES].iloc[1])
+    assert ds.items["year"].iloc[0] == 1994.0
+    # The typed header is recognised in any text file (here a .tsv); untyped or partly typed headers are kept.
+    tsv = _write(tmp_path / "events.tsv", "user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t0\n")
+    assert load_files(tsv).interactions[USER].tolist() == ["u1"]
+    partly = _write(tmp_path / "partly.tsv", "user_id:token\titem_id\ttimestamp\nu1\ti1\t0\n")
+    with pytest.raises(DataError, match="'user_id:token'"):
+        load_files(partly)
+    # RecBole's MovieLens 100K files name the genres "class"; an explicit genres column wins over it.
+    both = _write(tmp_path / "both.item", "item_id:token\tclass:token_seq\tgenres:token_seq\n1\tA B\tC D\n")
+    assert load_files(inter, items=both).items[[GENRES, "class"]].iloc[0].tolist() == ["C|D", "A B"]
+    only_class = _write(tmp_path / "class.item", "item_id:token\tclass:token_seq\n1\tAnimation Children's\n")
+    assert load_files(inter, items=only_class).items[GENRES].tolist() == ["Animation|Children's"]
+
+
+def test_shared_recbole_files_load_as_files_like_the_movielens_loader() -> None:
+    files = load_files(ML100K / "ml-100k.inter", users=ML100K / "ml-100k.user", items=ML100K / "ml-100k.item")
+    movielens = load_movielens_100k(ML100K)
+    assert_contract(files)
+    columns = [USER, ITEM, RATING, TIMESTAMP]
+    pd.testing.assert_frame_equal(files.interactions[columns], movielens.interactions[columns], check_dtype=False)
+    assert files.users is not None and movielens.users is not None and files.items is not None
+    assert files.users["age"].tolist() == movielens.users["age"].tolist()
+    assert files.users["zip_code"].tolist() == movielens.users["zip_code"].tolist()
+    assert len(files.items) == 1682 and files.items[GENRES].iloc[0] == "Animation|Children's|Comedy"
+
+
 def test_missing_column_error_explains_the_mapping(tmp_path: Path) -> None:
     path = _write(tmp_path / "events.tsv", "customer\titem_id\ttimestamp\nu1\ti1\t0\n")
     with pytest.raises(DataError) as err:

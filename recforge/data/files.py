@@ -1,4 +1,9 @@
-"""Interactions (and optional user/item tables) from CSV, TSV or Parquet files.
+"""Interactions (and optional user/item tables) from CSV, TSV, Parquet or RecBole atomic files.
+
+RecBole's atomic files (``.inter``, ``.user``, ``.item``: tab-separated, unquoted, a header of typed names such as
+``user_id:token  item_id:token  rating:float  timestamp:float``) are read like any TSV whose names lose their
+``:type``; a ``genre`` or ``class`` column of type ``token_seq`` (space-separated labels) in an items file becomes
+the contract's ``genres``.
 
 Also home of the column normalisation every tabular source shares (``sql.py`` uses it too): mapping source
 column names to the contract's, reading ids as exact text, ratings as float64 and timestamps as UTC.
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import csv
 import difflib
 import gzip
 import lzma
@@ -18,14 +24,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from recforge.data.contract import GENRES, ITEM, RATING, TIMESTAMP, USER, DataError, Dataset
+from recforge.data.contract import CATEGORY_SEPARATOR, GENRES, ITEM, RATING, TIMESTAMP, USER, DataError, Dataset
 
 #: Contract columns a ``columns`` mapping may rename.
 MAPPABLE_COLUMNS: tuple[str, ...] = (USER, ITEM, RATING, TIMESTAMP)
 #: Units accepted for numeric (epoch) timestamps, as understood by ``pandas.to_datetime``.
 TIMESTAMP_UNITS: tuple[str, ...] = ("D", "h", "m", "s", "ms", "us", "ns")
 _PARQUET_SUFFIXES = {".parquet", ".pq"}
-_TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+_TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".inter": "\t", ".user": "\t", ".item": "\t"}
+# RecBole atomic files: their extensions (no quoting in them) and the types their header names carry.
+_ATOMIC_SUFFIXES = {".inter", ".user", ".item"}
+_ATOMIC_NAME = re.compile(r"^(?P<name>.+):(?P<type>token|token_seq|float|float_seq)$")
+# token_seq columns of an atomic items file that hold category labels (RecBole's MovieLens files), in preference.
+_ATOMIC_GENRE_FIELDS = ("genre", "class")
 _COMPRESSION_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst"}
 # pandas' default missing-value markers (documented for read_csv). Applied to every column but the ids, where
 # only an empty cell means missing: "NA" or "null" may well be a real user or item code.
@@ -114,6 +125,8 @@ def load_files(
                 encoding=encoding,
                 names_setting=setting,
             )
+            if table == "items":
+                raw = atomic_genres(raw)
             tables[table] = standardize_entities(raw, id_column, mapping, str(path))
     paths = {"interactions": interactions, "users": users, "items": items}
     return Dataset(
@@ -236,20 +249,32 @@ def read_table(
         if separator is None:
             raise DataError(
                 f"cannot tell the format of {path} from its extension {suffix or '(none)'}: use .csv, .tsv, "
-                ".tab, .parquet or .pq, or give the separator (sep / --sep)"
+                ".tab, .parquet, .pq or RecBole's .inter/.user/.item, or give the separator (sep / --sep)"
             )
         # A separator of several characters ("::" in MovieLens 1M) is a regular expression to pandas, which only
         # its python engine reads (it would fall back to it with a warning).
         engine = "python" if len(separator) > 1 else "c"
+        # RecBole's atomic files quote nothing: a title such as 'The "Quoted" Film' is a value as it stands.
+        quoting = csv.QUOTE_NONE if suffix in _ATOMIC_SUFFIXES else csv.QUOTE_MINIMAL
         # pandas renames a repeated name to "name.1": read the header line as data to see the names as given.
-        written = pd.read_csv(path, sep=separator, header=None, nrows=1, dtype=str, encoding=codec, engine=engine)
+        written = pd.read_csv(
+            path, sep=separator, header=None, nrows=1, dtype=str, encoding=codec, engine=engine, quoting=quoting
+        )
+        field_types: dict[str, str] = {}
         if names is None:
-            header = pd.read_csv(path, sep=separator, nrows=0, encoding=codec, engine=engine).columns
+            header = pd.read_csv(path, sep=separator, nrows=0, encoding=codec, engine=engine, quoting=quoting).columns
             first = [str(value) for value in written.iloc[0].tolist()]
             if len(set(first)) < len(first) and any(_looks_like_a_value(value) for value in first):
                 # "1::F::1::10::48067" (a user aged 1): repeated values in a data line, not repeated names.
                 _headerless(str(path), "header line", first, names_setting)
             require_unique_columns(first, str(path))
+            typed = [_ATOMIC_NAME.match(name) for name in first]
+            if first and all(typed):
+                # A RecBole atomic header ("user_id:token"): the names without their types.
+                field_types = {match["name"]: match["type"] for match in typed if match}
+                header = pd.Index(list(field_types))
+                require_unique_columns(header, str(path))
+                quoting = csv.QUOTE_NONE
         else:
             header = pd.Index(list(names))
             if written.shape[1] != len(header):
@@ -260,17 +285,23 @@ def read_table(
                     f"separator (sep={separator!r})"
                 )
         text = set(text_columns)
-        return pd.read_csv(
+        frame = pd.read_csv(
             path,
             sep=separator,
             engine=engine,
             encoding=codec,
-            header=None if names is not None else "infer",
-            names=None if names is None else list(header),
-            dtype={c: str for c in header if c in text},
+            header=None if names is not None else 0,
+            names=list(header) if names is not None or field_types else None,
+            dtype={c: str for c in header if c in text or field_types.get(c, "").startswith("token")},
             keep_default_na=False,
             na_values={c: [""] if c in text else _TEXT_NA_VALUES for c in header},
+            quoting=quoting,
         )
+        for column, kind in field_types.items():
+            if kind == "token" and column not in text:
+                frame[column] = _token_values(frame[column])
+        frame.attrs["field_types"] = field_types
+        return frame
     except DataError:
         raise
     except UnicodeDecodeError as exc:
@@ -363,6 +394,32 @@ def standardize_entities(df: pd.DataFrame, id_column: str, columns: Mapping[str,
         # genres: a missing value, not a label that would become a "share_no_genres_listed" feature.
         out[GENRES] = genres.mask(genres.str.strip().str.lower() == _NO_GENRES)
     return out[[id_column] + [c for c in out.columns if c != id_column]].reset_index(drop=True)
+
+
+def _token_values(values: pd.Series) -> pd.Series:
+    """An atomic file's ``token`` column (read as text): integers when every value is written as one, else text.
+
+    So an age stays a number (bucketed, imputable) while a code such as zip ``01234`` keeps its leading zero.
+    """
+    present = values.dropna()
+    if present.empty or not present.str.fullmatch(r"-?(0|[1-9][0-9]{0,17})").all():
+        return values
+    return pd.to_numeric(values).astype("Int64" if values.isna().any() else "int64")
+
+
+def atomic_genres(items: pd.DataFrame) -> pd.DataFrame:
+    """An items table read from a RecBole atomic file, its category labels as the contract's ``genres``.
+
+    The first ``token_seq`` column among ``genres``, ``genre`` and ``class`` holds space-separated labels
+    (``Animation Children's Comedy``); it becomes ``genres`` with ``|`` between the labels, an empty cell
+    missing. A table from any other file, or without such a column, is returned as it is.
+    """
+    types = items.attrs.get("field_types", {})
+    source = next((name for name in (GENRES, *_ATOMIC_GENRE_FIELDS) if types.get(name) == "token_seq"), None)
+    if source is None or (source != GENRES and GENRES in items.columns):
+        return items
+    labels = items[source].astype("str").str.split().str.join(CATEGORY_SEPARATOR)
+    return items.drop(columns=[source]).assign(**{GENRES: labels.mask(labels.str.len() == 0)})
 
 
 def ids_to_text(values: pd.Series) -> pd.Series:
