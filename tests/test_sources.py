@@ -463,6 +463,10 @@ def test_recbole_atomic_files_are_read_by_extension_and_typed_header(tmp_path: P
     # The typed header is recognised in any text file (here a .tsv); untyped or partly typed headers are kept.
     tsv = _write(tmp_path / "events.tsv", "user_id:token\titem_id:token\ttimestamp:float\nu1\ti1\t0\n")
     assert load_files(tsv).interactions[USER].tolist() == ["u1"]
+    quoted = _write(
+        tmp_path / "events.csv", 'user_id:token,item_id:token,timestamp:float,note:token_seq\nu1,i1,0,"a, b"\n'
+    )
+    assert load_files(quoted).interactions["note"].tolist() == ["a, b"]  # a CSV keeps its quoting
     partly = _write(tmp_path / "partly.tsv", "user_id:token\titem_id\ttimestamp\nu1\ti1\t0\n")
     with pytest.raises(DataError, match="'user_id:token'"):
         load_files(partly)

@@ -274,7 +274,8 @@ def read_table(
                 field_types = {match["name"]: match["type"] for match in typed if match}
                 header = pd.Index(list(field_types))
                 require_unique_columns(header, str(path))
-                quoting = csv.QUOTE_NONE
+                if separator != ",":  # RecBole's own layout (tabs) quotes nothing; a CSV keeps CSV quoting
+                    quoting = csv.QUOTE_NONE
         else:
             header = pd.Index(list(names))
             if written.shape[1] != len(header):
