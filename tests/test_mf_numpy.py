@@ -20,6 +20,7 @@ from recforge.split import temporal_holdout
 from recmodels.base import RunSettings
 from recmodels.data import Interactions
 from recmodels.mf.biased_mf import BiasedMF, BiasedMFConfig, _update_side
+from recmodels.mf.cells import CellPattern
 from recmodels.mf.nmf import NMF, NMFConfig, damped_baseline, fit_nmf
 from recmodels.mf.pure_svd import PureSVD, PureSVDConfig
 
@@ -192,6 +193,35 @@ def test_biased_mf_needs_ratings_and_valid_config() -> None:
 # ---- NMF --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cell_pattern_products_match_dense_formulas_in_storage_order(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    matrix = sp.random(37, 29, density=0.3, format="lil", dtype=dtype, random_state=3)
+    matrix[4] = 0  # an empty row
+    matrix = sp.csr_matrix(matrix)
+    assert matrix[4].nnz == 0
+    # The same cells with each row's columns shuffled: results follow the storage order, sorted or not.
+    shuffled = matrix.copy()
+    for row in range(shuffled.shape[0]):
+        lo, hi = shuffled.indptr[row], shuffled.indptr[row + 1]
+        order = rng.permutation(hi - lo)
+        shuffled.indices[lo:hi], shuffled.data[lo:hi] = shuffled.indices[lo:hi][order], shuffled.data[lo:hi][order]
+    left, right = rng.random((37, 5)).astype(dtype), rng.random((29, 5)).astype(dtype)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    for pattern in (matrix, shuffled):
+        cells = CellPattern(pattern)
+        rows = np.repeat(np.arange(37), np.diff(pattern.indptr))
+        dots = cells.dots(left, right)
+        assert dots.dtype == dtype and dots.shape == (pattern.nnz,)
+        np.testing.assert_allclose(dots, np.sum(left[rows] * right[pattern.indices], axis=1), rtol=tolerance)
+        values = rng.random(pattern.nnz).astype(dtype)
+        expected = sp.csr_matrix((values, pattern.indices, pattern.indptr), shape=pattern.shape) @ right
+        np.testing.assert_allclose(cells.product(values, right), expected, rtol=tolerance, atol=tolerance)
+    empty = CellPattern(sp.csr_matrix((4, 3), dtype=dtype))
+    assert empty.dots(np.ones((4, 2), dtype), np.ones((3, 2), dtype)).shape == (0,)
+    np.testing.assert_array_equal(empty.product(np.zeros(0, dtype), np.ones((3, 2), dtype)), np.zeros((4, 2)))
+
+
 @pytest.mark.parametrize("missing_weight", [0.0, 0.5])
 def test_nmf_update_matches_the_dense_weighted_formula(missing_weight: float) -> None:
     dense = np.array([[5, 0, 3, 1], [0, 4, 0, 0], [2, 2, 0, 5]], dtype=np.float32)
@@ -328,11 +358,10 @@ def test_ml100k_nmf_rmse(ml_interactions: pd.DataFrame) -> None:
     assert result["rmse"] <= 0.955, result  # surprise NMF defaults 0.963
 
 
-@pytest.mark.parametrize("cells_per_chunk", [1, 3, 7])
-def test_cg_in_row_chunks_matches_one_chunk(cells_per_chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The per-cell products are gathered in chunks (bounded buffers); the result must not depend on them.
-    # Row 0 is empty and row 2 alone holds more cells than a chunk.
-    import recmodels.mf.cells as cells_module
+@pytest.mark.parametrize("weight", [0.0, 0.4])
+def test_cg_steps_match_dense_conjugate_gradient_per_row(weight: float) -> None:
+    # solve_cg never forms a row's Gram matrix (per-cell products over the ratings' cells); here each row's is
+    # built densely and CG run by hand. Row 0 is empty, row 2 has every cell.
     import recmodels.mf.ridge as ridge
 
     rng = np.random.default_rng(4)
@@ -342,11 +371,23 @@ def test_cg_in_row_chunks_matches_one_chunk(cells_per_chunk: int, monkeypatch: p
     ratings = sp.csr_matrix(dense)
     other_factors, other_bias = rng.normal(size=(9, 3)), rng.normal(size=9)
     start = rng.normal(size=(6, 4))
-    results = {}
-    for cells in (10_000, cells_per_chunk):
-        monkeypatch.setattr(cells_module, "_DOT_CHUNK", cells)
-        for weight in (0.0, 0.4):
-            system = ridge.ridge_rows(ratings, other_factors, other_bias, 3.0, 0.1, 0.02, 0.0, weight)
-            results[cells, weight] = ridge.solve_cg(system, ratings, start, steps=3)
-    for weight in (0.0, 0.4):
-        np.testing.assert_array_equal(results[cells_per_chunk, weight], results[10_000, weight])
+    system = ridge.ridge_rows(ratings, other_factors, other_bias, 3.0, 0.1, 0.02, 0.0, weight)
+    solved = ridge.solve_cg(system, ratings, start, steps=3)
+    design = system.design
+    for row in range(6):
+        observed = design[dense[row] > 0]
+        gram = system.observed_weight * observed.T @ observed + np.diag(system.penalty[row])
+        if system.dense_gram is not None:
+            gram += system.dense_gram
+        x = start[row].copy()
+        residual = system.rhs[row] - gram @ x
+        direction = residual.copy()
+        for _ in range(3):
+            if residual @ residual == 0:
+                break
+            alpha = (residual @ residual) / (direction @ gram @ direction)
+            x += alpha * direction
+            new_residual = residual - alpha * gram @ direction
+            direction = new_residual + (new_residual @ new_residual) / (residual @ residual) * direction
+            residual = new_residual
+        np.testing.assert_allclose(solved[row], x, rtol=1e-4, atol=1e-6)

@@ -1,30 +1,58 @@
-"""Per-cell dot products of two factor matrices over the stored cells of a sparse pattern (nmf's predictions on
-the observed ratings, biased_mf's conjugate-gradient Gram products)."""
+"""Products restricted to the stored cells of a sparse pattern: per-cell dot products of two factor matrices
+(nmf's predictions on the observed ratings, biased_mf's conjugate-gradient Gram products) and sparse × dense
+products with values on those cells."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import scipy.sparse as sp
+import torch
 
-_DOT_CHUNK = 4096  # cells per gathered chunk: 4096 × k=50 float32 rows of each side fit in L2
 
+class CellPattern:
+    """The stored cells of a CSR matrix, for repeated products restricted to them.
 
-def cell_dots(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``a[rows] · b[cols]`` per stored cell, float32.
-
-    In chunks gathered with ``np.take``, so the gathered rows stay in cache between the gather and the product:
-    2.6× faster than one ``a[rows]`` / ``b[cols]`` gather of all cells (64,000 random cells, k = 50: 2.0 ms vs
-    5.2 ms), with bitwise the same result (each cell's dot product is summed in the same order).
+    ``dots(a, b)`` is ``a[i] · b[j]`` for every stored cell ``(i, j)``, in the matrix's storage order (a sampled
+    dense × dense product); ``product(values, dense)`` is the sparse matrix with
+    ``values`` on those cells times ``dense``. Both run in torch's CSR kernels (MKL's on x86 builds) with the
+    caller's torch thread count. On ML-100K's 80,000 training ratings and 50 factors, one thread (2026-12-06,
+    ad-hoc): ``dots`` 0.77–0.80 ms against 3.5–4.1 ms for the chunked numpy gather and ``einsum`` it replaced,
+    ``product`` 0.53–0.64 ms against 1.49–1.52 ms for scipy's. Results agree with those to float rounding.
     """
-    out = np.empty(len(rows), dtype=np.result_type(a.dtype, b.dtype))
-    # Two gather buffers reused by every chunk: a fresh ~800 kB array per gather is above glibc's default mmap
-    # threshold in a new process, and faulting its pages in on every call made a whole fit 3× slower. ``clip``:
-    # numpy buffers ``out`` in the default "raise" mode; the indices are the data's own, always in range.
-    rows_of_a = np.empty((min(_DOT_CHUNK, len(rows)), a.shape[1]), dtype=a.dtype)
-    rows_of_b = np.empty((min(_DOT_CHUNK, len(rows)), b.shape[1]), dtype=b.dtype)
-    for start in range(0, len(rows), _DOT_CHUNK):
-        stop = min(start + _DOT_CHUNK, len(rows))
-        n = stop - start
-        np.take(a, rows[start:stop], axis=0, out=rows_of_a[:n], mode="clip")
-        np.take(b, cols[start:stop], axis=0, out=rows_of_b[:n], mode="clip")
-        np.einsum("ij,ij->i", rows_of_a[:n], rows_of_b[:n], out=out[start:stop])
-    return out
+
+    def __init__(self, matrix: sp.csr_matrix) -> None:
+        matrix = sp.csr_matrix(matrix)
+        self.shape: tuple[int, int] = (int(matrix.shape[0]), int(matrix.shape[1]))
+        self._crow = torch.from_numpy(matrix.indptr.astype(np.int64))
+        self._col = torch.from_numpy(matrix.indices.astype(np.int64))
+
+    @property
+    def nnz(self) -> int:
+        return int(self._col.shape[0])
+
+    def _csr(self, values: torch.Tensor) -> torch.Tensor:
+        with warnings.catch_warnings():
+            # torch flags CSR tensors as beta; both products used here are long supported (as in mf/als.py).
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(self._crow, self._col, values, size=self.shape, check_invariants=False)
+
+    def dots(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``a[i] · b[j]`` for each stored cell ``(i, j)``: ``a`` is ``(rows, k)``, ``b`` ``(columns, k)``."""
+        dtype = np.result_type(a.dtype, b.dtype)
+        left, right = torch.from_numpy(_torch_input(a, dtype)), torch.from_numpy(_torch_input(b, dtype))
+        zeros = torch.zeros(self.nnz, dtype=left.dtype)
+        return torch.sparse.sampled_addmm(self._csr(zeros), left, right.T, beta=0.0).values().numpy()
+
+    def product(self, values: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        """The pattern with ``values`` (one per stored cell, storage order) times ``dense`` ``(columns, k)``."""
+        dtype = np.result_type(values.dtype, dense.dtype)
+        cells = torch.from_numpy(_torch_input(values, dtype))
+        return (self._csr(cells) @ torch.from_numpy(_torch_input(dense, dtype))).numpy()
+
+
+def _torch_input(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``array`` as a C-contiguous, writeable array of ``dtype`` (what ``torch.from_numpy`` can share)."""
+    array = np.ascontiguousarray(array, dtype=dtype)
+    return array if array.flags.writeable else array.copy()

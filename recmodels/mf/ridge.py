@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recmodels.mf.cells import cell_dots
+from recmodels.mf.cells import CellPattern
 
 _GRAM_VALUES = 8_000_000  # Gram-matrix values built at once (rows per chunk = this / (k+1)²)
 
@@ -107,17 +107,13 @@ def solve_cg(system: RidgeRows, ratings: sp.csr_matrix, start: np.ndarray, steps
     each observed cell of ``ratings`` contributes ``a_i (a_i · v_u)``, summed per row by one sparse × dense
     product. CG never raises a row's objective above its value at ``start``.
     """
-    row_of_cell = np.repeat(np.arange(ratings.shape[0]), np.diff(ratings.indptr))
+    cells = CellPattern(ratings)
     # float32 for the per-cell dot products, the bulk of the memory traffic; sums and CG state stay float64.
     design32 = system.design.astype(np.float32)
-    cell_weights = sp.csr_matrix(
-        (np.empty(ratings.nnz), ratings.indices, ratings.indptr), shape=ratings.shape
-    )  # fmt: skip
 
     def gram_times(v: np.ndarray) -> np.ndarray:
-        along = cell_dots(v.astype(np.float32), design32, row_of_cell, ratings.indices)
-        cell_weights.data = along.astype(np.float64) * system.observed_weight
-        out = np.asarray(cell_weights @ system.design)
+        along = cells.dots(v.astype(np.float32), design32)
+        out = cells.product(along.astype(np.float64) * system.observed_weight, system.design)
         if system.dense_gram is not None:
             out += v @ system.dense_gram
         out += system.penalty * v
