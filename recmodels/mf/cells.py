@@ -25,8 +25,10 @@ class CellPattern:
     def __init__(self, matrix: sp.csr_matrix) -> None:
         matrix = sp.csr_matrix(matrix)
         self.shape: tuple[int, int] = (int(matrix.shape[0]), int(matrix.shape[1]))
-        self._crow = torch.from_numpy(matrix.indptr.astype(np.int64))
-        self._col = torch.from_numpy(matrix.indices.astype(np.int64))
+        # int32 indices where they fit: half the memory of int64 (both arrays must share one type).
+        index_type = np.int32 if max(matrix.nnz, *self.shape) < np.iinfo(np.int32).max else np.int64
+        self._crow = torch.from_numpy(matrix.indptr.astype(index_type))
+        self._col = torch.from_numpy(matrix.indices.astype(index_type))
 
     @property
     def nnz(self) -> int:
