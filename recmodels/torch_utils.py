@@ -84,11 +84,10 @@ def dense_product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     cannot wrap it), and float32 meets float64 in float64.
     """
     dtype = np.result_type(left, right)  # numpy's promotion: torch refuses mixed float32/float64 operands
-    return (
-        torch.from_numpy(_as_torch_input(left, dtype)).matmul(torch.from_numpy(_as_torch_input(right, dtype))).numpy()
-    )
+    return torch.from_numpy(as_torch_input(left, dtype)).matmul(torch.from_numpy(as_torch_input(right, dtype))).numpy()
 
 
-def _as_torch_input(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def as_torch_input(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``array`` as ``dtype``, shared with ``torch.from_numpy`` where it can be (a read-only array is copied)."""
     array = array.astype(dtype, copy=False)
     return array if array.flags.writeable else array.copy()

@@ -217,6 +217,11 @@ def test_cell_pattern_products_match_dense_formulas_in_storage_order(dtype: type
         values = rng.random(pattern.nnz).astype(dtype)
         expected = sp.csr_matrix((values, pattern.indices, pattern.indptr), shape=pattern.shape) @ right
         np.testing.assert_allclose(cells.product(values, right), expected, rtol=tolerance, atol=tolerance)
+    # Strided views (a transposed factor matrix) are read as they are.
+    cells = CellPattern(matrix)
+    left_view, right_view = np.asfortranarray(left), np.ascontiguousarray(right.T).T
+    np.testing.assert_allclose(cells.dots(left_view, right_view), cells.dots(left, right), rtol=tolerance)
+    np.testing.assert_allclose(cells.product(matrix.data, right_view), matrix @ right, rtol=tolerance, atol=tolerance)
     empty = CellPattern(sp.csr_matrix((4, 3), dtype=dtype))
     assert empty.dots(np.ones((4, 2), dtype), np.ones((3, 2), dtype)).shape == (0,)
     np.testing.assert_array_equal(empty.product(np.zeros(0, dtype), np.ones((3, 2), dtype)), np.zeros((4, 2)))

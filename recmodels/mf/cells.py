@@ -10,6 +10,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recmodels.torch_utils import as_torch_input
+
 
 class CellPattern:
     """The stored cells of a CSR matrix, for repeated products restricted to them.
@@ -43,18 +45,12 @@ class CellPattern:
     def dots(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``a[i] · b[j]`` for each stored cell ``(i, j)``: ``a`` is ``(rows, k)``, ``b`` ``(columns, k)``."""
         dtype = np.result_type(a.dtype, b.dtype)
-        left, right = torch.from_numpy(_torch_input(a, dtype)), torch.from_numpy(_torch_input(b, dtype))
+        left, right = torch.from_numpy(as_torch_input(a, dtype)), torch.from_numpy(as_torch_input(b, dtype))
         zeros = torch.zeros(self.nnz, dtype=left.dtype)
         return torch.sparse.sampled_addmm(self._csr(zeros), left, right.T, beta=0.0).values().numpy()
 
     def product(self, values: np.ndarray, dense: np.ndarray) -> np.ndarray:
         """The pattern with ``values`` (one per stored cell, storage order) times ``dense`` ``(columns, k)``."""
         dtype = np.result_type(values.dtype, dense.dtype)
-        cells = torch.from_numpy(_torch_input(values, dtype))
-        return (self._csr(cells) @ torch.from_numpy(_torch_input(dense, dtype))).numpy()
-
-
-def _torch_input(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``array`` as a C-contiguous, writeable array of ``dtype`` (what ``torch.from_numpy`` can share)."""
-    array = np.ascontiguousarray(array, dtype=dtype)
-    return array if array.flags.writeable else array.copy()
+        cells = torch.from_numpy(as_torch_input(values, dtype))
+        return (self._csr(cells) @ torch.from_numpy(as_torch_input(dense, dtype))).numpy()
