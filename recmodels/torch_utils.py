@@ -12,6 +12,8 @@ Kept deliberately tiny and stable, because every torch model imports it:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -91,3 +93,11 @@ def as_torch_input(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``array`` as ``dtype``, shared with ``torch.from_numpy`` where it can be (a read-only array is copied)."""
     array = array.astype(dtype, copy=False)
     return array if array.flags.writeable else array.copy()
+
+
+def sparse_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A torch CSR tensor over the given arrays (no copy, no invariant checks: callers pass valid CSR arrays)."""
+    with warnings.catch_warnings():
+        # torch flags CSR tensors as beta; the CSR × dense and sampled products used with them are long supported.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)

@@ -31,9 +31,9 @@ MAPPABLE_COLUMNS: tuple[str, ...] = (USER, ITEM, RATING, TIMESTAMP)
 #: Units accepted for numeric (epoch) timestamps, as understood by ``pandas.to_datetime``.
 TIMESTAMP_UNITS: tuple[str, ...] = ("D", "h", "m", "s", "ms", "us", "ns")
 _PARQUET_SUFFIXES = {".parquet", ".pq"}
-_TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".inter": "\t", ".user": "\t", ".item": "\t"}
-# RecBole atomic files: their extensions (no quoting in them) and the types their header names carry.
+# RecBole atomic files: their extensions (tab-separated, no quoting in them) and the types their header names carry.
 _ATOMIC_SUFFIXES = {".inter", ".user", ".item"}
+_TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"} | dict.fromkeys(_ATOMIC_SUFFIXES, "\t")
 _ATOMIC_NAME = re.compile(r"^(?P<name>.+):(?P<type>token|token_seq|float|float_seq)$")
 # token_seq columns of an atomic items file that hold category labels (RecBole's MovieLens files), in preference.
 _ATOMIC_GENRE_FIELDS = ("genre", "class")

@@ -20,7 +20,6 @@ the CPU cache, padding wastes little work, and each gathered block is reused by 
 from __future__ import annotations
 
 import contextlib
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ import torch
 
 from recmodels.base import ModelConfig, Recommender, RunSettings
 from recmodels.data import Interactions
-from recmodels.torch_utils import dense_product, resolve_device, set_threads
+from recmodels.torch_utils import dense_product, resolve_device, set_threads, sparse_csr
 
 __all__ = ["ALS", "ALSConfig", "RowPlan", "als_loss", "confidence_matrix", "conjugate_gradient_update"]
 
@@ -287,15 +286,12 @@ class RowPlan:
     def _row_block(self, first: int, stop: int) -> torch.Tensor:
         """Rows ``[first, stop)`` as a sparse CSR tensor over views of the plan's arrays (no copy of the pairs)."""
         lo, hi = int(self.indptr[first]), int(self.indptr[stop])
-        with warnings.catch_warnings():
-            # torch flags CSR tensors as beta; the plain CSR × dense product used here is long supported.
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.sparse_csr_tensor(
-                self.indptr[first : stop + 1] - lo,
-                self.indices[lo:hi],
-                self.confidence[lo:hi],
-                size=(stop - first, self.n_cols),
-            )
+        return sparse_csr(
+            self.indptr[first : stop + 1] - lo,
+            self.indices[lo:hi],
+            self.confidence[lo:hi],
+            size=(stop - first, self.n_cols),
+        )
 
 
 def _chunk_bounds(sorted_counts: np.ndarray, max_cells: int) -> list[tuple[int, int, int]]:

@@ -4,13 +4,11 @@ products with values on those cells."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recmodels.torch_utils import as_torch_input
+from recmodels.torch_utils import as_torch_input, sparse_csr
 
 
 class CellPattern:
@@ -37,10 +35,7 @@ class CellPattern:
         return int(self._col.shape[0])
 
     def _csr(self, values: torch.Tensor) -> torch.Tensor:
-        with warnings.catch_warnings():
-            # torch flags CSR tensors as beta; both products used here are long supported (as in mf/als.py).
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.sparse_csr_tensor(self._crow, self._col, values, size=self.shape, check_invariants=False)
+        return sparse_csr(self._crow, self._col, values, self.shape)
 
     def dots(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``a[i] · b[j]`` for each stored cell ``(i, j)``: ``a`` is ``(rows, k)``, ``b`` ``(columns, k)``."""
