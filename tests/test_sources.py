@@ -689,6 +689,23 @@ def test_csv_with_byte_order_mark(tmp_path: Path) -> None:
     assert load_files(path).interactions[USER].tolist() == ["u1"]
 
 
+def test_spaces_after_commas_are_not_part_of_names_or_ids(tmp_path: Path) -> None:
+    # "a, b" as people and report tools write it: " item_id" would be missing and " i1" another item than "i1".
+    events = tmp_path / "events.csv"
+    events.write_text('user_id, item_id, rating, timestamp\nu1, i1, 4, 0\nu2,  "i1", 5, 60\nu1,i2,3,120\n')
+    items = tmp_path / "items.csv"
+    items.write_text('item_id, title, genres\ni1, "Heat, 1995", Action|Crime\ni2, Up, Animation\n')
+    data = load_files(events, items=items)
+    assert data.interactions[ITEM].tolist() == ["i1", "i1", "i2"]
+    assert data.interactions[RATING].tolist() == [4.0, 5.0, 3.0]
+    assert data.items is not None
+    assert data.items.set_index(ITEM)["title"].to_dict() == {"i1": "Heat, 1995", "i2": "Up"}
+    # Tab-separated files keep their spaces: a leading space there is written on purpose, or not a separator.
+    tabbed = tmp_path / "events.tsv"
+    tabbed.write_text("user_id\titem_id\ttimestamp\nu1\t i1\t0\n")
+    assert load_files(tabbed).interactions[ITEM].tolist() == [" i1"]
+
+
 # ---------------------------------------------------------------- SQL
 
 

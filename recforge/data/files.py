@@ -256,13 +256,26 @@ def read_table(
         engine = "python" if len(separator) > 1 else "c"
         # RecBole's atomic files quote nothing: a title such as 'The "Quoted" Film' is a value as it stands.
         quoting = csv.QUOTE_NONE if suffix in _ATOMIC_SUFFIXES else csv.QUOTE_MINIMAL
+        # "user_id, item_id" (hand-written or report exports): the space after a comma is not part of the name or
+        # id, else " item_id" is missing and " 10" is another item than "10". Whitespace separators keep theirs.
+        spaces = not separator.isspace()
         # pandas renames a repeated name to "name.1": read the header line as data to see the names as given.
         written = pd.read_csv(
-            path, sep=separator, header=None, nrows=1, dtype=str, encoding=codec, engine=engine, quoting=quoting
+            path,
+            sep=separator,
+            header=None,
+            nrows=1,
+            dtype=str,
+            encoding=codec,
+            engine=engine,
+            quoting=quoting,
+            skipinitialspace=spaces,
         )
         field_types: dict[str, str] = {}
         if names is None:
-            header = pd.read_csv(path, sep=separator, nrows=0, encoding=codec, engine=engine, quoting=quoting).columns
+            header = pd.read_csv(
+                path, sep=separator, nrows=0, encoding=codec, engine=engine, quoting=quoting, skipinitialspace=spaces
+            ).columns
             first = [str(value) for value in written.iloc[0].tolist()]
             if len(set(first)) < len(first) and any(_looks_like_a_value(value) for value in first):
                 # "1::F::1::10::48067" (a user aged 1): repeated values in a data line, not repeated names.
@@ -297,6 +310,7 @@ def read_table(
             keep_default_na=False,
             na_values={c: [""] if c in text else _TEXT_NA_VALUES for c in header},
             quoting=quoting,
+            skipinitialspace=spaces,
         )
         for column, kind in field_types.items():
             if kind == "token" and column not in text:
