@@ -234,6 +234,11 @@ def _mixed_ids(published: Published) -> None:
     assert {"1", "u2", "29", "u30"} <= users and "2" not in users and "u1" not in users
 
 
+def _same_as_good(published: Published) -> None:
+    good = load_dataset(SourceSpec.from_mapping(resolve(GOOD_SOURCE))).interactions
+    pd.testing.assert_frame_equal(published.dataset.interactions, good[list(published.dataset.interactions.columns)])
+
+
 def _bom(published: Published) -> None:
     assert list(published.dataset.interactions.columns[:2]) == ["user_id", "item_id"]
 
@@ -353,12 +358,26 @@ CASES: tuple[Case, ...] = (
         ("wrong_delimiter.csv", "no column 'user_id'", "separated by ';'", "sep=';'"),
     ),
     Case(
+        "csv_unquoted_separator",
+        _csv("unquoted_separator.csv"),
+        "load",
+        ("unquoted_separator.csv", "Expected 4 fields in line 32, saw 5", "quote values that contain the separator"),
+    ),
+    # The same on the first data line: pandas would read the first field as an index and shift every column.
+    Case(
+        "csv_unquoted_separator_first_row",
+        _csv("unquoted_separator_first_row.csv"),
+        "load",
+        ("unquoted_separator_first_row.csv", "line 2", "more fields than the 4 column(s) named", "quote values"),
+    ),
+    Case(
         "csv_non_utf8",
         _csv("non_utf8.csv"),
         "load",
         ("non_utf8.csv", "line 14 (b'1,caf\\xe9", "is not UTF-8 text", "--encoding", "re-save it as UTF-8"),
     ),
     Case("csv_bom", _csv("bom.csv"), None, users=GOOD_USERS, check=_bom),
+    Case("csv_spaces_after_commas", _csv("spaces_after_commas.csv"), None, users=GOOD_USERS, check=_same_as_good),
     Case("csv_empty", _csv("empty.csv"), "load", ("empty.csv", "the file is empty")),
     Case(
         "csv_header_only",

@@ -237,6 +237,7 @@ def read_table(
     suffix = suffixes[-1] if suffixes else ""
     if not path.is_file():
         raise DataError(f"file {path} does not exist (or is not a file)")
+    separator = sep
     try:
         if suffix in _PARQUET_SUFFIXES:
             if names is not None:
@@ -312,6 +313,14 @@ def read_table(
             quoting=quoting,
             skipinitialspace=spaces,
         )
+        if not isinstance(frame.index, pd.RangeIndex):
+            # pandas takes a first data line with more fields than names as "the first fields are an index" and
+            # shifts every column by one: "10,Action, Comedy" under "item_id,genres" became item "Action".
+            raise DataError(
+                f"{path}: line 2, the first after the header, has more fields than the {len(header)} column(s) "
+                f"named ({', '.join(header)}); quote values that contain the separator {separator!r} "
+                '("Action, Comedy"), or give the file\'s separator (sep / --sep)'
+            )
         for column, kind in field_types.items():
             if kind == "token" and column not in text:
                 frame[column] = _token_values(frame[column])
@@ -324,8 +333,12 @@ def read_table(
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"cannot read {path}: the file is empty") from exc
     except (OSError, ValueError, ImportError, pd.errors.ParserError) as exc:
-        kind = "Parquet" if suffix in _PARQUET_SUFFIXES else f"delimited text (sep={sep!r})"
-        raise DataError(f"cannot read {path} as {kind}: {exc}") from exc
+        if suffix in _PARQUET_SUFFIXES:
+            raise DataError(f"cannot read {path} as Parquet: {exc}") from exc
+        hint = ""
+        if isinstance(exc, pd.errors.ParserError) and "Expected" in str(exc):  # "Expected 3 fields in line 9, saw 4"
+            hint = f"; quote values that contain the separator {separator!r}, or give the file's separator (--sep)"
+        raise DataError(f"cannot read {path} as delimited text (sep={separator!r}): {str(exc).strip()}{hint}") from exc
 
 
 def _undecodable_message(path: Path, encoding: str, exc: UnicodeDecodeError) -> str:

@@ -109,6 +109,10 @@ def _csv_cases(good: list[Row]) -> dict[str, bytes | str]:
     two_ratings = [[u, i, r, 1 + r % 5, t] for u, i, r, t in good]
     long_user = "u" * LONG_ID_LENGTH
     big_ids = [[2**63 - u, 2**62 + i, r, t] for u, i, r, t in good]
+    # A European decimal comma in one rating, unquoted: that line has a fifth field.
+    decimal_comma = _replace(good, {30: (RATING, "4,5")})
+    decimal_comma_first = _replace(good, {0: (RATING, "4,5")})
+    spaced = _csv(good).replace(",", ", ")  # "user_id, item_id, …" as people and report tools write it
     # Cases that replace single values: file name -> {row position: (column, new value)}.
     edits: dict[str, dict[int, tuple[int, object]]] = {
         "rating_text.csv": {10: (RATING, "four"), 11: (RATING, "4 stars")},
@@ -129,6 +133,9 @@ def _csv_cases(good: list[Row]) -> dict[str, bytes | str]:
         "duplicate_columns.csv": _csv(two_ratings, header=(*HEADER[:3], "rating", "timestamp")),
         "truncated_last_line.csv": truncated,
         "wrong_delimiter.csv": _csv(good, sep=";"),
+        "unquoted_separator.csv": _csv(decimal_comma),
+        "unquoted_separator_first_row.csv": _csv(decimal_comma_first),
+        "spaces_after_commas.csv": spaced,
         "no_header.csv": _lines(good),
         "non_utf8.csv": non_utf8,
         "bom.csv": b"\xef\xbb\xbf" + _csv(good).encode(),
