@@ -12,11 +12,14 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recforge.config import DB_URL_ENV, ConfigError, RunConfig, build_config, load_toml, resolve_db_url
 from recforge.data.contract import DataError
 from recforge.malloc import tune_malloc
+
+if TYPE_CHECKING:
+    from recforge.store import Store
 
 DATASET_KINDS = ("synthetic", "movielens-100k", "csv", "parquet", "sql")
 
@@ -270,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--db-url", help="SQLAlchemy URL (default $RECFORGE_DB_URL or sqlite:///var/recforge.db)")
     _add_pseudonymised_option(forget)
 
+    runs = sub.add_parser("runs", help="list the latest runs (status, as_of, duration, champion, error)")
+    runs.add_argument("--limit", type=_positive_int, default=10, help="runs to list (default 10)")
+    runs.add_argument("--status", help="only runs with this status: running, completed, partial or failed")
+    runs.add_argument(
+        "--run", metavar="RUN_ID", help="one run in full (its id or first characters): timings, error, metrics"
+    )
+    runs.add_argument("--db-url", help="SQLAlchemy URL (default $RECFORGE_DB_URL or sqlite:///var/recforge.db)")
+
     sub.add_parser("models", help="list the registered models and their families")
     return parser
 
@@ -402,10 +413,164 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_recommendations(args: argparse.Namespace) -> int:
-    from recforge.store import Store
+def _published_store(db_url: str | None, upgrade: bool = False) -> Store:
+    """The database a run published to, for the commands that read (or amend) it.
 
-    store = Store(resolve_db_url(args.db_url))
+    A ConfigError instead of an SQL traceback when there is nothing there: a SQLite file that does not exist (not
+    created empty, as connecting would), a database without recforge's tables, one at an older schema revision
+    (``upgrade``: migrated, for the commands that write), or one that cannot be reached.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    from recforge.migrations import head_revision
+    from recforge.store import Store, mask_url
+
+    url = resolve_db_url(db_url)
+    where = "--db-url" if db_url else (f"${DB_URL_ENV}" if os.environ.get(DB_URL_ENV) else "the default")
+    parsed = make_url(url)
+    database = parsed.database or ""
+    file_path = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+    if file_path and not database.startswith("file:") and not os.path.isfile(database):
+        raise ConfigError(
+            f"no database file {os.path.abspath(database)} ({mask_url(url)}, from {where}); `recforge run` "
+            "creates it, or point --db-url at the database a run published to"
+        )
+    store = Store(url)
+    try:
+        revision = store.schema_revision()
+    except DBAPIError as exc:
+        raise ConfigError(f"cannot read database {store.url_masked} (from {where}): {exc.orig}") from None
+    if revision is None:
+        raise ConfigError(
+            f"database {store.url_masked} (from {where}) holds no recforge tables; `recforge run` with the same "
+            "URL creates and fills them"
+        )
+    if revision != head_revision():
+        if not upgrade:
+            raise ConfigError(
+                f"database {store.url_masked} is at schema revision {revision}, this recforge reads revision "
+                f"{head_revision()}; the next `recforge run` upgrades it, keeping its rows"
+            )
+        store.create_schema()
+    return store
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    store = _published_store(args.db_url)
+    if args.run:
+        try:
+            found = store.latest_runs(limit=2, run_id_prefix=args.run)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if len(found) != 1:
+            problem = "no run" if found.empty else "more than one run"
+            raise ConfigError(
+                f"{problem} in {store.url_masked} has an id starting {args.run!r}; `recforge runs` lists them"
+            )
+        print(_run_details(found.iloc[0], store.metrics_for_run(str(found.iloc[0]["run_id"]))))
+        return 0
+    try:
+        runs = store.latest_runs(limit=args.limit, status=args.status)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if runs.empty:
+        which = f"{args.status} runs" if args.status else "runs"
+        print(f"no {which} in {store.url_masked}", file=sys.stderr)
+        return 1
+    print(_runs_table(runs))
+    return 0
+
+
+def _runs_table(runs: Any) -> str:
+    import pandas as pd
+
+    seconds = (runs["finished_at"] - runs["started_at"]).dt.total_seconds()
+    table = pd.DataFrame(
+        {
+            "started (UTC)": runs["started_at"].dt.strftime("%Y-%m-%d %H:%M:%S"),
+            "run_id": runs["run_id"].str.slice(0, 8),
+            "dataset": runs["dataset"],
+            "as_of": runs["as_of"].dt.strftime("%Y-%m-%d %H:%M"),
+            "status": runs["status"],
+            "seconds": [("" if pd.isna(v) else f"{v:.1f}") for v in seconds],
+            "champion": [_text(c) for c in runs["champion"]],
+            # The first line of the error, shortened: `recforge runs --run ID` shows it whole.
+            "error": [_first_line(e, 70) for e in runs["error"]],
+        }
+    )
+    # Left-aligned text with the error last (pandas right-aligns every column, which scatters short errors).
+    widths = {name: max(len(name), *(len(v) for v in table[name])) for name in table.columns}
+    rows = [list(table.columns), *table.itertuples(index=False)]
+    return "\n".join(
+        "  ".join(str(v).ljust(widths[c]) for c, v in zip(table.columns, row, strict=True)).rstrip() for row in rows
+    )
+
+
+def _text(value: Any, missing: str = "") -> str:
+    """A runs-table cell as text; NULL (None or NaN, as pandas reads it) as ``missing``."""
+    return value if isinstance(value, str) and value else missing
+
+
+def _first_line(text: Any, width: int) -> str:
+    lines = _text(text).strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _run_details(run: Any, metrics: Any) -> str:
+    import json
+
+    import pandas as pd
+
+    lines = [f"run {run['run_id']}: {run['status']}"]
+    for label, key in (("flow run", "flow_run_id"), ("dataset", "dataset"), ("source", "source"), ("as_of", "as_of")):
+        lines.append(f"  {label + ':':<11}{run[key] if key == 'as_of' else _text(run[key], '-')}")
+    started, ended = run["started_at"], run["finished_at"]
+    finished = "" if pd.isna(ended) else f" → {ended:%H:%M:%S} ({(ended - started).total_seconds():.1f} s)"
+    lines.append(
+        f"  {'ran:':<11}{started:%Y-%m-%d %H:%M:%S} UTC{finished} on {_text(run['host'], '?')} "
+        f"({_text(run['process'], '?')})"
+    )
+    lines.append(f"  {'champion:':<11}{_text(run['champion'], '-')}")
+    if run["timings"]:
+        lines.append("  stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in run["timings"].items()))
+    lines.append("  parameters: " + json.dumps(run["parameters"], sort_keys=True, default=str))
+    if _text(run["error"]):
+        lines.append("  error:")
+        lines.extend(f"    {line}" for line in _text(run["error"]).splitlines())
+    board = _metrics_board(metrics)
+    if board is not None:
+        lines.append(f"Metrics ({board.attrs['split']}):")
+        lines.append(board.reset_index().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return "\n".join(lines)
+
+
+def _metrics_board(metrics: Any) -> Any:
+    """Model × metric@k of the run's main protocol (not its per-group, rating, timing or interval rows)."""
+    import pandas as pd
+
+    main = metrics[
+        ~metrics["split"].str.contains(":")
+        & ~metrics["split"].isin(["timing", "random_80_20"])
+        & ~metrics["metric"].str.endswith(("_ci_low", "_ci_high"))
+    ]
+    if main.empty:
+        return None
+    split = str(main["split"].iloc[0])
+    main = main[main["split"] == split]
+    names = [m if pd.isna(k) else f"{m}@{k}" for m, k in zip(main["metric"], main["k"], strict=True)]
+    board = main.assign(name=names).pivot_table(index="model", columns="name", values="value", aggfunc="first")
+    ndcg = [c for c in board.columns if c.startswith("ndcg@")]
+    if ndcg:
+        board = board.sort_values(ndcg[0], ascending=False)
+    board.columns.name = None
+    board.attrs["split"] = split
+    return board
+
+
+def cmd_recommendations(args: argparse.Namespace) -> int:
+    store = _published_store(args.db_url)
     frame = store.read_recommendations(_stored_user(args), model=args.model, as_of=args.as_of, limit=args.limit)
     if frame.empty:
         which = f"model {args.model!r}" if args.model else "the champion model"
@@ -424,10 +589,9 @@ def cmd_recommendations(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    from recforge.store import Store
     from tasks.caching import purge_cached_results
 
-    store = Store(resolve_db_url(args.db_url))
+    store = _published_store(args.db_url, upgrade=True)
     deleted = store.forget_user(_stored_user(args), note=args.note)
     print(
         f"forgot user {args.user!r} in {store.url_masked}: deleted {deleted['recommendations']} recommendation and "
@@ -522,6 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "recommendations": cmd_recommendations,
         "forget": cmd_forget,
         "models": cmd_models,
+        "runs": cmd_runs,
     }
     try:
         return handlers[args.command](args)
@@ -535,7 +700,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("recforge: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the flow already logged the traceback; the user gets the reason
-        print(f"recforge: run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        failed = "run failed" if args.command in ("run", "backfill") else f"{args.command} failed"
+        print(f"recforge: {failed}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 
 

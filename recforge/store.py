@@ -844,11 +844,25 @@ class Store:
             if result.rowcount == 0:
                 raise LookupError(self._unknown_run_message(run_id))
 
-    def latest_runs(self, limit: int = 10) -> pd.DataFrame:
-        """The ``limit`` most recently started runs, newest first; ``parameters``/``timings`` as dicts."""
+    def latest_runs(self, limit: int = 10, status: str | None = None, run_id_prefix: str | None = None) -> pd.DataFrame:
+        """The ``limit`` most recently started runs, newest first; ``parameters``/``timings`` as dicts.
+
+        ``status``: only runs with that status (one of :data:`RUN_STATUSES`); ``run_id_prefix``: only runs whose
+        id starts with it (the first characters people copy from a run summary).
+        """
+        if status is not None and status not in RUN_STATUSES:
+            raise ValueError(f"run status must be one of {RUN_STATUSES}, got {status!r}")
         names = [c.name for c in runs_table.c]
+        stmt = select(runs_table)
+        if status is not None:
+            stmt = stmt.where(runs_table.c.status == status)
+        if run_id_prefix:
+            # Run ids are UUIDs: hex digits and dashes, so the prefix needs no LIKE escaping beyond refusing others.
+            if not all(ch in "0123456789abcdefABCDEF-" for ch in run_id_prefix):
+                raise ValueError(f"{run_id_prefix!r} is not the start of a run id (hex digits and dashes)")
+            stmt = stmt.where(runs_table.c.run_id.like(f"{run_id_prefix.lower()}%"))
         with self.engine.connect() as conn:
-            rows = conn.execute(select(runs_table).order_by(runs_table.c.started_at.desc()).limit(limit)).all()
+            rows = conn.execute(stmt.order_by(runs_table.c.started_at.desc()).limit(limit)).all()
         frame = _frame(
             rows,
             {

@@ -201,3 +201,100 @@ def test_temporary_server_starts_in_a_thread_and_the_flow_waits_for_it(monkeypat
         FakeServer.fail = True  # a failed start is left to the flow call, which starts it again and reports it
         cli._start_temporary_server()()
         assert FakeServer.starts == ["prefect-temporary-server"] * 2
+
+
+def _store_with_runs(path: Path) -> tuple[str, list[str]]:
+    import pandas as pd
+
+    from recforge.store import Store
+
+    url = f"sqlite:///{path}"
+    store = Store(url)
+    store.create_schema()
+    ids = []
+    for day, status in ((1, "completed"), (2, "failed"), (3, "running")):
+        run_id = store.start_run(
+            dataset="shop",
+            source="csv:events.csv",
+            as_of=datetime(2024, 3, day, tzinfo=UTC),
+            parameters={"models": ["popularity", "item_knn"], "k": 10},
+            flow_run_id=None,
+        )
+        ids.append(run_id)
+        if status == "completed":
+            metrics = pd.DataFrame(
+                {
+                    "model": ["popularity", "item_knn", "item_knn", "item_knn", "item_knn"],
+                    "metric": ["ndcg", "ndcg", "ndcg_ci_low", "ndcg", "fit_seconds"],
+                    "k": [10, 10, 10, 10, None],
+                    "value": [0.11, 0.19, 0.18, 0.25, 1.5],
+                    "split": ["temporal_holdout"] * 3 + ["temporal_holdout:light", "timing"],
+                }
+            )
+            store.write_metrics(run_id, metrics)
+            store.finish_run(run_id, status="completed", timings={"ingest": 1.25, "train": 30.0}, champion="item_knn")
+        elif status == "failed":
+            error = "DataError: events.csv, column 'rating': 2 rating(s) are not numbers\nTraceback line two"
+            store.finish_run(run_id, status="failed", timings={"ingest": 0.5}, error=error)
+    store.dispose()
+    return url, ids
+
+
+def test_runs_command_lists_filters_and_details(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    fixed = iter(uuid.UUID(f"{head}-0000-4000-8000-000000000000") for head in ("aaaa0000", "aaaa1111", "bbbb0000"))
+    monkeypatch.setattr("recforge.store.uuid.uuid4", lambda: next(fixed))
+    url, (done, failed, running) = _store_with_runs(tmp_path / "rf.db")
+    assert main(["runs", "--db-url", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines[1:]] == [running[:8], failed[:8], done[:8]]  # newest first
+    assert "2024-03-02" in lines[2] and "failed" in lines[2] and "column 'rating'" in lines[2]
+    assert "Traceback" not in lines[2]  # the first line of the error only
+    assert "item_knn" in lines[3] and "completed" in lines[3]
+
+    assert main(["runs", "--db-url", url, "--status", "failed", "--limit", "5"]) == 0
+    assert [line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]] == [failed[:8]]
+    assert main(["runs", "--db-url", url, "--status", "partial"]) == 1
+    assert "no partial runs" in capsys.readouterr().err
+    assert main(["runs", "--db-url", url, "--status", "done"]) == 2
+    assert "run status must be one of" in capsys.readouterr().err
+
+    assert main(["runs", "--db-url", url, "--run", done[:8]]) == 0
+    out = capsys.readouterr().out
+    assert f"run {done}: completed" in out and "champion:  item_knn" in out
+    assert "stages (s): ingest 1.2, train 30.0" in out and '"k": 10' in out
+    board = out.split("Metrics (temporal_holdout):")[1].splitlines()
+    assert board[1].split() == ["model", "ndcg@10"]
+    assert board[2].split() == ["item_knn", "0.1900"] and board[3].split() == ["popularity", "0.1100"]
+    assert main(["runs", "--db-url", url, "--run", failed]) == 0
+    assert "    Traceback line two" in capsys.readouterr().out  # the whole error
+    assert main(["runs", "--db-url", url, "--run", "zz"]) == 2
+    assert "not the start of a run id" in capsys.readouterr().err
+    assert main(["runs", "--db-url", url, "--run", "AAAA"]) == 2  # both aaaa… runs
+    assert "more than one run" in capsys.readouterr().err
+    assert main(["runs", "--db-url", url, "--run", "c"]) == 2
+    assert "no run in" in capsys.readouterr().err
+    assert main(["runs", "--db-url", url, "--run", "BBBB"]) == 0  # case-insensitive
+    assert f"run {running}: running" in capsys.readouterr().out
+
+
+def test_read_commands_explain_a_missing_or_empty_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "typo.db"
+    for argv in (["runs"], ["recommendations", "--user", "1"], ["forget", "--user", "1"]):
+        assert main([*argv, "--db-url", f"sqlite:///{missing}"]) == 2
+        assert f"no database file {missing}" in capsys.readouterr().err
+        assert not missing.exists()  # not created empty by looking
+    monkeypatch.setenv("RECFORGE_DB_URL", f"sqlite:///{missing}")
+    assert main(["runs"]) == 2
+    assert "from $RECFORGE_DB_URL" in capsys.readouterr().err
+
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    assert main(["recommendations", "--user", "1", "--db-url", f"sqlite:///{empty}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no recforge tables" in err and "OperationalError" not in err
