@@ -203,12 +203,11 @@ def test_temporary_server_starts_in_a_thread_and_the_flow_waits_for_it(monkeypat
         assert FakeServer.starts == ["prefect-temporary-server"] * 2
 
 
-def _store_with_runs(path: Path) -> tuple[str, list[str]]:
+def _store_with_runs(url: str) -> tuple[str, list[str]]:
     import pandas as pd
 
     from recforge.store import Store
 
-    url = f"sqlite:///{path}"
     store = Store(url)
     store.create_schema()
     ids = []
@@ -240,14 +239,23 @@ def _store_with_runs(path: Path) -> tuple[str, list[str]]:
     return url, ids
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_runs_command_lists_filters_and_details(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import types
     import uuid
 
     fixed = iter(uuid.UUID(f"{head}-0000-4000-8000-000000000000") for head in ("aaaa0000", "aaaa1111", "bbbb0000"))
-    monkeypatch.setattr("recforge.store.uuid.uuid4", lambda: next(fixed))
-    url, (done, failed, running) = _store_with_runs(tmp_path / "rf.db")
+    # Only the store's run ids (the uuid module itself stays: drivers use it too).
+    monkeypatch.setattr("recforge.store.uuid", types.SimpleNamespace(uuid4=lambda: next(fixed)))
+    db = f"sqlite:///{tmp_path / 'rf.db'}" if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
+    url, (done, failed, running) = _store_with_runs(db)
+    capsys.readouterr()  # what setting up the server printed
     assert main(["runs", "--db-url", url]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[2] for line in lines[1:]] == [running[:8], failed[:8], done[:8]]  # newest first
