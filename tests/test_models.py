@@ -17,7 +17,7 @@ from recforge.ids import IdIndex
 from recforge.metrics import topn_metrics
 from recforge.split import TemporalSplit, temporal_holdout
 from recmodels import base as recmodels_base
-from recmodels.base import Recommender, RunSettings, top_k
+from recmodels.base import Recommender, RunSettings, top_k, topk_set
 from recmodels.data import Interactions
 from recmodels.registry import DEFAULT_MODELS, families, get_model_class, model_names
 
@@ -269,6 +269,26 @@ def test_top_k_is_a_prefix_of_a_longer_top_k_under_ties() -> None:
         # Reference: full stable sort by descending score then ascending column.
         reference = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         np.testing.assert_array_equal(items, reference)
+
+
+@pytest.mark.parametrize("width", [1_682, 5_000, 20_011])
+def test_topk_set_leaves_out_nothing_above_what_it_returns(width: int) -> None:
+    # topk_set's contract (every entry left out is at most the smallest returned), on rows whose n largest values
+    # each sit in a chunk of their own among low values: pre-selecting one chunk too few loses one of them.
+    import torch
+
+    rng = np.random.default_rng(width)
+    for n in (2, 11, 21, 51):
+        scores = rng.uniform(0.0, 1.0, size=(40, width)).astype(np.float32)
+        for row in scores:
+            spots = rng.choice(width // 32, size=min(n, width // 32), replace=False) * 32 + rng.integers(0, 32)
+            row[spots] = rng.uniform(2.0, 3.0, size=len(spots))
+        values, columns = topk_set(torch.from_numpy(scores), n)
+        assert values.shape == (40, n)
+        np.testing.assert_array_equal(np.take_along_axis(scores, columns.numpy(), axis=1), values.numpy())
+        left_out = scores.copy()
+        np.put_along_axis(left_out, columns.numpy(), -np.inf, axis=1)
+        assert (left_out.max(axis=1) <= values.numpy().min(axis=1)).all(), n
 
 
 @pytest.mark.parametrize("kind", ["distinct", "few_values", "clustered", "mostly_exhausted", "flat"])
