@@ -206,18 +206,32 @@ class ColdStartChain:
             indptr = np.concatenate([[0], np.cumsum(lengths)])
             seen = sp.csr_matrix((picked.data, picked.indices, indptr), shape=(len(users), self.n_items_))
         strategy = self.strategy(users)
-        primary = np.full((len(users), self.n_items_), -np.inf, dtype=np.float32)
-        evidence = np.zeros((len(users), self.n_items_), dtype=bool)  # where the row's strategy itself had a say
+        shape = (len(users), self.n_items_)
+        # The batch's scores and where the row's strategy itself had a say; the arrays of the first scorer when it
+        # ranks the whole batch (recommend_with_strategy groups rows by strategy), saving two full copies.
+        primary: np.ndarray | None = None
+        evidence: np.ndarray | None = None
         new_items = self.segments_.popularity_ == 0
+        any_new = bool(new_items.any())
         for label, scorer in ((MODEL_LABEL, self.model_), (NEIGHBOURS_LABEL, self.neighbours_)):
             rows = np.flatnonzero(strategy == label)
             if len(rows) == 0 or scorer is None:
                 continue
             scores = scorer.score(users[rows])
-            # Neighbour scores of 0 mean "no evidence": those items are left to the fallback.
-            usable = np.isfinite(scores) & ((scores > 0) if label == NEIGHBOURS_LABEL else True) & ~new_items
+            usable = np.isfinite(scores)
+            if label == NEIGHBOURS_LABEL:
+                usable &= scores > 0  # neighbour scores of 0 mean "no evidence": left to the fallback
+            if any_new:
+                usable &= ~new_items
             scores = np.where(usable, scores, -np.inf)
-            evidence[rows] = usable
+            whole_batch = primary is None and len(rows) == len(users)
+            if whole_batch:
+                evidence = usable
+            else:
+                if primary is None or evidence is None:
+                    primary = np.full(shape, -np.inf, dtype=np.float32)
+                    evidence = np.zeros(shape, dtype=bool)
+                evidence[rows] = usable
             weight = self.config.neighbour_popularity_weight
             if label == NEIGHBOURS_LABEL and weight > 0:
                 prior = min_max_rows(self.segments_.segment_scores(segments[rows]))  # seen items included
@@ -229,7 +243,14 @@ class ColdStartChain:
                     scores, content, new_items, self.config.hybrid_alpha, self.config.new_item_quantile
                 )
                 scores[~(usable | (new_items & (content > 0)))] = -np.inf
-            primary[rows] = scores
+            if whole_batch:
+                primary = scores.astype(np.float32, copy=False)  # as the assignment below would store them
+            else:
+                assert primary is not None
+                primary[rows] = scores
+        if primary is None or evidence is None:  # no strategy scored: every row goes to the fallback
+            primary = np.full(shape, -np.inf, dtype=np.float32)
+            evidence = np.zeros(shape, dtype=bool)
         if exclude_seen:
             coo = seen.tocoo()
             primary[coo.row, coo.col] = -np.inf
