@@ -397,7 +397,8 @@ def _cold_start_chain(
         model=model,
         user_attributes=attributes,
         item_features=features,
-        neighbours=_shared_neighbours(data, train, config, settings.seed),
+        # Fitted (or shared) only if some user has few enough events to reach the neighbours step.
+        neighbours=lambda: _shared_neighbours(data, train, config, settings.seed),
     )
     return chain, query
 

@@ -28,6 +28,7 @@ from recmodels.coldstart import (
     tokenize,
 )
 from recmodels.data import Interactions
+from recmodels.knn.item import ItemKNN
 
 # Eight users, four items. Occupation a = users 0–2, b = users 3–7; gender F = 0, 1, 3, 4, M = 2, 5, 6, 7.
 # Segment a watched item 0, segment b item 1 (the global favourite); the (b, M) users also watched item 2.
@@ -220,6 +221,38 @@ def test_chain_save_load_round_trip_and_determinism(tmp_path: Path) -> None:
     segments = SegmentPopularity.load(chain.segments_.save(tmp_path / "segments.npz"))
     assert segments.levels_ == chain.segments_.levels_
     np.testing.assert_array_equal(segments.score_attributes(query), chain.segments_.score_attributes(query))
+
+
+def test_neighbours_are_fitted_only_when_a_user_reaches_that_step(tmp_path: Path) -> None:
+    # Every user with five or more events, and a model: no user reaches the item-neighbours step, so no kNN is
+    # fitted (at scale that fit costs as much as a model) and the rankings are those of a chain that has one.
+    events = [(u, i) for u in range(6) for i in range(6) if (u + i) % 6 != 0]  # 5 items each
+    user, item = zip(*events, strict=True)
+    data = Interactions.from_arrays(np.array(user), np.array(item), n_users=6, n_items=7)
+    model = Popularity().fit(data)
+    calls: list[int] = []
+
+    def neighbours() -> ItemKNN:
+        calls.append(1)
+        return ItemKNN().fit(data)
+
+    lean = ColdStartChain().fit(data, model=model, neighbours=neighbours)
+    assert lean.neighbours_ is None and calls == []
+    full = ColdStartChain().fit(data, model=model, neighbours=ItemKNN().fit(data))  # a fitted one is kept
+    assert isinstance(full.neighbours_, ItemKNN)
+    users = np.array([0, 3, 5, -1])
+    for got, expected in zip(
+        lean.recommend_with_strategy(users, 3), full.recommend_with_strategy(users, 3), strict=True
+    ):
+        np.testing.assert_array_equal(got, expected)
+    loaded = ColdStartChain.load(lean.save(tmp_path / "lean.npz"))
+    assert loaded.neighbours_ is None  # not the model standing in for them
+    # One user with a single event does reach it: the function is called, once.
+    light = Interactions.from_arrays(np.array([*user, 6]), np.array([*item, 6]), n_users=7, n_items=7)
+    chain = ColdStartChain().fit(light, model=Popularity().fit(light), neighbours=lambda: ItemKNN().fit(light))
+    assert isinstance(chain.neighbours_, ItemKNN) and list(chain.strategy(np.array([6]))) == ["item_neighbours"]
+    without_model = ColdStartChain().fit(data, neighbours=neighbours)  # every user with events reaches it
+    assert without_model.neighbours_ is not None and calls == [1]
 
 
 def test_ml100k_new_users_segments_beat_global_popularity(ml100k_dir: Path) -> None:

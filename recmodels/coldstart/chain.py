@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -96,14 +97,17 @@ class ColdStartChain:
         model: Recommender | None = None,
         user_attributes: UserAttributes | None = None,
         item_features: ItemFeatures | None = None,
-        neighbours: ItemKNN | None = None,
+        neighbours: ItemKNN | Callable[[], ItemKNN] | None = None,
     ) -> Self:
         """Fit the components on ``data``; ``model`` is an already fitted collaborative model on the same indices.
 
         user_attributes: rows aligned with ``data``'s users (None: the segment step is global popularity).
         item_features: rows aligned with ``data``'s items; needed for ``hybrid_alpha``.
         neighbours: an item–item kNN already fitted on ``data`` to use for the few-events step (so several chains
-            over the same data share one fit); by default one is fitted here, or the model is reused if it is one.
+            over the same data share one fit), or a function that returns one; by default one is fitted here, or
+            the model is reused if it is one. Neither the function nor a fit runs when no user of ``data`` would
+            reach the step (every user has more than ``few_interactions`` events and there is a model: MovieLens,
+            the synthetic set); ``neighbours_`` is then None. Users outside ``data`` start at the segment step.
         """
         settings = settings or RunSettings()
         if model is not None and (model.n_users_, model.n_items_) != (data.n_users, data.n_items):
@@ -112,7 +116,13 @@ class ColdStartChain:
             raise ValueError("hybrid_alpha needs item_features")
         self.model_ = model
         self.segments_ = SegmentPopularity(self.config.segments).fit(data, settings, attributes=user_attributes)
-        if neighbours is not None:
+        self.neighbours_: ItemKNN | None = None
+        reached = bool((self.strategy(np.arange(self.n_users_)) == NEIGHBOURS_LABEL).any())
+        if not isinstance(neighbours, ItemKNN) and not reached:
+            pass  # at scale an item–item kNN fit costs as much as a model: none for a step no one reaches
+        elif neighbours is not None:
+            if not isinstance(neighbours, ItemKNN):
+                neighbours = neighbours()
             if (neighbours.n_users_, neighbours.n_items_) != (data.n_users, data.n_items):
                 raise ValueError("the neighbours model was fitted on a different index space than the chain's data")
             self.neighbours_ = neighbours
@@ -305,10 +315,12 @@ class ColdStartChain:
         with tempfile.TemporaryDirectory() as tmp:
             for key, component in components.items():
                 if component is None or (key == "neighbours" and component is self.model_):
-                    continue
+                    continue  # a missing neighbours component is the model's, unless __no_neighbours__ says none
                 arrays[f"component/{key}"] = np.frombuffer(
                     component.save(Path(tmp) / f"{key}.npz").read_bytes(), dtype=np.uint8
                 )
+        if self.neighbours_ is None:
+            arrays["__no_neighbours__"] = np.array(True)
         with path.open("wb") as fh:
             np.savez(fh, **arrays)
         return path
@@ -330,8 +342,9 @@ class ColdStartChain:
                     name = str(inner["__model__"])
                 known = {c.name: c for c in (SegmentPopularity, ItemKNN, ContentScorer)}
                 loaded[key] = (known.get(name) or get_model_class(name)).load(file)
+            no_neighbours = "__no_neighbours__" in npz.files
         chain.model_ = loaded.get("model")
         chain.segments_ = loaded["segments"]
-        chain.neighbours_ = loaded.get("neighbours", chain.model_)
+        chain.neighbours_ = None if no_neighbours else loaded.get("neighbours", chain.model_)
         chain.content_ = loaded.get("content")
         return chain
