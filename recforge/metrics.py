@@ -305,7 +305,9 @@ def intra_list_diversity_per_user(
         genre is not evidence of difference); users with no pair left get NaN.
 
     Every pair of every list is scored at once: the intersection sizes are the row-wise dot products of the two
-    items' attribute rows.
+    items' attribute rows, or, with at most 64 attributes (genres), the bit counts of the two items' attribute
+    bits ANDed together: the same integers without gathering a sparse row per item of every pair (at 20,000 users
+    the top-20's 3.8M pairs took 0.5 s in scipy's row indexing alone).
     """
     attributes = sp.csr_matrix(item_attributes, dtype=np.float64)
     attributes.eliminate_zeros()
@@ -324,7 +326,13 @@ def intra_list_diversity_per_user(
     ok &= (sizes[a] > 0) & (sizes[b] > 0)
     user_of_pair = np.broadcast_to(np.arange(n_users)[:, None], a.shape)[ok]
     a, b = a[ok], b[ok]
-    intersection = np.asarray(attributes[a].multiply(attributes[b]).sum(axis=1)).ravel()
+    if attributes.shape[1] <= 64:
+        coo = attributes.tocoo()
+        bits = np.zeros(n_items, dtype=np.uint64)
+        np.bitwise_or.at(bits, coo.row, np.left_shift(np.uint64(1), coo.col.astype(np.uint64)))
+        intersection = np.bitwise_count(bits[a] & bits[b]).astype(np.float64)
+    else:
+        intersection = np.asarray(attributes[a].multiply(attributes[b]).sum(axis=1)).ravel()
     distance = 1.0 - intersection / (sizes[a] + sizes[b] - intersection)
     pairs = np.bincount(user_of_pair, minlength=n_users)
     totals = np.bincount(user_of_pair, weights=distance, minlength=n_users)

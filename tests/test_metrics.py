@@ -271,6 +271,20 @@ def test_intra_list_diversity_by_hand() -> None:
     assert np.isnan(intra_list_diversity_per_user(recommended, attributes, k=1)).all()
 
 
+def test_intra_list_diversity_bit_counts_equal_the_sparse_products() -> None:
+    # Up to 64 attributes the intersections are bit counts; one column more takes the sparse row products. Both
+    # must give the same numbers, the 64th bit (column 63) and weighted entries included.
+    rng = np.random.default_rng(7)
+    dense = (rng.random((300, 64)) < 0.08) * rng.uniform(0.5, 3.0, size=(300, 64))
+    dense[:40] = 0.0  # items without attributes
+    dense[40:80, 63] = 2.0
+    recommended = rng.integers(-1, 300, size=(500, 20))
+    bits = intra_list_diversity_per_user(recommended, sp.csr_matrix(dense), 20)
+    sparse = intra_list_diversity_per_user(recommended, sp.csr_matrix(np.hstack([dense, np.zeros((300, 1))])), 20)
+    np.testing.assert_array_equal(bits, sparse)
+    assert np.isfinite(bits).sum() > 450
+
+
 def test_activity_groups_quantile_and_fixed_thresholds() -> None:
     events = np.array([5, 10, 20, 30, 40, 50, 60, 100])
     # 25th percentile 17.5 → cold ≤ 17; 75th percentile 52.5 → heavy ≥ 53.
