@@ -712,6 +712,12 @@ class Store:
         from recforge import migrations  # Alembic: imported only when needed (slow import)
 
         with self.engine.begin() as conn:
+            if self.is_sqlite:
+                # pysqlite runs DDL outside any transaction, so two processes creating the schema of a new file at
+                # once (a nightly run and a backfill) both found it missing and one failed on "table ... already
+                # exists". BEGIN IMMEDIATE takes SQLite's write lock first: the other waits (busy timeout), then
+                # finds the schema at its revision. PostgreSQL serialises upgrades with an advisory lock.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             migrations.upgrade(conn, self.url_masked)
             versions = list(conn.execute(select(schema_version_table.c.version)).scalars())
             if versions != [SCHEMA_VERSION]:

@@ -189,6 +189,34 @@ def test_create_schema_is_idempotent_and_keeps_data(store: Store, run_id: str) -
     assert store.read_recommendations("u1")["item_id"].tolist() == ["a", "b"]
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_processes_creating_a_new_sqlite_schema_at_once_all_succeed(tmp_path: Path) -> None:
+    # A nightly run and a backfill starting together on a new file: pysqlite ran the DDL outside a transaction, so
+    # both found no schema and one failed on "table ... already exists" (in 5 of 5 tries with two processes).
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    script = (
+        "import sys, time\n"
+        "from recforge.store import Store\n"
+        "store = Store(sys.argv[1])\n"
+        "while time.time() < float(sys.argv[2]):\n"
+        "    time.sleep(0.001)\n"
+        "store.create_schema()\n"
+    )
+    start = time.time() + 4.0  # after the interpreters and imports, all at once
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, url, str(start)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], "\n".join(errors)
+    store = Store(url)
+    assert store.schema_revision() is not None
+    with store.engine.connect() as conn:
+        assert list(conn.execute(select(schema_version_table.c.version)).scalars()) == [SCHEMA_VERSION]
+
+
 def test_create_schema_refuses_another_schema_version(store: Store) -> None:
     with store.engine.begin() as conn:
         conn.execute(update(schema_version_table).values(version=SCHEMA_VERSION + 98))
