@@ -468,7 +468,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"{problem} in {store.url_masked} has an id starting {args.run!r}; `recforge runs` lists them"
             )
-        print(_run_details(found.iloc[0], store.metrics_for_run(str(found.iloc[0]["run_id"]))))
+        run = found.iloc[0]
+        k = run["parameters"].get("k") if isinstance(run["parameters"], dict) else None
+        print(_run_details(run, store.metrics_for_run(str(run["run_id"])), k))
         return 0
     try:
         runs = store.latest_runs(limit=args.limit, status=args.status)
@@ -518,7 +520,7 @@ def _first_line(text: Any, width: int) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def _run_details(run: Any, metrics: Any) -> str:
+def _run_details(run: Any, metrics: Any, k: int | None = None) -> str:
     import json
 
     import pandas as pd
@@ -539,17 +541,26 @@ def _run_details(run: Any, metrics: Any) -> str:
     if _text(run["error"]):
         lines.append("  error:")
         lines.extend(f"    {line}" for line in _text(run["error"]).splitlines())
-    board = _metrics_board(metrics)
+    board = _metrics_board(metrics, k)
     if board is not None:
         lines.append(f"Metrics ({board.attrs['split']}):")
         lines.append(board.reset_index().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return "\n".join(lines)
 
 
-def _metrics_board(metrics: Any) -> Any:
-    """Model × metric@k of the run's main protocol (not its per-group, rating, timing or interval rows)."""
+#: The leaderboard's column order; other metrics follow alphabetically.
+_BOARD_ORDER = ("ndcg", "precision", "recall", "map", "mrr", "hit_rate", "coverage", "novelty", "ild", "gini")
+
+
+def _metrics_board(metrics: Any, k: int | None = None) -> Any:
+    """Model × metric of the run's main protocol at its cut-off ``k`` (every cut-off when unknown), best first.
+
+    Leaves out the per-group, rating, timing and interval rows.
+    """
     import pandas as pd
 
+    if k is not None and (metrics["k"] == k).any():
+        metrics = metrics[(metrics["k"] == k).fillna(False)]
     main = metrics[
         ~metrics["split"].str.contains(":")
         & ~metrics["split"].isin(["timing", "random_80_20"])
@@ -561,6 +572,8 @@ def _metrics_board(metrics: Any) -> Any:
     main = main[main["split"] == split]
     names = [m if pd.isna(k) else f"{m}@{k}" for m, k in zip(main["metric"], main["k"], strict=True)]
     board = main.assign(name=names).pivot_table(index="model", columns="name", values="value", aggfunc="first")
+    rank = {m: i for i, m in enumerate(_BOARD_ORDER)}
+    board = board[sorted(board.columns, key=lambda c: (rank.get(c.split("@")[0], len(rank)), c))]
     ndcg = [c for c in board.columns if c.startswith("ndcg@")]
     if ndcg:
         board = board.sort_values(ndcg[0], ascending=False)

@@ -223,11 +223,11 @@ def _store_with_runs(url: str) -> tuple[str, list[str]]:
         if status == "completed":
             metrics = pd.DataFrame(
                 {
-                    "model": ["popularity", "item_knn", "item_knn", "item_knn", "item_knn"],
-                    "metric": ["ndcg", "ndcg", "ndcg_ci_low", "ndcg", "fit_seconds"],
-                    "k": [10, 10, 10, 10, None],
-                    "value": [0.11, 0.19, 0.18, 0.25, 1.5],
-                    "split": ["temporal_holdout"] * 3 + ["temporal_holdout:light", "timing"],
+                    "model": ["popularity", "item_knn", "item_knn", "item_knn", "item_knn", "item_knn"],
+                    "metric": ["ndcg", "ndcg", "ndcg_ci_low", "ndcg", "fit_seconds", "ndcg"],
+                    "k": [10, 10, 10, 10, None, 5],
+                    "value": [0.11, 0.19, 0.18, 0.25, 1.5, 0.3],
+                    "split": ["temporal_holdout"] * 3 + ["temporal_holdout:light", "timing", "temporal_holdout"],
                 }
             )
             store.write_metrics(run_id, metrics)
@@ -275,7 +275,7 @@ def test_runs_command_lists_filters_and_details(
     assert f"run {done}: completed" in out and "champion:  item_knn" in out
     assert "stages (s): ingest 1.2, train 30.0" in out and '"k": 10' in out
     board = out.split("Metrics (temporal_holdout):")[1].splitlines()
-    assert board[1].split() == ["model", "ndcg@10"]
+    assert board[1].split() == ["model", "ndcg@10"]  # the run's cut-off k only
     assert board[2].split() == ["item_knn", "0.1900"] and board[3].split() == ["popularity", "0.1100"]
     assert main(["runs", "--db-url", url, "--run", failed]) == 0
     assert "    Traceback line two" in capsys.readouterr().out  # the whole error
