@@ -420,18 +420,15 @@ def _published_store(db_url: str | None, upgrade: bool = False) -> Store:
     created empty, as connecting would), a database without recforge's tables, one at an older schema revision
     (``upgrade``: migrated, for the commands that write), or one that cannot be reached.
     """
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DBAPIError
 
     from recforge.migrations import head_revision
-    from recforge.store import Store, mask_url
+    from recforge.store import Store, mask_url, sqlite_file
 
     url = resolve_db_url(db_url)
     where = "--db-url" if db_url else (f"${DB_URL_ENV}" if os.environ.get(DB_URL_ENV) else "the default")
-    parsed = make_url(url)
-    database = parsed.database or ""
-    file_path = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
-    if file_path and not database.startswith("file:") and not os.path.isfile(database):
+    database = sqlite_file(url)
+    if database is not None and not database.is_file():
         raise ConfigError(
             f"no database file {os.path.abspath(database)} ({mask_url(url)}, from {where}); `recforge run` "
             "creates it, or point --db-url at the database a run published to"
@@ -536,7 +533,7 @@ def _run_details(run: Any, metrics: Any, k: int | None = None) -> str:
     )
     lines.append(f"  {'champion:':<11}{_text(run['champion'], '-')}")
     if run["timings"]:
-        lines.append("  stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in run["timings"].items()))
+        lines.append("  stages (s): " + ", ".join(f"{stage} {s:.1f}" for stage, s in run["timings"].items()))
     lines.append("  parameters: " + json.dumps(run["parameters"], sort_keys=True, default=str))
     if _text(run["error"]):
         lines.append("  error:")
@@ -570,7 +567,7 @@ def _metrics_board(metrics: Any, k: int | None = None) -> Any:
         return None
     split = str(main["split"].iloc[0])
     main = main[main["split"] == split]
-    names = [m if pd.isna(k) else f"{m}@{k}" for m, k in zip(main["metric"], main["k"], strict=True)]
+    names = [m if pd.isna(cut) else f"{m}@{cut}" for m, cut in zip(main["metric"], main["k"], strict=True)]
     board = main.assign(name=names).pivot_table(index="model", columns="name", values="value", aggfunc="first")
     rank = {m: i for i, m in enumerate(_BOARD_ORDER)}
     board = board[sorted(board.columns, key=lambda c: (rank.get(c.split("@")[0], len(rank)), c))]

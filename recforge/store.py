@@ -126,6 +126,15 @@ def to_naive_utc(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other databases, in-memory ones and ``file:`` URIs."""
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password shown as ``***``; never echoes an unparsable URL (it may hold a secret)."""
     try:
@@ -681,8 +690,9 @@ class Store:
         self.url_masked: str = mask_url(url)
         parsed = make_url(url)
         self.is_sqlite: bool = parsed.get_backend_name() == "sqlite"
-        if self.is_sqlite and parsed.database not in (None, "", ":memory:") and not parsed.database.startswith("file:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        database = sqlite_file(url)
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.engine: Engine = create_engine(parsed)
         except ModuleNotFoundError as exc:
