@@ -247,7 +247,13 @@ def test_the_top_k_runs_on_the_threads_the_run_settings_give(monkeypatch: pytest
 
 
 def _reference_cosine_topk(
-    vectors: np.ndarray, neighbors: int, shrinkage: float, min_similarity: float, alpha: float, exponent: float
+    vectors: np.ndarray,
+    neighbors: int,
+    shrinkage: float,
+    min_similarity: float,
+    alpha: float,
+    exponent: float,
+    divide_after: bool = False,
 ) -> np.ndarray:
     """cosine_topk's documented rule, one (target, neighbour) pair at a time: the slow, obvious version.
 
@@ -255,7 +261,8 @@ def _reference_cosine_topk(
     ``Σ_f (t_f / ‖t‖^(2α)) (n_f / ‖n‖^(2(1−α)))``, with it ``Σ_f t_f n_f / (‖t‖^(2α) ‖n‖^(2(1−α)) + shrinkage)``,
     summed in feature order — so that ties, the rule under test, are the same floats on both sides
     (mathematically equal cosines such as 4/√(17·4) and 6/√(17·9) need not be equal floats). Returns float64
-    values of the plain formula.
+    values of the plain formula. ``divide_after``: the dense product path's arithmetic, which always sums the raw
+    products and divides the sum, also without shrinkage.
     """
     n = len(vectors)
     x = vectors.astype(np.float32)
@@ -268,11 +275,12 @@ def _reference_cosine_topk(
         ranked = []
         for c in range(n):
             # Without shrinkage the scales go onto the inputs; with it they divide the summed product.
-            left, right = (x[t], x[c]) if shrinkage else (x[t] * inv_t[t], x[c] * inv_n[c])
+            divided = bool(shrinkage) or divide_after
+            left, right = (x[t], x[c]) if divided else (x[t] * inv_t[t], x[c] * inv_n[c])
             summed = np.float32(0)
             for f in np.flatnonzero(x[t] * x[c]):  # shared features, in order
                 summed = summed + left[f] * right[f]
-            if shrinkage:
+            if divided:
                 denom32 = target_scale[t] * neighbour_scale[c] + np.float32(shrinkage)
                 summed = summed / denom32 if denom32 > 0 else np.float32(0)
             denom = sq[t] ** alpha * sq[c] ** (1 - alpha) + shrinkage
@@ -284,12 +292,17 @@ def _reference_cosine_topk(
     return out
 
 
+@pytest.mark.parametrize("path", ["sparse", "dense"])
 @pytest.mark.parametrize("kind", ["binary", "counts", "real"])
-def test_sparse_top_k_equals_the_definition_including_ties_blocks_and_thresholds(
-    kind: str, monkeypatch: pytest.MonkeyPatch
+def test_top_k_equals_the_definition_including_ties_blocks_and_thresholds(
+    kind: str, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Binary and count data give many equal similarities, so the cut-off often falls inside a tie; the blocks
-    # are one to five rows (SPARSE_BLOCK_VALUES), so rows are split across blocks and size classes.
+    # are one to five rows (SPARSE_BLOCK_VALUES), so rows are split across blocks and size classes. Both product
+    # paths (sparse × sparse, or sparse × dense blocks) must keep the same pairs.
+    monkeypatch.setattr(knn_similarity, "_PRODUCT_PATH", path)
+    monkeypatch.setattr(knn_similarity, "_DENSE_MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(knn_similarity, "_DENOMINATOR_VALUES", 7)  # the dense normalisation in several steps
     rng = np.random.default_rng({"binary": 1, "counts": 2, "real": 3}[kind])
     checked = 0
     for trial in range(12):
@@ -314,7 +327,9 @@ def test_sparse_top_k_equals_the_definition_including_ties_blocks_and_thresholds
                     exponent=exponent,
                 )
                 got = top().toarray()
-                want = _reference_cosine_topk(dense, neighbors, shrinkage, min_similarity, alpha, exponent)
+                want = _reference_cosine_topk(
+                    dense, neighbors, shrinkage, min_similarity, alpha, exponent, divide_after=path == "dense"
+                )
                 assert [list(np.flatnonzero(r)) for r in got] == [list(np.flatnonzero(r)) for r in want], trial
                 np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
                 checked += 1
@@ -551,3 +566,16 @@ def test_ml100k_surprise_equivalent_config_matches_knnbaseline(ml_interactions: 
     assert evaluate_ratings(lambda: ItemKNN(config), ml_interactions, seed=42)["rmse"] == pytest.approx(
         0.9163, abs=1e-4
     )
+
+
+def test_products_are_dense_where_a_few_features_are_shared_by_most_entities() -> None:
+    # Every entity has one of three popular features and one feature of its own: a third of all pairs share a
+    # feature, as in user–user at scale (dense path: Σ n_f² is a sixth of nnz × n). Transposed, each entity's
+    # features are mostly shared with nobody, as in item–item there (Σ n_f² = 2 · nnz ≪ nnz × n: sparse).
+    n = 300
+    rows = np.repeat(np.arange(n), 2)
+    cols = np.column_stack([np.arange(n) % 3, 3 + np.arange(n)]).ravel()
+    popular = sp.csr_matrix((np.ones(2 * n, dtype=np.float32), (rows, cols)))
+    assert knn_similarity._dense_product_cheaper(popular, np.diff(popular.indptr))
+    narrow = sp.csr_matrix(popular.T)
+    assert not knn_similarity._dense_product_cheaper(narrow, np.diff(narrow.indptr))
