@@ -114,7 +114,9 @@ def test_als_baselines_one_epoch_by_hand() -> None:
     assert b_user[0] == pytest.approx(u0)
 
 
-def test_pearson_cosine_shrinkage_and_min_support_by_hand() -> None:
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_pearson_cosine_shrinkage_and_min_support_by_hand(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(knn_similarity, "_PRODUCT_PATH", path)
     # Two items (rows) rated by five users; user 4 rated only item 0 and must not count (co-rated only).
     a = [1.0, 2.0, 3.0, 5.0, 5.0]
     b = [2.0, 2.0, 4.0, 4.0]
@@ -132,6 +134,35 @@ def test_pearson_cosine_shrinkage_and_min_support_by_hand() -> None:
     assert rating_similarity(matrix, "pearson", min_support=5).nnz == 0
     # pearson_baseline is the cosine of whatever residuals it is given
     assert rating_similarity(matrix, "pearson_baseline").toarray()[0, 1] == pytest.approx(cosine, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["pearson", "cosine", "pearson_baseline"])
+def test_rating_similarities_are_the_same_on_both_product_paths(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ratings 1–5 (residual-like signed values for pearson_baseline) on random patterns, blocks of 1–7 rows,
+    # shrinkage, a minimum support and a neighbour cap: the dense products must keep the same pairs and values.
+    rng = np.random.default_rng(11)
+    monkeypatch.setattr(knn_similarity, "_DENSE_MIN_BLOCK_ROWS", 1)
+    for trial in range(6):
+        n, f = int(rng.integers(5, 45)), int(rng.integers(3, 40))
+        pattern = rng.random((n, f)) < rng.choice([0.15, 0.4, 0.9])
+        values = rng.integers(1, 6, (n, f)).astype(float)
+        if kind == "pearson_baseline":
+            values = values - 3.0 + rng.normal(0, 0.3, (n, f))
+        matrix = sp.csr_matrix(np.where(pattern, values, 0.0))
+        budget = int(rng.integers(1, 8)) * n * 8
+        monkeypatch.setattr(knn_similarity, "BLOCK_VALUES", budget)
+        found = {}
+        for path in ("sparse", "dense"):
+            monkeypatch.setattr(knn_similarity, "_PRODUCT_PATH", path)
+            found[path] = rating_similarity(
+                matrix,
+                kind,
+                shrinkage=float(trial % 3) * 2,
+                min_support=1 + trial % 3,
+                max_neighbors=[None, 3][trial % 2],
+            ).toarray()
+        assert found["sparse"].any(), trial
+        np.testing.assert_allclose(found["dense"], found["sparse"], rtol=1e-5, atol=1e-9, err_msg=str(trial))
 
 
 def test_negative_similarities_do_not_vote_and_min_neighbors_falls_back_to_the_centre() -> None:

@@ -23,12 +23,15 @@ import os
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
 from recmodels.base import RunSettings
+
+if TYPE_CHECKING:
+    import torch
 
 try:  # scipy's C++ sparse × sparse kernel and densifier (private; see _block_product, add_sparse)
     from scipy.sparse._sparsetools import csr_matmat as _csr_matmat
@@ -561,27 +564,16 @@ def _cosine_topk_dense(
     in the last bit. Memory: per block in flight, two ``rows × n`` float32 arrays and the ``features × rows``
     columns, within :data:`SPARSE_BLOCK_VALUES` unless that leaves fewer than :data:`_DENSE_MIN_BLOCK_ROWS` rows.
     """
-    import torch
-
     n = vectors.shape[0]
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": its product is checked by the tests
-        warnings.simplefilter("ignore", UserWarning)
-        neighbours = torch.sparse_csr_tensor(
-            torch.from_numpy(vectors.indptr.astype(np.int64)),
-            torch.from_numpy(vectors.indices.astype(np.int64)),
-            torch.from_numpy(vectors.data),
-            size=vectors.shape,
-        )
+    neighbours = _torch_csr(vectors)
     target_scale = (sq_norms**alpha).astype(np.float32)
     neighbour_scale = (sq_norms ** (1.0 - alpha)).astype(np.float32)
 
     def compute(start: int, stop: int) -> _Part:
         features = np.ascontiguousarray(vectors[start:stop].toarray().T)  # features × targets
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            # entities × targets, turned to targets × entities by torch's blocked transpose (numpy's strided
-            # copy took as long as the product at 200k × 160)
-            sims = (neighbours @ torch.from_numpy(features)).t().contiguous().numpy()
+        # targets × entities by torch's blocked transpose (numpy's strided copy took as long as the product at
+        # 200k × 160)
+        (sims,) = _transposed_products(neighbours, [features])
         if shrinkage is not None:
             # A few rows at a time: a whole-block denominator would be a third array as large as the block.
             step = max(1, _DENOMINATOR_VALUES // n)
@@ -633,18 +625,38 @@ def rating_similarity(
     pattern = vals.copy()
     pattern.data[:] = 1.0
     squares = vals.multiply(vals).tocsr()
-    vals_t, pattern_t, squares_t = vals.T.tocsr(), pattern.T.tocsr(), squares.T.tocsr()
     keep = n if max_neighbors is None else min(max_neighbors, n)
+    pearson = kind == "pearson"
+    dense = _dense_product_cheaper(pattern, np.diff(pattern.indptr))
+    if dense:  # see cosine_topk: most pairs share a feature, so each block's products are dense anyway
+        by_pattern, by_vals, by_squares = (_torch_csr(m) for m in (pattern, vals, squares))
+    else:
+        vals_t, pattern_t, squares_t = vals.T.tocsr(), pattern.T.tocsr(), squares.T.tocsr()
+
+    def products(start: int, stop: int) -> list[np.ndarray]:
+        """count, Σ_C x_a x_b, Σ_C x_a², Σ_C x_b² (and Σ_C x_a, Σ_C x_b for pearson), each rows × n."""
+        rows = slice(start, stop)
+        if dense:
+            # b's side is the sparse matrix, a's the block's dense columns: three products of 1–3 column sets.
+            p_a, v_a, q_a = (np.ascontiguousarray(m[rows].toarray().T) for m in (pattern, vals, squares))
+            count, sq_a, *sum_a = _transposed_products(by_pattern, [p_a, q_a] + ([v_a] if pearson else []))
+            prods, *sum_b = _transposed_products(by_vals, [v_a] + ([p_a] if pearson else []))
+            (sq_b,) = _transposed_products(by_squares, [p_a])
+            return [count, prods, sq_a, sq_b, *sum_a, *sum_b]
+        found = [
+            _block_product(pattern[rows], pattern_t),
+            _block_product(vals[rows], vals_t),
+            _block_product(squares[rows], pattern_t),  # Σ_C x_a², over the features b also has
+            _block_product(pattern[rows], squares_t),  # Σ_C x_b²
+        ]
+        if pearson:
+            found += [_block_product(vals[rows], pattern_t), _block_product(pattern[rows], vals_t)]
+        return found
 
     def compute(start: int, stop: int) -> _Part:
-        rows = slice(start, stop)
-        count = _block_product(pattern[rows], pattern_t)
-        prods = _block_product(vals[rows], vals_t)
-        sq_a = _block_product(squares[rows], pattern_t)  # Σ_C x_a², over the features b also has
-        sq_b = _block_product(pattern[rows], squares_t)  # Σ_C x_b²
-        if kind == "pearson":
-            sum_a = _block_product(vals[rows], pattern_t)
-            sum_b = _block_product(pattern[rows], vals_t)
+        count, prods, sq_a, sq_b, *sums = products(start, stop)
+        if pearson:
+            sum_a, sum_b = sums
             prods = count * prods - sum_a * sum_b
             sq_a = count * sq_a - sum_a**2
             sq_b = count * sq_b - sum_b**2
@@ -658,8 +670,39 @@ def rating_similarity(
         sims[np.arange(stop - start), np.arange(start, stop)] = 0.0
         return _keep_top(sims, start, keep, 0.0)
 
-    block = _block_rows(n, 8 * _block_workers(settings))
-    return _assemble(_map_blocks(compute, n, block, settings, stage), n)
+    workers = _block_workers(settings)
+    if dense:  # the dense columns of the block, and the transposed products: up to 9 arrays of rows × n
+        block = max(_DENSE_MIN_BLOCK_ROWS, BLOCK_VALUES // (workers * (12 * n + 3 * vals.shape[1])))
+    else:
+        block = _block_rows(n, 8 * workers)
+    return _assemble(_map_blocks(compute, n, min(block, n), settings, stage), n)
+
+
+def _torch_csr(matrix: sp.csr_matrix) -> torch.Tensor:
+    """A torch sparse CSR tensor sharing ``matrix``'s values (indices as int64)."""
+    import torch
+
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": its products are checked by the tests
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(matrix.indptr.astype(np.int64)),
+            torch.from_numpy(matrix.indices.astype(np.int64)),
+            torch.from_numpy(matrix.data),
+            size=matrix.shape,
+        )
+
+
+def _transposed_products(left: torch.Tensor, columns: list[np.ndarray]) -> list[np.ndarray]:
+    """``(left @ c).T`` for each dense ``features × rows`` array ``c``, as C-contiguous ``rows × n`` arrays: one
+    sparse × dense product for all of them (the sparse matrix is read once), one blocked transpose (torch's)."""
+    import torch
+
+    width = columns[0].shape[1]
+    stacked = columns[0] if len(columns) == 1 else np.hstack(columns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = (left @ torch.from_numpy(stacked)).t().contiguous().numpy()
+    return [out[i * width : (i + 1) * width] for i in range(len(columns))]
 
 
 def als_baselines(
