@@ -97,7 +97,13 @@ def as_torch_input(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def sparse_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """A torch CSR tensor over the given arrays (no copy, no invariant checks: callers pass valid CSR arrays)."""
-    with warnings.catch_warnings():
-        # torch flags CSR tensors as beta; the CSR × dense and sampled products used with them are long supported.
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+    return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
+# torch warns, once per process, that CSR tensors are beta; the CSR × dense and sampled products used with them are
+# long supported. That one warning is drawn here, at import, under a filter, so that sparse_csr needs none: it runs
+# in model and block threads, and warnings.catch_warnings is not thread-safe (two threads inside it at once can
+# leave one's filter installed for the whole process).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    sparse_csr(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([1.0]), (1, 1))

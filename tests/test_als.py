@@ -274,3 +274,26 @@ def test_dense_product_is_numpys_product_for_the_layouts_models_pass() -> None:
         np.testing.assert_allclose(dense_product(users32, frozen.T), users32 @ items32.T, rtol=1e-5, atol=1e-6)
     assert dense_product(users32[:0], items32.T).shape == (0, 7)
     assert np.array_equal(dense_product(np.zeros((3, 0)), np.zeros((0, 7))), np.zeros((3, 7)))
+
+
+def test_csr_tensors_are_built_without_touching_the_warnings_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch's once-per-process "CSR is beta" warning is drawn when torch_utils is imported, so sparse_csr needs no
+    # catch_warnings, which is not thread-safe (two threads inside it at once can leave one's filter installed for
+    # the whole process) — and sparse_csr runs in model and block threads. With warnings as errors, in 8 threads:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recmodels.torch_utils import sparse_csr
+
+    def no_catch_warnings(*args: object, **kwargs: object) -> None:
+        raise AssertionError("sparse_csr changed the process-wide warnings filters")
+
+    def build(i: int) -> int:
+        tensor = sparse_csr(torch.tensor([0, 1, 2]), torch.tensor([0, i % 2]), torch.ones(2), (2, 2))
+        return int(tensor.to_dense().sum())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monkeypatch.setattr(warnings, "catch_warnings", no_catch_warnings)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            assert list(pool.map(build, range(64))) == [2] * 64
+        monkeypatch.undo()

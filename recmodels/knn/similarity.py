@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal
@@ -60,12 +59,13 @@ _ELEMENT_BUDGET = 1_000_000
 #: :class:`SimilarityLookup` densifies a matrix with at most this many cells per stored entry: a float32 cell takes
 #: 4 bytes, an entry's search key and float64 value 16.
 _DENSE_CELLS_PER_ENTRY = 4
-# cosine_topk computes a block's products densely (neighbours' sparse rows × the block's dense feature columns)
-# instead of sparse × sparse when Σ_f n_f² (the sparse product's multiply-adds, n_f = entities with feature f)
-# exceeds this fraction of nnz × n (the dense product's). Where the popular features are shared by most entities
-# (user–user at 200k users × 20k items: Σ n_f² = 1.9·10¹¹, nnz·n = 1.8·10¹²) nearly every pair is stored, and the
-# sparse kernel's scattered accumulation and per-entry output, normalisation and top-K cost ~5× more than the dense
-# path; where features are narrow (item–item there: 9.2·10⁸ against 1.8·10¹¹) the sparse product stays far ahead.
+# cosine_topk and rating_similarity compute a block's products densely (all entities' sparse rows × the block's
+# dense feature columns) instead of sparse × sparse when Σ_f n_f² (the sparse product's multiply-adds, n_f =
+# entities with feature f) exceeds this fraction of nnz × n (the dense product's). Where popular features are
+# shared by most entities (user–user at 200k users × 20k items: Σ n_f² = 1.9·10¹¹, nnz·n = 1.8·10¹²) nearly every
+# pair is stored, and the sparse kernel's scattered accumulation and per-entry output, normalisation and top-K
+# cost ~2.3× the dense path's time; where features are narrow (item–item there: 9.2·10⁸ against 1.8·10¹¹) the
+# sparse product is ~10× faster. Measured shapes on both sides of 0.05: docs/benchmarks/knn.md.
 _DENSE_PRODUCT_RATIO = 0.05
 # Fewest target rows per dense block: each block reads the whole sparse neighbour matrix once, so narrow blocks
 # repeat that read too often.
@@ -533,7 +533,8 @@ def cosine_topk(
 
 
 def _dense_product_cheaper(vectors: sp.csr_matrix, counts: np.ndarray) -> bool:
-    """Whether :func:`cosine_topk` should compute its products densely (see :data:`_DENSE_PRODUCT_RATIO`)."""
+    """Whether the products of ``vectors``' rows (entity × feature; ``counts`` its row lengths) should be
+    computed densely (see :data:`_DENSE_PRODUCT_RATIO`)."""
     if _PRODUCT_PATH != "auto":
         return _PRODUCT_PATH == "dense"
     feature_counts = np.bincount(vectors.indices, minlength=vectors.shape[1]).astype(np.float64)
@@ -671,7 +672,9 @@ def rating_similarity(
         return _keep_top(sims, start, keep, 0.0)
 
     workers = _block_workers(settings)
-    if dense:  # the dense columns of the block, and the transposed products: up to 9 arrays of rows × n
+    # Per row in flight: up to 6 transposed products, 3 before their transpose and the arithmetic's temporaries
+    # (~12 arrays of n values), and the 3 dense feature columns.
+    if dense:
         block = max(_DENSE_MIN_BLOCK_ROWS, BLOCK_VALUES // (workers * (12 * n + 3 * vals.shape[1])))
     else:
         block = _block_rows(n, 8 * workers)
@@ -682,14 +685,10 @@ def _torch_csr(matrix: sp.csr_matrix) -> torch.Tensor:
     """A torch sparse CSR tensor sharing ``matrix``'s values (indices as int64)."""
     import torch
 
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": its products are checked by the tests
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(matrix.indptr.astype(np.int64)),
-            torch.from_numpy(matrix.indices.astype(np.int64)),
-            torch.from_numpy(matrix.data),
-            size=matrix.shape,
-        )
+    from recmodels.torch_utils import sparse_csr
+
+    indptr, indices = (torch.from_numpy(a.astype(np.int64)) for a in (matrix.indptr, matrix.indices))
+    return sparse_csr(indptr, indices, torch.from_numpy(matrix.data), matrix.shape)
 
 
 def _transposed_products(left: torch.Tensor, columns: list[np.ndarray]) -> list[np.ndarray]:
@@ -699,9 +698,7 @@ def _transposed_products(left: torch.Tensor, columns: list[np.ndarray]) -> list[
 
     width = columns[0].shape[1]
     stacked = columns[0] if len(columns) == 1 else np.hstack(columns)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        out = (left @ torch.from_numpy(stacked)).t().contiguous().numpy()
+    out = (left @ torch.from_numpy(stacked)).t().contiguous().numpy()
     return [out[i * width : (i + 1) * width] for i in range(len(columns))]
 
 
