@@ -17,7 +17,6 @@ comparing two separate intervals.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -156,10 +155,13 @@ def bootstrap_cis(
     if n_boot > 0 and matrix.shape[0] > 0:
         means = bootstrap_means(matrix, n_boot, seed)
         alpha = 1.0 - confidence
-        with warnings.catch_warnings():
-            # A metric without any value gives an all-NaN column; its bounds stay NaN without a warning.
-            warnings.simplefilter("ignore", RuntimeWarning)
-            low, high = np.nanquantile(means, [alpha / 2.0, 1.0 - alpha / 2.0], axis=0)
+        # A metric without any value gives an all-NaN column: its bounds stay NaN, and nanquantile, which would
+        # warn about it, only sees the others (no warnings filter: this runs in the model threads, and
+        # catch_warnings is not thread-safe).
+        low, high = np.full(len(names), np.nan), np.full(len(names), np.nan)
+        some = ~np.isnan(means).all(axis=0)
+        if some.any():
+            low[some], high[some] = np.nanquantile(means[:, some], [alpha / 2.0, 1.0 - alpha / 2.0], axis=0)
     return {
         name: Interval(float(estimates[j]), float(low[j]), float(high[j]), int(counts[j]), confidence)
         for j, name in enumerate(names)

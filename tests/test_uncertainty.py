@@ -125,3 +125,26 @@ def test_paired_test_detects_a_planted_difference_and_not_a_null_one() -> None:
     assert planted_found / reps >= 0.9
     # Under the null the test should reject about 5 % of the time.
     assert null_found / reps <= 0.12
+
+
+def test_a_metric_without_values_gets_nan_bounds_without_touching_the_warnings_filters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Intervals are computed in the model threads, where warnings.catch_warnings is not safe (two threads in it at
+    # once can leave one's filter installed for the process): an all-NaN metric must need no filter, and must not
+    # change the other metrics' intervals.
+    import warnings
+
+    values = np.random.default_rng(4).random(50)
+
+    def no_catch_warnings(*args: object, **kwargs: object) -> None:
+        raise AssertionError("bootstrap_cis changed the process-wide warnings filters")
+
+    alone = bootstrap_cis({"x": values}, n_boot=100, seed=3)["x"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monkeypatch.setattr(warnings, "catch_warnings", no_catch_warnings)
+        got = bootstrap_cis({"empty": np.full(50, np.nan), "x": values}, n_boot=100, seed=3)
+        monkeypatch.undo()
+    assert math.isnan(got["empty"].low) and math.isnan(got["empty"].high) and got["empty"].n == 0
+    assert (got["x"].low, got["x"].high) == (alone.low, alone.high)
