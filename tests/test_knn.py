@@ -18,6 +18,7 @@ from recforge.split import TemporalSplit, temporal_holdout
 from recmodels.base import RunSettings
 from recmodels.baselines.popularity import Popularity
 from recmodels.data import Interactions
+from recmodels.knn import item as knn_item
 from recmodels.knn import similarity as knn_similarity
 from recmodels.knn.item import ItemKNN, ItemKNNConfig
 from recmodels.knn.similarity import als_baselines, neighbourhood_offsets, rating_similarity, weigh_rows
@@ -610,3 +611,28 @@ def test_products_are_dense_where_a_few_features_are_shared_by_most_entities() -
     assert knn_similarity._dense_product_cheaper(popular, np.diff(popular.indptr))
     narrow = sp.csr_matrix(popular.T)
     assert not knn_similarity._dense_product_cheaper(narrow, np.diff(narrow.indptr))
+
+
+def test_rating_candidates_none_keeps_every_similarity_up_to_the_entry_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 60 users × 20 items, half rated: 3,540 ordered user pairs. Under a budget of 3,540 None keeps every positive
+    # similarity; at 600 each user keeps its 600 // 60 = 10 most similar, as rating_candidates=10 would, and
+    # predictions follow it (some of a pair's 5 neighbours among the item's raters lie outside a user's top 10).
+    rng = np.random.default_rng(8)
+    user, item = np.nonzero(rng.random((60, 20)) < 0.5)
+    data = Interactions.from_arrays(user, item, rating=rng.integers(1, 6, len(user)).astype(float))
+    pairs = (rng.integers(0, 60, 300), rng.integers(0, 20, 300))
+    config = dataclasses.replace(UserKNNConfig.rating_defaults(), rating_neighbors=5)
+
+    def fitted(candidates: int | None) -> UserKNN:
+        return UserKNN(dataclasses.replace(config, rating_candidates=candidates)).fit(data)
+
+    monkeypatch.setattr(knn_item, "RATING_ENTRY_BUDGET", 3540)
+    everything = fitted(None)
+    assert (everything.rating_model_.similarity != fitted(59).rating_model_.similarity).nnz == 0
+    assert everything.rating_model_.similarity.getnnz(axis=1).max() > 10
+    monkeypatch.setattr(knn_item, "RATING_ENTRY_BUDGET", 600)
+    bounded, ten = fitted(None), fitted(10)
+    assert bounded.rating_model_.similarity.getnnz(axis=1).max() == 10
+    assert (bounded.rating_model_.similarity != ten.rating_model_.similarity).nnz == 0
+    np.testing.assert_array_equal(bounded.predict(*pairs), ten.predict(*pairs))
+    assert not np.array_equal(bounded.predict(*pairs), everything.predict(*pairs))
