@@ -49,7 +49,7 @@ from recmodels.knn.similarity import (
 from recmodels.torch_utils import dense_product
 
 #: Most similarities a rating model keeps when ``rating_candidates`` is None (see :class:`KNNConfig`): 20 bytes each
-#: while the blocks' parts are gathered, 12 once assembled (4 and 2.4 GB). Every positive one fits below it up to
+#: while the blocks' parts are gathered, 8 once assembled (4 and 1.6 GB). Every positive one fits below it up to
 #: 14,142 entities (ML-100K: 1,682); at the 900k-event set's 20,000 users 34 % of pairs are positive (137M), and at
 #: 200,000 users the same share would be ~1.4·10¹⁰ entries, over 100 GB: there each user keeps its 1,000 most similar.
 RATING_ENTRY_BUDGET = 200_000_000
