@@ -556,8 +556,9 @@ def _metrics_board(metrics: Any, k: int | None = None) -> Any:
     """
     import pandas as pd
 
-    if k is not None and (metrics["k"] == k).any():
-        metrics = metrics[(metrics["k"] == k).fillna(False)]
+    at_k = (metrics["k"] == k).fillna(False)  # k is NULL for rating metrics (NA in a nullable column)
+    if k is not None and at_k.any():
+        metrics = metrics[at_k]
     main = metrics[
         ~metrics["split"].str.contains(":")
         & ~metrics["split"].isin(["timing", "random_80_20"])

@@ -481,6 +481,11 @@ def cosine_topk(
     filled = np.flatnonzero(counts)
     if len(filled):
         sq_norms[filled] = np.add.reduceat(vectors.data * vectors.data, vectors.indptr[filled])
+    keep = min(neighbors, max(n - 1, 1))
+    if _dense_product_cheaper(vectors, counts):  # before the sparse path's permuted, transposed, scaled copies
+        return _cosine_topk_dense(
+            vectors, keep, shrinkage if normalize else None, min_similarity, settings, stage, alpha, exponent, sq_norms
+        )
     target_scale = (sq_norms**alpha).astype(np.float32)
     # The product's columns (neighbours) are numbered by falling feature count while it is computed: scipy's
     # kernel adds every partial product into a dense accumulator indexed by column, and with the most frequent
@@ -506,12 +511,7 @@ def cosine_topk(
             (vectors.data * np.repeat(inv_target, counts), vectors.indices, vectors.indptr), shape=vectors.shape
         )
         right.data *= inv_neighbour[right.indices]  # right is this function's own copy
-    keep = min(neighbors, max(n - 1, 1))
     workers = _block_workers(settings)
-    if _dense_product_cheaper(vectors, counts):
-        return _cosine_topk_dense(
-            vectors, keep, shrinkage if normalize else None, min_similarity, settings, stage, alpha, exponent, sq_norms
-        )
 
     def compute(start: int, stop: int) -> _Part:
         indptr, indices, sims = _block_product_parts(left[start:stop], right, slack=n + 2)
