@@ -46,13 +46,14 @@ from recmodels.knn.similarity import (
     rating_similarity,
     weigh_rows,
 )
-from recmodels.torch_utils import dense_product
 
 #: Most similarities a rating model keeps when ``rating_candidates`` is None (see :class:`KNNConfig`): 20 bytes each
 #: while the blocks' parts are gathered, 8 once assembled (4 and 1.6 GB). Every positive one fits below it up to
 #: 14,142 entities (ML-100K: 1,682); at the 900k-event set's 20,000 users 34 % of pairs are positive (137M), and at
 #: 200,000 users the same share would be ~1.4·10¹⁰ entries, over 100 GB: there each user keeps its 1,000 most similar.
 RATING_ENTRY_BUDGET = 200_000_000
+#: A neighbour is scored as a dense row (a hub) when at least this share of the targets have it as a neighbour.
+HUB_FILL = 1 / 32
 
 MODES: tuple[str, ...] = ("implicit", "rating")
 CENTERINGS: tuple[str, ...] = ("baseline", "mean")
@@ -283,8 +284,10 @@ class NeighbourhoodRecommender(Recommender):
         product = sp.csr_matrix(history @ light, dtype=np.float32)
         if not len(hubs):
             return product.toarray()
-        # The hub product's new array takes the sparse part's entries in place (no second dense array).
-        scores = dense_product(history[:, hubs].toarray().astype(np.float32), hub_rows)
+        # A user has few of the hubs (~9 of 69 at 200k × 50k), so the hub product takes the user's hub entries as a
+        # sparse matrix times the dense hub rows (scipy's CSR × dense: one row update per entry) rather than a dense
+        # GEMM that multiplies the zeros too. Its new array takes the sparse part's entries in place.
+        scores = sp.csr_matrix(history[:, hubs], dtype=np.float32) @ hub_rows
         add_sparse(scores, product)
         return scores
 
@@ -304,7 +307,7 @@ class NeighbourhoodRecommender(Recommender):
         n_targets = transposed.shape[1]
         filled = np.diff(transposed.indptr)
         by_fill = np.argsort(-filled, kind="stable")
-        dense_enough = by_fill[filled[by_fill] * 32 >= max(n_targets, 1)]
+        dense_enough = by_fill[filled[by_fill] >= HUB_FILL * max(n_targets, 1)]
         hubs = np.sort(dense_enough[: BLOCK_VALUES // max(n_targets, 1)])
         keep = np.ones(transposed.shape[0], dtype=np.float32)
         keep[hubs] = 0.0
