@@ -81,7 +81,8 @@ def dense_product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     OpenBLAS, which was slower at these shapes and whose worker threads, spinning on the cores for a while after
     each product, slowed the torch top-k that ranks the scores next. ALS's top-10 for 10,000 users at 200,000 ×
     50,000 (64 factors, batches of 80 users) took 1.21–1.31 s against 1.48–1.71 s with numpy's product, the same
-    items (4 alternations in one process, 2026-12-06); item_knn's hub product gained nothing measurable there.
+    items (4 alternations in one process, 2026-12-06). (item_knn's hub product, where most of the left side is zero,
+    is a sparse × dense product instead: :meth:`recmodels.knn.item.ItemKNN._score_known`.)
     Transposed views (``factors.T``) are used as they are, without a copy; a read-only array is copied first (torch
     cannot wrap it), and float32 meets float64 in float64.
     """
