@@ -295,9 +295,11 @@ class NeighbourhoodRecommender(Recommender):
         """``similarity_.T`` (row ``n``: the targets that have ``n`` as a neighbour) split for fast scoring.
 
         Popular items are neighbours of almost every target (at 200k × 50k, 92 items with over 500 targets each
-        carried 99 % of the scoring work), so their rows are kept dense and scored by one BLAS product, and only
-        the rest goes through the sparse product: 6× faster there. Returns the sparse rest (hub rows empty), the
-        hub items and their dense rows. A row is a hub when at least 1/32 of it is filled, most filled first, up to
+        carried 99 % of the scoring work), so their rows are kept dense and scored by one sparse × dense product
+        (each user's hub entries times the dense rows), and only the rest goes through the sparse × sparse
+        product: 6× faster there than all of it sparse (with a dense GEMM for the hubs; the sparse × dense product
+        halved that part again). Returns the sparse rest (hub rows empty), the hub items and their dense rows. A
+        row is a hub when at least :data:`HUB_FILL` of it is filled, most filled first, up to
         :data:`~recmodels.knn.similarity.BLOCK_VALUES` dense values. Built once per fitted matrix.
         """
         source, parts = self.__dict__.get("_neighbour_major_parts", (None, None))
