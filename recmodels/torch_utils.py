@@ -13,9 +13,13 @@ Kept deliberately tiny and stable, because every torch model imports it:
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 __all__ = ["dense_product", "resolve_device", "seeded_generator", "set_threads"]
 
@@ -94,6 +98,12 @@ def as_torch_input(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``array`` as ``dtype``, shared with ``torch.from_numpy`` where it can be (a read-only array is copied)."""
     array = array.astype(dtype, copy=False)
     return array if array.flags.writeable else array.copy()
+
+
+def csr_index_type(matrix: sp.csr_matrix) -> type[np.signedinteger]:
+    """The index type for ``matrix``'s torch CSR arrays: int32 where every index and offset fits (half the memory of
+    int64, and scipy's own type then, so no copy is needed), else int64. torch wants both arrays of one type."""
+    return np.int32 if max(matrix.nnz, *matrix.shape) < np.iinfo(np.int32).max else np.int64
 
 
 def sparse_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -682,16 +682,13 @@ def rating_similarity(
 
 
 def _torch_csr(matrix: sp.csr_matrix) -> torch.Tensor:
-    """A torch sparse CSR tensor sharing ``matrix``'s values and, where they are int32, its indices.
-
-    int32 indices where they fit (as in :class:`recmodels.mf.cells.CellProducts`): no int64 copy of the
-    ``indices`` array, 36 MB at the 9M-event set's 8.9M entries.
-    """
+    """A torch sparse CSR tensor sharing ``matrix``'s values and, where they are int32, its indices (no int64 copy
+    of ``indices``: 36 MB at the 9M-event set's 8.9M entries)."""
     import torch
 
-    from recmodels.torch_utils import sparse_csr
+    from recmodels.torch_utils import csr_index_type, sparse_csr
 
-    index_type = np.int32 if max(matrix.nnz, *matrix.shape) < np.iinfo(np.int32).max else np.int64
+    index_type = csr_index_type(matrix)
     indptr, indices = (torch.from_numpy(a.astype(index_type, copy=False)) for a in (matrix.indptr, matrix.indices))
     return sparse_csr(indptr, indices, torch.from_numpy(matrix.data), matrix.shape)
 

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recmodels.torch_utils import as_torch_input, sparse_csr
+from recmodels.torch_utils import as_torch_input, csr_index_type, sparse_csr
 
 
 class CellPattern:
@@ -25,8 +25,7 @@ class CellPattern:
     def __init__(self, matrix: sp.csr_matrix) -> None:
         matrix = sp.csr_matrix(matrix)
         self.shape: tuple[int, int] = (int(matrix.shape[0]), int(matrix.shape[1]))
-        # int32 indices where they fit: half the memory of int64 (both arrays must share one type).
-        index_type = np.int32 if max(matrix.nnz, *self.shape) < np.iinfo(np.int32).max else np.int64
+        index_type = csr_index_type(matrix)
         self._crow = torch.from_numpy(matrix.indptr.astype(index_type))
         self._col = torch.from_numpy(matrix.indices.astype(index_type))
 
