@@ -427,7 +427,8 @@ def test_dense_hub_scoring_equals_the_sparse_product() -> None:
     popularity = 1.0 / np.arange(1, n_items + 1) ** 1.1
     item = rng.choice(n_items, size=6_000, p=popularity / popularity.sum())
     user = rng.integers(0, n_users, size=6_000)
-    model = ItemKNN(ItemKNNConfig(neighbors=10)).fit(Interactions.from_arrays(user, item, n_users=n_users))
+    config = ItemKNNConfig(neighbors=10, pruning="target")  # per-history pruning keeps every row at K: no hubs
+    model = ItemKNN(config).fit(Interactions.from_arrays(user, item, n_users=n_users))
     light, hubs, hub_rows = model._neighbour_major()
     assert 0 < len(hubs) < n_items and light[hubs].nnz == 0 and hub_rows.shape == (len(hubs), n_items)
     users = np.arange(n_users)
@@ -477,6 +478,32 @@ def test_asymmetric_cosine_exponent_and_shrinkage_by_hand() -> None:
     np.testing.assert_allclose(plain.score(np.array([0]))[0, 2:], [1.0, 0.0], atol=1e-6)
 
 
+@pytest.mark.parametrize("pruning", ["target", "history"])
+def test_pruning_keeps_each_targets_or_each_history_items_nearest(pruning: str) -> None:
+    # Real-valued ratings (rating mode ranks from their cosines), so no two similarities tie.
+    rng = np.random.default_rng(11)
+    n_users, n_items, k, alpha, exponent = 30, 12, 3, 0.7, 1.5
+    user, item = np.divmod(rng.choice(n_users * n_items, size=150, replace=False), n_items)
+    rating = rng.uniform(1, 5, size=150)
+    data = Interactions.from_arrays(user, item, rating=rating, n_users=n_users, n_items=n_items)
+    config = ItemKNNConfig(mode="rating", neighbors=k, alpha=alpha, exponent=exponent, pruning=pruning)
+    model = ItemKNN(config).fit(data)
+    dense = data.ratings.toarray()
+    norms = np.linalg.norm(dense, axis=0)
+    # asymmetric cosine of target j (rows) and neighbour i (columns): x_j·x_i / (‖x_j‖^(2α) ‖x_i‖^(2(1−α)))
+    full = (dense.T @ dense) / np.outer(norms ** (2 * alpha), norms ** (2 * (1 - alpha)))
+    np.fill_diagonal(full, 0.0)
+    kept = np.zeros_like(full, dtype=bool)
+    if pruning == "target":  # each row (target) keeps its k largest
+        np.put_along_axis(kept, np.argsort(-full, axis=1)[:, :k], True, axis=1)
+    else:  # each column (a history item) keeps the k targets it is most similar to
+        np.put_along_axis(kept, np.argsort(-full, axis=0)[:k], True, axis=0)
+    want = np.where(kept & (full > 0), full, 0.0) ** exponent
+    np.testing.assert_allclose(model.similarity_.toarray(), want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model.score(np.arange(n_users)), dense @ want.T, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(kept, kept.T)  # the two conventions keep different pairs here
+
+
 def test_tfidf_and_bm25_weighting_by_hand() -> None:
     items_by_users = _binary().binary.T.tocsr()  # documents = items, terms = users
     idf = [log(4) - log(3), log(4) - log(4), log(4) - log(3)]  # u1 has 3 of the 4 items: weight 0
@@ -514,6 +541,7 @@ def test_rating_mode_ranks_with_rating_weighted_cosine() -> None:
         ({"weighting": "bm15"}, "weighting"),
         ({"similarity": "jaccard"}, "similarity"),
         ({"centering": "median"}, "centering"),
+        ({"pruning": "neighbour"}, "pruning"),
         ({"rating_neighbors": 0}, "rating_neighbors"),
         ({"weighting": "bm25", "shrinkage": 5.0}, "shrinkage"),
         ({"alpha": 1.5}, "alpha"),

@@ -4,12 +4,14 @@ A user-based model is the item-based one with users and items swapped, so both a
 (:class:`NeighbourhoodRecommender`) that works on *entities* (the side whose similarities are computed: items
 here, users in :mod:`recmodels.knn.user`) and *features* (the other side). Two modes, chosen by ``mode``:
 
-- ``"implicit"`` ranks from the binary interactions: each target item ``j`` keeps its ``neighbors`` most similar
-  items by an asymmetric cosine between (optionally tf-idf / BM25 weighted) item vectors,
-  ``sim(j, i) = (|U_j ∩ U_i| / (|U_j|^α |U_i|^(1−α)))^exponent``, and a user's score for ``j`` is the sum of
-  ``sim(j, i)`` over the neighbours ``i`` in their history. With ``α = 0.5``, ``exponent = 1`` this is the plain
-  cosine item-kNN; ``α > 0.5`` penalises popular targets and ``exponent > 1`` lets the closest neighbours
-  dominate (Aiolli's asymmetric cosine with locality, which the validation slice prefers). Needs no ratings.
+- ``"implicit"`` ranks from the binary interactions by an asymmetric cosine between (optionally tf-idf / BM25
+  weighted) item vectors, ``sim(j, i) = (|U_j ∩ U_i| / (|U_j|^α |U_i|^(1−α)))^exponent`` for a target ``j`` and
+  a neighbour ``i``: a user's score for ``j`` is the sum of ``sim(j, i)`` over the items ``i`` in their history
+  among the pairs kept. By default each item ``i`` keeps the ``neighbors`` targets it is most similar to
+  (``pruning="history"``, implicit's convention); ``pruning="target"`` keeps each target's ``neighbors`` most
+  similar items instead (classic item-kNN). With ``α = 0.5``, ``exponent = 1`` this is the plain cosine item-kNN;
+  ``α > 0.5`` penalises popular targets and ``exponent > 1`` lets the closest neighbours dominate (Aiolli's
+  asymmetric cosine with locality, which the validation slice prefers). Needs no ratings.
 - ``"rating"`` needs ratings. It ranks the same way but from the rating values (cosine of rating vectors, history
   weighted by the user's ratings), and fits the classic rating predictor eagerly (below).
 
@@ -56,6 +58,7 @@ RATING_ENTRY_BUDGET = 200_000_000
 HUB_FILL = 1 / 32
 
 MODES: tuple[str, ...] = ("implicit", "rating")
+PRUNINGS: tuple[str, ...] = ("target", "history")
 CENTERINGS: tuple[str, ...] = ("baseline", "mean")
 
 
@@ -68,7 +71,13 @@ class KNNConfig(ModelConfig):
 
     Ranking neighbourhoods (both modes):
 
-    neighbors: K, the most similar entities kept per target entity (the one being scored) for ranking.
+    neighbors: K, the most similar entities kept per target entity (the one being scored) for ranking, or per
+        history entity with ``pruning="history"``.
+    pruning: whose K nearest are kept. ``"target"``: each target keeps its K most similar neighbours (classic
+        kNN, LensKit's convention; user_knn's default). ``"history"``: each entity keeps the K targets it is most
+        similar to, so a user's score sums at most K entries per item in their history (implicit's
+        ItemItemRecommender convention; item_knn's default): popular items then no longer reach almost every
+        target, which makes item–item scoring of large catalogues several times cheaper (docs/benchmarks/knn.md).
     alpha: asymmetry of the cosine ``a·b / (‖a‖^(2α) ‖b‖^(2(1−α)))`` between a target ``a`` and a neighbour
         ``b``; 0.5 is the symmetric cosine. For item–item, larger values penalise popular target items; for
         user–user, they penalise neighbours less for having long histories. No effect with ``"bm25"``.
@@ -102,9 +111,10 @@ class KNNConfig(ModelConfig):
     """
 
     mode: Literal["implicit", "rating"] = "implicit"
-    neighbors: int = 400
+    neighbors: int = 200
+    pruning: Literal["target", "history"] = "history"
     alpha: float = 0.6
-    exponent: float = 2.0
+    exponent: float = 1.5
     weighting: Literal["none", "bm25", "tfidf"] = "none"
     bm25_k1: float = 1.2
     bm25_b: float = 0.75
@@ -123,7 +133,13 @@ class KNNConfig(ModelConfig):
     clip: bool = True
 
     def __post_init__(self) -> None:
-        choices = {"mode": MODES, "weighting": WEIGHTINGS, "similarity": RATING_SIMILARITIES, "centering": CENTERINGS}
+        choices = {
+            "mode": MODES,
+            "pruning": PRUNINGS,
+            "weighting": WEIGHTINGS,
+            "similarity": RATING_SIMILARITIES,
+            "centering": CENTERINGS,
+        }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
@@ -213,7 +229,10 @@ class NeighbourhoodRecommender(Recommender):
     def _ranking_similarity(self, history: sp.csr_matrix, settings: RunSettings) -> sp.csr_matrix:
         cfg = self.config
         vectors = weigh_rows(self._entities_by_features(history), cfg.weighting, cfg.bm25_k1, cfg.bm25_b)
-        return cosine_topk(
+        by_history = cfg.pruning == "history"
+        # Pruned per history entity, the rows computed are neighbours and the columns targets, so the asymmetry
+        # swaps sides (the neighbour's norm carries 1 − α); transposed back, rows are targets either way.
+        similarity = cosine_topk(
             vectors,
             cfg.neighbors,
             cfg.shrinkage,
@@ -221,9 +240,10 @@ class NeighbourhoodRecommender(Recommender):
             settings,
             stage=f"{self.name} similarities",
             normalize=cfg.weighting != "bm25",
-            alpha=cfg.alpha,
+            alpha=1.0 - cfg.alpha if by_history else cfg.alpha,
             exponent=cfg.exponent,
         )
+        return similarity.T.tocsr() if by_history else similarity
 
     def _fit_rating_model(self, settings: RunSettings | None = None) -> RatingNeighbourhood:
         if self.ratings_ is None:
@@ -395,10 +415,10 @@ def _with_data(matrix: sp.csr_matrix, data: np.ndarray) -> sp.csr_matrix:
 class ItemKNNConfig(KNNConfig):
     """Hyperparameters of :class:`ItemKNN`; every field is documented on :class:`KNNConfig`.
 
-    Defaults were chosen on the validation slices (docs/benchmarks/knn.md): 400 ranking neighbours, α = 0.6,
-    exponent 2, no weighting, no shrinkage; KNNBaseline-style prediction (baseline centring) with
-    pearson_baseline similarity, shrinkage 1000 and k = 60 (RMSE is flat from shrinkage 100 upwards:
-    0.9253 → 0.9244).
+    Defaults were chosen on the validation slices (docs/benchmarks/knn.md): each item keeps the 200 targets it is
+    most similar to (``pruning="history"``), α = 0.6, exponent 1.5, no weighting, no shrinkage; KNNBaseline-style
+    prediction (baseline centring) with pearson_baseline similarity, shrinkage 1000 and k = 60 (RMSE is flat from
+    shrinkage 100 upwards: 0.9253 → 0.9244).
     """
 
 
