@@ -430,10 +430,38 @@ def test_dense_hub_scoring_equals_the_sparse_product() -> None:
     config = ItemKNNConfig(neighbors=10, pruning="target")  # per-history pruning keeps every row at K: no hubs
     model = ItemKNN(config).fit(Interactions.from_arrays(user, item, n_users=n_users))
     light, hubs, hub_rows = model._neighbour_major()
-    assert 0 < len(hubs) < n_items and light[hubs].nnz == 0 and hub_rows.shape == (len(hubs), n_items)
+    hub_entries = light.indptr[hubs + 1] - light.indptr[hubs]
+    assert 0 < len(hubs) < n_items and not hub_entries.any() and hub_rows.shape == (len(hubs), n_items)
     users = np.arange(n_users)
     plain = (model.history_[users] @ model.similarity_.T).toarray()
     np.testing.assert_allclose(model.score(users), plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [1, 7, 10_000])  # expanded entries per group: one row at a time … all at once
+@pytest.mark.parametrize("binary", [True, False])
+def test_packed_rows_add_the_product_into_a_dense_array(
+    monkeypatch: pytest.MonkeyPatch, budget: int, binary: bool
+) -> None:
+    rng = np.random.default_rng(13)
+
+    def without_row(matrix: sp.csr_matrix, row: int) -> sp.csr_matrix:
+        keep = np.ones(matrix.shape[0], dtype=np.float32)
+        keep[row] = 0.0
+        emptied = sp.csr_matrix(sp.diags(keep) @ matrix)
+        emptied.eliminate_zeros()
+        return emptied
+
+    left = without_row(sp.random(9, 30, density=0.15, format="csr", random_state=rng, dtype=np.float32), 4)
+    if binary:
+        left.data[:] = 1.0
+    right = without_row(sp.random(30, 25, density=0.2, format="csr", random_state=rng, dtype=np.float32), 3)
+    monkeypatch.setattr(knn_similarity, "EXPAND_ENTRIES", budget)
+    start = rng.random((9, 25)).astype(np.float32)
+    dense = start.copy()
+    knn_similarity.PackedRows(right).add_product(dense, left)
+    np.testing.assert_allclose(dense, start + (left @ right).toarray(), rtol=1e-6)
+    with pytest.raises(ValueError, match="does not fit"):
+        knn_similarity.PackedRows(right).add_product(np.zeros((9, 24), dtype=np.float32), left)
 
 
 def test_add_sparse_adds_stored_entries_in_place_whatever_the_layout() -> None:

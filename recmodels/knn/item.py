@@ -41,7 +41,7 @@ from recmodels.knn.similarity import (
     BLOCK_VALUES,
     RATING_SIMILARITIES,
     WEIGHTINGS,
-    add_sparse,
+    PackedRows,
     als_baselines,
     cosine_topk,
     neighbourhood_offsets,
@@ -301,24 +301,27 @@ class NeighbourhoodRecommender(Recommender):
             return np.asarray((self.similarity_[users] @ self.history_).toarray(), dtype=np.float32)
         light, hubs, hub_rows = self._neighbour_major()
         history = self.history_[users]
-        product = sp.csr_matrix(history @ light, dtype=np.float32)
-        if not len(hubs):
-            return product.toarray()
-        # A user has few of the hubs (~9 of 69 at 200k × 50k), so the hub product takes the user's hub entries as a
-        # sparse matrix times the dense hub rows (scipy's CSR × dense: one row update per entry) rather than a dense
-        # GEMM that multiplies the zeros too. Its new array takes the sparse part's entries in place.
-        scores = sp.csr_matrix(history[:, hubs], dtype=np.float32) @ hub_rows
-        add_sparse(scores, product)
+        if len(hubs):
+            # A user has few of the hubs (~9 of 69 at 200k × 50k with per-target pruning), so the hub product takes
+            # the user's hub entries as a sparse matrix times the dense hub rows (scipy's CSR × dense: one row update
+            # per entry) rather than a dense GEMM that multiplies the zeros too.
+            scores = sp.csr_matrix(history[:, hubs], dtype=np.float32) @ hub_rows
+        else:
+            scores = np.zeros((len(users), self.n_items_), dtype=np.float32)
+        light.add_product(scores, history)
         return scores
 
-    def _neighbour_major(self) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    def _neighbour_major(self) -> tuple[PackedRows, np.ndarray, np.ndarray]:
         """``similarity_.T`` (row ``n``: the targets that have ``n`` as a neighbour) split for fast scoring.
 
         Popular items are neighbours of almost every target (at 200k × 50k, 92 items with over 500 targets each
         carried 99 % of the scoring work), so their rows are kept dense and scored by one sparse × dense product
-        (each user's hub entries times the dense rows), and only the rest goes through the sparse × sparse
-        product: 6× faster there than all of it sparse (with a dense GEMM for the hubs; the sparse × dense product
-        halved that part again). Returns the sparse rest (hub rows empty), the hub items and their dense rows. A
+        (each user's hub entries times the dense rows), and only the rest is added entry by entry
+        (:class:`~recmodels.knn.similarity.PackedRows`): 6× faster there than all of it sparse (with a dense GEMM
+        for the hubs; the sparse × dense product halved that part again). With per-history pruning every row holds
+        at most K targets and there are hubs only in small catalogues (ML-100K: all rows). Returns the sparse rest
+        (hub rows empty) packed for :meth:`~recmodels.knn.similarity.PackedRows.add_product`, the hub items and
+        their dense rows. A
         row is a hub when at least :data:`HUB_FILL` of it is filled, most filled first, up to
         :data:`~recmodels.knn.similarity.BLOCK_VALUES` dense values. Built once per fitted matrix.
         """
@@ -336,7 +339,7 @@ class NeighbourhoodRecommender(Recommender):
         light = sp.csr_matrix(sp.diags(keep) @ transposed)
         light.eliminate_zeros()
         hub_rows = transposed[hubs].toarray().astype(np.float32)
-        parts = (light, hubs, hub_rows)
+        parts = (PackedRows(light), hubs, hub_rows)
         self._neighbour_major_parts = (self.similarity_, parts)
         return parts
 

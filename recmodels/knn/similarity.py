@@ -155,6 +155,73 @@ def add_sparse(dense: np.ndarray, matrix: sp.csr_matrix) -> None:
     dense += matrix.toarray()
 
 
+#: Expanded entries :meth:`PackedRows.add_product` gathers at once (~20 bytes each while gathered: 80 MB).
+EXPAND_ENTRIES = 4_000_000
+
+
+class PackedRows:
+    """A sparse matrix ``right`` prepared for adding ``left @ right`` into dense arrays (:meth:`add_product`).
+
+    Each stored entry is one int64, its column in the low 32 bits and its float32 value's bits above, so the rows
+    a product needs come out of one gather (torch's ``index_select``); scipy's densifier then adds them into the
+    dense array in order. For item_knn's top-10 at 200,000 × 50,000 (no hub rows, ~2,250 expanded entries per user)
+    that took 0.15 s where scipy's sparse × sparse product written out dense took 0.30 s (125 batches of 80 users,
+    one thread): the product makes two passes over the same entries and a sparse result to densify.
+    """
+
+    def __init__(self, right: sp.csr_matrix) -> None:
+        right = sp.csr_matrix(right, dtype=np.float32)
+        self.shape: tuple[int, int] = right.shape
+        self.nnz = right.nnz
+        self.indptr = right.indptr.astype(np.int64)
+        columns = right.indices.astype(np.int64)
+        self.packed = columns | (right.data.view(np.uint32).astype(np.int64) << 32)
+
+    def add_product(self, dense: np.ndarray, left: sp.csr_matrix) -> None:
+        """``dense += left @ right`` for a float32, C-contiguous ``dense`` of ``left.shape[0]`` rows.
+
+        Rows are expanded a group at a time, at most :data:`EXPAND_ENTRIES` entries per group (or one row).
+        Entries of ``left`` scale their row of ``right``; all-ones rows (binary histories) skip the product.
+        """
+        if dense.shape != (left.shape[0], self.shape[1]) or left.shape[1] != self.shape[0]:
+            raise ValueError(f"left {left.shape} @ right {self.shape} does not fit dense {dense.shape}")
+        left = sp.csr_matrix(left)
+        lengths = self.indptr[left.indices + 1] - self.indptr[left.indices]
+        ends = np.concatenate(([0], np.cumsum(lengths)))
+        row_ends = ends[left.indptr]  # expanded entries before each row
+        n_rows = left.shape[0]
+        first = 0
+        while first < n_rows:
+            last = int(np.searchsorted(row_ends, row_ends[first] + EXPAND_ENTRIES, side="right")) - 1
+            last = min(max(last, first + 1), n_rows)
+            self._add_rows(dense[first:last], left, first, last, lengths, ends)
+            first = last
+
+    def _add_rows(
+        self, dense: np.ndarray, left: sp.csr_matrix, first: int, last: int, lengths: np.ndarray, ends: np.ndarray
+    ) -> None:
+        import torch
+
+        lo, hi = int(left.indptr[first]), int(left.indptr[last])
+        total = int(ends[hi] - ends[lo])
+        if total == 0:
+            return
+        index_type = np.int32 if max(self.nnz, total) < 2**31 else np.int64
+        run_lengths = lengths[lo:hi]
+        # positions in ``packed``: one run of consecutive positions per entry of ``left``
+        run_offsets = self.indptr[left.indices[lo:hi]] - (ends[lo:hi] - ends[lo])
+        positions = np.repeat(run_offsets.astype(index_type), run_lengths)
+        positions += np.arange(total, dtype=index_type)
+        gathered = torch.from_numpy(self.packed).index_select(0, torch.from_numpy(positions)).numpy()
+        columns = (gathered & 0xFFFFFFFF).astype(np.int32 if self.shape[1] < 2**31 else np.int64)
+        values = (gathered >> 32).astype(np.uint32).view(np.float32)
+        weights = left.data[lo:hi]
+        if not (weights == 1).all():
+            values *= np.repeat(weights.astype(np.float32), run_lengths)
+        indptr = (ends[left.indptr[first : last + 1]] - ends[lo]).astype(columns.dtype)
+        add_sparse(dense, sp.csr_matrix((values, columns, indptr), shape=dense.shape, copy=False))
+
+
 def _block_workers(settings: RunSettings | None) -> int:
     """Blocks computed at once: scipy's sparse products release the GIL, so threads use every core."""
     threads = settings.threads if settings is not None and settings.threads else (os.cpu_count() or 1)
