@@ -206,7 +206,7 @@ class Recommender(ABC):
             stored_name = str(npz["__model__"])
             if stored_name != cls.name:
                 raise ValueError(f"{path} holds a {stored_name!r} model, not {cls.name!r}")
-            config = cls.config_class(**json.loads(str(npz["__config__"])))
+            config = cls._stored_config(json.loads(str(npz["__config__"])))
             model = cls(config)
             n_users, n_items = (int(v) for v in npz["__shape__"])
             model.n_users_, model.n_items_ = n_users, n_items
@@ -218,6 +218,12 @@ class Recommender(ABC):
             state = {k.removeprefix("state/"): npz[k] for k in npz.files if k.startswith("state/")}
         model._set_state(state)
         return model
+
+    @classmethod
+    def _stored_config(cls, fields: dict[str, Any]) -> ModelConfig:
+        """The config of a saved model from its stored fields; models whose new fields changed what an absent
+        field meant override this to read older files as they were written."""
+        return cls.config_class(**fields)
 
     def refit_config(self) -> ModelConfig:
         """The config to refit this model with on more data (for example every event before ``as_of``, after

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from functools import partial
 from math import log, sqrt
 from pathlib import Path
@@ -607,6 +608,22 @@ def test_implicit_mode_predicts_like_rating_mode_and_both_survive_save_load(tmp_
         assert loaded.rating_model_ is not None
         np.testing.assert_allclose(loaded.predict(users, items), expected)
         np.testing.assert_allclose(loaded.score(np.arange(4)), rating.score(np.arange(4)), rtol=1e-6)
+
+
+def test_a_model_saved_before_pruning_existed_loads_as_per_target(tmp_path: Path) -> None:
+    model = ItemKNN(ItemKNNConfig(neighbors=2, pruning="target")).fit(_binary())
+    path = model.save(tmp_path / "item_knn.npz")
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    fields = json.loads(str(arrays["__config__"]))
+    del fields["pruning"]  # as files from before 2026-12-07 were written
+    arrays["__config__"] = np.array(json.dumps(fields))
+    with path.open("wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    loaded = ItemKNN.load(path)
+    assert loaded.config == model.config
+    assert ItemKNN.load(ItemKNN(ItemKNNConfig()).fit(_binary()).save(tmp_path / "new.npz")).config.pruning == "history"
+    np.testing.assert_array_equal(loaded.score(np.arange(3)), model.score(np.arange(3)))
 
 
 # ---- MovieLens 100K under the standard protocol -----------------------------------------------------------------

@@ -30,7 +30,7 @@ docs/benchmarks/knn.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -197,6 +197,11 @@ class NeighbourhoodRecommender(Recommender):
     #: True: entities are users (neighbours are similar users); False: entities are items.
     user_based: ClassVar[bool]
 
+    @classmethod
+    def _stored_config(cls, fields: dict[str, Any]) -> KNNConfig:
+        # Files saved before ``pruning`` existed (2026-12-07) hold per-target similarities.
+        return cls.config_class(**{"pruning": "target", **fields})
+
     # ---- orientation ------------------------------------------------------------------------------------
     def _entities_by_features(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
         """A users × items matrix turned entity × feature (CSR)."""
@@ -321,8 +326,7 @@ class NeighbourhoodRecommender(Recommender):
         for the hubs; the sparse × dense product halved that part again). With per-history pruning every row holds
         at most K targets and there are hubs only in small catalogues (ML-100K: all rows). Returns the sparse rest
         (hub rows empty) packed for :meth:`~recmodels.knn.similarity.PackedRows.add_product`, the hub items and
-        their dense rows. A
-        row is a hub when at least :data:`HUB_FILL` of it is filled, most filled first, up to
+        their dense rows. A row is a hub when at least :data:`HUB_FILL` of it is filled, most filled first, up to
         :data:`~recmodels.knn.similarity.BLOCK_VALUES` dense values. Built once per fitted matrix.
         """
         source, parts = self.__dict__.get("_neighbour_major_parts", (None, None))
