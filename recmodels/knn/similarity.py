@@ -206,19 +206,21 @@ class PackedRows:
         total = int(ends[hi] - ends[lo])
         if total == 0:
             return
-        index_type = np.int32 if max(self.nnz, total) < 2**31 else np.int64
+        # One index type for the positions and the CSR assembled below (scipy wants its indices and offsets alike):
+        # int32 where every position, offset and column fits, the rule of torch_utils.csr_index_type.
+        index_type = np.int32 if max(self.nnz, total, *dense.shape) < np.iinfo(np.int32).max else np.int64
         run_lengths = lengths[lo:hi]
         # positions in ``packed``: one run of consecutive positions per entry of ``left``
         run_offsets = self.indptr[left.indices[lo:hi]] - (ends[lo:hi] - ends[lo])
         positions = np.repeat(run_offsets.astype(index_type), run_lengths)
         positions += np.arange(total, dtype=index_type)
         gathered = torch.from_numpy(self.packed).index_select(0, torch.from_numpy(positions)).numpy()
-        columns = (gathered & 0xFFFFFFFF).astype(np.int32 if self.shape[1] < 2**31 else np.int64)
+        columns = (gathered & 0xFFFFFFFF).astype(index_type)
         values = (gathered >> 32).astype(np.uint32).view(np.float32)
         weights = left.data[lo:hi]
         if not (weights == 1).all():
             values *= np.repeat(weights.astype(np.float32), run_lengths)
-        indptr = (ends[left.indptr[first : last + 1]] - ends[lo]).astype(columns.dtype)
+        indptr = (ends[left.indptr[first : last + 1]] - ends[lo]).astype(index_type)
         add_sparse(dense, sp.csr_matrix((values, columns, indptr), shape=dense.shape, copy=False))
 
 
