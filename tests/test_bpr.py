@@ -87,12 +87,12 @@ def test_gradient_by_hand_without_bias() -> None:
     assert grads.positive_bias is None and grads.negative_bias is None
 
 
-@pytest.mark.parametrize("lookup", ["table", "bits", "sorted_keys"])
+@pytest.mark.parametrize("lookup", ["table", "bits", "sorted_keys", "crowded_filter"])
 def test_negatives_avoid_the_users_items(lookup: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # user 0 has items 0, 1, 2 of 4: every negative must be 3; user 1 has none: anything goes.
     _use_lookup(lookup, 8, monkeypatch)
     positives = PositiveSet(torch.tensor([0, 0, 0]), torch.tensor([0, 1, 2]), n_users=2, n_items=4)
-    assert getattr(positives, lookup) is not None
+    assert getattr(positives, "sorted_keys" if lookup == "crowded_filter" else lookup) is not None
     assert positives.contains(torch.tensor([0, 0, 1, 1]), torch.tensor([2, 3, 0, 3])).tolist() == [
         True,
         False,
@@ -226,12 +226,18 @@ def test_ml100k_default_reaches_the_bar(ml100k_dir: Path) -> None:
 
 
 def _use_lookup(lookup: str, cells: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make :class:`PositiveSet` pick ``lookup`` for a catalogue of ``cells`` user × item cells."""
+    """Make :class:`PositiveSet` pick ``lookup`` for a catalogue of ``cells`` user × item cells.
+
+    ``"crowded_filter"`` is the sorted search behind a Bloom filter of one bit per pair, which lets most absent
+    pairs through to the search.
+    """
     monkeypatch.setattr(bpr_module, "_BYTE_TABLE_CELLS", cells if lookup == "table" else 0)
-    monkeypatch.setattr(bpr_module, "_BIT_TABLE_CELLS", 0 if lookup == "sorted_keys" else cells)
+    monkeypatch.setattr(bpr_module, "_BIT_TABLE_CELLS", cells if lookup in ("table", "bits") else 0)
+    if lookup == "crowded_filter":
+        monkeypatch.setattr(bpr_module, "_FILTER_BITS_PER_KEY", 1)
 
 
-@pytest.mark.parametrize("lookup", ["table", "bits", "sorted_keys"])
+@pytest.mark.parametrize("lookup", ["table", "bits", "sorted_keys", "crowded_filter"])
 def test_each_lookup_agrees_with_the_pairs_on_every_cell(lookup: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # 37 × 29 cells (not a multiple of 8: the last byte is partial), pairs drawn with repeats.
     gen = torch.Generator().manual_seed(3)
@@ -241,5 +247,30 @@ def test_each_lookup_agrees_with_the_pairs_on_every_cell(lookup: str, monkeypatc
     want = [(u, i) in pairs for u, i in zip(every_user.tolist(), every_item.tolist(), strict=True)]
     _use_lookup(lookup, 37 * 29, monkeypatch)
     positives = PositiveSet(users, items, n_users=37, n_items=29)
-    assert getattr(positives, lookup) is not None
+    assert getattr(positives, "sorted_keys" if lookup == "crowded_filter" else lookup) is not None
     assert positives.contains(every_user, every_item).tolist() == want
+    if lookup == "crowded_filter":
+        assert positives.filter is not None
+        passed = positives.filter.contains(positives._filter_slots(every_user * 29 + every_item))
+        assert passed.sum() - sum(want) > 200  # hundreds of absent cells reached the search and were told apart
+
+
+def test_bloom_filter_spreads_the_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Clustered keys (each user's items consecutive, as at scale): a hash that kept the low bits or the user
+    # alone would fill few filter bits or let most absent pairs through; at 32 bits per pair ≤ 3 % should pass.
+    _use_lookup("sorted_keys", 0, monkeypatch)
+    n_users, n_items = 5000, 20000
+    users = torch.arange(n_users).repeat_interleave(20)
+    items = (users * 7 + torch.arange(20).repeat(n_users)) % n_items
+    positives = PositiveSet(users, items, n_users=n_users, n_items=n_items)
+    assert positives.filter is not None
+    gen = torch.Generator().manual_seed(0)
+    probe_users, probe_items = (
+        torch.randint(n_users, (200_000,), generator=gen),
+        torch.randint(n_items, (200_000,), generator=gen),
+    )
+    absent = ~positives.contains(probe_users, probe_items)
+    passed = positives.filter.contains(positives._filter_slots(probe_users * n_items + probe_items))
+    rate = passed[absent].float().mean().item()
+    assert rate < 0.03, rate
+    assert positives.contains(users, items).all()

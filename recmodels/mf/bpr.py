@@ -37,8 +37,13 @@ __all__ = [
 _NEGATIVE_RETRIES = 100
 # Observed pairs are looked up in a table of one byte per user × item cell up to this many cells (≤ 64 MB) ...
 _BYTE_TABLE_CELLS = 1 << 26
-# ... then in a table of one bit per cell up to this many (≤ 64 MB), then by binary search in the sorted pairs.
+# ... then in a table of one bit per cell up to this many (≤ 64 MB), then by binary search in the sorted pairs
+# behind a one-hash Bloom filter of at least this many bits per pair (rounded up to a power of two: 4–8 bytes
+# per pair, about 1.5–3 % of absent pairs let through to the search).
 _BIT_TABLE_CELLS = 1 << 29
+_FILTER_BITS_PER_KEY = 32
+# Fibonacci hashing: multiply by 2^64/φ (as a wrapped int64) and keep the top bits.
+_FIBONACCI = 0x9E3779B97F4A7C15 - (1 << 64)
 
 
 @dataclass(frozen=True)
@@ -296,31 +301,40 @@ class _SparseAdam:
 class PositiveSet:
     """Membership test for observed (user, item) pairs, vectorized over a batch.
 
-    Three lookups, the fastest whose memory stays within 64 MB: a table of one byte per user × item cell (a
-    gather per lookup) up to ``_BYTE_TABLE_CELLS`` cells; one bit per cell up to ``_BIT_TABLE_CELLS`` (a gather,
-    a mask and a test: 41 µs against 9 µs for 4,096 pairs, as torch pays per operation, but 8× the catalogue);
-    beyond, a binary search of the sorted ``user · n_items + item`` keys (memory proportional to the pairs). On
-    the 900k-event synthetic set (20,000 users × 17,177 items, 886,500 pairs) ten epochs took 7.2 / 7.7 s with
-    the bits against 10.9 / 10.8 s with the binary search (2026-12-06, alternating, the same factors).
+    Three lookups, the fastest whose memory stays small: a table of one byte per user × item cell (a gather per
+    lookup) up to ``_BYTE_TABLE_CELLS`` cells; one bit per cell up to ``_BIT_TABLE_CELLS`` (a gather, a mask and
+    a test: 41 µs against 9 µs for 4,096 pairs, as torch pays per operation, but 8× the catalogue); beyond, a
+    binary search of the sorted ``user · n_items + item`` keys, asked only about the pairs that a one-hash Bloom
+    filter over the keys lets through (the pair itself if observed, and 1.5–3 % of the rest). The search alone
+    costs ~23 dependent cache misses per pair at 7.9M pairs: 0.79 ms for 4,096 pairs, a third of a step there,
+    against 0.02 ms for the bit table (2026-12-07, docs/benchmarks/als_bpr.md). On the 900k-event synthetic set
+    (20,000 users × 17,177 items, 886,500 pairs) ten epochs took 7.2 / 7.7 s with the bits against 10.9 / 10.8 s
+    with the plain search (2026-12-06, alternating, the same factors).
     """
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> None:
         self.n_items = n_items
         keys = users * n_items + items
         self.table: torch.Tensor | None = None
-        self.bits: torch.Tensor | None = None
+        self.bits: _BitSet | None = None
         self.sorted_keys: torch.Tensor | None = None
+        self.filter: _BitSet | None = None
         cells = n_users * n_items
         if cells <= _BYTE_TABLE_CELLS:
             self.table = torch.zeros(cells, dtype=torch.bool, device=users.device)
             self.table[keys] = True
         elif cells <= _BIT_TABLE_CELLS:
-            keys = torch.unique(keys)  # distinct keys set distinct bits: adding them up within a byte or-s them
-            self.bit_masks = _BIT_MASKS.to(users.device)  # once: a copy per lookup would sync a GPU every step
-            self.bits = torch.zeros((cells + 7) // 8, dtype=torch.uint8, device=users.device)
-            self.bits.index_put_((keys >> 3,), self.bit_masks[keys & 7], accumulate=True)
+            self.bits = _BitSet(cells, keys)
         else:
-            self.sorted_keys = torch.sort(keys).values
+            self.sorted_keys = torch.unique(keys)  # sorted
+            wanted = max(64, _FILTER_BITS_PER_KEY * self.sorted_keys.numel())
+            self.filter_shift = 64 - (wanted - 1).bit_length()  # the filter has 2^(64 − shift) bits
+            self.filter = _BitSet(1 << (64 - self.filter_shift), self._filter_slots(self.sorted_keys))
+
+    def _filter_slots(self, keys: torch.Tensor) -> torch.Tensor:
+        # The arithmetic shift copies the sign bit down; the mask keeps the top (64 − shift) bits only.
+        mask = (1 << (64 - self.filter_shift)) - 1
+        return (keys * _FIBONACCI).bitwise_right_shift_(self.filter_shift).bitwise_and_(mask)
 
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Boolean tensor: is ``(users[k], items[k])`` an observed pair?"""
@@ -328,13 +342,30 @@ class PositiveSet:
         if self.table is not None:
             return self.table.index_select(0, keys)  # several times faster than ``table[keys]`` on CPU
         if self.bits is not None:
-            masks = self.bit_masks.index_select(0, keys & 7)
-            return self.bits.index_select(0, keys >> 3).bitwise_and_(masks).bool()
-        assert self.sorted_keys is not None
-        if self.sorted_keys.numel() == 0:
-            return torch.zeros_like(keys, dtype=torch.bool)
-        pos = torch.searchsorted(self.sorted_keys, keys).clamp_max(self.sorted_keys.shape[0] - 1)
-        return self.sorted_keys[pos] == keys
+            return self.bits.contains(keys)
+        assert self.sorted_keys is not None and self.filter is not None
+        found = self.filter.contains(self._filter_slots(keys))
+        maybe = torch.nonzero(found).squeeze(1)
+        if maybe.numel() == 0:
+            return found
+        asked = keys.index_select(0, maybe)
+        pos = torch.searchsorted(self.sorted_keys, asked).clamp_max_(self.sorted_keys.shape[0] - 1)
+        found[maybe] = self.sorted_keys.index_select(0, pos) == asked
+        return found
+
+
+class _BitSet:
+    """A set of integers in ``[0, size)`` as one bit each: a gather, a mask gather and an ``and`` per test."""
+
+    def __init__(self, size: int, members: torch.Tensor) -> None:
+        members = torch.unique(members)  # distinct members set distinct bits: adding them up within a byte or-s them
+        self.masks = _BIT_MASKS.to(members.device)  # once: a copy per lookup would sync a GPU every step
+        self.bytes = torch.zeros((size + 7) // 8, dtype=torch.uint8, device=members.device)
+        self.bytes.index_put_((members >> 3,), self.masks[members & 7], accumulate=True)
+
+    def contains(self, values: torch.Tensor) -> torch.Tensor:
+        masks = self.masks.index_select(0, values & 7)
+        return self.bytes.index_select(0, values >> 3).bitwise_and_(masks).bool()
 
 
 #: Bit ``b`` of a byte, for ``b`` in 0..7.
