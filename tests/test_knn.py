@@ -202,6 +202,38 @@ def test_neighbourhood_offsets_top_k_and_chunking(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(knn_similarity, "_ELEMENT_BUDGET", 2)
     again, _ = neighbourhood_offsets(similarity, residuals, np.array([0, 0, 1]), np.array([0, 0, 0]), k=2)
     np.testing.assert_allclose(again, terms, rtol=1e-6)
+    # From entity 0's stored similarities instead of feature 0's raters: the same neighbourhoods.
+    monkeypatch.setattr(knn_similarity, "_CANDIDATE_SIDE", "neighbours")
+    again, sizes = neighbourhood_offsets(similarity, residuals, np.array([0, 0, 1]), np.array([0, 0, 0]), k=2)
+    np.testing.assert_allclose(again, terms, rtol=1e-6)
+    assert sizes.tolist() == [2, 2, 0]
+
+
+@pytest.mark.parametrize("k", [3, 50])
+def test_neighbourhood_offsets_agree_from_either_side(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 60 entities × 45 features; similarities pruned per row (not symmetric), negative ones included, and
+    # residuals with stored zeros (a rating equal to its centre still makes its entity a neighbour).
+    rng = np.random.default_rng(11)
+    sims = rng.uniform(-0.3, 1.0, (60, 60)) * (rng.random((60, 60)) < 0.3)
+    similarity = sp.csr_matrix(sims.astype(np.float32))
+    rated = rng.random((45, 60)) < 0.25
+    values = np.where(rng.random((45, 60)) < 0.2, 0.0, rng.normal(size=(45, 60)))
+    feature_of, entity_of = np.nonzero(rated)
+    residuals = sp.csr_matrix((values[rated], (feature_of, entity_of)), shape=(45, 60))
+    assert (residuals.data == 0).sum() > 50
+    entity, feature = rng.integers(0, 60, 400), rng.integers(0, 45, 400)
+    # The definition, pair by pair.
+    want = np.zeros(400)
+    for p, (e, f) in enumerate(zip(entity, feature, strict=True)):
+        cand = [(float(np.float32(sims[e, c])), values[f, c]) for c in np.flatnonzero(rated[f]) if sims[e, c] > 0]
+        cand = sorted(cand, reverse=True)[:k]
+        if cand:
+            want[p] = sum(s * v for s, v in cand) / sum(s for s, _ in cand)
+    got = {}
+    for side in ("features", "neighbours", "auto"):
+        monkeypatch.setattr(knn_similarity, "_CANDIDATE_SIDE", side)
+        got[side], _ = neighbourhood_offsets(similarity, residuals, entity, feature, k=k)
+        np.testing.assert_allclose(got[side], want, rtol=1e-9, atol=1e-12)
 
 
 def test_similarity_lookup_densifies_small_or_full_matrices_and_both_paths_agree(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal
 
@@ -807,13 +807,15 @@ def neighbourhood_offsets(
 
     ``similarity`` is entity × entity (zero = not a neighbour); ``residuals`` is feature × entity and holds
     ``r − centre`` wherever the entity rated the feature. For pair ``p = (e, f)`` the candidates are the entities
-    that have ``f``; the (at most) ``k`` with the largest positive ``sim(e, ·)`` form the neighbourhood ``N``, and
-    the term is ``Σ_N sim · residual / Σ_N |sim|`` — 0 when ``|N| < min_neighbors``. Returns the terms (float64)
-    and ``|N|`` (int64) per pair.
+    that have ``f`` and a positive ``sim(e, ·)``; the (at most) ``k`` most similar form the neighbourhood ``N``,
+    and the term is ``Σ_N sim · residual / Σ_N |sim|`` — 0 when ``|N| < min_neighbors``. Returns the terms
+    (float64) and ``|N|`` (int64) per pair.
 
-    Vectorised over pairs: pairs are sorted by their number of candidates and handled in chunks padded to a
-    rectangle of at most :data:`_ELEMENT_BUDGET` cells, in which one ``argpartition`` per chunk picks every
-    pair's top ``k``.
+    Each pair finds its candidates from the cheaper side: the entities that have ``f``, each looked up in the
+    similarities, or ``e``'s stored similarities, each looked up in the residuals (for a user who is one of
+    100,000 raters of a popular item but keeps 1,000 neighbours, the second does 1 % of the look-ups). Vectorised
+    over pairs: pairs are sorted by their number of candidates and handled in chunks padded to a rectangle of at
+    most :data:`_ELEMENT_BUDGET` cells, in which one ``argpartition`` per chunk picks every pair's top ``k``.
     """
     entity = np.asarray(entity, dtype=np.int64)
     feature = np.asarray(feature, dtype=np.int64)
@@ -822,39 +824,98 @@ def neighbourhood_offsets(
     sizes = np.zeros(n_pairs, dtype=np.int64)
     if n_pairs == 0:
         return terms, sizes
+    similarity = sp.csr_matrix(similarity)
     lookup = SimilarityLookup(similarity)
-    indptr, indices, data = residuals.indptr, residuals.indices, residuals.data
-    lengths = (indptr[feature + 1] - indptr[feature]).astype(np.int64)
-    order = np.argsort(lengths, kind="stable")
-    sorted_lengths = lengths[order]
-    start = 0
-    while start < n_pairs:
-        # Largest chunk whose padded rectangle (pairs × longest candidate list) fits the budget; lengths ascend,
-        # so the rectangle size grows monotonically with the chunk end.
-        rect = np.arange(1, n_pairs - start + 1) * np.maximum(sorted_lengths[start:], 1)
-        stop = start + max(1, int(np.searchsorted(rect, _ELEMENT_BUDGET, side="right")))
-        chunk = order[start:stop]
-        width = int(sorted_lengths[stop - 1])
-        start = stop
-        if width == 0:
-            continue
+    raters = np.diff(residuals.indptr)[feature].astype(np.int64)
+    neighbours = np.diff(similarity.indptr)[entity].astype(np.int64)
+    # Cost per candidate: a gather from the dense copy or a binary search of the similarity keys; from the
+    # entity's side, a binary search of the residual keys.
+    per_rater = 1.0 if lookup.dense is not None else np.log2(max(similarity.nnz, 2))
+    per_neighbour = np.log2(max(residuals.nnz, 2))
+    if _CANDIDATE_SIDE == "auto":
+        from_neighbours = neighbours * per_neighbour < raters * per_rater
+    else:
+        from_neighbours = np.full(n_pairs, _CANDIDATE_SIDE == "neighbours")
+
+    by_feature = np.flatnonzero(~from_neighbours)
+    for chunk, width in _padded_chunks(by_feature, raters[by_feature]):
         cols = np.arange(width)
-        valid = cols[None, :] < lengths[chunk, None]
-        position = np.where(valid, indptr[feature[chunk], None] + cols[None, :], 0)
-        sims = lookup(entity[chunk], indices[position])
+        valid = cols[None, :] < raters[chunk, None]
+        position = np.where(valid, residuals.indptr[feature[chunk], None] + cols[None, :], 0)
+        sims = lookup(entity[chunk], residuals.indices[position])
         sims[~valid | (sims <= 0)] = 0.0  # only positively similar neighbours vote
-        res = data[position].astype(np.float64)
-        if width > k:
-            top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            sims = np.take_along_axis(sims, top, axis=1)
-            res = np.take_along_axis(res, top, axis=1)
-        count = (sims > 0).sum(axis=1)
-        weight = np.abs(sims).sum(axis=1)
-        vote = (sims * res).sum(axis=1)
-        ok = (count >= max(min_neighbors, 1)) & (weight > 0)
-        terms[chunk] = np.where(ok, vote / np.where(ok, weight, 1.0), 0.0)
-        sizes[chunk] = count
+        votes = residuals.data[position].astype(np.float64)
+        terms[chunk], sizes[chunk] = _neighbourhood_terms(sims, votes, k, min_neighbors)
+
+    by_entity = np.flatnonzero(from_neighbours)
+    if len(by_entity):
+        residual_of = _EntryLookup(residuals)
+    for chunk, width in _padded_chunks(by_entity, neighbours[by_entity]):
+        cols = np.arange(width)
+        valid = cols[None, :] < neighbours[chunk, None]
+        position = np.where(valid, similarity.indptr[entity[chunk], None] + cols[None, :], 0)
+        rated, votes = residual_of(feature[chunk], similarity.indices[position])
+        sims = similarity.data[position].astype(np.float64)
+        sims[~valid | ~rated | (sims <= 0)] = 0.0
+        terms[chunk], sizes[chunk] = _neighbourhood_terms(sims, votes, k, min_neighbors)
     return terms, sizes
+
+
+#: Where :func:`neighbourhood_offsets` takes each pair's candidates from; "auto" compares the look-ups' costs,
+#: tests force either side.
+_CANDIDATE_SIDE: Literal["auto", "features", "neighbours"] = "auto"
+
+
+def _padded_chunks(pairs: np.ndarray, widths: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
+    """Chunks of ``pairs`` (by ascending width) whose padded rectangle fits :data:`_ELEMENT_BUDGET`; non-empty."""
+    order = np.argsort(widths, kind="stable")
+    sorted_widths = widths[order]
+    start = 0
+    while start < len(pairs):
+        # Largest chunk whose rectangle (pairs × widest) fits the budget; widths ascend, so the rectangle size
+        # grows monotonically with the chunk end.
+        rect = np.arange(1, len(pairs) - start + 1) * np.maximum(sorted_widths[start:], 1)
+        stop = start + max(1, int(np.searchsorted(rect, _ELEMENT_BUDGET, side="right")))
+        width = int(sorted_widths[stop - 1])
+        if width > 0:
+            yield pairs[order[start:stop]], width
+        start = stop
+
+
+def _neighbourhood_terms(
+    sims: np.ndarray, votes: np.ndarray, k: int, min_neighbors: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, ``Σ sim · vote / Σ |sim|`` over the ``k`` largest positive ``sims`` (0: none), and their count."""
+    if sims.shape[1] > k:
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        sims = np.take_along_axis(sims, top, axis=1)
+        votes = np.take_along_axis(votes, top, axis=1)
+    count = (sims > 0).sum(axis=1)
+    weight = np.abs(sims).sum(axis=1)
+    vote = (sims * votes).sum(axis=1)
+    ok = (count >= max(min_neighbors, 1)) & (weight > 0)
+    return np.where(ok, vote / np.where(ok, weight, 1.0), 0.0), count
+
+
+class _EntryLookup:
+    """Vectorised ``matrix[rows, cols]`` of a sparse matrix that tells stored entries (even zeros) from absent ones."""
+
+    def __init__(self, matrix: sp.csr_matrix) -> None:
+        csr = sp.csr_matrix(matrix, copy=True)
+        csr.sum_duplicates()  # also sorts each row's columns, so the keys below ascend
+        self.n_cols = csr.shape[1]
+        rows = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
+        self.keys = rows * self.n_cols + csr.indices
+        self.values = csr.data.astype(np.float64)
+
+    def __call__(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(stored, value) for ``matrix[rows[p], cols[p, c]]``, a ``(P,)`` row vector and a ``(P, C)`` array."""
+        if len(self.keys) == 0:
+            return np.zeros(cols.shape, dtype=bool), np.zeros(cols.shape)
+        keys = rows[:, None] * self.n_cols + cols
+        found = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        stored = self.keys[found] == keys
+        return stored, np.where(stored, self.values[found], 0.0)
 
 
 class SimilarityLookup:
