@@ -306,7 +306,7 @@ class PositiveSet:
     a test: 41 µs against 9 µs for 4,096 pairs, as torch pays per operation, but 8× the catalogue); beyond, a
     binary search of the sorted ``user · n_items + item`` keys, asked only about the pairs that a one-hash Bloom
     filter over the keys lets through (the pair itself if observed, and 1.5–3 % of the rest). The search alone
-    costs ~23 dependent cache misses per pair at 7.9M pairs: 0.79 ms for 4,096 pairs, a third of a step there,
+    costs ~23 dependent cache misses per pair at 7.9M pairs: 0.79 ms for 4,096 pairs, about half of a step there,
     against 0.02 ms for the bit table (2026-12-07, docs/benchmarks/als_bpr.md). On the 900k-event synthetic set
     (20,000 users × 17,177 items, 886,500 pairs) ten epochs took 7.2 / 7.7 s with the bits against 10.9 / 10.8 s
     with the plain search (2026-12-06, alternating, the same factors).
