@@ -910,8 +910,10 @@ class _EntryLookup:
     """Vectorised ``matrix[rows, cols]`` of a sparse matrix that tells stored entries (even zeros) from absent ones."""
 
     def __init__(self, matrix: sp.csr_matrix) -> None:
-        csr = sp.csr_matrix(matrix, copy=True)
-        csr.sum_duplicates()  # also sorts each row's columns, so the keys below ascend
+        csr = sp.csr_matrix(matrix)
+        if not csr.has_canonical_format:  # sorted columns make the keys below ascend; a copy: inputs are shared
+            csr = csr.copy()
+            csr.sum_duplicates()
         self.n_cols = csr.shape[1]
         rows = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
         self.keys = rows * self.n_cols + csr.indices
@@ -945,21 +947,10 @@ class SimilarityLookup:
         if n_rows * n_cols <= max(BLOCK_VALUES, _DENSE_CELLS_PER_ENTRY * similarity.nnz):
             self.dense = similarity.toarray().astype(np.float32, copy=False)
             return
-        csr = sp.csr_matrix(similarity)
-        csr.sort_indices()
-        rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(csr.indptr))
-        self.keys = rows * n_cols + csr.indices
-        self.values = csr.data.astype(np.float64)
+        self.entries = _EntryLookup(similarity)
 
     def __call__(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """``similarity[rows[p], cols[p, c]]`` for a ``(P,)`` row vector and a ``(P, C)`` column array."""
         if self.dense is not None:
             return self.dense[rows[:, None], cols].astype(np.float64)
-        out = np.zeros(cols.shape)
-        if len(self.keys) == 0:
-            return out
-        keys = rows[:, None] * self.n_cols + cols
-        found = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        hit = self.keys[found] == keys
-        out[hit] = self.values[found[hit]]
-        return out
+        return self.entries(rows, cols)[1]  # absent entries are 0
