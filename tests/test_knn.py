@@ -304,6 +304,7 @@ def test_the_top_k_runs_on_the_threads_the_run_settings_give(monkeypatch: pytest
         return real_topk(*args, **kwargs)
 
     monkeypatch.setattr(torch, "topk", recording_topk)
+    monkeypatch.setattr(knn_similarity, "_HEAP_WIDTH_PER_K", 0)  # torch's topk for every width
     vectors = sp.csr_matrix((np.random.default_rng(5).random((40, 30)) < 0.3).astype(np.float32))
     before = torch.get_num_threads()
     knn_similarity.cosine_topk(vectors, neighbors=5, settings=RunSettings(threads=1))
@@ -357,15 +358,18 @@ def _reference_cosine_topk(
     return out
 
 
+@pytest.mark.parametrize("selector", ["torch", "numpy"])
 @pytest.mark.parametrize("path", ["sparse", "dense"])
 @pytest.mark.parametrize("kind", ["binary", "counts", "real"])
 def test_top_k_equals_the_definition_including_ties_blocks_and_thresholds(
-    kind: str, path: str, monkeypatch: pytest.MonkeyPatch
+    kind: str, path: str, selector: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Binary and count data give many equal similarities, so the cut-off often falls inside a tie; the blocks
     # are one to five rows (SPARSE_BLOCK_VALUES), so rows are split across blocks and size classes. Both product
-    # paths (sparse × sparse, or sparse × dense blocks) must keep the same pairs.
+    # paths (sparse × sparse, or sparse × dense blocks) must keep the same pairs, whichever picks each row's top
+    # candidates (torch's topk, numpy's argpartition: they break ties differently).
     monkeypatch.setattr(knn_similarity, "_PRODUCT_PATH", path)
+    monkeypatch.setattr(knn_similarity, "_HEAP_WIDTH_PER_K", 0 if selector == "torch" else 10**9)
     monkeypatch.setattr(knn_similarity, "_DENSE_MIN_BLOCK_ROWS", 1)
     monkeypatch.setattr(knn_similarity, "_DENOMINATOR_VALUES", 7)  # the dense normalisation in several steps
     rng = np.random.default_rng({"binary": 1, "counts": 2, "real": 3}[kind])
@@ -453,21 +457,37 @@ def test_cosine_topk_sums_repeated_entries_and_returns_canonical_csr() -> None:
     np.testing.assert_array_equal(repeated.data, before[1])
 
 
-def test_dense_hub_scoring_equals_the_sparse_product() -> None:
+@pytest.mark.parametrize(
+    ("pruning", "neighbors", "n_items", "hubs_expected"),
+    [
+        ("target", 10, 300, "some"),  # popular items are neighbours of nearly every target
+        ("history", 10, 300, "some"),  # a row is a hub when it holds K = 10 of 300 targets (≥ 1/32)
+        ("history", 5, 300, "none"),  # 5 of 300 is below 1/32
+        ("history", 10, 40, "all"),  # every item has 10 of 40 targets (ML-100K's case: 200 of 1,682)
+    ],
+)
+def test_dense_hub_scoring_equals_the_sparse_product(
+    pruning: str, neighbors: int, n_items: int, hubs_expected: str, tmp_path: Path
+) -> None:
     # Zipf-like popularity: a few items are neighbours of nearly every target (the dense "hub" rows), most are not.
     rng = np.random.default_rng(5)
-    n_users, n_items = 400, 300
+    n_users = 400
     popularity = 1.0 / np.arange(1, n_items + 1) ** 1.1
     item = rng.choice(n_items, size=6_000, p=popularity / popularity.sum())
     user = rng.integers(0, n_users, size=6_000)
-    config = ItemKNNConfig(neighbors=10, pruning="target")  # per-history pruning keeps every row at K: no hubs
+    config = ItemKNNConfig(neighbors=neighbors, pruning=pruning)
     model = ItemKNN(config).fit(Interactions.from_arrays(user, item, n_users=n_users))
     light, hubs, hub_rows = model._neighbour_major()
     hub_entries = light.indptr[hubs + 1] - light.indptr[hubs]
-    assert 0 < len(hubs) < n_items and not hub_entries.any() and hub_rows.shape == (len(hubs), n_items)
+    assert not hub_entries.any() and hub_rows.shape == (len(hubs), n_items)
+    assert hubs_expected == {0: "none", n_items: "all"}.get(len(hubs), "some")
     users = np.arange(n_users)
     plain = (model.history_[users] @ model.similarity_.T).toarray()
     np.testing.assert_allclose(model.score(users), plain, rtol=1e-5, atol=1e-6)
+    # A loaded model has no per-history rows kept from its fit: it transposes its similarities instead.
+    loaded = ItemKNN.load(model.save(tmp_path / "item_knn.npz"))
+    assert "_neighbour_rows" not in loaded.__dict__
+    np.testing.assert_array_equal(loaded.score(users), model.score(users))
 
 
 @pytest.mark.parametrize("budget", [1, 7, 10_000])  # expanded entries per group: one row at a time … all at once

@@ -248,7 +248,13 @@ class NeighbourhoodRecommender(Recommender):
             alpha=1.0 - cfg.alpha if by_history else cfg.alpha,
             exponent=cfg.exponent,
         )
-        return similarity.T.tocsr() if by_history else similarity
+        if not by_history:
+            return similarity
+        by_target = similarity.T.tocsr()
+        if not self.user_based:
+            # The per-history rows are what item–item scoring wants (neighbour-major): kept, not transposed back.
+            self._neighbour_rows = (by_target, similarity)
+        return by_target
 
     def _fit_rating_model(self, settings: RunSettings | None = None) -> RatingNeighbourhood:
         if self.ratings_ is None:
@@ -308,12 +314,16 @@ class NeighbourhoodRecommender(Recommender):
         history = self.history_[users]
         if len(hubs):
             # A user has few of the hubs (~9 of 69 at 200k × 50k with per-target pruning), so the hub product takes
-            # the user's hub entries as a sparse matrix times the dense hub rows (scipy's CSR × dense: one row update
-            # per entry) rather than a dense GEMM that multiplies the zeros too.
-            scores = sp.csr_matrix(history[:, hubs], dtype=np.float32) @ hub_rows
+            # the user's hub entries as a sparse matrix times the dense hub rows (a CSR × dense product: one row
+            # update per entry) rather than a dense GEMM that multiplies the zeros too.
+            from recmodels.torch_utils import sparse_dense_product
+
+            hub_history = history if len(hubs) == self.n_items_ else history[:, hubs]  # hubs are sorted
+            scores = sparse_dense_product(hub_history, hub_rows)
         else:
             scores = np.zeros((len(users), self.n_items_), dtype=np.float32)
-        light.add_product(scores, history)
+        if light.nnz:
+            light.add_product(scores, history)
         return scores
 
     def _neighbour_major(self) -> tuple[PackedRows, np.ndarray, np.ndarray]:
@@ -332,17 +342,22 @@ class NeighbourhoodRecommender(Recommender):
         source, parts = self.__dict__.get("_neighbour_major_parts", (None, None))
         if source is self.similarity_ and parts is not None:  # a refit or load replaces the matrix
             return parts
-        transposed = self.similarity_.T.tocsr()
+        by_target, by_neighbour = self.__dict__.get("_neighbour_rows", (None, None))
+        transposed = by_neighbour if by_target is self.similarity_ else self.similarity_.T.tocsr()
         n_targets = transposed.shape[1]
         filled = np.diff(transposed.indptr)
         by_fill = np.argsort(-filled, kind="stable")
         dense_enough = by_fill[filled[by_fill] >= HUB_FILL * max(n_targets, 1)]
         hubs = np.sort(dense_enough[: BLOCK_VALUES // max(n_targets, 1)])
-        keep = np.ones(transposed.shape[0], dtype=np.float32)
-        keep[hubs] = 0.0
-        light = sp.csr_matrix(sp.diags(keep) @ transposed)
-        light.eliminate_zeros()
-        hub_rows = transposed[hubs].toarray().astype(np.float32)
+        if len(hubs) == transposed.shape[0]:  # every row (small catalogues): no sparse rest to split off
+            light = sp.csr_matrix(transposed.shape, dtype=np.float32)
+            hub_rows = transposed.toarray().astype(np.float32, copy=False)
+        else:
+            keep = np.ones(transposed.shape[0], dtype=np.float32)
+            keep[hubs] = 0.0
+            light = sp.csr_matrix(sp.diags(keep) @ transposed)
+            light.eliminate_zeros()
+            hub_rows = transposed[hubs].toarray().astype(np.float32)
         parts = (PackedRows(light), hubs, hub_rows)
         self._neighbour_major_parts = (self.similarity_, parts)
         return parts
