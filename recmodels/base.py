@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 #: users held 200 MB of scores several times over (model output, the padded copy, the top-k input) and a
 #: 10,000-user top-10 peaked at 1.1 GB; smaller batches cost no speed there.
 SCORE_BATCH_VALUES = 4_000_000
+#: ``recommend`` cuts a user set that would fit one batch into one batch per thread, of at least this many users.
+MIN_SPLIT_BATCH = 64
 
 ProgressCallback = Callable[[str, float], None]
 """Called as ``progress(stage, fraction_done)`` by iterative models."""
@@ -140,7 +142,9 @@ class Recommender(ABC):
         Ties break by lower item index so that results are deterministic. When fewer than ``k`` items remain
         after excluding seen ones, the tail is padded with item ``-1`` and score ``-inf``. Users are scored
         ``batch_size`` at a time, fewer on large catalogues so that a batch's dense scores stay under
-        :data:`SCORE_BATCH_VALUES`.
+        :data:`SCORE_BATCH_VALUES`, and fewer when that leaves a thread idle: a few hundred users are cut into one
+        batch per thread (at least :data:`MIN_SPLIT_BATCH` users each), since a batch's seen-item mask and some
+        scorers' products run on one core.
 
         threads: batches ranked at once, each on its own thread running torch on one thread. scipy's sparse
         products, numpy and torch release the GIL, so the steps that use one core (a sparse product, the seen-item
@@ -155,6 +159,9 @@ class Recommender(ABC):
         users = np.asarray(users, dtype=np.int64)
         k = int(min(k, self.n_items_))
         batch_size = max(1, min(batch_size, SCORE_BATCH_VALUES // max(self.n_items_, 1)))
+        workers = _rank_threads(threads)
+        if workers > 1:
+            batch_size = min(batch_size, max(MIN_SPLIT_BATCH, -(-len(users) // workers)))
         items_out = np.empty((len(users), k), dtype=np.int64)
         scores_out = np.empty((len(users), k), dtype=np.float32)
 
@@ -169,8 +176,13 @@ class Recommender(ABC):
             items_out[start : start + len(batch)] = top_items
             scores_out[start : start + len(batch)] = top_scores
 
-        map_batches(rank, range(0, len(users), batch_size), threads)
+        self._prepare_scoring()
+        map_batches(rank, range(0, len(users), batch_size), workers, first_alone=False)
         return items_out, scores_out
+
+    def _prepare_scoring(self) -> None:  # noqa: B027 (optional hook)
+        """Build what ``_score_known`` would otherwise build on its first call (item_knn's hub rows), so that
+        :meth:`recommend` can score every batch in threads at once."""
 
     # ---- persistence ----------------------------------------------------------------------------------
     def _state(self) -> dict[str, np.ndarray]:
@@ -241,22 +253,24 @@ class Recommender(ABC):
         return f"{type(self).__name__}({self.config!r})"
 
 
-def map_batches(function: Callable[[int], T], starts: Iterable[int], threads: int | None = None) -> list[T]:
+def map_batches(
+    function: Callable[[int], T], starts: Iterable[int], threads: int | None = None, first_alone: bool = True
+) -> list[T]:
     """``[function(start) for start in starts]``, on ``threads`` threads at once (see :meth:`Recommender.recommend`).
 
-    The first start runs on the calling thread before any other, so that lazy caches a scorer builds on its first
-    call (item_knn's hub rows) are built once; the rest go to a pool whose threads run torch on one thread each. A
-    scorer that only a later batch uses (the cold-start chain's neighbours, when the first batch holds none of
-    their rows) may build its cache in two threads at once: the same result twice, the last one kept. ``None``:
-    torch's intra-op thread count of the calling thread.
+    With ``first_alone`` the first start runs on the calling thread before any other, so that lazy caches a scorer
+    builds on its first call are built once; the rest (all of them without it: the caller has built its caches)
+    go to a pool whose threads run torch on one thread each. A scorer that only a later batch uses (the cold-start
+    chain's neighbours, when the first batch holds none of their rows) may build its cache in two threads at once:
+    the same result twice, the last one kept. ``None``: torch's intra-op thread count of the calling thread.
     """
     starts = list(starts)
     workers = min(_rank_threads(threads), len(starts))
     if workers <= 1:
         return [function(start) for start in starts]
-    results = [function(starts[0])]
+    results = [function(starts[0])] if first_alone else []
     with _one_torch_thread_each(workers) as pool:
-        results += [done.result() for done in [pool.submit(function, start) for start in starts[1:]]]
+        results += [done.result() for done in [pool.submit(function, start) for start in starts[len(results) :]]]
     return results
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from functools import partial
 from math import log, sqrt
 from pathlib import Path
@@ -488,6 +489,22 @@ def test_dense_hub_scoring_equals_the_sparse_product(
     loaded = ItemKNN.load(model.save(tmp_path / "item_knn.npz"))
     assert "_neighbour_rows" not in loaded.__dict__
     np.testing.assert_array_equal(loaded.score(users), model.score(users))
+
+
+def test_hub_rows_are_built_once_before_batches_are_ranked_in_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[str] = []
+    packed_rows = knn_item.PackedRows
+
+    def counting(matrix: sp.csr_matrix) -> knn_similarity.PackedRows:
+        built.append(threading.current_thread().name)
+        return packed_rows(matrix)
+
+    monkeypatch.setattr(knn_item, "PackedRows", counting)
+    rng = np.random.default_rng(8)
+    data = Interactions.from_arrays(rng.integers(0, 300, 4_000), rng.integers(0, 60, 4_000), n_users=300)
+    model = ItemKNN(ItemKNNConfig(neighbors=10)).fit(data)
+    model.recommend(np.arange(300), k=5, threads=2)  # two batches of 150, both on pool threads
+    assert built == [threading.current_thread().name]
 
 
 @pytest.mark.parametrize("budget", [1, 7, 10_000])  # expanded entries per group: one row at a time … all at once

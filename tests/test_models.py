@@ -156,6 +156,18 @@ def test_recommend_threads_leave_torch_thread_counts_as_they_were(fitted: Callab
         model.recommend(users, k=5, threads=0)
 
 
+def test_a_small_user_set_is_ranked_in_one_batch_per_thread(fitted: Callable[[str], Recommender]) -> None:
+    model = fitted("ease")
+    sizes: list[int] = []
+    score_known = model._score_known
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model, "_score_known", lambda users: sizes.append(len(users)) or score_known(users))
+        for n_users, threads, expected in [(300, 2, [150, 150]), (300, 1, [300]), (100, 2, [36, 64])]:
+            sizes.clear()
+            model.recommend(np.arange(n_users), k=5, threads=threads)
+            assert sorted(sizes) == expected, (n_users, threads)  # batches of at least MIN_SPLIT_BATCH (64)
+
+
 @pytest.mark.parametrize("name", model_names())
 def test_save_load_round_trip(name: str, fitted: Callable[[str], Recommender], tmp_path: Path) -> None:
     model = fitted(name)

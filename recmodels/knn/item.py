@@ -326,6 +326,10 @@ class NeighbourhoodRecommender(Recommender):
             light.add_product(scores, history)
         return scores
 
+    def _prepare_scoring(self) -> None:
+        if not self.user_based:
+            self._neighbour_major()
+
     def _neighbour_major(self) -> tuple[PackedRows, np.ndarray, np.ndarray]:
         """``similarity_.T`` (row ``n``: the targets that have ``n`` as a neighbour) split for fast scoring.
 
