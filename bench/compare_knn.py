@@ -13,6 +13,9 @@ reported as medians and as ratios recforge / reference, next to the accuracy of 
    Each recforge default is listed together with its "surprise-equivalent" config (same similarity, shrinkage
    100, k = 40, same centring), which should reproduce surprise's RMSE — a check of the formulas, not a race.
 
+The process tunes glibc's allocator first, as the flow's model tasks do (``recforge.malloc``; ``--default-malloc``
+keeps glibc's defaults, under which both libraries' large temporaries are mapped fresh from the kernel each run).
+
 implicit and surprise are benchmark-only dependencies: ``pip install 'recforge[bench]'``.
 """
 
@@ -38,6 +41,7 @@ from recforge.data.contract import ITEM, RATING, USER
 from recforge.data.movielens import load_movielens_100k
 from recforge.evaluation import relevance_matrix
 from recforge.ids import IdIndex
+from recforge.malloc import tune_malloc
 from recforge.metrics import rmse, topn_metrics
 from recforge.split import random_rating_split, temporal_holdout
 from recmodels.base import Recommender
@@ -227,9 +231,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder with u.data")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing repetitions (default 3)")
     parser.add_argument("--skip-ratings", action="store_true", help="only the ranking comparison")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's default allocator settings (the flow's model tasks tune them: recforge.malloc)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    malloc_tuned = False if args.default_malloc else tune_malloc()
     implicit_nn, surprise = _import_references()
     import implicit
     import implicit.utils
@@ -240,7 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     interactions = load_movielens_100k(args.data_dir).interactions
     print(f"## kNN models vs reference libraries — MovieLens 100K, {args.repeats} interleaved repetitions\n")
-    print(f"implicit {implicit.__version__}, scikit-surprise {surprise.__version__}, numpy {np.__version__}.\n")
+    print(
+        f"implicit {implicit.__version__}, scikit-surprise {surprise.__version__}, numpy {np.__version__}; "
+        f"malloc tuned as in the flow (both libraries, one process): {malloc_tuned}.\n"
+    )
 
     print("[bench] ranking …", file=sys.stderr, flush=True)
     entries, pairs = ranking_entries(interactions, implicit_nn)

@@ -155,8 +155,11 @@ def add_sparse(dense: np.ndarray, matrix: sp.csr_matrix) -> None:
     dense += matrix.toarray()
 
 
-#: Expanded entries :meth:`PackedRows.add_product` gathers at once (~20 bytes each while gathered: 80 MB).
-EXPAND_ENTRIES = 4_000_000
+#: Expanded entries :meth:`PackedRows.add_product` gathers at once (~28 bytes each while gathered: 14 MB). Was 4M:
+#: item_knn K = 50 on ML-100K, two batches of ~2M entries on two threads, ranked in 17.8–19.5 ms (medians of 10,
+#: with outliers to 80 ms: temporaries that large came fresh from the kernel), 14.0–15.1 ms with 1M and 10.5–11.5
+#: ms with 500k (2026-12-07). Item_knn's batches at 200,000 × 50,000 hold ~180k entries: one group either way.
+EXPAND_ENTRIES = 500_000
 
 
 class PackedRows:
