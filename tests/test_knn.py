@@ -479,6 +479,7 @@ def test_dense_hub_scoring_equals_the_sparse_product(
     config = ItemKNNConfig(neighbors=neighbors, pruning=pruning)
     model = ItemKNN(config).fit(Interactions.from_arrays(user, item, n_users=n_users))
     light, hubs, hub_rows = model._neighbour_major()
+    assert "_neighbour_rows" not in model.__dict__  # the per-history rows are let go once the parts are built
     hub_entries = light.indptr[hubs + 1] - light.indptr[hubs]
     assert not hub_entries.any() and hub_rows.shape == (len(hubs), n_items)
     assert hubs_expected == {0: "none", n_items: "all"}.get(len(hubs), "some")

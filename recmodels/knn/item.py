@@ -346,7 +346,7 @@ class NeighbourhoodRecommender(Recommender):
         source, parts = self.__dict__.get("_neighbour_major_parts", (None, None))
         if source is self.similarity_ and parts is not None:  # a refit or load replaces the matrix
             return parts
-        by_target, by_neighbour = self.__dict__.get("_neighbour_rows", (None, None))
+        by_target, by_neighbour = self.__dict__.pop("_neighbour_rows", (None, None))  # needed once only
         transposed = by_neighbour if by_target is self.similarity_ else self.similarity_.T.tocsr()
         n_targets = transposed.shape[1]
         filled = np.diff(transposed.indptr)
