@@ -298,10 +298,11 @@ _HEAP_WIDTH_PER_K = 64
 def _top_of_rows(block: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``n`` largest values and their columns (int64), in no order; ties at the n-th value broken any way.
 
-    ``block`` is 2-D with at least ``n`` columns. Where ``n`` is a large share of the width (above
-    torch's heap limit) numpy's ``argpartition`` picks them: 0.45–0.66× torch's time on item_knn's ML-100K block
-    (1,611 × 1,611, n = 51 and 201; 39 % zeros) and 0.94× at 400 × 20,000, n = 1,001; below the limit torch's heap
-    is faster (1.1–2.7× numpy at 160–800 rows × 10,000–50,000 columns, n = 21–201), and it stays there.
+    ``block`` is 2-D with at least ``n`` columns. Where ``n`` is a large share of the width (above torch's heap
+    limit) numpy's ``argpartition`` picks them, on one thread: on item_knn's ML-100K block (1,611 × 1,611, n = 201,
+    39 % zeros) 10.5 ms against torch's 16.8 ms on one thread (8.5 ms on two; :func:`_cosine_topk_dense` runs a
+    block per worker instead). Below the limit torch's heap is faster (1.1–2.7× numpy at 160–800 rows × 10,000–
+    50,000 columns, n = 21–201, in a sweep on a loaded machine), and it stays there.
     """
     width = block.shape[1]
     if n * _HEAP_WIDTH_PER_K > width:
@@ -315,7 +316,7 @@ def _top_of_rows(block: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _row_gather(block: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """``np.take_along_axis(block, columns, axis=1)`` for a 2-D ``block``, by one ``take`` of flat positions: half
-    the time at 1,611 × 201 of 1,611 × 1,611 (1.8 against 3.8 ms)."""
+    the time at 1,611 × 201 of 1,611 × 1,611 (1.8 against 3.8 ms, on a loaded machine)."""
     block = np.ascontiguousarray(block)
     return np.take(block.reshape(-1), columns + (np.arange(block.shape[0]) * block.shape[1])[:, None])
 
@@ -356,7 +357,8 @@ def _keep_top(block: np.ndarray, start: int, keep: int, threshold: float) -> _Pa
 def _columns_ascending(columns: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``columns`` (int64, distinct within each row) and ``values`` of a ``rows × k`` top-k, reordered by column
     within each row. For float32 values one in-place sort of a packed key per row (column above, the value's bits
-    below): 0.65 ms for 1,611 × 200 where a sort of all the part's entries by (row, column) took 4.5 ms."""
+    below): 0.65 ms for 1,611 × 200 where a sort of all the part's entries by (row, column) took 4.5 ms (both on a
+    loaded machine)."""
     if values.dtype == np.float32:
         key = columns << 32
         key |= np.ascontiguousarray(values).view(np.uint32)
