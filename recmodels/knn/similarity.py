@@ -365,7 +365,7 @@ def _columns_ascending(columns: np.ndarray, values: np.ndarray) -> tuple[np.ndar
         key.sort(axis=1)
         return key >> 32, (key & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
     order = np.argsort(columns, axis=1)
-    return np.take_along_axis(columns, order, axis=1), np.take_along_axis(values, order, axis=1)
+    return _row_gather(columns, order), _row_gather(values, order)
 
 
 def _lowest_columns_first(
@@ -937,8 +937,7 @@ def _neighbourhood_terms(
     """Per row, ``Σ sim · vote / Σ |sim|`` over the ``k`` largest positive ``sims`` (0: none), and their count."""
     if sims.shape[1] > k:
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        sims = np.take_along_axis(sims, top, axis=1)
-        votes = np.take_along_axis(votes, top, axis=1)
+        sims, votes = _row_gather(sims, top), _row_gather(votes, top)
     count = (sims > 0).sum(axis=1)
     weight = np.abs(sims).sum(axis=1)
     vote = (sims * votes).sum(axis=1)
