@@ -202,6 +202,24 @@ def test_device_threads_and_progress(monkeypatch: pytest.MonkeyPatch) -> None:
         BPR(BPRConfig(epochs=1)).fit(data, RunSettings(device="cuda"))
 
 
+@pytest.mark.parametrize(
+    ("batch_size", "threads", "training_threads", "threads_after"),
+    [(64, 2, 1, 2), (64, None, 1, 3), (1 << 16, 2, 2, 2), (1 << 16, None, 1, 3)],
+)
+def test_small_steps_train_on_one_thread_whatever_the_setting(
+    batch_size: int, threads: int | None, training_threads: int, threads_after: int
+) -> None:
+    """An explicit thread count stays the process's setting, but only steps of millions of values train with it
+    (64 factors × 65,536 triples here); smaller ones, and fits that name no count, train on one thread."""
+    data, _, _ = _planted(4)
+    during: list[int] = []
+    torch.set_num_threads(3)  # the autouse fixture restores the original count
+    settings = RunSettings(device="cpu", threads=threads, progress=lambda s, f: during.append(torch.get_num_threads()))
+    BPR(BPRConfig(factors=64, epochs=2, batch_size=batch_size)).fit(data, settings)
+    assert during == [training_threads] * 2
+    assert torch.get_num_threads() == threads_after
+
+
 def test_refuses_a_single_item_catalogue() -> None:
     with pytest.raises(ValueError, match="at least 2 items"):
         BPR().fit(Interactions.from_arrays([0, 1], [0, 0], n_users=2, n_items=1))

@@ -42,6 +42,11 @@ _BYTE_TABLE_CELLS = 1 << 26
 # per pair, about 1.5–3 % of absent pairs let through to the search).
 _BIT_TABLE_CELLS = 1 << 29
 _FILTER_BITS_PER_KEY = 32
+# Steps on (batch × factors) arrays of at least this many values use the intra-op threads RunSettings.threads
+# names; smaller ones, and fits that name none, run on one thread. On ML-100K (2 cores, idle, 30 epochs) two
+# threads lost at 4,096 × 64 values (1.03 vs 0.36 s) and at 16,384 × 64 (0.48–0.50 vs 0.41–0.43 s) and won at
+# 65,536 × 64 (0.60–0.61 vs 0.69–0.85 s).
+_THREADED_STEP_VALUES = 1 << 22
 # Fibonacci hashing: multiply by 2^64/φ (as a wrapped int64) and keep the top bits.
 _FIBONACCI = 0x9E3779B97F4A7C15 - (1 << 64)
 
@@ -104,18 +109,21 @@ class BPR(Recommender):
         device = resolve_device(settings.device)
         if data.n_items < 2:
             raise ValueError(f"bpr needs at least 2 items to sample negatives; the data has {data.n_items}")
-        if settings.threads is None and device.type == "cpu":
-            # A step works on a few (batch × f) tensors: too small for intra-op threads to pay for their
-            # synchronisation. With 2 threads on a busy 2-core machine a fit took 4–6× longer than with 1, so
-            # the default here is 1 thread, restored afterwards; RunSettings.threads overrides it.
-            previous = set_threads(1)
-            try:
-                self._train(data, settings, device)
-            finally:
-                set_threads(previous)
-        else:
-            set_threads(settings.threads)
+        set_threads(settings.threads)  # as every model does: an explicit count is the process's setting from now on
+        big_steps = self.config.batch_size * self.config.factors >= _THREADED_STEP_VALUES
+        if device.type != "cpu" or (big_steps and settings.threads is not None):
             self._train(data, settings, device)
+            return
+        # A step works on a few (batch × f) arrays: too small for intra-op threads to pay for waking each other.
+        # Two threads made a fit on ML-100K 2.9× slower than one at the default batch (1.03 vs 0.36 s for 30
+        # epochs, idle 2-core machine) and 4–6× on a busy one, so such steps run on one thread whatever
+        # RunSettings.threads says, and so does every fit that names no thread count; torch's setting is put back
+        # afterwards.
+        previous = set_threads(1)
+        try:
+            self._train(data, settings, device)
+        finally:
+            set_threads(previous)
 
     def _train(self, data: Interactions, settings: RunSettings, device: torch.device) -> None:
         cfg = self.config
