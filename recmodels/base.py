@@ -78,6 +78,13 @@ class Recommender(ABC):
     #: models' values: `python -m bench.model_costs` (each model's evaluation then refit, one BLAS thread),
     #: 2026-12-06 (the six costliest: means of two runs; docs/BENCHMARKS.md, the flow row).
     training_cost: ClassVar[float] = 1.0
+    #: True for models whose scoring of one batch gains nothing from a batch per thread: dense factor products that
+    #: already keep torch's (or BLAS's) threads busy, or popularity's copy of one vector. :meth:`recommend` then ranks
+    #: a user set that fits one batch as one batch instead of one per thread, which only added the pool's cost for
+    #: them (943 users of ML-100K, medians of 30, 2026-12-07: als 3.0 → 3.3 ms,
+    #: biased_mf 4.8 → 7.9, pure_svd 2.7 → 4.0–4.8, popularity 1.9 → 2.5), while the models whose scoring runs
+    #: partly on one core gained (user_knn 31 → 18 ms, ease 13.6 → 8.7–11.1, gru4rec 45 → 28).
+    threaded_scoring: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -144,7 +151,7 @@ class Recommender(ABC):
         ``batch_size`` at a time, fewer on large catalogues so that a batch's dense scores stay under
         :data:`SCORE_BATCH_VALUES`, and fewer when that leaves a thread idle: a few hundred users are cut into one
         batch per thread (at least :data:`MIN_SPLIT_BATCH` users each), since a batch's seen-item mask and some
-        scorers' products run on one core.
+        scorers' products run on one core (not for models with :attr:`threaded_scoring`).
 
         threads: batches ranked at once, each on its own thread running torch on one thread. scipy's sparse
         products, numpy and torch release the GIL, so the steps that use one core (a sparse product, the seen-item
@@ -160,7 +167,7 @@ class Recommender(ABC):
         k = int(min(k, self.n_items_))
         batch_size = max(1, min(batch_size, SCORE_BATCH_VALUES // max(self.n_items_, 1)))
         workers = _rank_threads(threads)
-        if workers > 1:
+        if workers > 1 and not self.threaded_scoring:
             batch_size = min(batch_size, max(MIN_SPLIT_BATCH, -(-len(users) // workers)))
         items_out = np.empty((len(users), k), dtype=np.int64)
         scores_out = np.empty((len(users), k), dtype=np.float32)

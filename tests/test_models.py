@@ -168,6 +168,21 @@ def test_a_small_user_set_is_ranked_in_one_batch_per_thread(fitted: Callable[[st
             assert sorted(sizes) == expected, (n_users, threads)  # batches of at least MIN_SPLIT_BATCH (64)
 
 
+@pytest.mark.parametrize("name", ["als", "popularity"])
+def test_a_model_with_threaded_scoring_ranks_a_small_user_set_in_one_batch(
+    name: str, fitted: Callable[[str], Recommender]
+) -> None:
+    model = fitted(name)
+    assert model.threaded_scoring
+    sizes: list[int] = []
+    score_known = model._score_known
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model, "_score_known", lambda users: sizes.append(len(users)) or score_known(users))
+        items, _ = model.recommend(np.arange(300), k=5, threads=2)
+    assert sizes == [300]
+    np.testing.assert_array_equal(items, model.recommend(np.arange(300), k=5, threads=1)[0])
+
+
 @pytest.mark.parametrize("name", model_names())
 def test_save_load_round_trip(name: str, fitted: Callable[[str], Recommender], tmp_path: Path) -> None:
     model = fitted(name)

@@ -26,6 +26,7 @@ class Popularity(Recommender):
 
     name = "popularity"
     family = "baseline"
+    threaded_scoring = True
     training_cost = 0.5
     config_class = PopularityConfig
     config: PopularityConfig

@@ -99,6 +99,7 @@ class ALS(Recommender):
     name = "als"
     training_cost = 0.6
     family = "matrix_factorization"
+    threaded_scoring = True
     config_class = ALSConfig
     config: ALSConfig
 

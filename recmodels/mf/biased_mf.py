@@ -143,6 +143,7 @@ class BiasedMF(Recommender):
     name = "biased_mf"
     training_cost = 2.9
     family = "matrix_factorization"
+    threaded_scoring = True
     config_class = BiasedMFConfig
     config: BiasedMFConfig
     predicts_ratings = True

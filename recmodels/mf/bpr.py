@@ -102,6 +102,7 @@ class BPR(Recommender):
     name = "bpr"
     training_cost = 13.4
     family = "matrix_factorization"
+    threaded_scoring = True
     config_class = BPRConfig
     config: BPRConfig
 

@@ -87,6 +87,7 @@ class NMF(Recommender):
     name = "nmf"
     training_cost = 10.7
     family = "matrix_factorization"
+    threaded_scoring = True
     config_class = NMFConfig
     config: NMFConfig
     predicts_ratings = True

@@ -59,6 +59,7 @@ class PureSVD(Recommender):
     name = "pure_svd"
     training_cost = 0.5
     family = "matrix_factorization"
+    threaded_scoring = True
     config_class = PureSVDConfig
     config: PureSVDConfig
 
