@@ -15,6 +15,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+import recmodels.mf.als as als_module
 from recforge.data.movielens import load_movielens_100k
 from recforge.evaluation import evaluate_topn
 from recforge.split import TemporalSplit, temporal_holdout
@@ -180,6 +181,24 @@ def test_device_and_threads_settings_are_honoured(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA GPU"):
         ALS(ALSConfig(factors=3, iterations=1)).fit(data, RunSettings(device="cuda"))
+
+
+@pytest.mark.parametrize(
+    ("threaded_pairs", "threads", "training_threads", "threads_after"),
+    [(10**9, 2, 1, 2), (10**9, None, 1, 3), (0, 2, 2, 2), (0, None, 3, 3)],
+)
+def test_small_data_trains_on_one_thread_whatever_the_setting(
+    monkeypatch: pytest.MonkeyPatch, threaded_pairs: int, threads: int | None, training_threads: int, threads_after: int
+) -> None:
+    """Below ``_THREADED_PAIRS`` observed pairs a fit trains on one thread; an explicit count still becomes the
+    process's setting, and larger data trains with it (or with torch's own count when none is named)."""
+    monkeypatch.setattr(als_module, "_THREADED_PAIRS", threaded_pairs)
+    during: list[int] = []
+    torch.set_num_threads(3)  # the autouse fixture restores the original count
+    settings = RunSettings(device="cpu", threads=threads, progress=lambda s, f: during.append(torch.get_num_threads()))
+    ALS(ALSConfig(factors=3, iterations=2, alpha=1.0)).fit(_random_interactions(seed=10), settings)
+    assert during == [training_threads] * 2
+    assert torch.get_num_threads() == threads_after
 
 
 def test_progress_is_reported_per_iteration() -> None:

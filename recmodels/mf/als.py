@@ -43,6 +43,12 @@ _PAD_RATIO = 1.25
 _PAD_SLACK = 4
 # Below this padded length, batched matrix products lose to plain multiply-and-sum on CPU.
 _BMM_MIN_LENGTH = 8
+# Below this many observed pairs a CPU fit runs on one thread, whatever RunSettings.threads says: its products
+# and CG chunks are too small for a second thread to pay for waking it. Fits on synthetic sets, 2 cores, one
+# thread vs two (2026-12-07, `/tmp` script, three each, defaults / alpha 1): 56k pairs (ML-100K's shape) 17–19 vs
+# 28–29 ms / 194–208 vs 279–297 ms; 105k pairs 26–28 vs 34 / 296–304 vs 329–335; 211k pairs 46–48 vs 43–45 /
+# 483–486 vs 449–464; 689k pairs 135 vs 95–102 / 1,306–1,366 vs 1,121–1,166.
+_THREADED_PAIRS = 150_000
 
 
 @dataclass(frozen=True)
@@ -104,9 +110,19 @@ class ALS(Recommender):
     config: ALSConfig
 
     def _fit(self, data: Interactions, settings: RunSettings) -> None:
-        cfg = self.config
         device = resolve_device(settings.device)
-        set_threads(settings.threads)
+        set_threads(settings.threads)  # as every model does: an explicit count is the process's setting from now on
+        if device.type != "cpu" or data.binary.nnz >= _THREADED_PAIRS:
+            self._train(data, settings, device)
+            return
+        previous = set_threads(1)
+        try:
+            self._train(data, settings, device)
+        finally:
+            set_threads(previous)
+
+    def _train(self, data: Interactions, settings: RunSettings, device: torch.device) -> None:
+        cfg = self.config
         # Shares the sparsity arrays of data.binary (or data.ratings): only the confidences are new memory.
         conf = confidence_matrix(data, cfg.alpha, cfg.confidence, cfg.epsilon, cfg.use_ratings)
         block = _CUDA_BLOCK_VALUES if device.type == "cuda" else _CPU_BLOCK_VALUES
