@@ -13,7 +13,9 @@ Kept deliberately tiny and stable, because every torch model imports it:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -84,6 +86,16 @@ def set_threads(n: int | None) -> int:
         if n != previous:
             torch.set_num_threads(int(n))
     return previous
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with torch's intra-op CPU threads set to ``n`` (``None``: unchanged), then put the count back."""
+    previous = set_threads(n)
+    try:
+        yield
+    finally:
+        set_threads(previous)
 
 
 def dense_product(left: np.ndarray, right: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import torch
 
 from recmodels.base import ModelConfig, Recommender, RunSettings
 from recmodels.data import Interactions
-from recmodels.torch_utils import dense_product, resolve_device, set_threads, sparse_csr
+from recmodels.torch_utils import dense_product, resolve_device, set_threads, sparse_csr, torch_threads
 
 __all__ = ["ALS", "ALSConfig", "RowPlan", "als_loss", "confidence_matrix", "conjugate_gradient_update"]
 
@@ -112,14 +112,8 @@ class ALS(Recommender):
     def _fit(self, data: Interactions, settings: RunSettings) -> None:
         device = resolve_device(settings.device)
         set_threads(settings.threads)  # as every model does: an explicit count is the process's setting from now on
-        if device.type != "cpu" or data.binary.nnz >= _THREADED_PAIRS:
+        with torch_threads(1 if device.type == "cpu" and data.binary.nnz < _THREADED_PAIRS else None):
             self._train(data, settings, device)
-            return
-        previous = set_threads(1)
-        try:
-            self._train(data, settings, device)
-        finally:
-            set_threads(previous)
 
     def _train(self, data: Interactions, settings: RunSettings, device: torch.device) -> None:
         cfg = self.config
@@ -274,12 +268,9 @@ class RowPlan:
         # in implicit, instead of over the inside of small ops, whose synchronisation cost more than it saved
         # (2 threads: 1.35× faster than 1 this way, 1.5× slower than 1 with intra-op threads on the scale set).
         # The result does not depend on the schedule.
-        previous = set_threads(1)
-        try:
+        with torch_threads(1):
             for _ in pool.map(lambda chunk: self._solve_chunk(chunk, x, y, gram, steps), self.chunks):
                 pass
-        finally:
-            set_threads(previous)
 
     def _solve_chunk(
         self, chunk: tuple[int, int, int], x: torch.Tensor, y: torch.Tensor, gram: torch.Tensor, steps: int

@@ -41,7 +41,7 @@ from recmodels.base import ModelConfig, Recommender, RunSettings, top_k
 from recmodels.data import Interactions
 from recmodels.neural.sequences import SequenceData
 from recmodels.neural.warm_start import Axis, WarmStart, warm_started_state
-from recmodels.torch_utils import resolve_device, seeded_generator, set_threads
+from recmodels.torch_utils import resolve_device, seeded_generator, torch_threads
 
 Batch = tuple[np.ndarray, ...]
 LOSSES = ("ce", "bpr_max")
@@ -139,11 +139,8 @@ def default_threads(settings: RunSettings, device: torch.device) -> int | None:
 def torch_run(settings: RunSettings) -> Iterator[torch.device]:
     """Device and threads for one fit; the thread count is restored on exit."""
     device = resolve_device(settings.device)
-    previous_threads = set_threads(default_threads(settings, device))
-    try:
+    with torch_threads(default_threads(settings, device)):
         yield device
-    finally:
-        set_threads(previous_threads)
 
 
 # Module initialisation draws from torch's process-wide RNG: builds take turns, each under its own seed.
@@ -645,11 +642,8 @@ class NeuralRecommender(Recommender):
         return out
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
-        previous = set_threads(self.threads_)
-        try:
+        with torch_threads(self.threads_):
             return self._scores(users, self.history_)
-        finally:
-            set_threads(previous)
 
     def _state(self) -> dict[str, np.ndarray]:
         log = self.training_log_
