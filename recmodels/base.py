@@ -46,8 +46,9 @@ class RunSettings:
 
     seed: int = 42
     device: str = "auto"  # "auto" | "cpu" | "cuda"; used by torch models
-    # Intra-op threads for torch/BLAS; None keeps the library default. Models whose work is too small for more than
-    # one thread to pay use one: bpr's steps under 2^22 values, als under 150,000 pairs, the deep models on CPU.
+    # Intra-op threads for torch/BLAS; None keeps the library default. Where a second thread costs more than it
+    # brings, models train on one: bpr's steps under 2^22 values and als under 150,000 pairs whatever the setting,
+    # bpr and the deep models on CPU when none is named.
     threads: int | None = None
     batch_size: int = 1024  # users scored per batch in ``recommend``
     progress: ProgressCallback | None = None
