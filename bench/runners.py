@@ -204,26 +204,34 @@ def _drain_prefect_clients(timeout: float = 120.0) -> None:
         worker.drain_all(timeout=timeout)
 
 
-def _evaluate_body(name: str, data: Any, k: int, seed: int) -> tuple[Any, float, int]:
+def _evaluate_body(name: str, data: Any, k: int, seed: int, threads: int | None = None) -> tuple[Any, float, int]:
     from recforge.handoff import resolve
     from recforge.pipeline import evaluate
+    from recmodels.base import RunSettings
 
     start = time.perf_counter()  # a worker's first task reads the handed-off data inside its body, as in the flow
-    result = evaluate(name, resolve(data), k=k, seed=seed)
+    result = evaluate(name, resolve(data), k=k, seed=seed, settings=RunSettings(seed=seed, threads=threads))
     return result, time.perf_counter() - start, os.getpid()
 
 
 def _refit_body(
-    name: str, data: Any, top_n: int, seed: int, evaluated: tuple[Any, float, int]
+    name: str, data: Any, top_n: int, seed: int, evaluated: tuple[Any, float, int], threads: int | None = None
 ) -> tuple[Any, float, int]:
     """The publishing refit as the flow's task does it: the evaluated config, from the evaluated weights if any."""
     from recforge.handoff import resolve
     from recforge.pipeline import fit_and_recommend
+    from recmodels.base import RunSettings
 
     evaluation = evaluated[0]
     start = time.perf_counter()
     result = fit_and_recommend(
-        name, resolve(data), top_n=top_n, seed=seed, config=evaluation.refit_config, weights=evaluation.weights
+        name,
+        resolve(data),
+        top_n=top_n,
+        seed=seed,
+        settings=RunSettings(seed=seed, threads=threads),
+        config=evaluation.refit_config,
+        weights=evaluation.weights,
     )
     return result, time.perf_counter() - start, os.getpid()
 
@@ -271,7 +279,7 @@ def _train_models(names: list[str], k: int, top_n: int, seed: int) -> dict[str, 
     from prefect.context import FlowRunContext
 
     from flows.dispatch import run_model_tasks
-    from flows.runners import data_for_tasks, shared_blas_threads
+    from flows.runners import data_for_tasks, shared_blas_threads, task_threads
     from recforge.handoff import remove
     from recmodels.registry import get_model_class
 
@@ -279,12 +287,14 @@ def _train_models(names: list[str], k: int, top_n: int, seed: int) -> dict[str, 
     start = time.perf_counter()
     task_data = data_for_tasks(_FLOW_STATE["data"], _FLOW_STATE["handoff_dir"])
     context = FlowRunContext.get()
-    with shared_blas_threads(context.task_runner if context is not None else None, WORKERS):
+    runner = context.task_runner if context is not None else None
+    threads = task_threads(runner, WORKERS)  # torch's per task, as the recommend flow gives them
+    with shared_blas_threads(runner, WORKERS):
         tasks = run_model_tasks(
             names,
             {n: get_model_class(n).training_cost for n in names},
-            lambda n: evaluate_task.submit(n, task_data, k, seed),
-            lambda n, evaluation: refit_task.submit(n, task_data, top_n, seed, evaluation),
+            lambda n: evaluate_task.submit(n, task_data, k, seed, threads),
+            lambda n, evaluation: refit_task.submit(n, task_data, top_n, seed, evaluation, threads),
             WORKERS,  # what the flow keeps in flight with --max-workers 2
         )
         evaluations, refits = tasks.evaluations, tasks.refits

@@ -24,6 +24,7 @@ from flows.runners import (
     release_workers,
     runner_name,
     shared_blas_threads,
+    task_threads,
     worker_processes,
 )
 from recforge import handoff
@@ -119,11 +120,12 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         runner = context.task_runner if context is not None else None
         slots = model_task_slots(runner, config.max_workers)
         training.enter_context(shared_blas_threads(runner, slots))
+        threads = task_threads(runner, slots)  # torch's, per task; None where the workers' environment splits them
         training.callback(_release_workers, runner)  # no worker holds the data while the flow publishes
         tasks = run_model_tasks(
             names,
             costs,
-            lambda n: evaluate_task.submit(n, task_data, config.k, config.seed),
+            lambda n: evaluate_task.submit(n, task_data, config.k, config.seed, threads),
             # A refit receives its finished evaluation and skips itself when that model already failed.
             lambda n, evaluation: recommend_task.submit(
                 n,
@@ -134,6 +136,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
                 config.cold_start,
                 config.explanations,
                 config.new_items_weight,
+                threads,
             ),
             slots,
         )

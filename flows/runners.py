@@ -141,19 +141,30 @@ def model_task_slots(task_runner: TaskRunner | None, max_workers: int | None) ->
     return worker_processes(task_runner)
 
 
+def task_threads(task_runner: TaskRunner | None, slots: int | None) -> int | None:
+    """Threads for each model task that runs in this process (the thread runner): ``cores // slots``, at least 1.
+
+    None on other runners (their workers get the same split through :data:`THREAD_VARIABLES`) and when the user
+    set one of those variables (theirs wins).
+    """
+    if not (task_runner is None or isinstance(task_runner, ThreadPoolTaskRunner)):
+        return None
+    if any(name in os.environ for name in THREAD_VARIABLES):
+        return None
+    cores = available_cores()
+    return max(1, cores // max(1, slots or cores))
+
+
 def shared_blas_threads(task_runner: TaskRunner | None, slots: int | None) -> contextlib.AbstractContextManager[None]:
-    """While model tasks run in this process (the thread runner), BLAS gets ``cores // slots`` threads (at least 1).
+    """While model tasks run in this process (the thread runner), BLAS gets :func:`task_threads` threads.
 
     Each task's numpy and scipy products would otherwise use one thread per core beside the other tasks doing
     the same (the process pool and Dask workers get the same split through :data:`THREAD_VARIABLES`). Nothing
-    changes when the user set one of those variables, or on other runners (their tasks run elsewhere).
+    changes when the user set one of those variables, or on other runners (their tasks run elsewhere). torch's
+    count is per task: the flow passes :func:`task_threads` to each task's ``RunSettings``.
     """
-    if not (task_runner is None or isinstance(task_runner, ThreadPoolTaskRunner)):
-        return contextlib.nullcontext()
-    if any(name in os.environ for name in THREAD_VARIABLES):
-        return contextlib.nullcontext()
-    cores = available_cores()
-    return blas_threads(max(1, cores // max(1, slots or cores)))
+    threads = task_threads(task_runner, slots)
+    return contextlib.nullcontext() if threads is None else blas_threads(threads)
 
 
 def release_workers(task_runner: TaskRunner | None) -> str | None:

@@ -14,14 +14,19 @@ from recmodels.base import RunSettings
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE, task_run_name="evaluate-{name}")
-def evaluate_model(name: str, data: PreparedData | DataRef, k: int, seed: int) -> ModelEvaluation:
+def evaluate_model(
+    name: str, data: PreparedData | DataRef, k: int, seed: int, threads: int | None = None
+) -> ModelEvaluation:
     """Fit on the training part, measure on the temporal holdout; a failure is returned, not raised.
 
-    ``data`` is the prepared data, or a reference to it when the task runs in another process.
+    ``data`` is the prepared data, or a reference to it when the task runs in another process; ``threads`` the
+    torch threads of this task (``flows.runners.task_threads``; None: torch's own count).
     """
     tune_malloc()  # once per process: the worker processes of the process and Dask runners included
     logger = get_run_logger()
-    settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (evaluation)", log=logger.info))
+    settings = RunSettings(
+        seed=seed, threads=threads, progress=progress_callback(f"{name} (evaluation)", log=logger.info)
+    )
     result = evaluate(name, resolve(data), k=k, seed=seed, settings=settings)
     if result.ok:
         shown = {m: round(v, 4) for m, v in result.metrics.items() if not m.endswith("_seconds")}
@@ -41,6 +46,7 @@ def recommend_model(
     cold_start: bool = True,
     explanations: bool = True,
     new_items_weight: float | None = None,
+    threads: int | None = None,
 ) -> ModelRecommendations | None:
     """Refit on all events before as_of and rank top-N unseen items for every user (skipped if evaluation failed).
 
@@ -52,7 +58,9 @@ def recommend_model(
         get_run_logger().warning("%s: not refitted because its evaluation failed", name)
         return None
     tune_malloc()
-    settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (refit)", log=get_run_logger().info))
+    settings = RunSettings(
+        seed=seed, threads=threads, progress=progress_callback(f"{name} (refit)", log=get_run_logger().info)
+    )
     if evaluation.weights is not None and evaluation.refit_config is not None:
         get_run_logger().info(
             "%s: refit starts from the evaluated network's weights, %s epochs on all events",

@@ -89,3 +89,17 @@ def test_a_users_thread_variables_and_other_runners_are_left_alone(
     process = runners.SharedCoresProcessPoolTaskRunner(max_workers=2)
     with runners.shared_blas_threads(process, 2):
         assert set(current_blas_threads()) == {3}
+
+
+def test_each_task_on_the_thread_runner_gets_its_share_of_the_cores_for_torch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in runners.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(runners, "available_cores", lambda: 4)
+    assert runners.task_threads(ThreadPoolTaskRunner(), 2) == 2
+    assert runners.task_threads(None, 8) == 1
+    assert runners.task_threads(ThreadPoolTaskRunner(), None) == 1  # no cap: one per core in flight
+    assert runners.task_threads(runners.SharedCoresProcessPoolTaskRunner(max_workers=2), 2) is None  # environment
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert runners.task_threads(ThreadPoolTaskRunner(), 2) is None  # the user's setting wins

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 from recforge.config import RunConfig
 from recforge.data.synthetic import generate_synthetic
 from recforge.store import Store
+from recmodels.base import RunSettings
 from tests.synthetic_files import write_synthetic_csv
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
@@ -86,6 +88,34 @@ def test_synthetic_run_publishes_every_model(tmp_path: Path) -> None:
     assert len(again) == len(recs)
     assert not again.duplicated(["as_of", "model", "user_id", "rank"]).any()
     assert len(_table(url, "runs")) == 3
+
+
+def test_thread_runner_tasks_get_their_share_of_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each model task on the thread runner trains with cores // tasks-in-flight torch threads (as process workers
+    get through their environment), in its evaluation and in its refit."""
+    import tasks.train
+    from flows import runners
+    from flows.recommend import recommend
+
+    for name in runners.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    seen: list[tuple[str, int | None]] = []
+    evaluate, fit_and_recommend = tasks.train.evaluate, tasks.train.fit_and_recommend
+
+    def recording_evaluate(*args: Any, settings: RunSettings, **kwargs: Any) -> Any:
+        seen.append(("evaluate", settings.threads))
+        return evaluate(*args, settings=settings, **kwargs)
+
+    def recording_refit(*args: Any, settings: RunSettings, **kwargs: Any) -> Any:
+        seen.append(("refit", settings.threads))
+        return fit_and_recommend(*args, settings=settings, **kwargs)
+
+    monkeypatch.setattr(tasks.train, "evaluate", recording_evaluate)
+    monkeypatch.setattr(tasks.train, "fit_and_recommend", recording_refit)
+    config = RunConfig(models=["popularity", "als"], top_n=5, max_workers=1, output_dir=str(tmp_path / "var"))
+    assert recommend(config=config, db_url=f"sqlite:///{tmp_path / 'rf.db'}")["status"] == "completed"
+    share = runners.available_cores()  # one task in flight at a time: it gets every core
+    assert sorted(seen) == [("evaluate", share)] * 2 + [("refit", share)] * 2
 
 
 def test_low_memory_is_warned_about_in_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
