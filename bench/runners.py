@@ -208,9 +208,11 @@ def _evaluate_body(name: str, data: Any, k: int, seed: int, threads: int | None 
     from recforge.handoff import resolve
     from recforge.pipeline import evaluate
     from recmodels.base import RunSettings
+    from recmodels.torch_utils import torch_threads
 
     start = time.perf_counter()  # a worker's first task reads the handed-off data inside its body, as in the flow
-    result = evaluate(name, resolve(data), k=k, seed=seed, settings=RunSettings(seed=seed, threads=threads))
+    with torch_threads(threads):  # as the flow's tasks do (tasks.train)
+        result = evaluate(name, resolve(data), k=k, seed=seed, settings=RunSettings(seed=seed))
     return result, time.perf_counter() - start, os.getpid()
 
 
@@ -221,18 +223,20 @@ def _refit_body(
     from recforge.handoff import resolve
     from recforge.pipeline import fit_and_recommend
     from recmodels.base import RunSettings
+    from recmodels.torch_utils import torch_threads
 
     evaluation = evaluated[0]
     start = time.perf_counter()
-    result = fit_and_recommend(
-        name,
-        resolve(data),
-        top_n=top_n,
-        seed=seed,
-        settings=RunSettings(seed=seed, threads=threads),
-        config=evaluation.refit_config,
-        weights=evaluation.weights,
-    )
+    with torch_threads(threads):  # as the flow's tasks do (tasks.train)
+        result = fit_and_recommend(
+            name,
+            resolve(data),
+            top_n=top_n,
+            seed=seed,
+            settings=RunSettings(seed=seed),
+            config=evaluation.refit_config,
+            weights=evaluation.weights,
+        )
     return result, time.perf_counter() - start, os.getpid()
 
 

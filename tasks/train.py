@@ -11,6 +11,7 @@ from recforge.malloc import tune_malloc
 from recforge.pipeline import ModelEvaluation, ModelRecommendations, PreparedData, evaluate, fit_and_recommend
 from recforge.progress import progress_callback
 from recmodels.base import RunSettings
+from recmodels.torch_utils import torch_threads
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE, task_run_name="evaluate-{name}")
@@ -19,15 +20,17 @@ def evaluate_model(
 ) -> ModelEvaluation:
     """Fit on the training part, measure on the temporal holdout; a failure is returned, not raised.
 
-    ``data`` is the prepared data, or a reference to it when the task runs in another process; ``threads`` the
-    torch threads of this task (``flows.runners.task_threads``; None: torch's own count).
+    ``data`` is the prepared data, or a reference to it when the task runs in another process. ``threads``: this
+    task's share of the cores on the thread runner (``flows.runners.task_threads``; None elsewhere), set as the
+    task thread's torch count rather than as ``RunSettings.threads``: a cap, not a request, so the models that
+    choose one thread on their own (bpr's small steps, the deep models on CPU) still do. torch's count is per
+    thread, so the other tasks keep theirs.
     """
     tune_malloc()  # once per process: the worker processes of the process and Dask runners included
     logger = get_run_logger()
-    settings = RunSettings(
-        seed=seed, threads=threads, progress=progress_callback(f"{name} (evaluation)", log=logger.info)
-    )
-    result = evaluate(name, resolve(data), k=k, seed=seed, settings=settings)
+    settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (evaluation)", log=logger.info))
+    with torch_threads(threads):
+        result = evaluate(name, resolve(data), k=k, seed=seed, settings=settings)
     if result.ok:
         shown = {m: round(v, 4) for m, v in result.metrics.items() if not m.endswith("_seconds")}
         logger.info("%s evaluated in %.2f s: %s", name, result.seconds, shown)
@@ -58,27 +61,26 @@ def recommend_model(
         get_run_logger().warning("%s: not refitted because its evaluation failed", name)
         return None
     tune_malloc()
-    settings = RunSettings(
-        seed=seed, threads=threads, progress=progress_callback(f"{name} (refit)", log=get_run_logger().info)
-    )
+    settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (refit)", log=get_run_logger().info))
     if evaluation.weights is not None and evaluation.refit_config is not None:
         get_run_logger().info(
             "%s: refit starts from the evaluated network's weights, %s epochs on all events",
             name,
             evaluation.refit_config.get("warm_start_epochs"),
         )
-    result = fit_and_recommend(
-        name,
-        resolve(data),
-        top_n=top_n,
-        seed=seed,
-        settings=settings,
-        cold_start=cold_start,
-        explanations=explanations,
-        new_items_weight=new_items_weight,
-        config=evaluation.refit_config,
-        weights=evaluation.weights,
-    )
+    with torch_threads(threads):
+        result = fit_and_recommend(
+            name,
+            resolve(data),
+            top_n=top_n,
+            seed=seed,
+            settings=settings,
+            cold_start=cold_start,
+            explanations=explanations,
+            new_items_weight=new_items_weight,
+            config=evaluation.refit_config,
+            weights=evaluation.weights,
+        )
     for warning in result.warnings:
         get_run_logger().warning("%s: %s", name, warning)
     # Count first, then fold "segment_popularity:<segment>" labels by prefix: splitting every row's label cost

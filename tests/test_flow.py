@@ -91,31 +91,34 @@ def test_synthetic_run_publishes_every_model(tmp_path: Path) -> None:
 
 
 def test_thread_runner_tasks_get_their_share_of_the_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each model task on the thread runner trains with cores // tasks-in-flight torch threads (as process workers
-    get through their environment), in its evaluation and in its refit."""
+    """On the thread runner each model task's thread runs torch on cores // tasks-in-flight threads (as process
+    workers get through their environment), in its evaluation and in its refit, without naming a count in
+    RunSettings (which would override the models that choose one thread on their own)."""
+    import torch
+
     import tasks.train
     from flows import runners
     from flows.recommend import recommend
 
     for name in runners.THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    seen: list[tuple[str, int | None]] = []
+    monkeypatch.setattr(runners, "available_cores", lambda: 2)  # two tasks in flight: one thread each
+    seen: list[tuple[str, int, int | None]] = []
     evaluate, fit_and_recommend = tasks.train.evaluate, tasks.train.fit_and_recommend
 
     def recording_evaluate(*args: Any, settings: RunSettings, **kwargs: Any) -> Any:
-        seen.append(("evaluate", settings.threads))
+        seen.append(("evaluate", torch.get_num_threads(), settings.threads))
         return evaluate(*args, settings=settings, **kwargs)
 
     def recording_refit(*args: Any, settings: RunSettings, **kwargs: Any) -> Any:
-        seen.append(("refit", settings.threads))
+        seen.append(("refit", torch.get_num_threads(), settings.threads))
         return fit_and_recommend(*args, settings=settings, **kwargs)
 
     monkeypatch.setattr(tasks.train, "evaluate", recording_evaluate)
     monkeypatch.setattr(tasks.train, "fit_and_recommend", recording_refit)
-    config = RunConfig(models=["popularity", "als"], top_n=5, max_workers=1, output_dir=str(tmp_path / "var"))
+    config = RunConfig(models=["popularity", "als"], top_n=5, max_workers=2, output_dir=str(tmp_path / "var"))
     assert recommend(config=config, db_url=f"sqlite:///{tmp_path / 'rf.db'}")["status"] == "completed"
-    share = runners.available_cores()  # one task in flight at a time: it gets every core
-    assert sorted(seen) == [("evaluate", share)] * 2 + [("refit", share)] * 2
+    assert sorted(seen) == [("evaluate", 1, None)] * 2 + [("refit", 1, None)] * 2
 
 
 def test_low_memory_is_warned_about_in_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,6 @@ over entities so that memory stays bounded by a budget of dense values, and cont
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal
@@ -228,9 +227,16 @@ class PackedRows:
 
 
 def _block_workers(settings: RunSettings | None) -> int:
-    """Blocks computed at once: scipy's sparse products release the GIL, so threads use every core."""
-    threads = settings.threads if settings is not None and settings.threads else (os.cpu_count() or 1)
-    return max(1, min(int(threads), 8))
+    """Blocks computed at once: scipy's sparse products release the GIL, so threads use every core.
+
+    ``RunSettings.threads``, else the calling thread's torch count: one per core, unless the caller runs on fewer
+    (a model task on the flow's thread runner gets its share of the cores).
+    """
+    if settings is not None and settings.threads:
+        return max(1, min(int(settings.threads), 8))
+    import torch
+
+    return max(1, min(torch.get_num_threads(), 8))
 
 
 def _map_blocks(
