@@ -169,7 +169,7 @@ class Recommender(ABC):
         users = np.asarray(users, dtype=np.int64)
         k = int(min(k, self.n_items_))
         batch_size = max(1, min(batch_size, SCORE_BATCH_VALUES // max(self.n_items_, 1)))
-        workers = _rank_threads(threads)
+        workers = worker_threads(threads)
         if workers > 1 and not self.threaded_scoring:
             batch_size = min(batch_size, max(MIN_SPLIT_BATCH, -(-len(users) // workers)))
         items_out = np.empty((len(users), k), dtype=np.int64)
@@ -275,7 +275,7 @@ def map_batches(
     the same result twice, the last one kept. ``None``: torch's intra-op thread count of the calling thread.
     """
     starts = list(starts)
-    workers = min(_rank_threads(threads), len(starts))
+    workers = min(worker_threads(threads), len(starts))
     if workers <= 1:
         return [function(start) for start in starts]
     results = [function(starts[0])] if first_alone else []
@@ -284,8 +284,10 @@ def map_batches(
     return results
 
 
-def _rank_threads(threads: int | None) -> int:
-    """``recommend``'s batch threads: ``threads``, or torch's intra-op count of the calling thread."""
+def worker_threads(threads: int | None) -> int:
+    """Threads for work the caller splits itself (``recommend``'s batches, the kNN similarity blocks): ``threads``,
+    or torch's intra-op count of the calling thread (one per core unless the caller runs on fewer, as a model task
+    on the flow's thread runner does)."""
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be ≥ 1 (or None), got {threads}")

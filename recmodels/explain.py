@@ -59,7 +59,7 @@ from recmodels.mf.biased_mf import BiasedMF
 from recmodels.mf.nmf import NMF
 from recmodels.mf.pure_svd import PureSVD
 from recmodels.neural import Caser, GRU4Rec, NeuMF, NeuralRecommender, SequenceData
-from recmodels.torch_utils import set_threads
+from recmodels.torch_utils import torch_threads
 
 __all__ = [
     "KINDS",
@@ -410,21 +410,17 @@ def _sequence(model: Recommender, data: Interactions, users: np.ndarray) -> _Att
     net = model.net_
     device = model.device_
     states = []
-    previous = set_threads(model.threads_)
     net.eval()
-    try:
-        with torch.no_grad():
-            for first in range(0, len(seq), 4096):
-                part = slice(first, first + 4096)
-                items_t = torch.from_numpy(seq[part]).to(device)
-                lens_t = torch.from_numpy(np.maximum(seq_len[part], 1)).to(device)
-                if isinstance(model, Caser):
-                    state = net.last_state(torch.from_numpy(row_user[part]).to(device), items_t, lens_t)
-                else:
-                    state = net.last_state(items_t, lens_t)
-                states.append(state.float().cpu().numpy())
-    finally:
-        set_threads(previous)
+    with torch_threads(model.threads_), torch.no_grad():
+        for first in range(0, len(seq), 4096):
+            part = slice(first, first + 4096)
+            items_t = torch.from_numpy(seq[part]).to(device)
+            lens_t = torch.from_numpy(np.maximum(seq_len[part], 1)).to(device)
+            if isinstance(model, Caser):
+                state = net.last_state(torch.from_numpy(row_user[part]).to(device), items_t, lens_t)
+            else:
+                state = net.last_state(items_t, lens_t)
+            states.append(state.float().cpu().numpy())
     states_all = np.concatenate(states).astype(np.float64) if states else np.empty((0, 0))
     out_weight = net.out.weight.detach().cpu().numpy().astype(np.float64)
     first_row = np.concatenate([[0], np.cumsum(per_user)])

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from recmodels.base import RunSettings
+from recmodels.base import RunSettings, worker_threads
 
 if TYPE_CHECKING:
     import torch
@@ -227,16 +227,9 @@ class PackedRows:
 
 
 def _block_workers(settings: RunSettings | None) -> int:
-    """Blocks computed at once: scipy's sparse products release the GIL, so threads use every core.
-
-    ``RunSettings.threads``, else the calling thread's torch count: one per core, unless the caller runs on fewer
-    (a model task on the flow's thread runner gets its share of the cores).
-    """
-    if settings is not None and settings.threads:
-        return max(1, min(int(settings.threads), 8))
-    import torch
-
-    return max(1, min(torch.get_num_threads(), 8))
+    """Blocks computed at once (at most 8): scipy's sparse products release the GIL, so threads use every core
+    (:func:`~recmodels.base.worker_threads` of ``RunSettings.threads``)."""
+    return min(worker_threads(settings.threads if settings is not None else None), 8)
 
 
 def _map_blocks(
@@ -255,19 +248,18 @@ def _map_blocks(
     workers = min(_block_workers(settings), len(bounds))
     parts = []
     # torch's topk inside ``compute`` follows torch's process-wide thread count: hold it to the run's setting.
-    from recmodels.torch_utils import set_threads
+    from recmodels.torch_utils import torch_threads
 
-    previous = set_threads(settings.threads if settings is not None else None)
-    try:
-        with ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
-            run = map if pool is None else pool.map  # one worker: no thread at all
-            results = run(lambda bound: _row_major(compute(*bound)), bounds)
-            for (_, stop), part in zip(bounds, results, strict=True):
-                parts.append(part)
-                if settings is not None:
-                    settings.report(stage, stop / n)
-    finally:
-        set_threads(previous)
+    with (
+        torch_threads(settings.threads if settings is not None else None),
+        ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool,
+    ):
+        run = map if pool is None else pool.map  # one worker: no thread at all
+        results = run(lambda bound: _row_major(compute(*bound)), bounds)
+        for (_, stop), part in zip(bounds, results, strict=True):
+            parts.append(part)
+            if settings is not None:
+                settings.report(stage, stop / n)
     return parts
 
 
