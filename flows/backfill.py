@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -31,7 +32,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from sqlalchemy import func, select
 
-from flows.runners import THREAD_VARIABLES, available_cores
+from flows.runners import THREAD_VARIABLES, available_cores, runs_side_by_side
 from recforge.config import ConfigError, RunConfig, build_config, resolve_db_url
 from recforge.data.sources import SourceSpec
 from recforge.store import Store, mask_source, metrics_table, recommendations_table, runs_table, to_naive_utc
@@ -198,10 +199,10 @@ def _share_cores(
     Each ``recommend`` run alone keeps one model task in flight per core, with BLAS split between them; two
     dates side by side in this process would otherwise run two tasks per core, each with that run's BLAS share.
     So on the thread runner, unless the user chose ``max_workers``, every child gets ``cores // children`` model
-    slots (at least 1), and BLAS is limited to ``cores // (children × slots)`` threads from this flow's thread —
-    OpenBLAS takes limits only from the main thread, so a child's own limit (set in a worker thread) does
-    nothing. Children on workers (a deployment) or on other runners are left as configured, as is BLAS when
-    the user set a thread variable.
+    slots (at least 1), and BLAS and each model task's torch get ``cores // (children × slots)`` threads; BLAS
+    is limited from this flow's thread — OpenBLAS takes limits only from the main thread, so a child's own limit
+    (set in a worker thread) does nothing. Children on workers (a deployment) or on other runners are left as
+    configured, as are the thread counts when the user set a thread variable.
     """
     if not in_process or config.task_runner != "thread" or children < 1:
         return config, contextlib.nullcontext()
@@ -210,7 +211,14 @@ def _share_cores(
         config = config.model_copy(update={"max_workers": max(1, cores // children)})
     if any(name in os.environ for name in THREAD_VARIABLES):
         return config, contextlib.nullcontext()
-    return config, blas_threads(max(1, cores // (children * (config.max_workers or 1))))
+    return config, _cores_shared(max(1, cores // (children * (config.max_workers or 1))), children)
+
+
+@contextlib.contextmanager
+def _cores_shared(blas: int, children: int) -> Iterator[None]:
+    """BLAS limited to ``blas`` threads, and each child's model tasks told that ``children`` runs share the cores."""
+    with blas_threads(blas), runs_side_by_side(children):
+        yield
 
 
 @flow(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -141,18 +143,43 @@ def model_task_slots(task_runner: TaskRunner | None, max_workers: int | None) ->
     return worker_processes(task_runner)
 
 
-def task_threads(task_runner: TaskRunner | None, slots: int | None) -> int | None:
-    """Threads for each model task that runs in this process (the thread runner): ``cores // slots``, at least 1.
+#: How many pipeline runs share this process's cores, one entry per :func:`runs_side_by_side` block in force.
+_side_by_side: list[int] = []
+_side_by_side_lock = threading.Lock()
 
-    None on other runners (their workers get the same split through :data:`THREAD_VARIABLES`) and when the user
-    set one of those variables (theirs wins).
+
+@contextlib.contextmanager
+def runs_side_by_side(runs: int) -> Iterator[None]:
+    """While the block runs, ``runs`` pipeline runs share this process's cores (an in-process backfill's dates).
+
+    :func:`task_threads` divides each model task's share by it, as the backfill divides the model slots and BLAS.
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be ≥ 1, got {runs}")
+    with _side_by_side_lock:
+        _side_by_side.append(runs)
+    try:
+        yield
+    finally:
+        with _side_by_side_lock:
+            _side_by_side.remove(runs)
+
+
+def task_threads(task_runner: TaskRunner | None, slots: int | None) -> int | None:
+    """Threads for each model task that runs in this process (the thread runner), at least 1.
+
+    ``cores // slots``, or ``cores // (runs × slots)`` inside :func:`runs_side_by_side`. None on other runners
+    (their workers get the same split through :data:`THREAD_VARIABLES`) and when the user set one of those
+    variables (theirs wins).
     """
     if not (task_runner is None or isinstance(task_runner, ThreadPoolTaskRunner)):
         return None
     if any(name in os.environ for name in THREAD_VARIABLES):
         return None
     cores = available_cores()
-    return max(1, cores // max(1, slots or cores))
+    with _side_by_side_lock:
+        runs = max(_side_by_side, default=1)
+    return max(1, cores // (max(1, slots or cores) * runs))
 
 
 def shared_blas_threads(task_runner: TaskRunner | None, slots: int | None) -> contextlib.AbstractContextManager[None]:

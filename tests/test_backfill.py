@@ -11,8 +11,10 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from prefect.task_runners import ThreadPoolTaskRunner
 from threadpoolctl import threadpool_info
 
+from flows import runners
 from flows.backfill import OUTCOME_COLUMNS, BackfillFailed, as_of_dates, published_runs
 from recforge.config import DB_URL_ENV, ConfigError, RunConfig
 from recforge.data.sources import SourceSpec
@@ -198,10 +200,32 @@ def test_in_process_dates_share_the_cores(
     monkeypatch.setattr(backfill_module, "available_cores", lambda: cores)
     for name in backfill_module.THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(runners, "available_cores", lambda: cores)
     config, shared = backfill_module._share_cores(RunConfig(), children, in_process=True)
     assert config.max_workers == slots
+    assert runners.task_threads(ThreadPoolTaskRunner(), slots) == cores // slots  # one run alone
     with shared:
         assert _blas_thread_counts() == {blas}
+        # Each child's model tasks get the same share for torch (they would take cores // slots alone).
+        assert runners.task_threads(ThreadPoolTaskRunner(), slots) == blas
+    assert runners.task_threads(ThreadPoolTaskRunner(), slots) == cores // slots
+
+
+def test_dates_side_by_side_split_torch_threads_under_chosen_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows import backfill as backfill_module
+
+    monkeypatch.setattr(backfill_module, "available_cores", lambda: 8)
+    monkeypatch.setattr(runners, "available_cores", lambda: 8)
+    for name in backfill_module.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    config, shared = backfill_module._share_cores(RunConfig(max_workers=2), 2, in_process=True)
+    with shared:  # two dates × two tasks on 8 cores: 2 threads each, for BLAS and for torch
+        assert _blas_thread_counts() == {2}
+        assert runners.task_threads(ThreadPoolTaskRunner(), config.max_workers) == 2
+        with runners.runs_side_by_side(4):  # overlapping blocks: the most runs side by side wins
+            assert runners.task_threads(ThreadPoolTaskRunner(), config.max_workers) == 1
+        assert runners.task_threads(ThreadPoolTaskRunner(), config.max_workers) == 2
+    assert runners.task_threads(ThreadPoolTaskRunner(), config.max_workers) == 4
 
 
 def test_dates_on_workers_or_with_chosen_slots_keep_their_settings(monkeypatch: pytest.MonkeyPatch) -> None:
