@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import threading
@@ -112,6 +113,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _parse_param(text: str) -> tuple[str, str, Any]:
+    """``MODEL.FIELD=VALUE`` → (model, field, value); VALUE is read as JSON when it is JSON, else kept as text."""
+    key, sep, raw = text.partition("=")
+    model, dot, field = key.strip().partition(".")
+    if not sep or not dot or not model or not field:
+        raise argparse.ArgumentTypeError(f"expected MODEL.FIELD=VALUE, e.g. als.factors=128, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw  # plain text: a name such as bm25, or a number pydantic converts when it checks the field
+    return model, field.strip(), value
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """The options that describe a pipeline run (source, models, database, runner), shared by run and backfill."""
     parser.add_argument("--config", help="TOML file with run options ([run] table); flags override it")
@@ -192,6 +206,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--model-timeout",
         type=_positive_int,
         help="seconds each model may take to evaluate and to refit; over it the model counts as failed",
+    )
+    parser.add_argument(
+        "--param",
+        dest="params",
+        action="append",
+        type=_parse_param,
+        metavar="MODEL.FIELD=VALUE",
+        help="a model hyperparameter over its default, e.g. als.factors=128 (repeatable; VALUE as JSON: 0.5, true, "
+        "null, [1, 2], or plain text; every model's fields: `recforge models --params`)",
     )
     parser.add_argument("--seed", type=int, help="random seed (default 42)")
     parser.add_argument("--output-dir", help="folder for Data Docs and reports (default var)")
@@ -281,7 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--db-url", help="SQLAlchemy URL (default $RECFORGE_DB_URL or sqlite:///var/recforge.db)")
 
-    sub.add_parser("models", help="list the registered models and their families")
+    models = sub.add_parser("models", help="list the registered models and their families")
+    models.add_argument(
+        "--params",
+        nargs="*",
+        metavar="MODEL",
+        help="show the hyperparameters (type, default, meaning) of these models, or of every model",
+    )
     return parser
 
 
@@ -339,6 +368,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "output_dir": args.output_dir,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
+    if args.params:  # over the config file's [run.model_params.MODEL] tables, field by field
+        model_params = {model: dict(fields) for model, fields in values.get("model_params", {}).items()}
+        for model, field, value in args.params:
+            model_params.setdefault(model, {})[field] = value
+        values["model_params"] = model_params
     if getattr(args, "pseudonymise_users", False):
         values["privacy"] = {**values.get("privacy", {}), "pseudonymise_users": True}
     return build_config(values, origin=f"options{' in ' + args.config if args.config else ''}")
@@ -620,9 +654,11 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(_: argparse.Namespace) -> int:
+def cmd_models(args: argparse.Namespace) -> int:
     from recmodels.registry import DEFAULT_MODELS, get_model_class, model_names
 
+    if args.params is not None:
+        return _print_hyperparameters(args.params or model_names())
     print(f"{'model':<16} {'family':<26} {'predicts ratings':<17} {'needs ratings':<14} default")
     for name in model_names():
         cls = get_model_class(name)
@@ -630,6 +666,27 @@ def cmd_models(_: argparse.Namespace) -> int:
         needs = "yes" if cls.requires_ratings else "no"
         print(f"{name:<16} {cls.family:<26} {predicts:<17} {needs:<14} {'yes' if name in DEFAULT_MODELS else 'no'}")
     print("Models that need ratings are left out of the default set and of --families on data without ratings.")
+    return 0
+
+
+def _print_hyperparameters(names: list[str]) -> int:
+    import textwrap
+
+    from recmodels.registry import get_model_class, hyperparameters
+
+    try:
+        described = {name: hyperparameters(name) for name in names}
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, fields in described.items():
+        print(
+            f"{name} ({get_model_class(name).family}): set with --param {name}.FIELD=VALUE or [run.model_params.{name}]"
+        )
+        for field in fields:
+            print(f"  {field.name} = {field.default!r}  ({field.type})")
+            print(textwrap.fill(field.doc, width=100, initial_indent="      ", subsequent_indent="      "))
+        print()
     return 0
 
 
@@ -710,6 +767,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("recforge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`recforge runs | head`): stop quietly, as other commands do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return 141
     except Exception as exc:  # the flow already logged the traceback; the user gets the reason
         failed = "run failed" if args.command in ("run", "backfill") else f"{args.command} failed"
         print(f"recforge: {failed}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -117,6 +117,11 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             {n: get_model_class(n).training_cost for n in names}, _measured_seconds(url, dataset.name, names)
         )
         logger.info("training order (expected seconds): %s", _order_line(costs))
+        for name, params in config.model_params.items():
+            if name in names:
+                logger.info("%s hyperparameters over its defaults: %s", name, params)
+            else:
+                logger.warning("model_params for %s unused: %s is not trained in this run", name, name)
         runner = context.task_runner if context is not None else None
         slots = model_task_slots(runner, config.max_workers)
         training.enter_context(shared_blas_threads(runner, slots))
@@ -125,7 +130,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         tasks = run_model_tasks(
             names,
             costs,
-            lambda n: evaluate_task.submit(n, task_data, config.k, config.seed, threads),
+            lambda n: evaluate_task.submit(n, task_data, config.k, config.seed, threads, config.model_params.get(n)),
             # A refit receives its finished evaluation and skips itself when that model already failed.
             lambda n, evaluation: recommend_task.submit(
                 n,

@@ -7,13 +7,14 @@ must never carry secrets: the database URL is resolved at run time from ``--db-u
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from recforge.privacy import PrivacyConfig
 
@@ -86,6 +87,11 @@ class RunConfig(BaseModel):
         default_factory=PrivacyConfig,
         description="Pseudonymised user ids and personal columns (recforge.privacy.PrivacyConfig).",
     )
+    model_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Hyperparameters per model over its registered defaults, e.g. {"als": {"factors": 128}}; '
+        "each model's fields and defaults: `recforge models --params`. Only the fields given change.",
+    )
     model_timeout_s: float | None = Field(
         default=None,
         gt=0,
@@ -139,6 +145,11 @@ class RunConfig(BaseModel):
             if spec not in strategies and not spec.startswith("constant:"):
                 raise ValueError(f"impute strategy {spec!r} for {key}: use one of {strategies} or 'constant:VALUE'")
         return value
+
+    @field_validator("model_params")
+    @classmethod
+    def _valid_model_params(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {name: check_model_params(name, params) for name, params in value.items()}
 
     def impute_for(self, table: str) -> dict[str, str]:
         """Declared imputation of one table's columns, keyed by column."""
@@ -198,6 +209,47 @@ class RunConfig(BaseModel):
         return [name for name in chosen if name not in skipped], skipped
 
 
+def check_model_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` for model ``name`` checked against its config: known fields, right types, valid values.
+
+    Returns them with their values converted to the fields' types (``"128"`` from a command line becomes 128,
+    ``"none"`` None where the field takes None); raises ValueError naming the model, the field and what is allowed.
+    """
+    from recmodels.registry import get_model_class, hyperparameters
+
+    config_class = get_model_class(name).config_class  # raises with the list of valid names
+    described = hyperparameters(name)
+    fields = [h.name for h in described]
+    # TOML has no null: "none" (or "null") sets a field that takes a number or None to None.
+    nullable = {h.name for h in described if h.type.endswith("| None") and "str" not in h.type}
+    params = {
+        field: None if field in nullable and isinstance(value, str) and value.lower() in ("none", "null") else value
+        for field, value in params.items()
+    }
+    unknown = [field for field in params if field not in fields]
+    if unknown:
+        hints = [
+            f"{field!r} (did you mean {close[0]!r}?)"
+            if (close := difflib.get_close_matches(field, fields, 1))
+            else repr(field)
+            for field in unknown
+        ]
+        raise ValueError(
+            f"{name} has no hyperparameter {', '.join(hints)}; its hyperparameters: {', '.join(fields)} "
+            f"(`recforge models --params {name}`)"
+        )
+    try:
+        config = TypeAdapter(config_class).validate_python(dict(params))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise ValueError(f"{name}: " + "; ".join(problems)) from None
+    return {field: getattr(config, field) for field in params}
+
+
 def resolve_db_url(explicit: str | None = None) -> str:
     """The database URL: an explicit value, else ``$RECFORGE_DB_URL``, else the embedded SQLite default."""
     return explicit or os.environ.get(DB_URL_ENV) or DEFAULT_DB_URL
@@ -224,5 +276,5 @@ def build_config(values: dict[str, Any], origin: str = "options") -> RunConfig:
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "config"
-            problems.append(f"  {where}: {err['msg']}")
+            problems.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError(f"invalid {origin}:\n" + "\n".join(problems)) from None

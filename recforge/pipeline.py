@@ -217,7 +217,8 @@ def _nothing_left_after_cleaning(dataset: Dataset, cleaning: CleaningReport) -> 
 
 
 def make_model(name: str, config: Mapping[str, Any] | None = None) -> Recommender:
-    """A fresh model with its registered default config, or with ``config`` (a config's ``to_dict()``)."""
+    """A fresh model with its registered default config, or with ``config``'s fields over it (all of a config's
+    ``to_dict()``, or some of them)."""
     cls = get_model_class(name)
     return cls() if config is None else cls(cls.config_class(**config))
 
@@ -230,8 +231,11 @@ def evaluate(
     ks: Sequence[int] = (5, 10, 20),
     bootstrap: int = 1000,
     settings: RunSettings | None = None,
+    params: Mapping[str, Any] | None = None,
 ) -> ModelEvaluation:
     """Fit ``name`` on the training part and measure it on the held-out part (plus RMSE/MAE if it rates).
+
+    ``params`` replace fields of the model's registered config (``RunConfig.model_params``; checked there).
 
     ``metrics`` holds every metric at the leaderboard cut-off ``k`` under plain names (``ndcg``, ``coverage``,
     ...), the bootstrap interval of each as ``<name>_ci_low`` / ``<name>_ci_high``, and timings; ``full`` keeps
@@ -242,7 +246,7 @@ def evaluate(
     fitted: list[Recommender] = []
 
     def new_model() -> Recommender:
-        fitted.append(cls())
+        fitted.append(make_model(name, params))
         return fitted[-1]
 
     start = time.perf_counter()
@@ -258,7 +262,7 @@ def evaluate(
         )
         metrics = _metrics_at(full, k)
         if cls.predicts_ratings and data.has_ratings:
-            rating = evaluate_ratings(lambda: cls(), data.interactions, seed=seed, settings=settings)
+            rating = evaluate_ratings(lambda: make_model(name, params), data.interactions, seed=seed, settings=settings)
             metrics.update(rmse=rating["rmse"], mae=rating["mae"], rating_fit_seconds=rating["fit_seconds"])
         weights = _warm_start_weights(fitted[0], data.split.train)
     except Exception as exc:  # one model's failure must not sink the others; the flow reports it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
@@ -16,7 +18,12 @@ from recmodels.torch_utils import torch_threads
 
 @task(name="evaluate-model", cache_policy=NO_CACHE, task_run_name="evaluate-{name}")
 def evaluate_model(
-    name: str, data: PreparedData | DataRef, k: int, seed: int, threads: int | None = None
+    name: str,
+    data: PreparedData | DataRef,
+    k: int,
+    seed: int,
+    threads: int | None = None,
+    params: dict[str, Any] | None = None,
 ) -> ModelEvaluation:
     """Fit on the training part, measure on the temporal holdout; a failure is returned, not raised.
 
@@ -24,13 +31,14 @@ def evaluate_model(
     task's share of the cores on the thread runner (``flows.runners.task_threads``; None elsewhere), set as the
     task thread's torch count rather than as ``RunSettings.threads``: a cap, not a request, so the models that
     choose one thread on their own (bpr's small steps, the deep models on CPU) still do. torch's count is per
-    thread, so the other tasks keep theirs.
+    thread, so the other tasks keep theirs. ``params``: the run's hyperparameters for this model
+    (``RunConfig.model_params``); the refit takes them from the evaluated model's config.
     """
     tune_malloc()  # once per process: the worker processes of the process and Dask runners included
     logger = get_run_logger()
     settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (evaluation)", log=logger.info))
     with torch_threads(threads):
-        result = evaluate(name, resolve(data), k=k, seed=seed, settings=settings)
+        result = evaluate(name, resolve(data), k=k, seed=seed, settings=settings, params=params)
     if result.ok:
         shown = {m: round(v, 4) for m, v in result.metrics.items() if not m.endswith("_seconds")}
         logger.info("%s evaluated in %.2f s: %s", name, result.seconds, shown)

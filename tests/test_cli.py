@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -92,10 +93,67 @@ def test_toml_config_with_flag_overrides(tmp_path: Path) -> None:
     assert "db_url" not in config.model_dump()
 
 
+def test_model_params_from_toml_and_flags(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(
+        '[run]\nmodels = ["als", "gru4rec"]\n'
+        "[run.model_params.als]\nfactors = 32\nregularization = 5\n"
+        '[run.model_params.gru4rec]\nmax_len = "none"\nnegatives = 512\n'  # TOML has no null: "none"
+    )
+    argv = ["run", "--config", str(path), "--param", "als.factors=16", "--param", "gru4rec.negatives=null"]
+    argv += ["--param", "item_knn.weighting=bm25", "--param", "caser.horizon=3", "--param", "bpr.learning_rate=0.1"]
+    config = config_from_args(build_parser().parse_args(argv))
+    # Flags win field by field over the file; values come out as the fields' types.
+    assert config.model_params == {
+        "als": {"factors": 16, "regularization": 5.0},
+        "gru4rec": {"max_len": None, "negatives": None},
+        "item_knn": {"weighting": "bm25"},
+        "caser": {"horizon": 3},
+        "bpr": {"learning_rate": 0.1},
+    }
+    assert isinstance(config.model_params["als"]["regularization"], float)
+    # Plain text that is a number is converted by the field's type; the run record keeps the converted value.
+    assert build_config({"model_params": {"als": {"factors": "8"}}}).model_params == {"als": {"factors": 8}}
+    assert RunConfig(model_params={"als": {"factors": 8}}).recorded_parameters()["model_params"] == {
+        "als": {"factors": 8}
+    }
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"alz": {"factors": 8}}, "unknown model 'alz'; choose from"),
+        ({"als": {"factor": 8}}, "als has no hyperparameter 'factor' (did you mean 'factors'?)"),
+        ({"als": {"factors": 0}}, "als: factors must be ≥ 1, got 0"),
+        ({"als": {"factors": 1.5}}, "als: factors: Input should be a valid integer"),
+        ({"item_knn": {"weighting": "bm26"}}, "item_knn: weighting: Input should be 'none', 'bm25' or 'tfidf'"),
+        ({"bpr": {"learning_rate": "fast"}}, "bpr: learning_rate: Input should be a valid number"),
+        ({"ease": {"regularization": "none"}}, "ease: regularization: Input should be a valid number"),
+    ],
+)
+def test_bad_model_params_name_the_model_and_field(params: dict[str, dict[str, object]], message: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        build_config({"model_params": params})
+    assert message in str(excinfo.value) and "Value error" not in str(excinfo.value)
+
+
+def test_models_command_shows_hyperparameters(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--params", "als"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("als (matrix_factorization): set with --param als.FIELD=VALUE or [run.model_params.als]")
+    assert "  factors = 64  (int)\n      latent dimensions per user and item." in out
+    assert main(["models", "--params"]) == 0  # every model
+    out = capsys.readouterr().out
+    assert "gru4rec (neural)" in out and "  negatives = None  (int | None)" in out
+    assert main(["models", "--params", "alz"]) == 2
+    assert "unknown model 'alz'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["run", "--models", "popularity,nope"], "unknown model 'nope'; choose from"),
+        (["run", "--param", "als.factor=8"], "did you mean 'factors'?"),
         (["run", "--models", ","], "models is empty"),
         (["run", "--families", "quantum"], "choose from"),
         (["run", "--dataset", "csv"], "needs interactions"),
@@ -121,6 +179,8 @@ def test_bad_options_give_a_message_not_a_traceback(
         ["run", "--as-of", "yesterday"],
         ["run", "--task-runner", "ray"],
         ["run", "--dataset", "oracle"],
+        ["run", "--param", "als=8"],
+        ["run", "--param", "factors=8"],
         ["frobnicate"],
     ],
 )
@@ -306,3 +366,14 @@ def test_read_commands_explain_a_missing_or_empty_database(
     assert main(["recommendations", "--user", "1", "--db-url", f"sqlite:///{empty}"]) == 2
     err = capsys.readouterr().err
     assert "holds no recforge tables" in err and "OperationalError" not in err
+
+
+def test_a_reader_that_leaves_early_stops_the_command_quietly() -> None:
+    import subprocess
+
+    recforge = Path(sys.executable).with_name("recforge")
+    done = subprocess.run(
+        f"'{recforge}' models --params | head -n 1", shell=True, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.startswith("popularity (baseline)") and done.stdout.count("\n") == 1
+    assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,41 @@ def test_thread_runner_tasks_get_their_share_of_the_cores(tmp_path: Path, monkey
     config = RunConfig(models=["popularity", "als"], top_n=5, max_workers=2, output_dir=str(tmp_path / "var"))
     assert recommend(config=config, db_url=f"sqlite:///{tmp_path / 'rf.db'}")["status"] == "completed"
     assert sorted(seen) == [("evaluate", 1, None)] * 2 + [("refit", 1, None)] * 2
+
+
+def test_model_params_reach_each_models_evaluation_and_refit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.train
+    from flows.recommend import recommend
+
+    seen: dict[str, list[Any]] = {"evaluate": [], "refit": []}
+    evaluate, fit_and_recommend = tasks.train.evaluate, tasks.train.fit_and_recommend
+
+    def recording_evaluate(name: str, *args: Any, params: Any = None, **kwargs: Any) -> Any:
+        result = evaluate(name, *args, params=params, **kwargs)
+        seen["evaluate"].append((name, params, result.refit_config))
+        return result
+
+    def recording_refit(name: str, *args: Any, config: Any = None, **kwargs: Any) -> Any:
+        seen["refit"].append((name, config))
+        return fit_and_recommend(name, *args, config=config, **kwargs)
+
+    monkeypatch.setattr(tasks.train, "evaluate", recording_evaluate)
+    monkeypatch.setattr(tasks.train, "fit_and_recommend", recording_refit)
+    config = RunConfig(
+        models=["popularity", "als"],
+        model_params={"als": {"factors": 6, "iterations": 2}, "ease": {"regularization": 50}},  # ease: not trained
+        top_n=5,
+        output_dir=str(tmp_path / "var"),
+    )
+    url = f"sqlite:///{tmp_path / 'rf.db'}"
+    assert recommend(config=config, db_url=url)["status"] == "completed"
+    evaluated = {name: (params, refit) for name, params, refit in seen["evaluate"]}
+    assert evaluated["popularity"][0] is None and evaluated["als"][0] == {"factors": 6, "iterations": 2}
+    assert evaluated["als"][1]["factors"] == 6 and evaluated["als"][1]["iterations"] == 2
+    assert dict(seen["refit"])["als"] == evaluated["als"][1]  # the refit trains what was evaluated
+    # The run record keeps the overrides, so a published table can be traced to the settings that made it.
+    (parameters,) = _table(url, "runs")["parameters"]
+    assert json.loads(parameters)["model_params"]["als"] == {"factors": 6, "iterations": 2}
 
 
 def test_low_memory_is_warned_about_in_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

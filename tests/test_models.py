@@ -19,7 +19,7 @@ from recforge.split import TemporalSplit, temporal_holdout
 from recmodels import base as recmodels_base
 from recmodels.base import Recommender, RunSettings, top_k, topk_set
 from recmodels.data import Interactions
-from recmodels.registry import DEFAULT_MODELS, families, get_model_class, model_names
+from recmodels.registry import DEFAULT_MODELS, families, get_model_class, hyperparameters, model_names
 
 # Minimum NDCG@10 on ML-100K (per-user temporal holdout, 20%): a floor a little under what each model measures,
 # so a regression fails while run-to-run noise does not. docs/BENCHMARKS.md has the measured values.
@@ -77,6 +77,15 @@ def test_every_model_has_a_floor() -> None:
     assert set(MIN_NDCG) == set(model_names())
     assert set(DEFAULT_MODELS) <= set(model_names())
     assert sum(len(v) for v in families().values()) == len(model_names())
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_hyperparameter_is_documented(name: str) -> None:
+    # `recforge models --params` shows these texts, and `model_params` may set every field.
+    described = hyperparameters(name)
+    assert [h.name for h in described] == list(get_model_class(name).config_class.__dataclass_fields__)
+    assert all(len(h.doc) > 10 for h in described), [h.name for h in described if len(h.doc) <= 10]
+    assert {h.name: h.default for h in described} == get_model_class(name).config_class().to_dict()
 
 
 @pytest.mark.parametrize("name", model_names())

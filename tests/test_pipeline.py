@@ -26,7 +26,7 @@ from recforge.pipeline import (
 )
 from recforge.validation import validate_dataset
 from recmodels.base import Recommender
-from recmodels.knn.item import ItemKNNConfig
+from recmodels.knn.item import ItemKNN, ItemKNNConfig
 from recmodels.neural.gru4rec import GRU4Rec, GRU4RecConfig
 
 M = TypeVar("M", bound=Recommender)
@@ -177,6 +177,21 @@ def test_a_deep_models_refit_starts_from_its_evaluated_weights(
     assert knn.weights is None
     with pytest.raises(TypeError, match="only deep models"):
         fit_and_recommend("item_knn", prepared, top_n=5, weights=weights)
+
+
+def test_model_params_reach_the_evaluated_and_the_refitted_model(
+    prepared: PreparedData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fitted = _record_fits(monkeypatch, ItemKNN)
+    evaluated = evaluate("item_knn", prepared, k=10, bootstrap=0, params={"neighbors": 7, "weighting": "tfidf"})
+    assert evaluated.ok and fitted and all(m.config.neighbors == 7 for m in fitted)
+    assert evaluated.refit_config == {**ItemKNNConfig().to_dict(), "neighbors": 7, "weighting": "tfidf"}
+    default = evaluate("item_knn", prepared, k=10, bootstrap=0)
+    assert evaluated.metrics["ndcg"] != default.metrics["ndcg"]  # the fit really changed
+    fitted.clear()
+    fit_and_recommend("item_knn", prepared, top_n=5, config=evaluated.refit_config, cold_start=False)
+    (model,) = fitted
+    assert model.config.neighbors == 7 and model.config.weighting == "tfidf"
 
 
 def test_failed_model_is_reported_not_raised(prepared: PreparedData, monkeypatch: pytest.MonkeyPatch) -> None:
