@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 
 from recforge.champion import LOWER_IS_BETTER, Candidate, ChampionRules, ChampionSelection, select_champion
-from recforge.data.contract import ITEM, RATING, USER, DataError, Dataset
+from recforge.data.contract import ITEM, RATING, TIMESTAMP, USER, DataError, Dataset
 from recforge.evaluation import FullEvaluation, evaluate_full, evaluate_ratings
 from recforge.features import item_features, user_features
 from recforge.ids import IdIndex
 from recforge.prepare import CleaningReport, Imputer, clean_interactions, declared_rules
-from recforge.split import TemporalSplit, events_before, temporal_holdout
+from recforge.split import TemporalSplit, stamped_before, temporal_holdout
 from recforge.store import ChampionDecision
 from recforge.validation import ValidationReport
 from recmodels.base import Recommender, RunSettings
@@ -121,29 +121,40 @@ def prepare(
     test_fraction: float = 0.2,
     impute: Mapping[str, Mapping[str, str]] | None = None,
 ) -> PreparedData:
-    """Clean the validated data, keep events before ``as_of``, split by time, impute and compute features.
+    """Keep the events before ``as_of``, clean them, split by time, impute and compute features.
 
-    ``impute`` declares strategies per table and column (``{"users": {"age": "mean"}}``); the fill values are
-    learned from the entities of the training part only.
+    The cut comes first: cleaning collapses a (user, item) pair's repeated events into the latest one, which
+    must be the latest before ``as_of`` — cut afterwards, a pair repeated after ``as_of`` vanished from the run,
+    and ``repeat_count`` counted events from its future. ``impute`` declares strategies per table and column
+    (``{"users": {"age": "mean"}}``); the fill values are learned from the entities of the training part only.
     """
     impute = impute or {}
-    loaded = len(dataset.interactions)
-    cleaned, cleaning = clean_interactions(
-        dataset.interactions,
-        drop_rows=report.rows_to_drop.get("interactions"),
+    raw = dataset.interactions
+    loaded = len(raw)
+    stamped = stamped_before(raw, as_of)
+    # Rows without a timestamp stay for cleaning, which drops and counts them ("missing timestamp").
+    window = stamped | raw[TIMESTAMP].isna().to_numpy()
+    if not stamped.any():
+        # A DataError like the other "this data cannot make a run" cases: the CLI reports it as a data problem.
+        first = raw[TIMESTAMP].min()
+        raise DataError(
+            f"no interactions of {dataset.name!r} happened before as_of={as_of.isoformat()}: "
+            f"choose a later --as-of (the data's first event is {first if pd.notna(first) else 'absent'})"
+        )
+    # Validation named rows by position in the whole file: keep those in the window, renumbered.
+    positions = np.cumsum(window) - 1
+    drop_rows = {}
+    for reason, rows in (report.rows_to_drop.get("interactions") or {}).items():
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        drop_rows[reason] = positions[rows[window[rows]]]
+    before, cleaning = clean_interactions(
+        raw.iloc[np.flatnonzero(window)] if not window.all() else raw,
+        drop_rows=drop_rows,
         known_users=None if dataset.users is None else pd.Index(dataset.users[USER]),
         known_items=None if dataset.items is None else pd.Index(dataset.items[ITEM]),
     )
-    if cleaned.empty and loaded:
-        raise DataError(_nothing_left_after_cleaning(dataset, cleaning))
-    before = events_before(cleaned, as_of)
     if before.empty:
-        # A DataError like the other "this data cannot make a run" cases: the CLI reports it as a data problem.
-        raise DataError(
-            f"no interactions of {dataset.name!r} happened before as_of={as_of.isoformat()}: "
-            "choose a later --as-of (the data's first event is "
-            f"{cleaned['timestamp'].min() if len(cleaned) else 'absent'})"
-        )
+        raise DataError(_nothing_left_after_cleaning(dataset, cleaning))
     split = temporal_holdout(before, test_fraction=test_fraction)
     if split.test.empty:
         # Every model would fail its evaluation with the same error; say it once, with the counts behind it.
@@ -183,8 +194,8 @@ def prepare(
         imputation=imputation,
         row_counts={
             "loaded": loaded,
-            "cleaned": len(cleaned),
-            "before_as_of": len(before),
+            "before_as_of": int(window.sum()),
+            "cleaned": len(before),
             "train": len(split.train),
             "test": len(split.test),
             "users": int(before[USER].nunique()),

@@ -44,6 +44,11 @@ def events_before(interactions: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
     An event stamped exactly at ``as_of`` belongs to the next window, so consecutive daily runs never count it
     twice. Naive datetimes are refused rather than guessed to be UTC.
     """
+    return interactions.loc[stamped_before(interactions, as_of)]
+
+
+def stamped_before(interactions: pd.DataFrame, as_of: datetime) -> np.ndarray:
+    """Boolean mask of :func:`events_before`'s rows (False for a missing timestamp)."""
     _require_columns(interactions, (TIMESTAMP,), "events_before")
     stamp = pd.Timestamp(as_of)
     if stamp.tzinfo is None:
@@ -51,7 +56,7 @@ def events_before(interactions: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
             f"events_before: as_of={as_of!r} has no time zone; pass an aware datetime, "
             "e.g. datetime(2024, 1, 1, tzinfo=timezone.utc)"
         )
-    return interactions.loc[interactions[TIMESTAMP] < stamp]
+    return (interactions[TIMESTAMP] < stamp).to_numpy(dtype=bool, na_value=False)
 
 
 @dataclass(frozen=True)

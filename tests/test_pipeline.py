@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -43,13 +45,13 @@ def prepared() -> PreparedData:
 def test_prepare_cuts_at_as_of_and_splits_without_leakage(prepared: PreparedData) -> None:
     assert (prepared.interactions["timestamp"] < pd.Timestamp(AS_OF)).all()
     counts = prepared.row_counts
-    assert counts["loaded"] == 9_000 and counts["cleaned"] < counts["loaded"]  # duplicates collapsed
-    assert counts["before_as_of"] < counts["cleaned"]  # the synthetic data runs past May
+    assert counts["loaded"] == 9_000 and counts["before_as_of"] < counts["loaded"]  # the data runs past May
+    assert counts["cleaned"] < counts["before_as_of"]  # duplicates collapsed
     split = prepared.split
     no_train = ~prepared.interactions["user_id"].isin(split.train["user_id"])
     assert no_train.any() and int(prepared.interactions.loc[no_train, "user_id"].nunique()) == split.users_without_train
     accounted = counts["train"] + counts["test"] + split.dropped_unseen_items + int(no_train.sum())
-    assert accounted == counts["before_as_of"]
+    assert accounted == counts["cleaned"]
     # Per user, every test event is at or after the user's last training event.
     last_train = prepared.split.train.groupby("user_id")["timestamp"].max()
     first_test = prepared.split.test.groupby("user_id")["timestamp"].min()
@@ -64,6 +66,25 @@ def test_prepare_refuses_an_as_of_before_all_data() -> None:
     report = validate_dataset(dataset)
     with pytest.raises(DataError, match=r"before as_of=2000-01-01.*choose a later --as-of"):
         prepare(dataset, report, datetime(2000, 1, 1, tzinfo=UTC))
+
+
+def test_a_pair_repeated_after_as_of_keeps_its_events_before_it() -> None:
+    """The as_of cut comes before cleaning collapses repeats: a pair whose latest repeat is after as_of keeps its
+    latest event before as_of (it used to vanish), and its repeat count holds only events before as_of."""
+    dataset = generate_synthetic(n_users=80, n_items=60, n_events=2_000)
+    as_of = datetime(2024, 3, 1, tzinfo=UTC)
+    events = dataset.interactions
+    early = events[events["timestamp"] < pd.Timestamp(as_of)]
+    repeats = early.assign(timestamp=pd.Timestamp("2024-06-01", tz="UTC"))  # every early pair again, later
+    shifted = dataclasses.replace(dataset, interactions=pd.concat([events, repeats], ignore_index=True))
+    baseline = prepare(dataset, validate_dataset(dataset), as_of)
+    repeated = prepare(shifted, validate_dataset(shifted), as_of)
+    pd.testing.assert_frame_equal(repeated.interactions, baseline.interactions)  # repeat_count included
+    assert repeated.row_counts["before_as_of"] == baseline.row_counts["before_as_of"] == len(early)
+    # The first event an early as_of is told about is the data's, not the first of the collapsed pairs.
+    first = events["timestamp"].min()
+    with pytest.raises(DataError, match=re.escape(f"first event is {first})")):
+        prepare(shifted, validate_dataset(shifted), first.to_pydatetime())
 
 
 def test_prepare_refuses_data_with_nothing_to_evaluate() -> None:
