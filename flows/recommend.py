@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from recforge.pipeline import (
     leaderboard,
     metrics_frame,
 )
-from recforge.store import PUBLISHED_ALL_OR_NOTHING, Store
+from recforge.store import PUBLISHED_ALL_OR_NOTHING, ChampionDecision, Store
 from recmodels.registry import get_model_class
 from tasks.ingest import ingest
 from tasks.prepare import prepare_data
@@ -170,7 +171,11 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         _leaderboard_artifact(board, config.k)
         # Guard rails (coverage floor, no significant regression) may reject every model: then no champion row
         # is written and the view keeps serving the previous champion.
-        selection = choose_champion(ok_results, config.primary_metric, config.k) if ok_results else None
+        selection = (
+            choose_champion(ok_results, config.primary_metric, config.k, previous=_previous_champion(url, as_of))
+            if ok_results
+            else None
+        )
         champion = selection.to_decision() if selection is not None and selection.model else None
         metrics = metrics_frame(results, config.k, refits=recommendations)
         if recommendations:
@@ -295,6 +300,15 @@ def _measured_seconds(url: str, dataset: str, names: list[str]) -> dict[str, flo
     finally:
         if store is not None:
             store.dispose()
+
+
+def _previous_champion(url: str, as_of: datetime) -> ChampionDecision | None:
+    """The champion of the latest as_of before this run's, the bar of the no-regression guard rail."""
+    store = Store(url)
+    try:
+        return store.previous_champion(as_of)
+    finally:
+        store.dispose()
 
 
 def _order_line(costs: dict[str, float]) -> str:

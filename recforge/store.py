@@ -938,6 +938,21 @@ class Store:
             if "fit_seconds" in t
         }
 
+    def previous_champion(self, as_of: datetime) -> ChampionDecision | None:
+        """The champion chosen for the latest ``as_of`` before this one (what was served before it), or None.
+
+        A rerun of the same ``as_of`` compares with the date before, not with the decision it replaces.
+        """
+        stmt = (
+            select(champions_table.c.model, champions_table.c.metric, champions_table.c.value, champions_table.c.reason)
+            .where(champions_table.c.as_of < to_naive_utc(as_of))
+            .order_by(champions_table.c.as_of.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else ChampionDecision(row.model, row.metric, float(row.value), row.reason)
+
     # -- metrics and features -----------------------------------------------------------------------------
 
     def write_metrics(self, run_id: str, metrics: pd.DataFrame, *, conn: Connection | None = None) -> int:

@@ -157,6 +157,41 @@ def test_model_params_reach_each_models_evaluation_and_refit(tmp_path: Path, mon
     assert json.loads(parameters)["model_params"]["als"] == {"factors": 6, "iterations": 2}
 
 
+def test_a_significantly_worse_model_does_not_replace_the_previous_champion(tmp_path: Path, ml100k_dir: Path) -> None:
+    """The no-regression guard rail reads the champion of the date before: a later run whose only model is far
+    below it publishes its rows but names no champion, and the view keeps serving the earlier champion."""
+    from flows.recommend import recommend
+
+    url = f"sqlite:///{tmp_path / 'rf.db'}"
+    source = {"kind": "movielens-100k", "data_dir": str(ml100k_dir)}
+
+    def run(models: list[str], as_of: str) -> dict[str, Any]:
+        config = RunConfig(
+            source=source,
+            models=models,
+            as_of=as_of,
+            top_n=5,
+            model_params={"bpr": {"epochs": 1}},  # barely trained: wide coverage, far lower NDCG
+            output_dir=str(tmp_path / "var"),
+        )
+        return recommend(config=config, db_url=url)
+
+    first = run(["popularity", "item_knn"], "1998-03-01T00:00:00Z")
+    assert first["champion"] == "item_knn" and "no previous champion" in first["champion_reason"]
+    second = run(["bpr"], "1998-04-01T00:00:00Z")
+    assert second["status"] == "completed" and second["champion"] is None
+    reason = second["champion_reason"]
+    assert "bpr" in reason and "item_knn" in reason and "regression" in reason, reason
+    champions = _table(url, "champions")
+    assert list(champions["model"]) == ["item_knn"]
+    served = _table(url, "champion_recommendations")
+    assert set(served["model"]) == {"item_knn"} and served["as_of"].nunique() == 1
+    assert set(_table(url, "publications")["model"]) == {"popularity", "item_knn", "bpr"}  # bpr still published
+    # A later run whose champion holds up against the stored one is chosen, with the comparison in its reason.
+    third = run(["popularity", "item_knn"], "1998-04-01T00:00:00Z")
+    assert third["champion"] == "item_knn" and "no previous champion" not in third["champion_reason"]
+
+
 def test_low_memory_is_warned_about_in_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The memory watch runs inside a real flow run, through training and publishing, and reports in its summary."""
     from flows.recommend import recommend
