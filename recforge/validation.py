@@ -15,6 +15,8 @@ Run-time rules applied to the stored suites before each validation:
 - An expectation on a column the table lacks is skipped; required columns have their own critical
   ``expect_column_to_exist``, so a missing column is reported once and clearly instead of crashing.
 - ``meta.columns_at_run_time == "all"`` sets ``column_list`` to every column of the table (exact-duplicate rows).
+- A ``rating`` column with no value in any row is implicit data, as if the column were absent: the expectations
+  on that column alone are skipped (each of its rows would otherwise be "missing a rating", and dropped).
 
 Great Expectations is imported inside the functions (it takes seconds to import) and every call builds its own
 ephemeral context: one context shared by threads was seen to report one frame's results for another.
@@ -38,7 +40,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from recforge.data.contract import ITEM, USER, DataError, Dataset
+from recforge.data.contract import ITEM, RATING, USER, DataError, Dataset
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationSuiteValidationResult
@@ -322,6 +324,7 @@ def _prepare_suite(suite: dict[str, Any], frame: pd.DataFrame, parameters: Mappi
     order GX reports them in.
     """
     columns = set(map(str, frame.columns))
+    empty_ratings = RATING in frame.columns and not frame[RATING].notna().any()
     kept: list[dict[str, Any]] = []
     for spec in suite["expectations"]:
         spec = json.loads(json.dumps(spec))  # deep copy: the stored suite stays untouched
@@ -333,6 +336,8 @@ def _prepare_suite(suite: dict[str, Any], frame: pd.DataFrame, parameters: Mappi
             continue
         needed = [kwargs["column"]] if "column" in kwargs else list(kwargs.get("column_list", []))
         if spec["type"] != "expect_column_to_exist" and not set(needed) <= columns:
+            continue
+        if empty_ratings and kwargs.get("column") == RATING:
             continue
         meta["recforge_index"] = len(kept)
         kept.append(spec)

@@ -168,6 +168,22 @@ def test_rating_range_follows_the_dataset_and_is_skipped_without_one() -> None:
     assert not [o for o in unknown.outcomes if (o.column, o.expectation[-10:]) == ("rating", "be_between")]
 
 
+@pytest.mark.parametrize("empty", [np.nan, None], ids=["csv-blank", "sql-null"])
+def test_a_rating_column_without_any_value_is_implicit_data(empty: object) -> None:
+    # A blank rating column (CSV) or an all-NULL one (SQL) is not "every row misses its rating": validation
+    # skips that column's checks, so cleaning keeps every row, and the data set has no ratings.
+    frame = _interactions().assign(rating=pd.Series([empty] * N_ROWS, dtype=object if empty is None else float))
+    report = validate_dataset(_dataset(frame), now=NOW)
+    assert report.passed
+    assert not [o for o in report.outcomes if o.column == "rating"]
+    assert not any(len(rows) for rows in report.rows_to_drop.get("interactions", {}).values())
+    frame.loc[0, "rating"] = 4.0  # one rating given: the others are missing ones again
+    partial = validate_dataset(_dataset(frame), now=NOW)
+    assert _outcome(partial, "interactions", "expect_column_values_to_not_be_null", "rating").unexpected_count == (
+        N_ROWS - 1
+    )
+
+
 def test_null_ids_are_critical() -> None:
     frame = _interactions()
     frame.loc[4, "user_id"] = None
