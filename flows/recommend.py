@@ -52,7 +52,7 @@ from tasks.validate import validate_with_docs
 
 
 class ModelsFailed(RuntimeError):
-    """Some models failed; the others were published. The message lists the failures."""
+    """Some models failed (the others, if any, were published); the message lists the failures."""
 
 
 @flow(name="recommend", validate_parameters=True)
@@ -235,9 +235,12 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         _close_interrupted_run(url, run_id, timings, exc)
         raise
     if failed:
-        raise ModelsFailed(
-            f"{len(failed)} of {len(names)} models failed ({error}); the others were published as run {run_id}"
+        outcome = (
+            f"the others were published as run {run_id}"
+            if recommendations
+            else f"nothing was published (run {run_id}); the previous tables stay as they were"
         )
+        raise ModelsFailed(f"{len(failed)} of {len(names)} models failed ({error}); {outcome}")
     return summary
 
 

@@ -57,7 +57,9 @@ class RunConfig(BaseModel):
         '"none"}; undeclared columns get median (numeric) or most_frequent (other).',
     )
     min_interactions: int = Field(default=10, ge=1, description="Validation floor on the interactions row count.")
-    seed: int = Field(default=42, description="Seed for every random choice (models, splits, synthetic data).")
+    seed: int = Field(
+        default=42, ge=0, lt=2**63, description="Seed for every random choice (models, splits, synthetic data)."
+    )
     output_dir: str = Field(default="var", description="Folder for Data Docs, reports and model files.")
     task_runner: TaskRunnerName = Field(default="thread", description="How model tasks run concurrently.")
     dask_address: str | None = Field(default=None, description="Existing Dask scheduler (dask runner only).")

@@ -209,12 +209,14 @@ def _nothing_left_after_cleaning(dataset: Dataset, cleaning: CleaningReport) -> 
     reasons = "; ".join(f"{rows} as {reason!r}" for reason, rows in cleaning.invalid_rows_dropped.items() if rows)
     message = f"{dataset.name}: cleaning kept none of the {cleaning.input_rows} interactions"
     message += f" ({reasons or 'none invalid'})"
+    mismatched = False
     for column, table, name in ((ITEM, dataset.items, "items"), (USER, dataset.users, "users")):
         if table is None:
             continue
         ids = dataset.interactions[column].dropna().astype(str)
         if ids.empty or ids.isin(set(table[column].dropna().astype(str))).any():
             continue
+        mismatched = True
         message += (
             f". Not one interaction's {column} is in the {name} table (interactions: {', '.join(ids.head(3))}; "
             f"{name} table: {', '.join(table[column].astype(str).head(3))})"
@@ -224,7 +226,9 @@ def _nothing_left_after_cleaning(dataset: Dataset, cleaning: CleaningReport) -> 
                 f"; the interactions' {column}s are written as decimals (e.g. {ids.iloc[0]}), as a column with "
                 "empty cells gets exported: write them as whole numbers"
             )
-    return message + ". Ids are compared as text: make the files use the same ids"
+    if mismatched:
+        return message + ". Ids are compared as text: make the files use the same ids"
+    return message + ": fix those rows in the source (the validation report and its Data Docs show samples)"
 
 
 def make_model(name: str, config: Mapping[str, Any] | None = None) -> Recommender:

@@ -53,6 +53,14 @@ class RunSettings:
     batch_size: int = 1024  # users scored per batch in ``recommend``
     progress: ProgressCallback | None = None
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**63:  # numpy's generators refuse negative seeds, deep inside a fit
+            raise ValueError(f"seed must lie in [0, 2**63), got {self.seed}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be ≥ 1 or None (the library default), got {self.threads}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+
     def report(self, stage: str, fraction: float) -> None:
         if self.progress is not None:
             self.progress(stage, fraction)

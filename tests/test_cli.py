@@ -154,6 +154,7 @@ def test_models_command_shows_hyperparameters(capsys: pytest.CaptureFixture[str]
     [
         (["run", "--models", "popularity,nope"], "unknown model 'nope'; choose from"),
         (["run", "--param", "als.factor=8"], "did you mean 'factors'?"),
+        (["run", "--seed", "-1"], "seed: Input should be greater than or equal to 0"),
         (["run", "--models", ","], "models is empty"),
         (["run", "--families", "quantum"], "choose from"),
         (["run", "--dataset", "csv"], "needs interactions"),

@@ -338,8 +338,11 @@ def test_click_data_leaves_out_the_rating_models_it_was_not_asked_for(tmp_path: 
     assert set(_table(url, "recommendations")["model"]) == {"pure_svd", "als", "bpr"}
 
     asked = config.model_copy(update={"families": None, "models": ["popularity", "nmf"]})
-    with pytest.raises(ModelsFailed, match="nmf needs ratings"):
+    with pytest.raises(ModelsFailed, match=r"nmf needs ratings.*the others were published"):
         recommend(config=asked, db_url=url)
+    alone = config.model_copy(update={"families": None, "models": ["nmf"]})
+    with pytest.raises(ModelsFailed, match=r"nmf needs ratings.*nothing was published"):
+        recommend(config=alone, db_url=url)
 
 
 def _run_summary_markdown(flow_run_id: object) -> str:

@@ -348,3 +348,12 @@ def test_top_k_of_wide_rows_matches_a_full_sort(kind: str) -> None:
         reference_values = np.take_along_axis(scores, reference, axis=1)
         np.testing.assert_array_equal(np.where(np.isneginf(reference_values), -1, reference), items)
         np.testing.assert_array_equal(reference_values, values)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"seed": -1}, "seed must lie in"), ({"threads": 0}, "threads must be ≥ 1"), ({"batch_size": 0}, "batch_size")],
+)
+def test_run_settings_refuse_values_a_fit_would_fail_on_later(settings: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RunSettings(**settings)
