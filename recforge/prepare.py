@@ -115,6 +115,19 @@ def _timestamp_order_key(timestamps: pd.Series) -> np.ndarray:
     return pd.DatetimeIndex(timestamps).asi8
 
 
+def _duplicated_rows(frame: pd.DataFrame) -> np.ndarray:
+    """``frame.duplicated(keep="first")``, also for extra columns holding lists or arrays (Parquet list columns),
+    which pandas cannot hash: those are compared by their text form."""
+    try:
+        return frame.duplicated(keep="first").to_numpy()
+    except TypeError:
+        hashable = {
+            column: frame[column].map(repr) if frame[column].dtype == object else frame[column]
+            for column in frame.columns
+        }
+        return pd.DataFrame(hashable, index=frame.index).duplicated(keep="first").to_numpy()
+
+
 def clean_interactions(
     interactions: pd.DataFrame,
     *,
@@ -213,7 +226,7 @@ def clean_interactions(
     frame = interactions.iloc[np.flatnonzero(keep)] if not keep.all() else interactions
     n_valid = len(frame)
 
-    duplicated = frame.duplicated(keep="first").to_numpy()
+    duplicated = _duplicated_rows(frame)
     n_duplicates = int(duplicated.sum())
     if n_duplicates:
         frame = frame.iloc[np.flatnonzero(~duplicated)]

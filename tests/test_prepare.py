@@ -87,6 +87,16 @@ def test_exact_duplicates_counted_apart_from_repeats() -> None:
     assert list(out[USER]) == ["v", "u"]
 
 
+def test_extra_columns_holding_lists_are_kept_and_compared() -> None:
+    # A Parquet list column (tags) cannot be hashed by pandas: rows are compared by the lists' contents.
+    rows = [("u", "i", 3.0, 10), ("u", "i", 3.0, 10), ("u", "i", 3.0, 10), ("v", "i", 1.0, 5)]
+    tags = [np.array(["a", "b"]), np.array(["a", "b"]), np.array(["c"]), ["d"]]
+    out, report = clean_interactions(_interactions(rows, tags=tags))
+    assert report.exact_duplicates_dropped == 1  # the two ["a", "b"] rows; ["c"] differs
+    assert report.repeats_collapsed == 1
+    assert [list(t) for t in out["tags"]] == [["d"], ["c"]]
+
+
 def test_output_sorted_by_timestamp_then_user_then_item() -> None:
     frame = _interactions(
         [("b", "y", 1.0, 7), ("a", "z", 1.0, 7), ("a", "x", 1.0, 7), ("c", "c", 1.0, 1), ("a", "a", 1.0, 9)]
