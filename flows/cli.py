@@ -618,12 +618,7 @@ def cmd_recommendations(args: argparse.Namespace) -> int:
     store = _published_store(args.db_url)
     frame = store.read_recommendations(_stored_user(args), model=args.model, as_of=args.as_of, limit=args.limit)
     if frame.empty:
-        which = f"model {args.model!r}" if args.model else "the champion model"
-        print(
-            f"no recommendations from {which} for user {args.user!r} in {store.url_masked}; "
-            "check the id, or run `recforge run` first",
-            file=sys.stderr,
-        )
+        print(_why_no_recommendations(store, args), file=sys.stderr)
         return 1
     shown = ["as_of", "model", "user_id", "rank", "item_id", "score", "run_id"]
     if args.explain:
@@ -631,6 +626,32 @@ def cmd_recommendations(args: argparse.Namespace) -> int:
         shown += ["strategy", "reason"]
     print(frame[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
+
+
+def _why_no_recommendations(store: Store, args: argparse.Namespace) -> str:
+    """The empty answer explained: nothing published, an as_of or model never published, or an unknown user."""
+    import pandas as pd
+
+    which = f"model {args.model!r}" if args.model else "the champion model"
+    start = f"no recommendations from {which} for user {args.user!r} in {store.url_masked}"
+    published = store.publications()
+    if published.empty:
+        return f"{start}: nothing is published there yet; run `recforge run` first"
+    models = sorted(set(published["model"]))
+    if args.model and args.model not in models:
+        return f"{start}: {args.model!r} was never published; published models: {', '.join(models)}"
+    dates = published if not args.model else published[published["model"] == args.model]
+    if args.as_of is not None:
+        at = dates[dates["as_of"] == pd.Timestamp(args.as_of)]
+        if at.empty:
+            shown = ", ".join(str(d) for d in dates["as_of"].drop_duplicates().head(5))
+            return f"{start}: nothing was published for as_of {args.as_of}; the latest published: {shown}"
+        if not args.model and not at["champion"].any():
+            return (
+                f"{start}: as_of {args.as_of} has no champion (its models: {', '.join(at['model'])}); "
+                "name one with --model"
+            )
+    return f"{start}: check the user id (as in the source data)"
 
 
 def cmd_forget(args: argparse.Namespace) -> int:

@@ -1187,6 +1187,20 @@ class Store:
             written["recommendations"] = self.publish(run_id, as_of, recommendations, champion, conn=conn)
         return written
 
+    def publications(self) -> pd.DataFrame:
+        """What was published: one row per ``as_of`` and model (columns as_of, model, champion), newest first."""
+        pub = publications_table
+        stmt = (
+            select(pub.c.as_of, pub.c.model, (champions_table.c.model.is_not(None)).label("champion"))
+            .outerjoin(
+                champions_table, and_(champions_table.c.as_of == pub.c.as_of, champions_table.c.model == pub.c.model)
+            )
+            .order_by(pub.c.as_of.desc(), pub.c.model)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return pd.DataFrame(rows, columns=["as_of", "model", "champion"])
+
     def read_recommendations(
         self,
         user_id: str,

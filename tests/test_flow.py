@@ -308,6 +308,15 @@ def test_cli_run_models_and_recommendations(
     assert out.count("item_knn") == 3
     assert main(["recommendations", "--user", "no-such-user", "--db-url", url]) == 1
     assert "no recommendations" in capsys.readouterr().err
+    # An empty answer says why: a model never published, an as_of never published, or else the user id.
+    assert main(["recommendations", "--user", "42", "--model", "als", "--db-url", url]) == 1
+    assert "'als' was never published; published models: item_knn, popularity" in capsys.readouterr().err
+    assert main(["recommendations", "--user", "42", "--as-of", "1990-01-01", "--db-url", url]) == 1
+    assert (
+        "nothing was published for as_of 1990-01-01 00:00:00+00:00; the latest published: " in capsys.readouterr().err
+    )
+    assert main(["recommendations", "--user", "no-such-user", "--model", "item_knn", "--db-url", url]) == 1
+    assert capsys.readouterr().err.endswith("check the user id (as in the source data)\n")
 
 
 def test_click_data_leaves_out_the_rating_models_it_was_not_asked_for(tmp_path: Path) -> None:
