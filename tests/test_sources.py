@@ -793,6 +793,13 @@ def test_sql_argument_and_query_errors(sqlite_url: str) -> None:
         load_sql(sqlite_url, table="events")
 
 
+def test_a_missing_sqlite_file_is_reported_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+    with pytest.raises(DataError, match=f"no SQLite database file at {missing}"):
+        load_sql(f"sqlite:///{missing}", table="events")
+    assert not missing.exists()
+
+
 def test_sql_query_side_effects_are_rolled_back(sqlite_url: str) -> None:
     cols = {"user_id": "customer", "item_id": "sku", "timestamp": "at"}
     deleted = load_sql(sqlite_url, query="DELETE FROM events WHERE stars < 3 RETURNING customer, sku, at", columns=cols)

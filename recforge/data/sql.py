@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
@@ -69,6 +70,7 @@ def load_sql(
         raise DataError("give exactly one of table (a table name) or query (SQL text) for the SQL source")
     mapping = check_column_mapping(columns)
     masked = mask_url(url)
+    _require_sqlite_file(url, masked)
     try:
         engine = sa.create_engine(url)
     except (sa.exc.ArgumentError, ValueError, ImportError) as exc:
@@ -168,6 +170,19 @@ def _scrub(message: str, url: str) -> str:
     except (sa.exc.ArgumentError, ValueError):
         return message
     return message.replace(str(password), "***") if password else message
+
+
+def _require_sqlite_file(url: str, masked: str) -> None:
+    """A SQLite source must exist: connecting to a missing file would create an empty database there."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return  # create_engine reports it
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return
+    if not Path(database).is_file():
+        raise DataError(f"no SQLite database file at {Path(database).resolve()} (from {masked}): check the path")
 
 
 def _qualified(name: str | None, schema: str | None) -> str:
