@@ -41,6 +41,7 @@ from recforge.metrics import (
     topn_metrics,
     topn_per_user_at,
 )
+from recforge.prepare import RATING_MISSING
 from recforge.protocols import RatingFold
 from recforge.split import TemporalSplit, random_rating_split
 from recforge.uncertainty import DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, bootstrap_cis
@@ -157,6 +158,9 @@ def evaluate_ratings(
 ) -> dict[str, float]:
     """Rating protocol: random 80/20 row split (:func:`~recforge.split.random_rating_split`), RMSE and MAE.
 
+    Rows marked ``rating_missing`` (events whose rating the source lacked, filled in by the pipeline) are left
+    out of both parts: their rating is not a measurement.
+
     Test pairs whose user or item is absent from train are still scored: they reach the model as index ``-1``
     and the model's own fallback answers (counted in ``unknown_pairs``). Returns ``rmse``, ``mae``,
     ``fit_seconds``, ``predict_seconds``, ``test_rows`` and ``unknown_pairs``.
@@ -165,6 +169,8 @@ def evaluate_ratings(
     model = model_factory()
     if not type(model).predicts_ratings:
         raise ValueError(f"{model.name} does not predict ratings; evaluate it with evaluate_topn instead")
+    if RATING_MISSING in interactions.columns:  # events whose rating the source lacked: no rating to measure
+        interactions = interactions[~interactions[RATING_MISSING].to_numpy(bool)]
     if not _has_complete_ratings(interactions):
         raise DataError(
             "evaluate_ratings: the interactions table needs a 'rating' column with no missing values; "

@@ -24,7 +24,7 @@ from recforge.data.contract import ITEM, RATING, TIMESTAMP, USER, DataError, Dat
 from recforge.evaluation import FullEvaluation, evaluate_full, evaluate_ratings
 from recforge.features import item_features, user_features
 from recforge.ids import IdIndex
-from recforge.prepare import CleaningReport, Imputer, clean_interactions, declared_rules
+from recforge.prepare import CleaningReport, Imputer, clean_interactions, declared_rules, fill_missing_ratings
 from recforge.split import TemporalSplit, stamped_before, temporal_holdout
 from recforge.store import ChampionDecision
 from recforge.validation import ValidationReport
@@ -156,6 +156,9 @@ def prepare(
     if before.empty:
         raise DataError(_nothing_left_after_cleaning(dataset, cleaning))
     split = temporal_holdout(before, test_fraction=test_fraction)
+    # Events without a rating get their user's mean training rating (the rating metrics leave them out).
+    before, train, test = fill_missing_ratings(split.train, [before, split.train, split.test])
+    split = dataclasses.replace(split, train=train, test=test)
     if split.test.empty:
         # Every model would fail its evaluation with the same error; say it once, with the counts behind it.
         raise DataError(

@@ -26,7 +26,9 @@ REPEAT_COUNT = "repeat_count"
 
 REASON_UNKNOWN_USER = "unknown user"
 REASON_UNKNOWN_ITEM = "unknown item"
-REASON_MISSING_RATING = "missing rating"
+RATING_MISSING = "rating_missing"
+"""Column added by ``clean_interactions`` when some ratings are missing: True on the rows whose rating is
+missing (kept as events; :func:`fill_missing_ratings` gives them a rating, the rating metrics leave them out)."""
 REASON_EPOCH_TIMESTAMP = "timestamp at or before 1970-01-01 (epoch 0 or negative)"
 
 # How many offending values an error message shows.
@@ -51,6 +53,8 @@ class CleaningReport:
     # Reason -> rows dropped for it; each row is counted under the first reason that dropped it.
     invalid_rows_dropped: dict[str, int] = field(default_factory=dict)
     output_rows: int = 0
+    # Output rows whose rating is missing: kept as events and marked ``rating_missing`` (not dropped).
+    ratings_missing: int = 0
 
     def __post_init__(self) -> None:
         expected = self.input_rows - self.invalid_dropped - self.exact_duplicates_dropped - self.repeats_collapsed
@@ -76,6 +80,8 @@ class CleaningReport:
         records.append({"step": "exact duplicates dropped", "rows": self.exact_duplicates_dropped})
         records.append({"step": "repeats collapsed", "rows": self.repeats_collapsed})
         records.append({"step": "output rows", "rows": self.output_rows})
+        if self.ratings_missing:
+            records.append({"step": "of which rating missing (kept, rating filled in)", "rows": self.ratings_missing})
         return records
 
     def summary(self) -> str:
@@ -86,6 +92,11 @@ class CleaningReport:
             f"{self.input_rows} rows in -> {self.output_rows} rows out; dropped {invalid}, "
             f"{self.exact_duplicates_dropped} exact duplicates; "
             f"collapsed {self.repeats_collapsed} repeated events"
+            + (
+                f"; {self.ratings_missing} rows without a rating kept, their rating filled in"
+                if self.ratings_missing
+                else ""
+            )
         )
 
 
@@ -148,8 +159,9 @@ def clean_interactions(
        DataError (a wrong time column or unit) rather than an empty result.
     3. rows whose user is not in ``known_users`` (``"unknown user"``) or item not in ``known_items``
        (``"unknown item"``), when those are given.
-    4. rows with a missing rating (``"missing rating"``) when a rating column exists and holds at least one
-       rating; an all-missing rating column means implicit data and is left alone.
+    4. rows with a missing rating are kept (the user had the item) and marked in a ``rating_missing`` column
+       when a rating column exists and holds at least one rating (:func:`fill_missing_ratings` fills them in
+       after the split); an all-missing rating column means implicit data and is left alone.
     5. exact duplicate rows (all columns equal), keeping the first.
     6. repeated (user, item) events collapse into the latest one (latest timestamp; ties: the later row
        in input order), whose rating, timestamp and extra columns are kept. ``repeat_count`` (int64) is the
@@ -218,12 +230,12 @@ def clean_interactions(
             )
         drop(reason, unknown)
 
-    if RATING in interactions.columns:
-        missing_rating = interactions[RATING].isna().to_numpy()
-        if missing_rating.any() and not missing_rating.all():
-            drop(REASON_MISSING_RATING, missing_rating)
-
     frame = interactions.iloc[np.flatnonzero(keep)] if not keep.all() else interactions
+    if RATING in frame.columns and RATING_MISSING not in frame.columns:
+        missing_rating = frame[RATING].isna().to_numpy()
+        if missing_rating.any() and not missing_rating.all():
+            # Still an event (the user had the item: never recommend it back); marked for fill_missing_ratings.
+            frame = frame.assign(**{RATING_MISSING: missing_rating})
     n_valid = len(frame)
 
     duplicated = _duplicated_rows(frame)
@@ -238,8 +250,36 @@ def clean_interactions(
         repeats_collapsed=n_valid - n_duplicates - len(result),
         invalid_rows_dropped=dropped,
         output_rows=len(result),
+        ratings_missing=int(result[RATING_MISSING].sum()) if RATING_MISSING in result.columns else 0,
     )
     return result, report
+
+
+def fill_missing_ratings(train: pd.DataFrame, frames: Sequence[pd.DataFrame]) -> list[pd.DataFrame]:
+    """``frames`` with each rating marked missing (``rating_missing``) set to its user's mean rating in ``train``.
+
+    A user without a rating in ``train`` gets the mean of every rating there (of all frames' ratings when
+    ``train`` has none). Only ``train`` is read, so no held-out rating shapes a filled one. Frames without the
+    marker column come back as they are.
+    """
+    if RATING_MISSING not in train.columns:
+        return list(frames)
+    rated = train[~train[RATING_MISSING].to_numpy(bool)]
+    by_user = rated.groupby(USER, sort=False)[RATING].mean()
+    fallback = rated[RATING].mean()
+    if pd.isna(fallback):
+        observed = pd.concat([f.loc[~f[RATING_MISSING].to_numpy(bool), RATING] for f in frames if RATING_MISSING in f])
+        fallback = observed.mean()
+    filled = []
+    for frame in frames:
+        if RATING_MISSING not in frame.columns or not frame[RATING_MISSING].any():
+            filled.append(frame)
+            continue
+        missing = frame[RATING_MISSING].to_numpy(bool)
+        values = frame[RATING].to_numpy(np.float64, na_value=np.nan, copy=True)
+        values[missing] = frame.loc[missing, USER].map(by_user).fillna(fallback).to_numpy(np.float64)
+        filled.append(frame.assign(**{RATING: values}))
+    return filled
 
 
 def _collapse_repeats(frame: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,8 @@ Run-time rules applied to the stored suites before each validation:
   range, no users table, ...) is skipped.
 - An expectation on a column the table lacks is skipped; required columns have their own critical
   ``expect_column_to_exist``, so a missing column is reported once and clearly instead of crashing.
+- A warning's failing rows go to ``rows_to_drop`` (cleaning drops them) unless ``meta.rows_kept`` is true (missing
+  ratings: the rows stay as events).
 - ``meta.columns_at_run_time == "all"`` sets ``column_list`` to every column of the table (exact-duplicate rows).
 - A ``rating`` column with no value in any row is implicit data, as if the column were absent: the expectations
   on that column alone are skipped (each of its rows would otherwise be "missing a rating", and dropped).
@@ -411,7 +413,8 @@ def _collect(
         if severity == WARNING and res.get("unexpected_index_list"):
             rows = np.asarray(res["unexpected_index_list"], dtype=np.int64)
             bad_rows.append(rows)
-            if spec["type"] != "expect_compound_columns_to_be_unique":
+            # Exact duplicates are left to cleaning (it keeps one copy); so are rows the suite keeps (meta.rows_kept).
+            if spec["type"] != "expect_compound_columns_to_be_unique" and not spec["meta"].get("rows_kept"):
                 droppable[str(spec["meta"].get("description", spec["type"]))] = np.unique(rows)
     missing = [i for i in range(len(specs)) if i not in by_index]
     if missing:

@@ -62,7 +62,6 @@ GOOD_SOURCE = {
     "items": "good/items.csv",
 }
 # Cleaning reasons of warning-level validation checks (the suite's meta.description of each check).
-MISSING_RATING = "rating, where the column exists, is filled in"
 UNKNOWN_USER = "every interaction's user_id appears in the users table (when there is one)"
 UNKNOWN_ITEM = "every interaction's item_id appears in the items table (when there is one)"
 AHEAD_OF_CLOCK = "no timestamp lies ahead of the wall clock at validation"
@@ -239,6 +238,16 @@ def _same_as_good(published: Published) -> None:
     pd.testing.assert_frame_equal(published.dataset.interactions, good[list(published.dataset.interactions.columns)])
 
 
+def _ratings_missing_kept(published: Published) -> None:
+    # Events whose rating is missing stay events: counted, given a rating, and never recommended back.
+    data = published.data
+    assert data.cleaning.ratings_missing == 4 and not data.interactions["rating"].isna().any()
+    missing = data.interactions.loc[data.interactions["rating_missing"], ["user_id", "item_id"]]
+    assert len(missing) == 4
+    recommended = published.recommendations.merge(missing, on=["user_id", "item_id"])
+    assert recommended.empty, recommended
+
+
 def _bom(published: Published) -> None:
     assert list(published.dataset.interactions.columns[:2]) == ["user_id", "item_id"]
 
@@ -285,9 +294,9 @@ CASES: tuple[Case, ...] = (
         "csv_rating_missing",
         _csv("rating_missing.csv"),
         None,
-        dropped={MISSING_RATING: 4},
         warnings={"interactions.rating": 4},
         users=GOOD_USERS,
+        check=_ratings_missing_kept,
     ),
     Case(
         "csv_timestamp_negative",
@@ -642,7 +651,7 @@ def test_proceeding_case_cleans_as_declared(case: Case, tmp_path: Path) -> None:
     store.dispose()
 
 
-def test_events_slightly_ahead_of_the_clock_are_dropped_not_fatal(tmp_path: Path) -> None:
+def test_events_slightly_ahead_of_the_clock_are_left_out_not_fatal(tmp_path: Path) -> None:
     # Skewed device or server clocks: two events a few hours "in the future" must not stop a nightly run.
     frame = pd.read_csv(CORPUS / "good" / "interactions.csv")
     ahead = int(datetime.now(UTC).timestamp()) + 3 * 3600
@@ -654,8 +663,9 @@ def test_events_slightly_ahead_of_the_clock_are_dropped_not_fatal(tmp_path: Path
     published = run_pipeline(source, store)
     [warning] = published.report.warnings
     assert warning.description.startswith(AHEAD_OF_CLOCK) and warning.unexpected_count == 2
-    dropped = {r: n for r, n in published.data.cleaning.invalid_rows_dropped.items() if n}
-    assert dropped == {AHEAD_OF_CLOCK: 2}
+    # They are after the run's as_of (now): outside its window, not dropped by cleaning.
+    assert not any(published.data.cleaning.invalid_rows_dropped.values())
+    assert published.data.row_counts["before_as_of"] == len(frame) - 2
     assert store.latest_runs(limit=1)["status"].tolist() == ["completed"]
     store.dispose()
 

@@ -10,11 +10,13 @@ import pytest
 
 from recforge.data.contract import ITEM, RATING, TIMESTAMP, USER, DataError
 from recforge.prepare import (
+    RATING_MISSING,
     REPEAT_COUNT,
     CleaningReport,
     Imputer,
     ImputeRule,
     clean_interactions,
+    fill_missing_ratings,
 )
 
 
@@ -116,7 +118,7 @@ def test_drop_reasons_are_counted_and_sum_to_rows_removed() -> None:
         [
             ("u1", "i1", 4.0, 1),  # 0 kept
             ("u1", "i2", 9.0, 2),  # 1 flagged by validation (rating out of range)
-            ("u2", "i1", np.nan, 3),  # 2 missing rating
+            ("u2", "i1", np.nan, 3),  # 2 missing rating: kept, marked
             ("ghost", "i1", 3.0, 4),  # 3 unknown user
             ("u2", "gone", 3.0, 5),  # 4 unknown item
             ("u2", "i2", 2.0, 6),  # 5 kept
@@ -135,23 +137,39 @@ def test_drop_reasons_are_counted_and_sum_to_rows_removed() -> None:
         "rating out of range": 2,
         "unknown user": 1,
         "unknown item": 1,
-        "missing rating": 1,
     }
     assert report.exact_duplicates_dropped == 1
     assert report.repeats_collapsed == 1
-    assert report.input_rows == 9 and report.output_rows == 2 == len(out)
+    assert report.input_rows == 9 and report.output_rows == 3 == len(out) and report.ratings_missing == 1
     assert _accounted(report) == report.output_rows
-    assert list(zip(out[USER], out[ITEM], out[RATING], out[REPEAT_COUNT], strict=True)) == [
-        ("u1", "i1", 4.0, 1),
-        ("u2", "i2", 5.0, 2),
+    assert list(zip(out[USER], out[ITEM], out[REPEAT_COUNT], out[RATING_MISSING], strict=True)) == [
+        ("u1", "i1", 1, False),
+        ("u2", "i1", 1, True),
+        ("u2", "i2", 2, False),
     ]
+    assert "1 rows without a rating kept" in report.summary()
+
+
+def test_missing_ratings_are_filled_from_the_users_training_ratings() -> None:
+    frame = _interactions(
+        [("a", "x", 4.0, 1), ("a", "y", 2.0, 2), ("a", "z", np.nan, 3), ("b", "x", np.nan, 4), ("c", "x", 5.0, 9)]
+    )
+    cleaned, _ = clean_interactions(frame)
+    train, test = cleaned[cleaned[TIMESTAMP] < _ts([5])[0]], cleaned[cleaned[TIMESTAMP] >= _ts([5])[0]]
+    train_filled, test_filled = fill_missing_ratings(train, [train, test])
+    ratings = dict(zip(zip(train_filled[USER], train_filled[ITEM], strict=True), train_filled[RATING], strict=True))
+    assert ratings[("a", "z")] == 3.0  # a's mean over its training ratings
+    assert ratings[("b", "x")] == 3.0  # b has none: the training mean (c's 5.0 is held out, so not used)
+    assert test_filled[RATING].tolist() == [5.0] and train_filled[RATING_MISSING].tolist() == [False, False, True, True]
+    plain = _interactions([("a", "x", 4.0, 1)])
+    assert fill_missing_ratings(plain, [plain])[0] is plain
 
 
 def test_all_missing_rating_column_is_treated_as_implicit() -> None:
     frame = _interactions([("u", "i", np.nan, 1), ("v", "i", np.nan, 2)])
     out, report = clean_interactions(frame)
     assert len(out) == 2
-    assert "missing rating" not in report.invalid_rows_dropped
+    assert not report.invalid_rows_dropped and RATING_MISSING not in out.columns
 
 
 def test_missing_ids_are_dropped_and_counted_not_lost() -> None:

@@ -421,7 +421,8 @@ def test_rows_to_drop_names_each_warning_and_leaves_duplicates_to_cleaning() -> 
     report = validate_dataset(Dataset("tiny", interactions, users=users, rating_range=(1.0, 5.0)), min_interactions=1)
     assert report.passed
     drops = report.rows_to_drop["interactions"]
-    assert sorted(rows.tolist() for rows in drops.values()) == [[2], [3]]
+    assert sorted(rows.tolist() for rows in drops.values()) == [[3]]  # the user not in the users table
     assert any("users table" in reason for reason in drops)
     assert 0 in report.failing_rows["interactions"]  # the duplicate pair is reported, but not to be dropped
+    assert 2 in report.failing_rows["interactions"]  # so is the missing rating, kept as an event by cleaning
     assert all(0 not in rows and 1 not in rows for rows in drops.values())
