@@ -130,10 +130,16 @@ class Recommender(ABC):
         """
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        """Dense float32 scores for each user over every item; unknown users get popularity scores."""
+        """Dense float32 scores for each user over every item; unknown users get popularity scores.
+
+        Unknown: outside ``[0, n_users_)``, or inside it without a training event (an index space wider than the
+        events): no model has anything of theirs to go on, and each would answer differently (all zeros, random
+        factors, biases), so all answer with popularity, as for an index they never saw.
+        """
         self._check_fitted()
         users = np.asarray(users, dtype=np.int64)
         known = (users >= 0) & (users < self.n_users_)
+        known[known] = self.seen_.indptr[users[known] + 1] > self.seen_.indptr[users[known]]
         if known.all():  # the common case: no copy of what can be hundreds of MB of scores
             return np.ascontiguousarray(self._score_known(users), dtype=np.float32)
         out = np.empty((len(users), self.n_items_), dtype=np.float32)
@@ -174,6 +180,8 @@ class Recommender(ABC):
         caller that gave torch one thread ranks one batch at a time.
         """
         self._check_fitted()
+        if k < 0:
+            raise ValueError(f"k must be ≥ 0, got {k}")
         users = np.asarray(users, dtype=np.int64)
         k = int(min(k, self.n_items_))
         batch_size = max(1, min(batch_size, SCORE_BATCH_VALUES // max(self.n_items_, 1)))
@@ -232,6 +240,8 @@ class Recommender(ABC):
     @classmethod
     def load(cls, path: str | Path) -> Self:
         """Read a model written by :meth:`save`. Refuses files that need pickle to load."""
+        if not hasattr(cls, "name"):
+            raise TypeError(f"load {path} with the class of the model it holds, e.g. ItemKNN.load(path)")
         with np.load(Path(path), allow_pickle=False) as npz:
             stored_name = str(npz["__model__"])
             if stored_name != cls.name:

@@ -15,7 +15,8 @@ class Interactions:
 
     ``user`` and ``item`` are int32 index arrays in ``[0, n_users)`` / ``[0, n_items)``; ``rating`` (float32) and
     ``timestamp`` (int64 seconds since the epoch) are optional and aligned with them. Pairs are expected to be
-    unique (the pipeline collapses repeats before training); if not, CSR views sum binary values to 1.
+    unique (the pipeline collapses repeats before training); if not, the binary view counts a pair once and the
+    ratings view keeps its latest rating (latest timestamp, else the last in array order), never their sum.
     """
 
     n_users: int
@@ -36,6 +37,12 @@ class Interactions:
             values = getattr(self, name)
             if values is not None and values.shape != self.user.shape:
                 raise ValueError(f"{name} has {values.shape[0]} values for {self.user.shape[0]} events")
+        if self.rating is not None and not np.isfinite(self.rating).all():
+            bad = np.flatnonzero(~np.isfinite(self.rating))
+            raise ValueError(
+                f"rating holds {len(bad)} missing or infinite values (events {', '.join(map(str, bad[:5]))}"
+                f"{', ...' if len(bad) > 5 else ''}): fill them in or drop those events before fitting"
+            )
 
     def __len__(self) -> int:
         return int(self.user.shape[0])
@@ -54,9 +61,14 @@ class Interactions:
         """users × items CSR of ratings (float32); raises if this data has no ratings."""
         if self.rating is None:
             raise ValueError("these interactions carry no ratings; use a ranking (implicit) model instead")
-        matrix = sp.csr_matrix(
-            (self.rating.astype(np.float32), (self.user, self.item)), shape=(self.n_users, self.n_items)
-        )
+        user, item, rating = self.user, self.item, self.rating.astype(np.float32)
+        if self.binary.nnz < len(self):  # repeated pairs: keep each pair's latest rating, not their sum
+            key = user.astype(np.int64) * self.n_items + item
+            order = np.lexsort((np.arange(len(self)) if self.timestamp is None else self.timestamp, key))
+            key = key[order]
+            last = order[np.append(key[1:] != key[:-1], True)]
+            user, item, rating = user[last], item[last], rating[last]
+        matrix = sp.csr_matrix((rating, (user, item)), shape=(self.n_users, self.n_items))
         matrix.sum_duplicates()
         return matrix
 

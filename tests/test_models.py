@@ -357,3 +357,73 @@ def test_top_k_of_wide_rows_matches_a_full_sort(kind: str) -> None:
 def test_run_settings_refuse_values_a_fit_would_fail_on_later(settings: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RunSettings(**settings)
+
+
+_SMALL = {"bpr": {"epochs": 5}, "neumf": {"max_epochs": 2}, "caser": {"max_epochs": 2}, "gru4rec": {"max_epochs": 2}}
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_a_user_in_range_without_events_gets_popularity(name: str) -> None:
+    # An index space wider than the events (user 4 has none): every model answers with popularity, as for an
+    # index it never saw, instead of all-zero scores in index order or untrained random factors.
+    users = np.array([0, 1, 2, 3, 0, 1, 2, 0, 1, 3, 2])
+    items = np.array([5, 5, 5, 5, 4, 4, 4, 3, 3, 0, 1])
+    ratings = np.array([5, 4, 5, 3, 4, 4, 2, 3, 5, 1, 2], dtype=np.float32)
+    data = Interactions.from_arrays(users, items, rating=ratings, timestamp=np.arange(11) * 100, n_users=5, n_items=6)
+    cls = get_model_class(name)
+    model = cls(cls.config_class(**_SMALL.get(name, {}))).fit(data, RunSettings(seed=7))
+    ranked, _ = model.recommend(np.array([4, -1]), 3)
+    assert ranked.tolist() == [[5, 4, 3], [5, 4, 3]]
+
+
+def test_repeated_pairs_keep_their_latest_rating_not_the_sum() -> None:
+    data = Interactions.from_arrays([0, 0, 0, 1], [0, 0, 1, 0], rating=[5.0, 3.0, 4.0, 2.0], timestamp=[3, 9, 1, 1])
+    assert data.ratings.toarray().tolist() == [[3.0, 4.0], [2.0, 0.0]]  # (0, 0): rated 3 last (t=9)
+    assert data.binary.toarray().tolist() == [[1.0, 1.0], [1.0, 0.0]]
+    untimed = Interactions.from_arrays([0, 0], [0, 0], rating=[5.0, 3.0])
+    assert untimed.ratings.toarray().tolist() == [[3.0]]  # the last in array order
+    with pytest.raises(ValueError, match=r"rating holds 1 missing or infinite values \(events 1\)"):
+        Interactions.from_arrays([0, 1], [0, 0], rating=[4.0, np.nan])
+
+
+def test_recommend_and_load_refuse_what_they_cannot_do(tmp_path: Path) -> None:
+    model = get_model_class("popularity")().fit(Interactions.from_arrays([0, 1], [0, 1]))
+    with pytest.raises(ValueError, match="k must be ≥ 0"):
+        model.recommend(np.array([0]), -1)
+    path = model.save(tmp_path / "popularity.npz")
+    with pytest.raises(TypeError, match="with the class of the model it holds"):
+        Recommender.load(path)
+
+
+def test_recent_popularity_ranks_every_user_alike() -> None:
+    # Item 1 is the recent favourite, item 0 the all-time one: a new user gets the trend too.
+    data = Interactions.from_arrays([0, 1, 2, 3, 4], [0, 0, 0, 1, 1], timestamp=[0, 0, 0, 99 * 86_400, 99 * 86_400])
+    cls = get_model_class("popularity")
+    model = cls(cls.config_class(recent_days=10)).fit(data)
+    ranked, _ = model.recommend(np.array([4, -1, 50]), 2, exclude_seen=False)
+    assert ranked.tolist() == [[1, 0]] * 3
+    with pytest.raises(ValueError, match="recent_days must be > 0"):
+        cls.config_class(recent_days=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("nmf", {"biased": False, "epochs": 20}),
+        ("nmf", {"bias_regularization": 0.0, "epochs": 20}),
+        ("item_knn", {"mode": "rating", "baseline_reg_users": 0.0, "baseline_reg_items": 0.0}),
+        ("user_knn", {"mode": "rating", "baseline_reg_users": 0.0}),
+    ],
+)
+def test_predictions_for_indices_without_ratings_are_finite_baselines(name: str, params: dict[str, object]) -> None:
+    # User 3 and item 4 lie inside the index space without a rating: a baseline like unknown indices get, never
+    # NaN (0/0 with no regularisation) nor the scale's floor (an untrained unbiased factor product of 0).
+    rng = np.random.default_rng(0)
+    users, items = np.repeat([0, 1, 2], 4), np.tile([0, 1, 2, 3], 3)
+    data = Interactions.from_arrays(users, items, rating=rng.choice([4.0, 5.0], 12), n_users=4, n_items=5)
+    cls = get_model_class(name)
+    model = cls(cls.config_class(**params)).fit(data, RunSettings(seed=1))
+    predicted = model.predict(np.array([3, -1, 0, 0]), np.array([0, 0, 4, 5]))
+    assert np.isfinite(predicted).all() and (predicted > 3.0).all(), predicted
+    if name == "nmf" and params.get("biased") is False:
+        assert predicted[0] == pytest.approx(predicted[1]) and predicted[2] == pytest.approx(predicted[3])

@@ -20,6 +20,10 @@ class PopularityConfig(ModelConfig):
 
     recent_days: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.recent_days is not None and not self.recent_days > 0:
+            raise ValueError(f"recent_days must be > 0 or None (the whole history), got {self.recent_days}")
+
 
 class Popularity(Recommender):
     """Ranks items by how many distinct users interacted with them (optionally in a recent window)."""
@@ -43,6 +47,12 @@ class Popularity(Recommender):
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.item_scores_, (len(users), self.n_items_)).copy()
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        """The same scores for every user, known or not: with ``recent_days`` the base class's fallback for unknown
+        users (all-time counts) would show new users another ranking than everybody else."""
+        self._check_fitted()
+        return self._score_known(np.asarray(users, dtype=np.int64))
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"item_scores": self.item_scores_}
