@@ -172,7 +172,9 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         # Guard rails (coverage floor, no significant regression) may reject every model: then no champion row
         # is written and the view keeps serving the previous champion.
         selection = (
-            choose_champion(ok_results, config.primary_metric, config.k, previous=_previous_champion(url, as_of))
+            choose_champion(
+                ok_results, config.primary_metric, config.k, previous=_previous_champion(url, as_of, dataset.name)
+            )
             if ok_results
             else None
         )
@@ -305,11 +307,11 @@ def _measured_seconds(url: str, dataset: str, names: list[str]) -> dict[str, flo
             store.dispose()
 
 
-def _previous_champion(url: str, as_of: datetime) -> ChampionDecision | None:
-    """The champion of the latest as_of before this run's, the bar of the no-regression guard rail."""
+def _previous_champion(url: str, as_of: datetime, dataset: str) -> ChampionDecision | None:
+    """The champion of the latest as_of before this run's on the same data set: the no-regression guard's bar."""
     store = Store(url)
     try:
-        return store.previous_champion(as_of)
+        return store.previous_champion(as_of, dataset)
     finally:
         store.dispose()
 

@@ -938,15 +938,19 @@ class Store:
             if "fit_seconds" in t
         }
 
-    def previous_champion(self, as_of: datetime) -> ChampionDecision | None:
-        """The champion chosen for the latest ``as_of`` before this one (what was served before it), or None.
+    def previous_champion(self, as_of: datetime, dataset: str) -> ChampionDecision | None:
+        """The champion chosen on ``dataset`` for the latest ``as_of`` before this one, or None.
 
-        A rerun of the same ``as_of`` compares with the date before, not with the decision it replaces.
+        A rerun of the same ``as_of`` compares with the date before, not with the decision it replaces; a champion
+        of another data set in the same database (the synthetic quick start, say) is no bar: its metric values
+        measure something else.
         """
+        champions = champions_table
         stmt = (
-            select(champions_table.c.model, champions_table.c.metric, champions_table.c.value, champions_table.c.reason)
-            .where(champions_table.c.as_of < to_naive_utc(as_of))
-            .order_by(champions_table.c.as_of.desc())
+            select(champions.c.model, champions.c.metric, champions.c.value, champions.c.reason)
+            .join(runs_table, runs_table.c.run_id == champions.c.run_id)
+            .where(champions.c.as_of < to_naive_utc(as_of), runs_table.c.dataset == dataset)
+            .order_by(champions.c.as_of.desc())
             .limit(1)
         )
         with self.engine.connect() as conn:

@@ -190,6 +190,10 @@ def test_a_significantly_worse_model_does_not_replace_the_previous_champion(tmp_
     # A later run whose champion holds up against the stored one is chosen, with the comparison in its reason.
     third = run(["popularity", "item_knn"], "1998-04-01T00:00:00Z")
     assert third["champion"] == "item_knn" and "no previous champion" not in third["champion_reason"]
+    # Another data set in the same database is measured on other data: its champion is no bar.
+    synthetic = RunConfig(models=["popularity", "item_knn"], top_n=5, output_dir=str(tmp_path / "var"))
+    other = recommend(config=synthetic, db_url=url)
+    assert other["champion"] is not None and "no previous champion" in other["champion_reason"]
 
 
 def test_low_memory_is_warned_about_in_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
