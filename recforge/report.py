@@ -27,7 +27,9 @@ import html
 import io
 import logging
 import math
+import os
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -119,7 +121,7 @@ def write_report(inputs: ReportInputs, output_dir: str | Path) -> Path:
     """Render the report and write it to :func:`report_path`; returns the file's path."""
     run_id = str(inputs.summary.get("run_id") or "")
     path = report_path(output_dir, run_id)
-    document = render_report(inputs)
+    document = render_report(inputs, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(document, encoding="utf-8")
@@ -374,8 +376,9 @@ def sample_users(interactions: pd.DataFrame, recommended_users: Iterable[str], n
 # ---- rendering ---------------------------------------------------------------------------------------------
 
 
-def render_report(inputs: ReportInputs) -> str:
-    """The report as one HTML document (a string)."""
+def render_report(inputs: ReportInputs, location: Path | None = None) -> str:
+    """The report as one HTML document (a string); ``location``: where it will be written, so that links to local
+    files (the Data Docs) are relative and survive moving or archiving the output folder."""
     summary = inputs.summary
     board = pd.DataFrame(list(summary.get("leaderboard") or []))
     models = [str(m) for m in board["model"]] if "model" in board.columns else []
@@ -394,7 +397,7 @@ def render_report(inputs: ReportInputs) -> str:
         ("popularity", "Popularity bias and coverage", lambda: _popularity(inputs, models, colors)),
         ("samples", "Sample recommendations", lambda: _samples(inputs, models)),
     ]
-    body = [_header(summary)]
+    body = [_header(summary, location)]
     nav = " · ".join(f'<a href="#{anchor}">{html.escape(title)}</a>' for anchor, title, _ in sections)
     body.append(f'<nav class="toc">{nav}</nav>')
     for anchor, title, build in sections:
@@ -423,7 +426,7 @@ def _guarded(title: str, build: Callable[[], str]) -> str:
         )
 
 
-def _header(summary: Mapping[str, Any]) -> str:
+def _header(summary: Mapping[str, Any], location: Path | None = None) -> str:
     status = str(summary.get("status") or "unknown")
     champion = summary.get("champion")
     reason = summary.get("champion_reason")
@@ -440,7 +443,7 @@ def _header(summary: Mapping[str, Any]) -> str:
     docs = summary.get("data_docs")
     if docs:
         items += (
-            f'<dt>validation details</dt><dd><a href="{html.escape(_file_url(docs))}">Great Expectations '
+            f'<dt>validation details</dt><dd><a href="{html.escape(_file_url(docs, location))}">Great Expectations '
             "Data Docs</a></dd>"
         )
     champion_html = (
@@ -970,10 +973,14 @@ def _inline_mapping(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _file_url(path: str) -> str:
+def _file_url(path: str, location: Path | None = None) -> str:
+    """A link to ``path``: relative to the folder of ``location`` (the page linking to it) when given."""
     if "://" in path:
         return path
-    return Path(path).resolve().as_uri()
+    if location is None:
+        return Path(path).resolve().as_uri()
+    relative = os.path.relpath(Path(path).resolve(), location.parent.resolve())
+    return urllib.parse.quote(Path(relative).as_posix())
 
 
 _CSS = """

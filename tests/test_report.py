@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import math
 import re
+import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -390,3 +391,16 @@ def test_report_task_writes_the_file_and_a_link_artifact(small_run: dict[str, An
         assert not client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
         )
+
+
+def test_the_data_docs_link_is_relative_so_a_moved_output_folder_keeps_it(
+    small_run: dict[str, Any], tmp_path: Path
+) -> None:
+    docs = tmp_path / "var" / "gx" / "data docs" / "index.html"
+    docs.parent.mkdir(parents=True)
+    docs.write_text("<html></html>")
+    summary = {**small_run["summary"], "data_docs": str(docs)}
+    written = write_report(ReportInputs(**{**small_run, "summary": summary}), tmp_path / "var")
+    href = re.search(r'<a href="([^"]+)">Great Expectations Data Docs</a>', written.read_text()).group(1)
+    assert href == "../../gx/data%20docs/index.html"
+    assert (written.parent / urllib.parse.unquote(href)).resolve() == docs.resolve()
