@@ -658,11 +658,27 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from tasks.caching import purge_cached_results
 
     store = _published_store(args.db_url, upgrade=True)
+    latest = store.latest_runs(limit=1)
+    pseudonymised = bool(
+        len(latest) and ((latest["parameters"].iloc[0] or {}).get("privacy") or {}).get("pseudonymise_users")
+    )
+    if pseudonymised and not args.pseudonymised:
+        # The published rows and the events hold pseudonyms: erasing the raw id would erase nothing.
+        print(
+            f"recforge: the runs in {store.url_masked} pseudonymise user ids, so its tables hold the pseudonym of "
+            f"{args.user!r}, not the id itself: rerun with --pseudonymised (and the key in $RECFORGE_PSEUDONYM_KEY)",
+            file=sys.stderr,
+        )
+        return 2
     deleted = store.forget_user(_stored_user(args), note=args.note)
+    found = (
+        f"deleted {deleted['recommendations']} recommendation and {deleted['features']} feature rows"
+        if any(deleted.values())
+        else "no published rows of this user were found (check the id if you expected some)"
+    )
     print(
-        f"forgot user {args.user!r} in {store.url_masked}: deleted {deleted['recommendations']} recommendation and "
-        f"{deleted['features']} feature rows; recorded in table erasures, so later runs drop this user's events "
-        "and no model trained from now on contains them."
+        f"forgot user {args.user!r} in {store.url_masked}: {found}; recorded in table erasures, so later runs drop "
+        "this user's events and no model trained from now on contains them."
     )
     # Cached ingest/validate/prepare results hold every user's events: the next run recomputes them without this one.
     purged = purge_cached_results()

@@ -1281,10 +1281,12 @@ class Store:
             if previous is not None:
                 earlier = _from_json(previous[0]) or {}
                 total = {name: deleted[name] + int(earlier.get(name, 0)) for name in deleted}
+                # The first request's time stays (the audit fact); a note replaces the earlier one only when given.
+                kept = {"note": note} if note is not None else {}
                 conn.execute(
                     erasures_table.update()
                     .where(erasures_table.c.user_id == user)
-                    .values(requested_at=_now(), rows_deleted=_to_json(total), note=note)
+                    .values(rows_deleted=_to_json(total), **kept)
                 )
             else:
                 conn.execute(

@@ -96,10 +96,15 @@ def test_store_forget_deletes_rows_and_records_the_erasure(tmp_path: Path) -> No
     assert store.forget_user("u1", note="ticket 12") == {"recommendations": 2, "features": 1}
     assert store.read_recommendations("u1").empty and len(store.read_recommendations("u2")) == 1
     assert store.erased_users() == {"u1"}
+    with store.engine.connect() as conn:
+        first = conn.execute(sa.text("SELECT requested_at FROM erasures")).scalar_one()
     assert store.forget_user("u1") == {"recommendations": 0, "features": 0}  # twice is harmless
     with store.engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT user_id, rows_deleted FROM erasures")).all()
-    assert [(user, json.loads(counts)) for user, counts in rows] == [("u1", {"recommendations": 2, "features": 1})]
+        rows = conn.execute(sa.text("SELECT user_id, rows_deleted, note, requested_at FROM erasures")).all()
+    # The first request's time and note stay (an audit trail), the counts add up.
+    assert [(user, json.loads(counts), note, at) for user, counts, note, at in rows] == [
+        ("u1", {"recommendations": 2, "features": 1}, "ticket 12", first)
+    ]
     store.dispose()
 
 
@@ -170,6 +175,9 @@ def test_pseudonymised_run_then_forget_removes_the_user_now_and_from_the_next_ru
     storage = Path(get_current_settings().results.local_storage_path)
     gone = pseudonymise_id("1", KEY)
     assert any(gone.encode() in _stored_payload(path) for path in storage.glob("recforge-*")), "nothing cached"
+    # Without --pseudonymised the raw id matches nothing in these tables: refused, nothing recorded.
+    assert main(["forget", "--user", "1", "--db-url", url]) == 2
+    assert "rerun with --pseudonymised" in capsys.readouterr().err and store.erased_users() == set()
     assert main(["forget", "--user", "1", "--pseudonymised", "--db-url", url, "--note", "request 7"]) == 0
     said = capsys.readouterr().out
     assert "forgot user '1'" in said and f"cached stage result(s) under {storage}" in said
