@@ -18,9 +18,10 @@ goes to the ``backfill`` table artifact, and the flow fails at the end if any da
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -75,20 +76,50 @@ def as_of_dates(start: date, end: date, step: int = 1) -> list[datetime]:
     return [datetime.combine(start + timedelta(days=i * step), datetime.min.time(), UTC) for i in range(count)]
 
 
-def published_runs(store: Store, source: str, as_ofs: list[datetime], models: list[str]) -> dict[datetime, str]:
+#: Run settings that change what a run publishes (besides source, as_of and models): a date published with other
+#: values is not "already published" for a backfill with these.
+OUTPUT_SETTINGS = (
+    "top_n",
+    "k",
+    "seed",
+    "test_fraction",
+    "primary_metric",
+    "impute",
+    "min_interactions",
+    "cold_start",
+    "explanations",
+    "new_items_weight",
+    "privacy",
+)
+
+
+def output_settings(parameters: Mapping[str, Any], models: list[str]) -> dict[str, Any]:
+    """The recorded parameters (``RunConfig.recorded_parameters()``) that shape the published rows of ``models``."""
+    settings = {name: parameters.get(name) for name in OUTPUT_SETTINGS}
+    settings["model_params"] = {m: p for m, p in (parameters.get("model_params") or {}).items() if m in models}
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def published_runs(
+    store: Store, source: str, as_ofs: list[datetime], models: list[str], settings: Mapping[str, Any] | None = None
+) -> dict[datetime, str]:
     """The completed run that already published each of ``as_ofs`` from ``source`` with at least ``models``.
 
     Keyed by ``as_of`` (UTC); dates without such a run are absent. ``source`` is the run record's masked
-    source description. When several runs qualify, the latest started wins.
+    source description. With ``settings`` (:func:`output_settings` of this backfill's config) a run counts only if
+    it published with the same ones: other top-N, seed, hyperparameters or privacy settings make other rows.
+    When several runs qualify, the latest started wins.
     """
     wanted = {to_naive_utc(a) for a in as_ofs}
     runs = runs_table
     with store.engine.connect() as conn:
         rows = conn.execute(
-            select(runs.c.run_id, runs.c.as_of)
+            select(runs.c.run_id, runs.c.as_of, runs.c.parameters)
             .where(runs.c.source == source, runs.c.status == "completed", runs.c.as_of.in_(sorted(wanted)))
             .order_by(runs.c.started_at)
         ).all()
+        if settings is not None:
+            rows = [r for r in rows if output_settings(json.loads(r.parameters or "{}"), models) == settings]
         trained: dict[str, set[str]] = {}
         if rows:
             for run_id, model in conn.execute(
@@ -98,7 +129,7 @@ def published_runs(store: Store, source: str, as_ofs: list[datetime], models: li
             ):
                 trained.setdefault(run_id, set()).add(model)
     found: dict[datetime, str] = {}
-    for run_id, as_of in rows:
+    for run_id, as_of, _ in rows:
         if set(models) <= trained.get(run_id, set()):
             found[as_of] = run_id  # ordered by start time: the latest qualifying run stays
     return found
@@ -267,7 +298,9 @@ def backfill(
     store = Store(resolve_db_url(db_url))
     store.create_schema()
     source = mask_source(SourceSpec.from_mapping(config.source).describe())
-    done = {} if force else published_runs(store, source, dates, config.model_list())
+    models = config.model_list()
+    settings = output_settings(config.recorded_parameters(), models)
+    done = {} if force else published_runs(store, source, dates, models, settings)
 
     outcomes: dict[datetime, dict[str, Any]] = {}
     for as_of in dates:

@@ -15,7 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from threadpoolctl import threadpool_info
 
 from flows import runners
-from flows.backfill import OUTCOME_COLUMNS, BackfillFailed, as_of_dates, published_runs
+from flows.backfill import OUTCOME_COLUMNS, BackfillFailed, as_of_dates, output_settings, published_runs
 from recforge.config import DB_URL_ENV, ConfigError, RunConfig
 from recforge.data.sources import SourceSpec
 from recforge.data.synthetic import generate_synthetic
@@ -140,6 +140,16 @@ def test_backfill_failed_date_rerun_skips_and_force_replaces(tmp_path: Path) -> 
     assert sorted(d.date().isoformat() for d in published_runs(store, source, dates, ["popularity"])) == DATES[1:]
     assert published_runs(store, source, dates, ["popularity", "ease"]) == {}
     assert published_runs(store, "csv(interactions=other.csv)", dates, ["popularity"]) == {}
+    # ... and the same output settings: another top-N, seed or hyperparameters make other rows, so they rerun.
+    same = output_settings(config.recorded_parameters(), ["popularity"])
+    assert len(published_runs(store, source, dates, ["popularity"], same)) == len(DATES) - 1
+    for changed in ({"top_n": 7}, {"seed": 1}, {"model_params": {"popularity": {"recent_days": 30.0}}}):
+        other = output_settings(config.model_copy(update=changed).recorded_parameters(), ["popularity"])
+        assert published_runs(store, source, dates, ["popularity"], other) == {}, changed
+    unrelated = config.model_copy(update={"model_params": {"ease": {"regularization": 50.0}}, "max_workers": 1})
+    assert published_runs(
+        store, source, dates, ["popularity"], output_settings(unrelated.recorded_parameters(), ["popularity"])
+    )
 
     # 3. Forced: every date runs again and the same rows replace the old ones, without duplicates.
     _, forced = _run(url, config, force=True)
