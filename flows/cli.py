@@ -9,9 +9,10 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -793,7 +794,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (docker stop, kill, a cancellation) ends the command by unwinding, as Ctrl-C does, so that what
+    runs at exit runs: by default the process just died, and the temporary Prefect server it had started lived on,
+    re-parented to init. The flow's own SIGTERM handling comes first: Prefect closes the run as crashed, then
+    re-sends the signal to the handler it found, this one."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with _sigterm_unwinds():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     _prefect_defaults()
     tune_malloc()
     parser = build_parser()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -380,3 +381,19 @@ def test_a_reader_that_leaves_early_stops_the_command_quietly() -> None:
     )
     assert done.stdout.startswith("popularity (baseline)") and done.stdout.count("\n") == 1
     assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_sigterm_unwinds_the_command_so_its_exit_handlers_run() -> None:
+    # Killed by the default action, `recforge run` left its temporary Prefect server running (re-parented to
+    # init); unwinding with SystemExit runs the atexit hook that stops it.
+    import os
+    import signal
+
+    from flows.cli import _sigterm_unwinds
+
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    with pytest.raises(SystemExit) as exited, _sigterm_unwinds():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs at the next bytecode; never reached
+    assert exited.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
