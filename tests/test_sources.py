@@ -795,7 +795,7 @@ def test_sql_argument_and_query_errors(sqlite_url: str) -> None:
 
 def test_a_missing_sqlite_file_is_reported_not_created(tmp_path: Path) -> None:
     missing = tmp_path / "typo.db"
-    with pytest.raises(DataError, match=f"no SQLite database file at {missing}"):
+    with pytest.raises(SourceUnavailableError, match=f"no SQLite database file at {missing}"):
         load_sql(f"sqlite:///{missing}", table="events")
     assert not missing.exists()
 

@@ -182,7 +182,10 @@ def _require_sqlite_file(url: str, masked: str) -> None:
     if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
         return
     if not Path(database).is_file():
-        raise DataError(f"no SQLite database file at {Path(database).resolve()} (from {masked}): check the path")
+        # Like an unreachable server (retryable: a network mount may be late), but never created empty.
+        raise SourceUnavailableError(
+            f"cannot connect to {masked}: no SQLite database file at {Path(database).resolve()}; check the path"
+        )
 
 
 def _qualified(name: str | None, schema: str | None) -> str:
