@@ -502,6 +502,17 @@ def _published_store(db_url: str | None, upgrade: bool = False) -> Store:
     return store
 
 
+def _in_stage_order(timings: dict[str, float]) -> list[tuple[str, float]]:
+    """The stored timings (a JSON object kept with sorted keys) in the flow's order, unknown names last."""
+    from recforge.store import RUN_STAGES
+
+    def position(stage: str) -> int:
+        name = stage.removesuffix(" (failed)")
+        return RUN_STAGES.index(name) if name in RUN_STAGES else len(RUN_STAGES)
+
+    return sorted(timings.items(), key=lambda item: position(item[0]))
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     store = _published_store(args.db_url)
     if args.run:
@@ -582,7 +593,7 @@ def _run_details(run: Any, metrics: Any, k: int | None = None) -> str:
     )
     lines.append(f"  {'champion:':<11}{_text(run['champion'], '-')}")
     if run["timings"]:
-        lines.append("  stages (s): " + ", ".join(f"{stage} {s:.1f}" for stage, s in run["timings"].items()))
+        lines.append("  stages (s): " + ", ".join(f"{stage} {s:.1f}" for stage, s in _in_stage_order(run["timings"])))
     lines.append("  parameters: " + json.dumps(run["parameters"], sort_keys=True, default=str))
     if _text(run["error"]):
         lines.append("  error:")

@@ -40,7 +40,7 @@ from recforge.pipeline import (
     leaderboard,
     metrics_frame,
 )
-from recforge.store import PUBLISHED_ALL_OR_NOTHING, ChampionDecision, Store
+from recforge.store import PUBLISHED_ALL_OR_NOTHING, RUN_STAGES, ChampionDecision, Store
 from recmodels.registry import get_model_class
 from tasks.ingest import ingest
 from tasks.prepare import prepare_data
@@ -226,7 +226,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         logger.info("run %s %s; champion %s", run_id, status, summary["champion"])
     except Exception as exc:
         _training_over(memory, task_data, training)
-        lap("failed")
+        lap(f"{_stage_after(timings)} (failed)")  # the stage that was running, and how long it ran
         close_run(url, run_id, "failed", timings, f"{type(exc).__name__}: {exc}")
         raise
     except BaseException as exc:
@@ -276,6 +276,12 @@ def _release_workers(runner: TaskRunner | None) -> None:
         return
     if done:
         logger.info("model tasks done: %s", done)
+
+
+def _stage_after(timings: dict[str, float]) -> str:
+    """The stage that runs after the last one timed (the one in progress when the run failed)."""
+    done = [stage for stage in RUN_STAGES if stage in timings]
+    return RUN_STAGES[len(done)] if len(done) < len(RUN_STAGES) else "finishing"
 
 
 def _close_interrupted_run(url: str, run_id: str, timings: dict[str, float], exc: BaseException) -> None:

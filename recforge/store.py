@@ -98,6 +98,10 @@ TRAINING_TIMINGS = (
 )
 
 
+#: The recommend flow's stages in order, as the run records' timings name them.
+RUN_STAGES = ("ingest", "validate", "prepare", "train", "publish")
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A datetime stored as naive UTC and returned tz-aware UTC; accepts aware or naive (= UTC) values."""
 

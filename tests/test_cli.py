@@ -397,3 +397,14 @@ def test_sigterm_unwinds_the_command_so_its_exit_handlers_run() -> None:
         time.sleep(5)  # the handler runs at the next bytecode; never reached
     assert exited.value.code == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_run_stages_print_in_the_flows_order_and_name_the_failed_one() -> None:
+    from flows.cli import _in_stage_order
+    from flows.recommend import _stage_after
+
+    stored = {"ingest": 1.0, "prepare (failed)": 0.5, "validate": 2.0}  # as kept: keys sorted
+    assert [stage for stage, _ in _in_stage_order(stored)] == ["ingest", "validate", "prepare (failed)"]
+    assert _stage_after({"ingest": 1.0, "validate": 2.0}) == "prepare"
+    assert _stage_after({}) == "ingest"
+    assert _stage_after(dict.fromkeys(("ingest", "validate", "prepare", "train", "publish"), 1.0)) == "finishing"
