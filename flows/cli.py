@@ -660,6 +660,8 @@ def _why_no_recommendations(store: Store, args: argparse.Namespace) -> str:
 
     which = f"model {args.model!r}" if args.model else "the champion model"
     start = f"no recommendations from {which} for user {args.user!r} in {store.url_masked}"
+    if _stored_user(args) in store.erased_users():
+        return f"{start}: this user was erased (`recforge forget`; table erasures), and later runs leave them out"
     published = store.publications()
     if published.empty:
         return f"{start}: nothing is published there yet; run `recforge run` first"

@@ -184,6 +184,7 @@ def test_pseudonymised_run_then_forget_removes_the_user_now_and_from_the_next_ru
     # The cached ingest/validate/prepare results held the user's events: none is left on this machine.
     assert not any(gone.encode() in _stored_payload(path) for path in storage.rglob("*") if path.is_file())
     assert main(["recommendations", "--user", "1", "--pseudonymised", "--db-url", url]) == 1
+    assert "this user was erased (`recforge forget`" in capsys.readouterr().err
 
     summary = recommend(config=config.model_copy(update={"as_of": datetime(2022, 1, 2, tzinfo=UTC)}), db_url=url)
     assert summary["status"] == "completed"
