@@ -642,9 +642,10 @@ def _metrics_board(metrics: Any, k: int | None = None) -> Any:
 
 def cmd_recommendations(args: argparse.Namespace) -> int:
     store = _published_store(args.db_url)
-    frame = store.read_recommendations(_stored_user(args), model=args.model, as_of=args.as_of, limit=args.limit)
+    user = _stored_user(args)
+    frame = store.read_recommendations(user, model=args.model, as_of=args.as_of, limit=args.limit)
     if frame.empty:
-        print(_why_no_recommendations(store, args), file=sys.stderr)
+        print(_why_no_recommendations(store, args, user), file=sys.stderr)
         return 1
     shown = ["as_of", "model", "user_id", "rank", "item_id", "score", "run_id"]
     if args.explain:
@@ -654,13 +655,13 @@ def cmd_recommendations(args: argparse.Namespace) -> int:
     return 0
 
 
-def _why_no_recommendations(store: Store, args: argparse.Namespace) -> str:
+def _why_no_recommendations(store: Store, args: argparse.Namespace, user: str) -> str:
     """The empty answer explained: nothing published, an as_of or model never published, or an unknown user."""
     import pandas as pd
 
     which = f"model {args.model!r}" if args.model else "the champion model"
     start = f"no recommendations from {which} for user {args.user!r} in {store.url_masked}"
-    if _stored_user(args) in store.erased_users():
+    if user in store.erased_users():  # as stored: the pseudonym when the runs pseudonymise ids
         return f"{start}: this user was erased (`recforge forget`; table erasures), and later runs leave them out"
     published = store.publications()
     if published.empty:

@@ -139,7 +139,7 @@ class Recommender(ABC):
         self._check_fitted()
         users = np.asarray(users, dtype=np.int64)
         known = (users >= 0) & (users < self.n_users_)
-        known[known] = self.seen_.indptr[users[known] + 1] > self.seen_.indptr[users[known]]
+        known[known] = self._has_events(users[known])
         if known.all():  # the common case: no copy of what can be hundreds of MB of scores
             return np.ascontiguousarray(self._score_known(users), dtype=np.float32)
         out = np.empty((len(users), self.n_items_), dtype=np.float32)
@@ -148,6 +148,10 @@ class Recommender(ABC):
         if (~known).any():
             out[~known] = self.popularity_
         return out
+
+    def _has_events(self, users: np.ndarray) -> np.ndarray:
+        """Whether each user (all in ``[0, n_users_)``) has a training event."""
+        return self.seen_.indptr[users + 1] > self.seen_.indptr[users]
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Estimated ratings for (user, item) pairs; only for models with ``predicts_ratings``."""
@@ -359,6 +363,12 @@ _TOP_K_CHUNK = 32
 #: :func:`topk_set` pre-selects rows of at least this many chunks per value it returns; narrower rows are ranked
 #: whole (at 1,682 columns the pre-selection was slower for top-10 and top-20, 5.1 vs 3.2 and 8.5 vs 4.9 ns/score).
 _PRESELECT_CHUNKS_PER_VALUE = 12
+
+
+def damped_mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``sums / counts``, 0 where ``counts`` is 0 (a bias of an entity with no rating and no regularisation: none,
+    not NaN)."""
+    return np.divide(sums, counts, out=np.zeros(len(sums)), where=counts > 0)
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from recmodels.base import RunSettings, worker_threads
+from recmodels.base import RunSettings, damped_mean, worker_threads
 
 if TYPE_CHECKING:
     import torch
@@ -837,14 +837,9 @@ def als_baselines(
     b_user = np.zeros(n_users)
     b_item = np.zeros(n_items)
     for _ in range(epochs):
-        b_item = _damped_mean(np.bincount(cols, data - mu - b_user[rows], minlength=n_items), per_item + reg_items)
-        b_user = _damped_mean(np.bincount(rows, data - mu - b_item[cols], minlength=n_users), per_user + reg_users)
+        b_item = damped_mean(np.bincount(cols, data - mu - b_user[rows], minlength=n_items), per_item + reg_items)
+        b_user = damped_mean(np.bincount(rows, data - mu - b_item[cols], minlength=n_users), per_user + reg_users)
     return mu, b_user, b_item
-
-
-def _damped_mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """``sums / counts``, 0 where ``counts`` is 0 (no rating and no regularisation: no bias, not NaN)."""
-    return np.divide(sums, counts, out=np.zeros(len(sums)), where=counts > 0)
 
 
 def neighbourhood_offsets(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recmodels.base import ModelConfig, Recommender, RunSettings
+from recmodels.base import ModelConfig, Recommender, RunSettings, damped_mean
 from recmodels.data import Interactions
 from recmodels.mf.biased_mf import FactorModel, predict_pairs
 from recmodels.mf.cells import CellPattern
@@ -126,8 +126,7 @@ class NMF(Recommender):
         known = (users >= 0) & (users < self.n_users_) & (items >= 0) & (items < self.n_items_)
         # Inside the index range but never rated: the factors are untrained (an unbiased model's product is 0,
         # which clipping turns into the lowest rating), so the pair gets the baseline like an unknown one.
-        rated_users = np.diff(self.seen_.indptr) > 0
-        known[known] = rated_users[users[known]] & (self.popularity_[items[known]] > 0)
+        known[known] = self._has_events(users[known]) & (self.popularity_[items[known]] > 0)
         out[known] = np.clip(self.model_.pairs(users[known], items[known]), *self.rating_range_)
         return out
 
@@ -166,11 +165,11 @@ def damped_baseline(ratings: sp.csr_matrix, damping: float) -> FactorModel:
     values = coo.data.astype(np.float64)
     mu = float(values.mean())
     n_users, n_items = ratings.shape
-    item_bias = _damped_mean(
+    item_bias = damped_mean(
         np.bincount(coo.col, values - mu, n_items), np.bincount(coo.col, minlength=n_items) + damping
     )
     residual = values - mu - item_bias[coo.col]
-    user_bias = _damped_mean(np.bincount(coo.row, residual, n_users), np.bincount(coo.row, minlength=n_users) + damping)
+    user_bias = damped_mean(np.bincount(coo.row, residual, n_users), np.bincount(coo.row, minlength=n_users) + damping)
     return _bias_only(mu, user_bias, item_bias)
 
 
@@ -280,15 +279,10 @@ def _ridge_biases(
     n_users, n_items = ratings.shape
     damping = config.bias_regularization
     residual = ratings.data - mu - item_bias[ratings.indices] - dots
-    user_bias = _damped_mean(np.bincount(user_rows, residual, n_users), np.diff(ratings.indptr) + damping)
+    user_bias = damped_mean(np.bincount(user_rows, residual, n_users), np.diff(ratings.indptr) + damping)
     residual = by_item.data - mu - user_bias[by_item.indices] - dots[item_major]
-    item_bias = _damped_mean(np.bincount(item_rows, residual, n_items), np.diff(by_item.indptr) + damping)
+    item_bias = damped_mean(np.bincount(item_rows, residual, n_items), np.diff(by_item.indptr) + damping)
     return user_bias, item_bias
-
-
-def _damped_mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """``sums / counts``, 0 where ``counts`` is 0 (no rating and no regularisation: no bias, not NaN)."""
-    return np.divide(sums, counts, out=np.zeros(len(sums)), where=counts > 0)
 
 
 def _objective(
