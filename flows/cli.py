@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="show the hyperparameters (type, default, meaning) of these models, or of every model",
     )
+    # No prefix matching: `--source csv` was taken as `--source-url csv` and failed with an error about SQL tables.
+    for command in (parser, *sub.choices.values()):
+        command.allow_abbrev = False
     return parser
 
 

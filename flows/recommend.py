@@ -86,20 +86,18 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         timings[stage] = round(now - clock, 3)
         clock = now
 
-    dataset = protect(ingest(config.source, config.privacy), url)
-    lap("ingest")
-    run_id = open_run(
-        url,
-        dataset.name,
-        SourceSpec.from_mapping(config.source).describe(),
-        as_of,
-        config.recorded_parameters(),
-        str(flow_run.id) if flow_run.id else None,
-    )
+    # The run is recorded before any data is read, so a run that fails at ingest (a missing file, a source that
+    # does not answer) leaves a failed run row too, not only a failed flow run.
+    spec = SourceSpec.from_mapping(config.source)
+    flow_run_id = str(flow_run.id) if flow_run.id else None
+    run_id = open_run(url, spec.dataset_name, spec.describe(), as_of, config.recorded_parameters(), flow_run_id)
+    clock = time.perf_counter()
     task_data: PreparedData | handoff.DataRef | None = None
     memory: MemoryWatch | None = None  # samples free memory while models train and while the run publishes
     training = contextlib.ExitStack()  # what holds while model tasks run (closed by _training_over)
     try:
+        dataset = protect(ingest(config.source, config.privacy), url)
+        lap("ingest")
         report = validate_with_docs(dataset, config.min_interactions, output_dir / "gx")
         lap("validate")
         impute = {table: config.impute_for(table) for table in ("users", "items")}

@@ -106,19 +106,20 @@ def run_pipeline(source: Mapping[str, Any], store: Store, as_of: datetime = AS_O
     """The ``recommend`` flow without Prefect: load, validate, prepare, evaluate, refit, publish.
 
     Same stage functions, same order and the same ``Store`` calls as ``flows/recommend.py`` and
-    ``tasks/publish.py``: a run record after loading, metrics and features, then the recommendations with the
+    ``tasks/publish.py``: a run record before loading, metrics and features, then the recommendations with the
     champion, and the run closed as completed/partial/failed. Raises :class:`StageFailed` naming the stage.
     """
     try:
-        spec = SourceSpec.from_mapping(source)
-        dataset = load_dataset(spec)
+        spec = SourceSpec.from_mapping(source)  # RunConfig checks the settings before the flow starts
     except Exception as exc:
         raise StageFailed("load", exc) from exc
     run_id = store.start_run(
-        dataset=dataset.name, source=spec.describe(), as_of=as_of, parameters=dict(source), flow_run_id=None
+        dataset=spec.dataset_name, source=spec.describe(), as_of=as_of, parameters=dict(source), flow_run_id=None
     )
-    stage = "validate"
+    stage = "load"
     try:
+        dataset = load_dataset(spec)
+        stage = "validate"
         report = validate_dataset(dataset, min_interactions=10)
         report.raise_for_critical()
         stage = "prepare"
@@ -626,12 +627,9 @@ def test_failing_case_names_the_problem_and_keeps_published_rows(case: Case, pub
     assert not missing, f"{case.name}: message lacks {missing}:\n{message}"
     assert_unchanged(before, snapshot(published_store))
     runs = published_store.latest_runs(limit=1000)
-    if case.stage == "load":
-        assert len(runs) == runs_before  # nothing loaded: no run recorded
-    else:
-        assert len(runs) == runs_before + 1
-        latest = runs.iloc[0]
-        assert latest["status"] == "failed" and case.words[0] in latest["error"]
+    assert len(runs) == runs_before + 1  # recorded before loading, so a load failure is on record too
+    latest = runs.iloc[0]
+    assert latest["status"] == "failed" and case.words[0] in latest["error"]
 
 
 @pytest.mark.parametrize("case", PROCEEDING, ids=lambda c: c.name)
@@ -714,10 +712,9 @@ def test_flow_fails_cleanly_on_bad_input(name: str, published_store: Store, tmp_
     assert not missing, f"{name}: the flow's error lacks {missing}:\n{message}"
     assert_unchanged(before, snapshot(published_store))
     runs = published_store.latest_runs(limit=1000)
-    # The flow records a run once the data loaded (ingest comes first); a later failure closes it failed.
-    assert len(runs) == runs_before + (case.stage != "load")
-    if case.stage != "load":
-        assert runs.iloc[0]["status"] == "failed"
+    # The flow records the run before it reads any data; any failure, loading included, closes it failed.
+    assert len(runs) == runs_before + 1
+    assert runs.iloc[0]["status"] == "failed" and case.words[0] in runs.iloc[0]["error"]
 
 
 @pytest.mark.flow

@@ -24,6 +24,22 @@ def test_defaults_are_the_synthetic_nightly_run() -> None:
     assert config.model_list() and config.top_n == 50 and config.k == 10 and config.task_runner == "thread"
 
 
+@pytest.mark.parametrize(
+    ("argv", "taken_as"),
+    [(["run", "--source", "csv"], "--source-url"), (["runs", "--db", "sqlite:///x.db"], "--db-url")],
+)
+def test_option_prefixes_are_not_taken_for_longer_options(
+    argv: list[str], taken_as: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse's prefix matching turned `--source csv` (meaning the kind) into `--source-url csv`, which then failed
+    # with an error about SQL tables; an option must be spelt out.
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert f"unrecognized arguments: {' '.join(argv[1:])}" in capsys.readouterr().err
+    assert taken_as.startswith(argv[1])
+
+
 def test_flags_build_the_source_and_options() -> None:
     config = _config(
         [

@@ -328,11 +328,37 @@ def test_flow_retries_an_unreachable_database_then_fails_without_writing(
         task_runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         )
-    # The first task to need the database is `protect` (it reads the erasures): tried, then retried twice.
-    first_db_task = [t for t in task_runs if t.name.startswith("protect")]
-    assert [t.run_count for t in first_db_task] == [3]
-    assert {t.name.split("-")[0] for t in task_runs} <= {"ingest", "protect"}  # stopped before validation
+    # The first task is `open-run` (the run is recorded before any data is read): tried, then retried twice; no
+    # data was read for a run that could not be recorded.
+    assert [(t.name.rsplit("-", 1)[0], t.run_count) for t in task_runs] == [("open-run", 3)]
     assert not (tmp_path / "var" / "reports").exists()
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_that_fails_at_ingest_is_recorded_as_failed(tmp_path: Path) -> None:
+    from flows.recommend import recommend
+
+    missing = tmp_path / "gone" / "events.csv"
+    db = f"sqlite:///{tmp_path / 'rf.db'}"
+    config = RunConfig(
+        source={"kind": "csv", "interactions": str(missing)},
+        as_of=AS_OF,
+        models=["popularity"],
+        output_dir=str(tmp_path / "var"),
+    )
+    state = recommend(config=config, db_url=db, return_state=True)
+    assert state.is_failed()
+    store = Store(db)
+    runs = store.latest_runs()
+    store.dispose()
+    # Without the record a nightly run that could not read its input left no trace in `recforge runs`.
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "failed" and run["dataset"] == "events"
+    assert str(missing) in run["error"] and run["flow_run_id"] == str(state.state_details.flow_run_id)
+    assert list(run["timings"]) == ["ingest (failed)"]
+    assert run["as_of"] == pd.Timestamp(AS_OF)
 
 
 # ---------------------------------------------------------------------------------------------- a model fails

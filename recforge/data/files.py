@@ -130,7 +130,7 @@ def load_files(
             tables[table] = standardize_entities(raw, id_column, mapping, str(path))
     paths = {"interactions": interactions, "users": users, "items": items}
     return Dataset(
-        name=name or _stem(interactions),
+        name=name or file_stem(interactions),
         interactions=frame,
         users=tables["users"],
         items=tables["items"],
@@ -653,7 +653,8 @@ def _examples(values: pd.Series, mask: pd.Series) -> str:
     return ", ".join(f"row {i}: {v!r}" for i, v in rows.items())
 
 
-def _stem(path: Path) -> str:
+def file_stem(path: Path) -> str:
+    """The data set name of an events file: its name without compression/format suffixes (events.csv.gz → events)."""
     name = path.name
     for suffix in reversed(path.suffixes):
         if suffix.lower() in _COMPRESSION_SUFFIXES | _PARQUET_SUFFIXES | set(_TEXT_SEPARATORS):

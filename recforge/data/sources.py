@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from recforge.data.contract import DataError, Dataset
-from recforge.data.files import TIMESTAMP_UNITS, check_column_mapping, check_encoding, load_files, parse_names
+from recforge.data.files import (
+    TIMESTAMP_UNITS,
+    check_column_mapping,
+    check_encoding,
+    file_stem,
+    load_files,
+    parse_names,
+)
 from recforge.data.movielens import OFFICIAL_URL, load_movielens_100k
 from recforge.data.sql import load_sql, mask_url
 from recforge.data.synthetic import generate_synthetic
@@ -128,6 +135,16 @@ class SourceSpec:
             raise DataError(f"timestamp_unit {unit!r} is not one of {list(TIMESTAMP_UNITS)}")
         return cls(**values)
 
+    @property
+    def dataset_name(self) -> str:
+        """The name the loaded :class:`Dataset` carries (run records and champions are kept per name); known before
+        any data is read, so a run that fails while loading is recorded under it too."""
+        if self.kind in ("csv", "parquet") and self.interactions is not None:
+            return file_stem(self.interactions)
+        if self.kind == "sql":
+            return self.table if self.table is not None else "sql-query"
+        return self.kind
+
     def describe(self) -> str:
         """One line for logs: the kind and its settings, with any database password masked."""
         if self.kind == "synthetic":
@@ -185,6 +202,8 @@ def _parse_rating_range(value: Any) -> tuple[float, float]:
 def load_dataset(spec: SourceSpec) -> Dataset:
     """Load the dataset ``spec`` describes, with ``spec.rating_range`` (if set) as its rating scale."""
     dataset = _load(spec)
+    if dataset.name != spec.dataset_name:  # the run was recorded under spec.dataset_name before loading
+        raise AssertionError(f"{spec.kind} source loaded data set {dataset.name!r}, expected {spec.dataset_name!r}")
     if spec.rating_range is not None:
         dataset = dataclasses.replace(dataset, rating_range=spec.rating_range)
     return dataset
