@@ -174,15 +174,18 @@ def prepare(
     train_items = pd.Index(split.train[ITEM].unique())
     imputation: list[dict[str, Any]] = []
     users = items = None
+    later = {"users": 0, "items": 0}
     if dataset.users is not None:
-        rules = declared_rules(dataset.users, USER, impute.get("users", {}))
-        imputer = Imputer(rules).fit(dataset.users, id_column=USER, fit_ids=train_users)
-        users = imputer.transform(dataset.users)
+        known, later["users"] = _known_at(dataset.users, USER, raw, window, as_of)
+        rules = declared_rules(known, USER, impute.get("users", {}))
+        imputer = Imputer(rules).fit(known, id_column=USER, fit_ids=train_users)
+        users = imputer.transform(known)
         imputation += [{"table": "users", **row} for row in imputer.report()]
     if dataset.items is not None:
-        rules = declared_rules(dataset.items, ITEM, impute.get("items", {}))
-        imputer = Imputer(rules).fit(dataset.items, id_column=ITEM, fit_ids=train_items)
-        items = imputer.transform(dataset.items)
+        known, later["items"] = _known_at(dataset.items, ITEM, raw, window, as_of)
+        rules = declared_rules(known, ITEM, impute.get("items", {}))
+        imputer = Imputer(rules).fit(known, id_column=ITEM, fit_ids=train_items)
+        items = imputer.transform(known)
         imputation += [{"table": "items", **row} for row in imputer.report()]
     return PreparedData(
         dataset_name=dataset.name,
@@ -203,8 +206,31 @@ def prepare(
             "test": len(split.test),
             "users": int(before[USER].nunique()),
             "items": int(before[ITEM].nunique()),
-        },
+        }
+        | {f"{table} table rows after as_of (left out)": n for table, n in later.items() if n},
     )
+
+
+def _known_at(
+    table: pd.DataFrame, id_column: str, raw: pd.DataFrame, window: np.ndarray, as_of: datetime
+) -> tuple[pd.DataFrame, int]:
+    """The rows of a users/items ``table`` that existed at ``as_of``, and how many were left out.
+
+    The tables are today's snapshot, while a past ``as_of`` (a backfill) must see the catalogue of its day: an
+    entity whose first event comes after ``as_of``, or an item released in a later year, did not exist yet. Left
+    in, such users were ranked and such items recommended (``new_items_weight``) on dates before they appeared.
+    Entities without any event stay: nothing says they are newer than ``as_of``.
+    """
+    ids = table[id_column]
+    seen_before = pd.Index(raw.loc[window, id_column].unique())
+    first_seen_after = pd.Index(raw.loc[~window, id_column].unique()).difference(seen_before)
+    later = ids.isin(first_seen_after)
+    if id_column == ITEM and "release_year" in table.columns:
+        years = pd.to_numeric(table["release_year"], errors="coerce")
+        later |= (years > as_of.year) & ~ids.isin(seen_before)
+    if not later.any():
+        return table, 0
+    return table.loc[~later].reset_index(drop=True), int(later.sum())
 
 
 def _nothing_left_after_cleaning(dataset: Dataset, cleaning: CleaningReport) -> str:

@@ -276,9 +276,59 @@ def test_full_evaluation_feeds_metrics_with_intervals(prepared: PreparedData) ->
 
 @pytest.fixture(scope="module")
 def movielens_before_1998(ml100k_dir: Path) -> PreparedData:
-    """ML-100K cut at 1998-01-01: about 400 users of u.user have no event yet, some have only a few."""
+    """ML-100K cut at 1998-01-01, with 40 users and 30 items added to u.user and u.item that have no events (copies
+    of others' attributes under new ids): cold users and new items. The ~400 users and ~190 items whose first
+    event is after the cut are not in its catalogue (see the test below); some users have only a few events."""
     dataset = load_movielens_100k(data_dir=ml100k_dir)
+    assert dataset.users is not None and dataset.items is not None
+    cold_users = dataset.users.iloc[:40].assign(user_id=[f"cold-{i}" for i in range(40)])
+    new_items = dataset.items[dataset.items["release_year"] < 1997].iloc[:30]
+    new_items = new_items.assign(item_id=[f"new-{i}" for i in range(30)])
+    dataset = dataclasses.replace(
+        dataset,
+        users=pd.concat([dataset.users, cold_users], ignore_index=True),
+        items=pd.concat([dataset.items, new_items], ignore_index=True),
+    )
     return prepare(dataset, validate_dataset(dataset, min_interactions=10), datetime(1998, 1, 1, tzinfo=UTC))
+
+
+def test_users_and_items_that_appear_after_as_of_are_not_in_its_catalogue(
+    ml100k_dir: Path, movielens_before_1998: PreparedData
+) -> None:
+    # u.user and u.item are today's tables; a run for 1998-01-01 must not rank users who joined later nor recommend
+    # items first rated (or released) later: before, ~400 such users got cold-start rows and, with
+    # new_items_weight, ~190 such items were recommended as "new".
+    data = movielens_before_1998
+    assert data.users is not None and data.items is not None
+    raw = load_movielens_100k(data_dir=ml100k_dir).interactions
+    after = raw[raw["timestamp"] >= pd.Timestamp("1998-01-01", tz="UTC")]
+    before = raw[raw["timestamp"] < pd.Timestamp("1998-01-01", tz="UTC")]
+    later_users = pd.Index(after["user_id"].unique()).difference(pd.Index(before["user_id"].unique()))
+    later_items = pd.Index(after["item_id"].unique()).difference(pd.Index(before["item_id"].unique()))
+    assert len(later_users) > 300 and len(later_items) > 100
+    assert not data.users["user_id"].isin(later_users).any()
+    assert not data.items["item_id"].isin(later_items).any()
+    assert data.users["user_id"].str.startswith("cold-").sum() == 40  # no events at all: they stay
+    assert data.items["item_id"].str.startswith("new-").sum() == 30
+    counts = data.row_counts
+    assert counts["users table rows after as_of (left out)"] == len(later_users)
+    assert counts["items table rows after as_of (left out)"] >= len(later_items)
+    frame = fit_and_recommend("item_knn", data, top_n=20, new_items_weight=0.5, explanations=False).frame
+    assert not frame["user_id"].isin(later_users).any() and not frame["item_id"].isin(later_items).any()
+    assert frame["user_id"].str.startswith("cold-").any() and frame["item_id"].str.startswith("new-").any()
+
+
+def test_an_item_released_after_as_of_is_left_out_even_without_events() -> None:
+    dataset = generate_synthetic(n_users=60, n_items=40, n_events=900, seed=3)
+    assert dataset.items is not None
+    as_of = pd.Timestamp(dataset.interactions["timestamp"].max()).to_pydatetime() + pd.Timedelta(days=1)
+    unreleased = dataset.items.iloc[:2].assign(item_id=["future-1", "future-2"], release_year=as_of.year + 1)
+    current = dataset.items.iloc[:1].assign(item_id=["current-1"], release_year=as_of.year)
+    dataset = dataclasses.replace(dataset, items=pd.concat([dataset.items, unreleased, current], ignore_index=True))
+    data = prepare(dataset, validate_dataset(dataset, min_interactions=10), as_of)
+    assert data.items is not None
+    assert "current-1" in set(data.items["item_id"]) and not data.items["item_id"].str.startswith("future").any()
+    assert data.row_counts["items table rows after as_of (left out)"] == 2
 
 
 def test_published_rows_carry_their_strategy_and_a_reason(movielens_before_1998: PreparedData) -> None:
