@@ -222,6 +222,46 @@ def test_sampled_loss_never_uses_a_rows_target_as_its_negative() -> None:
     assert float(got) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_bpr_max_gives_a_row_without_negatives_no_loss_not_nan() -> None:
+    # In-batch candidates are {3, 7}: row 0 targets both, so it has no negative left. Softmax over an all -inf row
+    # was 0/0 = NaN, which made the loss, then every weight NaN while the fit still "succeeded".
+    hidden = torch.randn(2, 4, requires_grad=True)
+    weight, bias = torch.randn(50, 4, requires_grad=True), torch.zeros(50)
+    alone = next_item_loss(hidden[:1], torch.tensor([[3, 7]]), weight, bias, "bpr_max", 0)
+    assert float(alone.detach()) == pytest.approx(0.0, abs=1e-6)
+    both = next_item_loss(hidden, torch.tensor([[3, 7], [7, -1]]), weight, bias, "bpr_max", 0)
+    both.backward()
+    assert math.isfinite(float(both.detach())) and float(both.detach()) > 0
+    assert torch.isfinite(hidden.grad).all() and torch.isfinite(weight.grad).all()
+    assert float(hidden.grad[0].abs().sum()) == 0.0  # the row without negatives takes no part
+
+
+def test_a_non_finite_loss_stops_training_with_the_weights_before_it() -> None:
+    net = torch.nn.Linear(2, 1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    steps = iter([1.0, float("nan")])
+
+    def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return net(batch[0].float()).sum() * 0 + next(steps)
+
+    config = NeuMFConfig(max_epochs=1, learning_rate=0.5)
+    with pytest.raises(FloatingPointError, match=r"loss is nan in epoch 1, batch 2 of 2.*learning_rate \(now 0.5\)"):
+        training.train(
+            net,
+            lambda rng: [(np.ones((1, 2)),), (np.ones((1, 2)),)],
+            loss_fn,
+            config,
+            RunSettings(seed=0),
+            torch.device("cpu"),
+            None,
+            lambda users: np.zeros((len(users), 1)),
+            "test",
+        )
+    after = net.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the finite first step was taken
+
+
 def test_ndcg_at_k_by_hand() -> None:
     relevant = sp.csr_matrix(np.array([[0, 1, 0, 1], [1, 0, 0, 0]], dtype=np.float32))
     items = np.array([[1, 0], [2, -1]])
@@ -502,6 +542,23 @@ def test_recency_weights_by_hand() -> None:
     seq = SequenceData.from_lists([[4, 5, 6], [7]], n_items=8)
     np.testing.assert_allclose(recency_weights(seq, 2.0), [0.5, 0.5**0.5, 1.0, 1.0])
     np.testing.assert_array_equal(recency_weights(seq, None), [1, 1, 1, 1])
+    # Without event times the order is random: a weight by position would weigh a seed-chosen subset.
+    unordered = dataclasses.replace(seq, ordered=False)
+    np.testing.assert_array_equal(recency_weights(unordered, 2.0), [1, 1, 1, 1])
+
+
+def test_neumf_without_timestamps_trains_the_same_with_or_without_a_half_life() -> None:
+    timed = _cyclic(n_users=30)
+    data = Interactions.from_arrays(timed.user, timed.item, n_users=timed.n_users, n_items=timed.n_items)
+    assert SequenceData.from_interactions(data, np.random.default_rng(0)).ordered is False
+    config = dataclasses.replace(TINY_NEUMF, max_epochs=3)
+    halved = NeuMF(dataclasses.replace(config, recency_half_life=2.0)).fit(data, RunSettings(seed=1, threads=1))
+    equal = NeuMF(dataclasses.replace(config, recency_half_life=None)).fit(data, RunSettings(seed=1, threads=1))
+    np.testing.assert_array_equal(halved.score(np.arange(30)), equal.score(np.arange(30)))
+    # With times the half-life does weigh: the check above is not vacuous.
+    on_timed = NeuMF(dataclasses.replace(config, recency_half_life=2.0)).fit(timed, RunSettings(seed=1, threads=1))
+    plain = NeuMF(dataclasses.replace(config, recency_half_life=None)).fit(timed, RunSettings(seed=1, threads=1))
+    assert not np.array_equal(on_timed.score(np.arange(30)), plain.score(np.arange(30)))
 
 
 def test_users_without_history_score_like_popularity() -> None:

@@ -24,12 +24,15 @@ class SequenceData:
     n_users, n_items: the index space (users without events have empty sequences).
     indptr: int64 ``(n_users + 1,)``; user ``u``'s events are ``items[indptr[u]:indptr[u + 1]]``.
     items: int64 item indices in ``[0, n_items)``.
+    ordered: False when the events had no times and come in a random order (order-free models' validation cut):
+        then nothing may be read from positions, such as which event is a user's newest.
     """
 
     n_users: int
     n_items: int
     indptr: np.ndarray
     items: np.ndarray
+    ordered: bool = True
 
     def __post_init__(self) -> None:
         if self.indptr.shape != (self.n_users + 1,) or self.indptr[0] != 0 or self.indptr[-1] != len(self.items):
@@ -67,7 +70,7 @@ class SequenceData:
         order = np.lexsort((data.item, time_key, data.user))
         counts = np.bincount(data.user, minlength=data.n_users)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return cls(data.n_users, data.n_items, indptr, data.item[order].astype(np.int64))
+        return cls(data.n_users, data.n_items, indptr, data.item[order].astype(np.int64), data.timestamp is not None)
 
     @classmethod
     def from_lists(cls, sequences: list[list[int]], n_items: int) -> SequenceData:
@@ -119,8 +122,8 @@ class SequenceData:
         head_ptr = np.concatenate([[0], np.cumsum(n_head)]).astype(np.int64)
         tail_ptr = np.concatenate([[0], np.cumsum(n_tail)]).astype(np.int64)
         return (
-            SequenceData(self.n_users, self.n_items, head_ptr, self.items[in_head]),
-            SequenceData(self.n_users, self.n_items, tail_ptr, self.items[~in_head]),
+            SequenceData(self.n_users, self.n_items, head_ptr, self.items[in_head], self.ordered),
+            SequenceData(self.n_users, self.n_items, tail_ptr, self.items[~in_head], self.ordered),
         )
 
     def last(self, users: np.ndarray, max_len: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -267,12 +267,19 @@ def train(
             tensors = tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in batch)
             with autocast(device):
                 loss = loss_fn(tensors)
+            value = float(loss.detach())
+            if not math.isfinite(value):  # one NaN step makes every weight NaN, and the fit would still "succeed"
+                raise FloatingPointError(
+                    f"{stage}: the training loss is {value} in epoch {epoch + 1}, batch {position + 1} of "
+                    f"{len(batches)}; the weights are left as before that step. Lower learning_rate (now "
+                    f"{config.learning_rate:g}) or set clip_norm, or check the data for extreme values"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip_norm > 0:
                 nn.utils.clip_grad_norm_(module.parameters(), config.clip_norm)
             optimizer.step()
-            total += float(loss.detach())
+            total += value
             weight += 1
             settings.report(stage, (epoch + (position + 1) / len(batches)) / config.max_epochs)
         log.train_loss.append(total / max(weight, 1))
@@ -344,7 +351,10 @@ def next_item_loss(
         denominator = torch.logaddexp(torch.logsumexp(negative_logits, dim=1, keepdim=True), positive)
         per_target = denominator - positive
     elif kind == "bpr_max":
-        share = torch.softmax(negative_logits, dim=1)  # (N, M): weights of the negatives
+        # A row without any negative (all -inf: its targets are the only candidates) would make softmax 0/0 = NaN
+        # and poison every weight; with finite zeros instead its loss comes out 0, as with "ce".
+        has_negative = torch.isfinite(negative_logits).any(dim=1, keepdim=True)
+        share = torch.softmax(negative_logits.masked_fill(~has_negative, 0.0), dim=1)  # (N, M): negatives' weights
         ranked = torch.sigmoid(positive[:, :, None] - negative_logits[:, None, :])  # (N, T, M)
         per_target = -torch.log((share[:, None, :] * ranked).sum(-1) + 1e-24)
         per_target = per_target + bpr_reg * (share * negative_logits.nan_to_num(neginf=0.0).square()).sum(1)[:, None]
@@ -629,7 +639,7 @@ class NeuralRecommender(Recommender):
         items, _ = sequences.last(np.arange(sequences.n_users), window)
         keep = np.arange(items.shape[1])[None, :] < lengths[:, None]
         indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        return SequenceData(sequences.n_users, sequences.n_items, indptr, items[keep])
+        return SequenceData(sequences.n_users, sequences.n_items, indptr, items[keep], sequences.ordered)
 
     def _scores(self, users: np.ndarray, history: SequenceData) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)
