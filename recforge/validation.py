@@ -535,6 +535,12 @@ def _slim_result(result: ExpectationSuiteValidationResult) -> ExpectationSuiteVa
         if isinstance(value_set, list) and len(value_set) > _DOCS_MAX_VALUE_SET:
             shown = value_set[:_DOCS_MAX_VALUE_SET]
             r.expectation_config.kwargs["value_set"] = [*shown, f"... {len(value_set) - len(shown)} more"]
+    # GX 1.x's page header reads the asset from meta.batch_spec (its 0.x place) while 1.x keeps it in
+    # meta.active_batch_definition: every page said "Data asset: None".
+    batch = result.meta.get("active_batch_definition") or {}
+    if batch.get("data_asset_name") and isinstance(result.meta.get("batch_spec"), dict):
+        asset = f"{batch.get('datasource_name')}/{batch['data_asset_name']}".removeprefix("None/")
+        result.meta["batch_spec"] = {**result.meta["batch_spec"], "data_asset_name": asset}
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -375,6 +376,9 @@ def test_data_docs_are_built_and_pruned(tmp_path: Path, monkeypatch: pytest.Monk
     # 2 kept runs x 2 tables; the first run's pages were pruned.
     assert len(pages) == 4
     assert {p.parts[-4] for p in pages} == {"interactions", "users"}
+    # Each page names its data set and table (GX's header read it from where GX 1.x no longer puts it: "None").
+    headers = {p.parts[-4]: re.sub(r"\s+", " ", p.read_text()) for p in pages}
+    assert "Data asset: toy/interactions<br>" in headers["interactions"] and "Data asset: None" not in headers["users"]
     assert len({p.parts[-2] for p in pages}) == 2
     stored = sorted((tmp_path / "gx" / "uncommitted" / "validations").rglob("*.json"))
     assert len(stored) == 4
