@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,6 +179,34 @@ def test_seed_determines_the_model_and_scores_are_factor_products() -> None:
     np.testing.assert_allclose(first.score(users), expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_learning_rate_falls_linearly_to_the_final_one(optimizer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, _, _ = _planted(5)
+    rates: list[float] = []
+    if optimizer == "sgd":
+        step = bpr_module.sgd_triple_step
+        monkeypatch.setattr(bpr_module, "sgd_triple_step", lambda *a: rates.append(a[5]) or step(*a))
+    else:
+        adam_step = bpr_module._SparseAdam.step
+        monkeypatch.setattr(
+            bpr_module._SparseAdam, "step", lambda self, r, g: rates.append(self.lr) or adam_step(self, r, g)
+        )
+    config = BPRConfig(factors=4, epochs=3, batch_size=100_000, learning_rate=0.3, final_learning_rate=0.1)
+    BPR(dataclasses.replace(config, optimizer=optimizer)).fit(data, RunSettings(seed=0))
+    per_epoch = sorted(set(rates), reverse=True)
+    assert per_epoch == pytest.approx([0.3, 0.2, 0.1])
+    assert BPRConfig(epochs=1, learning_rate=0.3, final_learning_rate=0.0).epoch_learning_rate(0) == 0.3
+    assert BPRConfig(learning_rate=0.3, final_learning_rate=None).epoch_learning_rate(7) == 0.3
+
+
+def test_a_diverging_fit_fails_instead_of_returning_nan_factors() -> None:
+    data, _, _ = _planted(6)
+    with pytest.raises(
+        FloatingPointError, match=r"bpr diverged in epoch \d+ of 50.*lower learning_rate \(now 1e\+06\)"
+    ):
+        BPR(BPRConfig(factors=4, epochs=50, learning_rate=1e6)).fit(data, RunSettings(seed=0))
+
+
 def test_without_item_bias_the_bias_stays_zero() -> None:
     data, _, _ = _planted(2)
     model = BPR(BPRConfig(factors=4, epochs=2, item_bias=False)).fit(data)
@@ -228,7 +257,7 @@ def test_refuses_a_single_item_catalogue() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [("factors", 0), ("epochs", 0), ("batch_size", 0), ("learning_rate", 0.0), ("optimizer", "rmsprop"),
-     ("regularization", -1.0), ("init_scale", 0.0)],
+     ("regularization", -1.0), ("init_scale", 0.0), ("final_learning_rate", -0.1)],
 )  # fmt: skip
 def test_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
