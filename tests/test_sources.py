@@ -652,6 +652,45 @@ def test_parquet_interactions_with_int_float_and_naive_datetime_columns(tmp_path
     assert ds.interactions[TIMESTAMP].iloc[1] == pd.Timestamp("2024-05-02 09:30", tz="UTC")
 
 
+def test_float_ids_convert_value_by_value(tmp_path: Path) -> None:
+    # One non-integral id turned every id of the column into "7.0" text: the same item got two ids across nights.
+    path = tmp_path / "events.parquet"
+    frame = pd.DataFrame({"user_id": ["a", "b", "c"], "item_id": [7.0, 20.0, 1.5], "timestamp": [0, 1, 2]})
+    frame.to_parquet(path)
+    assert load_files(path).interactions[ITEM].tolist() == ["7", "20", "1.5"]
+
+
+def test_binary_ids_must_be_utf8_text(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(users: list[bytes]) -> Path:
+        path = tmp_path / "events.parquet"
+        table = pa.table(
+            {"user_id": pa.array(users, pa.binary()), "item_id": ["i"] * len(users), "timestamp": range(len(users))}
+        )
+        pq.write_table(table, path)
+        return path
+
+    # Binary columns that hold text (older Parquet writers) read as that text.
+    assert load_files(write([b"alice", "böb".encode()])).interactions[USER].tolist() == ["alice", "böb"]
+    # Keys that are not UTF-8 were decoded "with replacement": 0x80..0x95 all became one user.
+    keys = [i.to_bytes(2, "big") for i in range(0x7F00, 0x7F00 + 3)] + [b"\x80", b"\x81"]
+    with pytest.raises(DataError, match=r"events\.parquet, column 'user_id': 2 id\(s\) are not UTF-8 text \(row 3: "):
+        load_files(write(keys))
+
+
+def test_ids_with_nul_are_refused_on_every_database(tmp_path: Path) -> None:
+    # PostgreSQL cannot store NUL; SQLite can. Refused when loading, the same data fails the same way on both, and
+    # before any training rather than at publish.
+    path = _write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu1,i1,0\nu2,i2,1\n")
+    frame = pd.read_csv(path, dtype=str)
+    frame.loc[1, "item_id"] = "i\x002"
+    frame.to_parquet(tmp_path / "events.parquet")
+    with pytest.raises(DataError, match=r"column 'item_id': 1 id\(s\) contain the NUL character \(row 1: 'i\\x002'\)"):
+        load_files(tmp_path / "events.parquet")
+
+
 def test_timestamp_problems_are_explained(tmp_path: Path) -> None:
     text = _write(tmp_path / "a.csv", "user_id,item_id,timestamp\nu,i,2024-01-01\nu,i,yesterday\n")
     with pytest.raises(DataError, match=r"row 1: 'yesterday'"):

@@ -402,8 +402,8 @@ def standardize_interactions(
         _missing_column(df, RATING, mapping, origin)  # asked for explicitly, so absence is an error
     required = [USER, ITEM, TIMESTAMP, *([RATING] if has_rating else [])]
     out = _rename(df, required, mapping, origin)
-    out[USER] = ids_to_text(out[USER])
-    out[ITEM] = ids_to_text(out[ITEM])
+    out[USER] = ids_to_text(out[USER], f"{origin}, column {mapping.get(USER, USER)!r}")
+    out[ITEM] = ids_to_text(out[ITEM], f"{origin}, column {mapping.get(ITEM, ITEM)!r}")
     if has_rating:
         out[RATING] = _ratings(out[RATING], f"{origin}, column {mapping.get(RATING, RATING)!r}")
     out[TIMESTAMP] = to_utc(out[TIMESTAMP], timestamp_unit, f"{origin}, column {mapping.get(TIMESTAMP, TIMESTAMP)!r}")
@@ -415,7 +415,7 @@ def standardize_entities(df: pd.DataFrame, id_column: str, columns: Mapping[str,
     mapping = check_column_mapping(columns)
     require_unique_columns(df.columns, origin)
     out = _rename(df, [id_column], mapping, origin, names_setting=_NAMES_SETTING[id_column])
-    out[id_column] = ids_to_text(out[id_column])
+    out[id_column] = ids_to_text(out[id_column], f"{origin}, column {mapping.get(id_column, id_column)!r}")
     if GENRES in out.columns:
         genres = out[GENRES].astype("str")
         # MovieLens' newer releases (ml-latest, 20M, 25M, 32M) write "(no genres listed)" for an item without
@@ -450,20 +450,44 @@ def atomic_genres(items: pd.DataFrame) -> pd.DataFrame:
     return items.drop(columns=[source]).assign(**{GENRES: labels.mask(labels.str.len() == 0)})
 
 
-def ids_to_text(values: pd.Series) -> pd.Series:
+def ids_to_text(values: pd.Series, where: str = "ids") -> pd.Series:
     """Identifiers as exact text (``str`` dtype); missing stays missing, integral floats lose their ``.0``.
 
-    Integers convert digit for digit (2**62 + 1 survives); floats only occur when a reader widened an integer
-    column with gaps, so ``7.0`` means id ``7``.
+    Integers convert digit for digit (2**62 + 1 survives); floats mostly occur when a reader widened an integer
+    column with gaps, so ``7.0`` means id ``7`` — value by value, so that one ``1.5`` elsewhere in the column does
+    not turn every id into ``7.0`` text. Bytes must be UTF-8 text: decoding others "with replacement" merged
+    distinct binary keys into one id. ``where`` (file or table and column) names the ids in the DataError raised for
+    ids that are not UTF-8 text or that hold NUL, which PostgreSQL cannot store (SQLite would: the same data must
+    publish the same on both).
     """
     if pd.api.types.is_float_dtype(values.dtype):
-        finite = values.dropna()
-        if (finite == finite.round()).all() and (finite.abs() < 2**63).all():
-            return values.astype("Int64").astype("str")
-        return values.astype("str")
+        integral = (values == values.round()) & (values.abs() < 2**63)
+        text = values.astype("str")
+        if integral.any():
+            text = text.mask(integral, values.where(integral).astype("Int64").astype("str"))
+        text = text.mask(values.isna())
+        return text.astype("str")
     if values.dtype == object:
-        return values.map(_id_text, na_action="ignore").astype("str")
-    return values.astype("str")
+        try:  # pandas' text is UTF-8 (pyarrow): it refuses what does not encode
+            text = values.map(_id_text, na_action="ignore").astype("str")
+        except UnicodeEncodeError:
+            bad = pd.Series(
+                [isinstance(v, (str, bytes)) and _not_utf8(_id_text(v)) for v in values], index=values.index
+            )
+            raise DataError(
+                f"{where}: {int(bad.sum())} id(s) are not UTF-8 text ({_examples(values, bad)}): bytes that do not "
+                "decode as UTF-8, or lone surrogates; recforge keeps ids as text: convert the column to text first "
+                "(hex, for example, in the query or the file)"
+            ) from None
+    else:
+        text = values.astype("str")
+    has_nul = text.str.contains("\x00", regex=False).fillna(False).astype(bool)
+    if has_nul.any():
+        raise DataError(
+            f"{where}: {int(has_nul.sum())} id(s) contain the NUL character ({_examples(text, has_nul)}), which "
+            "PostgreSQL cannot store; remove or replace it in the source"
+        )
+    return text
 
 
 def to_utc(values: pd.Series, unit: str, origin: str, unit_hint: str | None = None) -> pd.Series:
@@ -644,8 +668,18 @@ def _id_text(value: object) -> str:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return str(int(value))
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
+        # Undecodable bytes become lone surrogates, which the conversion to text then refuses (a replacement
+        # character instead merged distinct binary keys into one id).
+        return value.decode("utf-8", errors="surrogateescape")
     return str(value)
+
+
+def _not_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _examples(values: pd.Series, mask: pd.Series) -> str:
