@@ -1040,8 +1040,9 @@ class Store:
         """Store a wide per-entity feature table in long form; returns the rows written.
 
         ``features`` has one row per entity (``id_column``) and one numeric or boolean column per feature;
-        missing values are not stored (absent row = unknown). Rows previously written for the same run,
-        ``as_of`` and entity are replaced.
+        missing values are not stored (absent row = unknown). Rows previously written for the same ``as_of`` and
+        entity are replaced, by whichever run wrote them: the features of a date are those of its latest publish, as
+        its recommendations are (a rerun or ``backfill --force`` kept both runs' rows side by side).
         """
         what = f"{entity} features"
         if entity not in ENTITIES:
@@ -1070,7 +1071,9 @@ class Store:
             self._require_run(conn, run_id)
             conn.execute(
                 delete(features_table).where(
-                    features_table.c.run_id == run_id,
+                    # Through the runs of this as_of: the primary key's leading run_id serves the delete, where
+                    # as_of alone would scan every date's features.
+                    features_table.c.run_id.in_(select(runs_table.c.run_id).where(runs_table.c.as_of == naive_as_of)),
                     features_table.c.as_of == naive_as_of,
                     features_table.c.entity == entity,
                 )

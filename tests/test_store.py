@@ -606,6 +606,16 @@ def test_write_features_wide_to_long(store: Store, run_id: str) -> None:
     items = pd.DataFrame({"item_id": ["i1"], "popularity": [3]})
     assert store.write_features(run_id, AS_OF_1, "item", items, "item_id") == 1
     assert store.counts()["features"] == 2
+    # A rerun of the date (another run) replaces them too; another as_of keeps its own.
+    rerun = store.start_run(dataset="toy", source="toy.csv", as_of=AS_OF_1, parameters={}, flow_run_id=None)
+    later = store.start_run(dataset="toy", source="toy.csv", as_of=AS_OF_2, parameters={}, flow_run_id=None)
+    assert store.write_features(later, AS_OF_2, "user", wide, "user_id") == 5
+    assert store.write_features(rerun, AS_OF_1, "user", wide, "user_id") == 5
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(t.c.run_id, t.c.as_of, t.c.entity).distinct()).all()
+    assert sorted((r.as_of, r.entity, r.run_id) for r in rows) == sorted(
+        [(AS_OF_1, "user", rerun), (AS_OF_1, "item", run_id), (AS_OF_2, "user", later)]
+    )
 
 
 def test_write_features_rejects_bad_input(store: Store, run_id: str) -> None:
