@@ -37,6 +37,7 @@ from recforge.pipeline import (
     ModelRecommendations,
     PreparedData,
     choose_champion,
+    keep_standing_champion,
     leaderboard,
     metrics_frame,
 )
@@ -176,6 +177,10 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             if ok_results
             else None
         )
+        if selection is not None:  # a rerun of this date with some of the models must not demote a better champion
+            selection = keep_standing_champion(
+                selection, _standing_champion(url, as_of, dataset.name), {r.model for r in recommendations}
+            )
         champion = selection.to_decision() if selection is not None and selection.model else None
         metrics = metrics_frame(results, config.k, refits=recommendations)
         if recommendations:
@@ -316,6 +321,15 @@ def _previous_champion(url: str, as_of: datetime, dataset: str) -> ChampionDecis
     store = Store(url)
     try:
         return store.previous_champion(as_of, dataset)
+    finally:
+        store.dispose()
+
+
+def _standing_champion(url: str, as_of: datetime, dataset: str) -> ChampionDecision | None:
+    """This as_of's champion as published now (by an earlier run of the same date), or None."""
+    store = Store(url)
+    try:
+        return store.champion_of(as_of, dataset)
     finally:
         store.dispose()
 

@@ -961,6 +961,18 @@ class Store:
             row = conn.execute(stmt).first()
         return None if row is None else ChampionDecision(row.model, row.metric, float(row.value), row.reason)
 
+    def champion_of(self, as_of: datetime, dataset: str) -> ChampionDecision | None:
+        """The champion now standing for exactly ``as_of`` on ``dataset`` (what a rerun of that date would replace)."""
+        champions = champions_table
+        stmt = (
+            select(champions.c.model, champions.c.metric, champions.c.value, champions.c.reason)
+            .join(runs_table, runs_table.c.run_id == champions.c.run_id)
+            .where(champions.c.as_of == to_naive_utc(as_of), runs_table.c.dataset == dataset)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else ChampionDecision(row.model, row.metric, float(row.value), row.reason)
+
     # -- metrics and features -----------------------------------------------------------------------------
 
     def write_metrics(self, run_id: str, metrics: pd.DataFrame, *, conn: Connection | None = None) -> int:

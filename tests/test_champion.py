@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge.champion import Candidate, ChampionRules, PreviousChampion, select_champion
+from recforge.champion import Candidate, ChampionRules, ChampionSelection, PreviousChampion, select_champion
 from recforge.evaluation import evaluate_full
+from recforge.pipeline import keep_standing_champion
 from recforge.split import temporal_holdout
 from recforge.store import ChampionDecision
 from recmodels.baselines.popularity import Popularity
@@ -166,3 +167,36 @@ def test_selects_from_full_evaluations() -> None:
     np.testing.assert_array_equal(cand.users, evaluation.per_user.index.to_numpy())
     got = select_champion([evaluation], ChampionRules(primary_metric="ndcg@2", coverage_floor=0.1))
     assert got.model == "popularity" and got.value == pytest.approx(evaluation.value("ndcg@2"))
+
+
+def _selection(model: str | None, value: float, metric: str = "ndcg@10") -> ChampionSelection:
+    return ChampionSelection(model, metric, value, math.nan, math.nan, f"chose {model}" if model else "none passed")
+
+
+@pytest.mark.parametrize(
+    ("selection", "standing", "retrained", "kept"),
+    [
+        (_selection("popularity", 0.0750), None, {"popularity"}, False),  # nothing stands for this date
+        (_selection("popularity", 0.0750), ChampionDecision("ease", "ndcg@10", 0.0829, "r"), {"popularity"}, True),
+        (_selection("item_knn", 0.0900), ChampionDecision("ease", "ndcg@10", 0.0829, "r"), {"item_knn"}, False),
+        (_selection("popularity", 0.0750), ChampionDecision("ease", "ndcg@10", 0.0829, "r"), {"ease"}, False),
+        (_selection("popularity", 0.0750), ChampionDecision("ease", "map@10", 0.0829, "r"), {"popularity"}, False),
+        (_selection(None, math.nan), ChampionDecision("ease", "ndcg@10", 0.0829, "r"), {"popularity"}, True),
+        (_selection("nmf", 0.95, "rmse"), ChampionDecision("biased_mf", "rmse", 0.91, "r"), {"nmf"}, True),
+        (_selection("nmf", 0.90, "rmse"), ChampionDecision("biased_mf", "rmse", 0.91, "r"), {"nmf"}, False),
+    ],
+    ids=["none-standing", "worse", "better", "standing-retrained", "other-metric", "none-passed", "rmse-worse",
+         "rmse-better"],
+)  # fmt: skip
+def test_a_rerun_with_some_models_keeps_a_better_standing_champion(
+    selection: ChampionSelection, standing: ChampionDecision | None, retrained: set[str], kept: bool
+) -> None:
+    out = keep_standing_champion(selection, standing, retrained)
+    if not kept:
+        assert out is selection
+        return
+    assert standing is not None and out.model is None
+    assert out.reason.startswith(
+        f"kept {standing.model}, this date's champion ({standing.metric} {standing.value:.4f})"
+    )
+    assert out.reason.endswith(selection.reason)

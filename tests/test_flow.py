@@ -190,6 +190,14 @@ def test_a_significantly_worse_model_does_not_replace_the_previous_champion(tmp_
     # A later run whose champion holds up against the stored one is chosen, with the comparison in its reason.
     third = run(["popularity", "item_knn"], "1998-04-01T00:00:00Z")
     assert third["champion"] == "item_knn" and "no previous champion" not in third["champion_reason"]
+    # Rerunning that date with popularity alone republishes popularity's rows; item_knn's stay, and so does its
+    # place as the date's champion (before, popularity took it over: "no previous champion to compare with").
+    fourth = run(["popularity"], "1998-04-01T00:00:00Z")
+    assert fourth["status"] == "completed" and fourth["champion"] is None
+    assert fourth["champion_reason"].startswith("kept item_knn, this date's champion"), fourth["champion_reason"]
+    champions = _table(url, "champions").sort_values("as_of")
+    assert list(champions["model"]) == ["item_knn", "item_knn"]
+    assert set(_table(url, "champion_recommendations")["model"]) == {"item_knn"}
     # Another data set in the same database is measured on other data: its champion is no bar.
     synthetic = RunConfig(models=["popularity", "item_knn"], top_n=5, output_dir=str(tmp_path / "var"))
     other = recommend(config=synthetic, db_url=url)
