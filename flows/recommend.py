@@ -29,6 +29,7 @@ from flows.runners import (
     worker_processes,
 )
 from recforge import handoff
+from recforge.champion import ChampionSelection
 from recforge.config import RunConfig, resolve_db_url
 from recforge.data.sources import SourceSpec
 from recforge.memory import MemoryWatch, publish_advice, runner_advice
@@ -170,17 +171,12 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         _leaderboard_artifact(board, config.k)
         # Guard rails (coverage floor, no significant regression) may reject every model: then no champion row
         # is written and the view keeps serving the previous champion.
-        selection = (
-            choose_champion(
-                ok_results, config.primary_metric, config.k, previous=_previous_champion(url, as_of, dataset.name)
-            )
-            if ok_results
-            else None
-        )
-        if selection is not None:  # a rerun of this date with some of the models must not demote a better champion
-            selection = keep_standing_champion(
-                selection, _standing_champion(url, as_of, dataset.name), {r.model for r in recommendations}
-            )
+        selection: ChampionSelection | None = None
+        if ok_results:
+            previous, standing = _champions_around(url, as_of, dataset.name)
+            selection = choose_champion(ok_results, config.primary_metric, config.k, previous=previous)
+            # A rerun of this date with some of the models must not demote a better champion it did not retrain.
+            selection = keep_standing_champion(selection, standing, {r.model for r in recommendations})
         champion = selection.to_decision() if selection is not None and selection.model else None
         metrics = metrics_frame(results, config.k, refits=recommendations)
         if recommendations:
@@ -316,20 +312,14 @@ def _measured_seconds(url: str, dataset: str, names: list[str]) -> dict[str, flo
             store.dispose()
 
 
-def _previous_champion(url: str, as_of: datetime, dataset: str) -> ChampionDecision | None:
-    """The champion of the latest as_of before this run's on the same data set: the no-regression guard's bar."""
+def _champions_around(
+    url: str, as_of: datetime, dataset: str
+) -> tuple[ChampionDecision | None, ChampionDecision | None]:
+    """The champion of the latest as_of before this run's on the same data set (the no-regression guard's bar), and
+    this as_of's own champion as an earlier run of the date published it (what a rerun would replace)."""
     store = Store(url)
     try:
-        return store.previous_champion(as_of, dataset)
-    finally:
-        store.dispose()
-
-
-def _standing_champion(url: str, as_of: datetime, dataset: str) -> ChampionDecision | None:
-    """This as_of's champion as published now (by an earlier run of the same date), or None."""
-    store = Store(url)
-    try:
-        return store.champion_of(as_of, dataset)
+        return store.previous_champion(as_of, dataset), store.champion_of(as_of, dataset)
     finally:
         store.dispose()
 
