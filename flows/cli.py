@@ -444,7 +444,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         from flows.recommend import recommend
     finally:
         server_ready()
-    summary = recommend.with_options(task_runner=runner)(config=config)
+    try:
+        summary = recommend.with_options(task_runner=runner)(config=config)
+    except Exception as exc:
+        # A partial run published the other models and wrote its report: show them, then the failure.
+        partial = getattr(exc, "summary", None)
+        if partial is not None:
+            _print_run_summary(partial, config, args)
+        raise
+    _print_run_summary(summary, config, args)
+    return 0
+
+
+def _print_run_summary(summary: dict[str, Any], config: RunConfig, args: argparse.Namespace) -> None:
     print()
     print(f"recforge run {summary['run_id']} — {summary['dataset']} as of {summary['as_of']}: {summary['status']}")
     print(f"Leaderboard (top-N metrics @{config.k} on the per-user temporal holdout):")
@@ -462,7 +474,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.get("data_docs"):
         print(f"Validation report (Great Expectations Data Docs): {summary['data_docs']}")
     print(f"Try: recforge recommendations --user <id>{' --db-url ...' if args.db_url else ''}")
-    return 0
 
 
 def _published_store(db_url: str | None, upgrade: bool = False) -> Store:
@@ -683,6 +694,18 @@ def _why_no_recommendations(store: Store, args: argparse.Namespace, user: str) -
                 f"{start}: as_of {args.as_of} has no champion (its models: {', '.join(at['model'])}); "
                 "name one with --model"
             )
+    elif not args.model:
+        champions = published[published["champion"].astype(bool)]
+        if champions.empty:
+            return (
+                f"{start}: no run has chosen a champion yet (the guard rails rejected every model: see `recforge "
+                f"runs --run ID`); name a published model with --model: {', '.join(models)}"
+            )
+        served = champions.iloc[0]  # newest first: what the champion view serves
+        return (
+            f"{start}: check the user id (as in the source data); the champion view serves {served['model']} as of "
+            f"{served['as_of']}"
+        )
     return f"{start}: check the user id (as in the source data)"
 
 

@@ -163,11 +163,7 @@ def deploy(
     file names, stores ``$RECFORGE_DB_URL`` as the database Secret block when ``store_db_secret``, then runs
     ``prefect deploy`` from the repository root (the entrypoints are relative to it). Returns its exit code.
     """
-    if not os.environ.get("PREFECT_API_URL"):
-        raise ConfigError(
-            "recforge deploy needs a Prefect server: start one (`prefect server start`) and set "
-            "PREFECT_API_URL=http://127.0.0.1:4200/api"
-        )
+    _require_server("recforge deploy")
     prefect_file = Path(prefect_file).resolve()
     specs = load_deployments(prefect_file)
     # Prefect accepts "nightly" or "recommend/nightly"; check the deployment part of either.
@@ -186,6 +182,14 @@ def deploy(
     command = [_prefect_executable(), "--no-prompt", "deploy", "--prefect-file", str(prefect_file)]
     command += [arg for name in names for arg in ("--name", name)] if names else ["--all"]
     return subprocess.run(command, cwd=REPO_ROOT, check=False).returncode
+
+
+def _require_server(command: str, why: str = "") -> None:
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError(
+            f"{command} needs a Prefect server{why}: start one (`prefect server start`) and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
 
 
 def _prefect_executable() -> str:
@@ -244,7 +248,8 @@ def serve(
     timezone: str | None = None,
     db_secret: str | None = None,
 ) -> None:
-    """Serve the deployments of ``prefect_file`` from this process until interrupted (Ctrl-C).
+    """Serve the deployments of ``prefect_file`` from this process until interrupted (Ctrl-C); needs
+    ``PREFECT_API_URL``.
 
     Scheduled runs (the nightly cron) and runs started with ``prefect deployment run`` execute in child
     processes of this one, which inherit its environment: ``db_secret`` names a Secret block read once here
@@ -252,6 +257,9 @@ def serve(
     """
     from prefect import serve as prefect_serve
 
+    # Without one, Prefect served from a temporary server of this process's own: no dashboard, and nothing outside
+    # (`prefect deployment run`, a backfill trigger) could reach the deployments it printed.
+    _require_server("recforge serve", " that outlives this process (its schedule, runs and dashboard live there)")
     if db_secret:
         os.environ[DB_URL_ENV] = load_database_secret(db_secret)
     # Entrypoints are relative to the repository root; runs started by the runner load them from here.

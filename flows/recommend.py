@@ -54,7 +54,18 @@ from tasks.validate import validate_with_docs
 
 
 class ModelsFailed(RuntimeError):
-    """Some models failed (the others, if any, were published); the message lists the failures."""
+    """Some models failed (the others, if any, were published); the message lists the failures.
+
+    ``summary`` is what the flow would have returned (leaderboard, champion, report path, rows written), so that a
+    caller can still show what was published.
+    """
+
+    def __init__(self, message: str, summary: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self) -> tuple[Any, ...]:  # results may be pickled: keep the summary
+        return (type(self), (str(self), self.summary))
 
 
 @flow(name="recommend", validate_parameters=True)
@@ -241,7 +252,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             if recommendations
             else f"nothing was published (run {run_id}); the previous tables stay as they were"
         )
-        raise ModelsFailed(f"{len(failed)} of {len(names)} models failed ({error}); {outcome}")
+        raise ModelsFailed(f"{len(failed)} of {len(names)} models failed ({error}); {outcome}", summary)
     return summary
 
 

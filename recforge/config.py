@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from recforge.privacy import PrivacyConfig
 
@@ -165,6 +165,16 @@ class RunConfig(BaseModel):
 
         check_complete(SourceSpec.from_mapping(value))  # raises naming the bad or missing setting
         return value
+
+    @model_validator(mode="after")
+    def _dask_address_needs_dask(self) -> RunConfig:
+        # Silently ignored before: the run trained on threads while the user expected their cluster.
+        if self.dask_address and self.task_runner != "dask":
+            raise ValueError(
+                f"dask_address {self.dask_address!r} is used only by the dask task runner, but task_runner is "
+                f'{self.task_runner!r}: add --task-runner dask (task_runner = "dask"), or drop the address'
+            )
+        return self
 
     def recorded_parameters(self) -> dict[str, Any]:
         """The config as JSON for the run record, with any password in the source URL masked."""

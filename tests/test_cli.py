@@ -154,6 +154,13 @@ def test_bad_model_params_name_the_model_and_field(params: dict[str, dict[str, o
     assert message in str(excinfo.value) and "Value error" not in str(excinfo.value)
 
 
+def test_a_dask_address_without_the_dask_runner_is_refused() -> None:
+    # It was ignored: the run trained on threads while the user thought their cluster did.
+    with pytest.raises(ConfigError, match=r"dask_address 'tcp://sched:8786' is used only by the dask task runner"):
+        _config(["--dask-address", "tcp://sched:8786"])
+    assert _config(["--task-runner", "dask", "--dask-address", "tcp://sched:8786"]).dask_address == "tcp://sched:8786"
+
+
 def test_models_command_shows_hyperparameters(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--params", "als"]) == 0
     out = capsys.readouterr().out
@@ -386,6 +393,31 @@ def test_read_commands_explain_a_missing_or_empty_database(
     assert main(["recommendations", "--user", "1", "--db-url", f"sqlite:///{empty}"]) == 2
     err = capsys.readouterr().err
     assert "holds no recforge tables" in err and "OperationalError" not in err
+
+
+def test_recommendations_says_when_no_date_has_a_champion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pandas as pd
+
+    from recforge.store import ChampionDecision, Store
+
+    url = f"sqlite:///{tmp_path / 'rf.db'}"
+    store = Store(url)
+    store.create_schema()
+    first = datetime(2024, 1, 1, tzinfo=UTC)
+    run_id = store.start_run(dataset="toy", source="toy", as_of=first, parameters={}, flow_run_id=None)
+    rows = pd.DataFrame({"model": "popularity", "user_id": ["u1"], "rank": [1], "item_id": ["i1"], "score": [1.0]})
+    store.publish(run_id, first, rows, None)  # the guard rails rejected it: published, not champion
+    # Before: "check the user id", though u1 is there and `--model popularity` shows its rows.
+    assert main(["recommendations", "--user", "u1", "--db-url", url]) == 1
+    err = capsys.readouterr().err
+    assert "no run has chosen a champion yet" in err and "name a published model with --model: popularity" in err
+    assert main(["recommendations", "--user", "u1", "--model", "popularity", "--db-url", url]) == 0
+    capsys.readouterr()
+    store.publish(run_id, first, rows, ChampionDecision("popularity", "ndcg@10", 0.1, "test"))
+    assert main(["recommendations", "--user", "nobody", "--db-url", url]) == 1
+    err = capsys.readouterr().err
+    assert "check the user id" in err and "the champion view serves popularity as of 2024-01-01" in err
+    store.dispose()
 
 
 def test_a_reader_that_leaves_early_stops_the_command_quietly() -> None:

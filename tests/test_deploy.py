@@ -30,6 +30,7 @@ from flows.deploy import (
     runner_deployments,
 )
 from recforge.config import DB_URL_ENV, ConfigError, build_config
+from recforge.data.synthetic import generate_synthetic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -88,10 +89,15 @@ def test_served_deployments_follow_the_file_and_the_overrides() -> None:
     assert default["nightly"].schedules[0].schedule.cron == "0 3 * * *"
 
 
-def test_deploy_needs_a_server(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deploy_and_serve_need_a_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.deploy import serve
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with pytest.raises(ConfigError, match="PREFECT_API_URL"):
         deploy(DEFAULT_PREFECT_FILE)
+    # serve went on with a temporary server of its own, printing deployments nothing outside could reach.
+    with pytest.raises(ConfigError, match=r"recforge serve needs a Prefect server that outlives this process"):
+        serve(DEFAULT_PREFECT_FILE)
     # A misspelt deployment is refused before anything is created on the server.
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     with pytest.raises(ConfigError, match=r"no deployment named \['recommend/nightlly'\]"):
@@ -285,9 +291,17 @@ def test_deployed_nightly_and_backfill_run_on_a_process_worker(prefect_server: d
         assert set(published["model"]) == {"popularity", "item_knn"}, day
         per_user = published.groupby(["model", "user_id"])["rank"].agg(["count", "max"])
         assert (per_user["count"] == 5).all() and (per_user["max"] == 5).all()
-    # Every synthetic user has events before May; fewer had by April (the data starts on 2024-01-01).
+    # Each date ranks the users who had joined by then (108 of the 120 by May, 88 by April): the users table is
+    # today's, and users whose first event is later are not in a past date's catalogue.
+    source = config["source"]
+    events = generate_synthetic(
+        n_users=source["synthetic_users"], n_items=source["synthetic_items"], n_events=source["synthetic_events"]
+    )
+    stamps = events.interactions["timestamp"]
     users = recs.groupby("day")["user_id"].nunique()
-    assert users["2024-05-01"] == 120 and 0 < users["2024-04-01"] <= 120
+    for day in ("2024-05-01", "2024-04-01"):
+        joined = events.interactions.loc[stamps < pd.Timestamp(day, tz="UTC"), "user_id"].nunique()
+        assert users[day] == joined, day
 
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings

@@ -432,6 +432,25 @@ def test_one_failing_model_leaves_the_others_published_and_the_run_partial(
 
 @pytest.mark.flow
 @pytest.mark.usefixtures("prefect_harness")
+def test_recforge_run_shows_what_a_partial_run_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+
+    _fail_item_knn_fit(monkeypatch)
+    source = resolve(GOOD_SOURCE, CORPUS)
+    argv = ["run", "--dataset", "csv", "--interactions", source["interactions"], "--as-of", "2022-01-01"]
+    argv += ["--models", "popularity,item_knn", "--top-n", "10", "--output-dir", str(tmp_path / "var")]
+    assert main([*argv, "--db-url", _sqlite_url(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    # Before, a partial run printed nothing on stdout: no leaderboard, no report path, no rows published.
+    assert ": partial" in out and "Leaderboard" in out and "popularity" in out
+    assert "Report: " in out and "Published to sqlite" in out
+    assert "run failed: ModelsFailed: 1 of 2 models failed (item_knn: " in err and "injected training fault" in err
+
+
+@pytest.mark.flow
+@pytest.mark.usefixtures("prefect_harness")
 def test_a_hanging_model_is_cut_off_by_a_time_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.recommend import recommend
     from recmodels.baselines.ease import EASE
