@@ -37,7 +37,8 @@ def estimated_costs(hints: Mapping[str, float], measured: Mapping[str, float]) -
 
 @dataclass
 class ModelTasks:
-    """The futures of every model's evaluation and refit, by model name, in the order they were submitted."""
+    """The futures of every model's evaluation and of the refits submitted (those whose evaluation completed), by
+    model name, in the order they were submitted."""
 
     evaluations: dict[str, PrefectFuture[Any]] = field(default_factory=dict)
     refits: dict[str, PrefectFuture[Any]] = field(default_factory=dict)
@@ -50,12 +51,14 @@ def run_model_tasks(
     submit_refit: SubmitRefit,
     limit: int | None,
 ) -> ModelTasks:
-    """Submit each model's evaluation, then its refit once the evaluation has finished (whatever its state).
+    """Submit each model's evaluation, then its refit once the evaluation has completed.
 
     ``cost`` estimates each model's evaluation plus refit (only the order matters); ``limit`` caps the tasks in
     flight (``None``: no cap, everything is submitted at once, costliest first, refits as their evaluations
     end). Returns when every task has finished. A refit receives its finished evaluation's future, so the
-    dependency shows in the Prefect UI and a failed evaluation reaches the refit as it did before.
+    dependency shows in the Prefect UI. An evaluation task that did not complete (timed out, crashed, its worker
+    killed) gets no refit, so ``refits`` lacks that model: submitted anyway, the process runner resolved the failed
+    input in the flow's process and raised from ``wait()``, which failed the whole run instead of that model.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be ≥ 1 or None, got {limit}")
@@ -91,6 +94,19 @@ def run_model_tasks(
             done.append(finished.get())
         for future in done:
             name, is_refit = in_flight.pop(future)
-            if not is_refit:
+            if not is_refit and _completed(future):
                 ready_refits.append(name)
     return tasks
+
+
+def _completed(future: PrefectFuture[Any]) -> bool:
+    """Whether the finished task completed; a state that cannot even be read counts as not.
+
+    ``wait()`` first: on a finished future it returns at once and keeps the final state, which ``state`` would
+    otherwise ask the API for (and, in the runner's done callback, find not yet written).
+    """
+    try:
+        future.wait()
+        return future.state.is_completed()
+    except Exception:
+        return False

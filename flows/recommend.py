@@ -162,12 +162,17 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         recommendations: list[ModelRecommendations] = []
         refit_errors: dict[str, str] = {}
         for name in names:
-            refits[name].wait()
-            state = refits[name].state
-            if not state.is_completed():
-                refit_errors[name] = str(state.message or state.name)
-            elif (published := refits[name].result()) is not None:
-                recommendations.append(published)
+            if name not in refits:  # its evaluation task did not complete: that error is the model's
+                continue
+            try:
+                refits[name].wait()
+                state = refits[name].state
+                if not state.is_completed():
+                    refit_errors[name] = str(state.message or state.name)
+                elif (published := refits[name].result()) is not None:
+                    recommendations.append(published)
+            except Exception as exc:  # a runner that raises the task's end here (a killed process worker)
+                refit_errors[name] = f"refit ended: {type(exc).__name__}: {exc}"
         _training_over(None, task_data, training)
         lap("train")  # evaluations and refits interleave: one stage
         # Publishing holds every model's rows at once in this process: the watch goes on, with advice for it.
@@ -340,18 +345,23 @@ def _order_line(costs: dict[str, float]) -> str:
 
 
 def _evaluation_result(name: str, future: PrefectFuture[ModelEvaluation]) -> ModelEvaluation:
-    """The evaluation, or a failed one when the task itself did not complete (timed out, crashed)."""
-    future.wait()
-    state = future.state
-    if state.is_completed():
-        return future.result()
-    reason = "timed out" if state.name == "TimedOut" else f"ended {state.name}"
+    """The evaluation, or a failed one when the task itself did not complete (timed out, crashed, its worker
+    process killed: the process runner raises that from ``wait()``)."""
+    try:
+        future.wait()
+        state = future.state
+        if state.is_completed():
+            return future.result()
+        reason = "timed out" if state.name == "TimedOut" else f"ended {state.name}"
+        message = state.message or ""
+    except Exception as exc:
+        reason, message = "ended", f"{type(exc).__name__}: {exc}"
     return ModelEvaluation(
         model=name,
         family=get_model_class(name).family,
         metrics={},
         seconds=float("nan"),
-        error=f"evaluation {reason}: {state.message or ''}".strip(),
+        error=f"evaluation {reason}: {message}".strip(),
     )
 
 
