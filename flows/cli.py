@@ -436,9 +436,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.db_url:
         # Passed by environment, not as a flow parameter, so a password never shows among the run's parameters.
         os.environ[DB_URL_ENV] = args.db_url
-    from flows.runners import make_task_runner
+    from flows.runners import check_dask_scheduler, make_task_runner
 
     runner = make_task_runner(config.task_runner, config.max_workers, config.dask_address)  # may refuse: first
+    if config.task_runner == "dask" and config.dask_address:
+        check_dask_scheduler(config.dask_address)  # before any data is read, not after preparing it
     server_ready = _start_temporary_server()
     try:
         from flows.recommend import recommend
@@ -787,11 +789,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.db_url:
         os.environ[DB_URL_ENV] = args.db_url  # by environment, as in `run`: never among the parameters
     from flows.backfill import OUTCOME_COLUMNS, BackfillFailed, as_of_dates, backfill
-    from flows.runners import make_task_runner
+    from flows.runners import check_dask_scheduler, make_task_runner
 
     as_of_dates(args.start, args.end, args.step)  # a bad range fails here, before Prefect starts
     _refuse_future(datetime.combine(args.end, datetime.min.time(), UTC), "--end")
     make_task_runner(config.task_runner, config.max_workers, config.dask_address)  # so does a bad runner
+    if config.task_runner == "dask" and config.dask_address:
+        check_dask_scheduler(config.dask_address)
     state = backfill(
         start=args.start,
         end=args.end,

@@ -53,6 +53,33 @@ def make_task_runner(name: str, max_workers: int | None = None, dask_address: st
     raise ConfigError(f"unknown task runner {name!r}; choose thread, process or dask")
 
 
+def check_dask_scheduler(address: str, timeout_s: float = 10.0) -> int:
+    """Connect to the Dask scheduler at ``address`` once and return its worker count; a ConfigError naming
+    ``--dask-address`` when it does not answer or has no worker.
+
+    Prefect's Dask runner connects only when the first model task is submitted: a wrong address failed after
+    ingest, validation and preparation, after two 30-second connection attempts; a scheduler without workers
+    left the run waiting for ever (``--model-timeout`` starts only once a worker runs the task).
+    """
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=timeout_s) as client:
+            workers = len(client.scheduler_info().get("workers", {}))
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(
+            f"--dask-address {address}: no Dask scheduler answered within {timeout_s:g} s ({type(exc).__name__}: "
+            f"{exc}); start one (`dask scheduler`, then `dask worker {address}`), fix the address, or leave it out "
+            "for a local cluster"
+        ) from None
+    if workers == 0:
+        raise ConfigError(
+            f"--dask-address {address}: the scheduler has no workers, so no model task would ever run; start some "
+            f"(`dask worker {address}`) or leave the address out for a local cluster"
+        )
+    return workers
+
+
 #: Thread-count variables read once by OpenBLAS (numpy, scipy), OpenMP (torch) and MKL when a process starts.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 

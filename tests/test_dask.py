@@ -204,3 +204,28 @@ def _flow_run_id(url: str) -> str:
             return str(conn.execute(sa.text("SELECT flow_run_id FROM runs")).scalar_one())
     finally:
         engine.dispose()
+
+
+def test_a_dask_address_is_checked_before_any_data_is_read(
+    tmp_path: Path, dask_cluster: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from distributed import LocalCluster
+
+    from flows.runners import check_dask_scheduler
+    from recforge.config import ConfigError
+    from tests.test_faults import _closed_port
+
+    assert check_dask_scheduler(dask_cluster.scheduler_address) == 2
+    # Nothing there: refused in seconds. Before, the run failed after preparing the data and two 30 s attempts.
+    closed = f"tcp://127.0.0.1:{_closed_port()}"
+    with pytest.raises(ConfigError, match=rf"--dask-address {closed}: no Dask scheduler answered within 2 s"):
+        check_dask_scheduler(closed, timeout_s=2)
+    # A scheduler without workers: before, the run waited for ever.
+    with (
+        LocalCluster(n_workers=0, processes=False, dashboard_address=None) as empty,
+        pytest.raises(ConfigError, match="the scheduler has no workers"),
+    ):
+        check_dask_scheduler(empty.scheduler_address)
+    db = tmp_path / "rf.db"
+    assert main(["run", "--task-runner", "dask", "--dask-address", closed, "--db-url", f"sqlite:///{db}"]) == 2
+    assert "no Dask scheduler answered" in capsys.readouterr().err and not db.exists()
