@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,7 @@ def _start_temporary_server() -> Callable[[], None]:
     except ImportError:  # another Prefect layout: the flow call starts its server as before
         return lambda: None
 
-    server = SubprocessASGIServer()
+    server = _own_session_server_class(SubprocessASGIServer)()
 
     def start() -> None:
         with contextlib.suppress(Exception):
@@ -74,6 +75,37 @@ def _start_temporary_server() -> Callable[[], None]:
             )
 
     return wait
+
+
+def _own_session_server_class(base: type) -> type:
+    """Prefect's temporary-server class, its server process started in a session of its own.
+
+    In the terminal's process group the server got Ctrl-C's SIGINT too and died at once, so the flow, closing its
+    run, retried a dead API for minutes and the command ended with "ConnectError" instead of "interrupted". In its
+    own session it lives until this process stops it at exit, as Prefect arranges. Prefect keeps one server per
+    process in a registry shared with this subclass, so the flow call finds and uses this one.
+    """
+    import subprocess
+
+    import prefect.server.api.server as server_module
+
+    class _OwnSessionPopen(subprocess.Popen):  # type: ignore[type-arg]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    class OwnSessionServer(base):  # type: ignore[misc,valid-type]
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            # Prefect's method spawns with `subprocess.Popen`: the module's name is pointed at a Popen that starts a
+            # new session for this one call (only Prefect's server module sees it).
+            shim = types.SimpleNamespace(**{**vars(subprocess), "Popen": _OwnSessionPopen})
+            server_module.subprocess = shim  # type: ignore[assignment]
+            try:
+                return super()._run_uvicorn_command()  # type: ignore[no-any-return]
+            finally:
+                server_module.subprocess = subprocess  # type: ignore[assignment]
+
+    return OwnSessionServer
 
 
 def _parse_columns(text: str) -> dict[str, str]:

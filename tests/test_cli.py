@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -456,3 +457,25 @@ def test_run_stages_print_in_the_flows_order_and_name_the_failed_one() -> None:
     assert _stage_after({"ingest": 1.0, "validate": 2.0}) == "prepare"
     assert _stage_after({}) == "ingest"
     assert _stage_after(dict.fromkeys(("ingest", "validate", "prepare", "train", "publish"), 1.0)) == "finishing"
+
+
+def test_the_temporary_server_runs_in_a_session_of_its_own() -> None:
+    # In the terminal's process group the server died of Ctrl-C with the command, and the flow then retried the dead
+    # API for minutes ("ConnectError" after 218 s, where "interrupted" was due).
+    import subprocess
+
+    import prefect.server.api.server as server_module
+
+    from flows.cli import _own_session_server_class
+
+    class FakeServer:
+        def _run_uvicorn_command(self) -> subprocess.Popen[bytes]:
+            return server_module.subprocess.Popen(["sleep", "30"])  # as Prefect's method spawns uvicorn
+
+    process = _own_session_server_class(FakeServer)()._run_uvicorn_command()
+    try:
+        assert os.getsid(process.pid) == process.pid != os.getsid(0)
+        assert server_module.subprocess is subprocess  # the module's name is restored
+    finally:
+        process.kill()
+        process.wait()
