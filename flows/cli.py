@@ -876,18 +876,23 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM (docker stop, kill, a cancellation) ends the command by unwinding, as Ctrl-C does, so that what
+    """SIGTERM (docker stop, kill, a cancellation) and SIGHUP end the command by unwinding, as Ctrl-C does, so that what
     runs at exit runs: by default the process just died, and the temporary Prefect server it had started lived on,
     re-parented to init. The flow's own SIGTERM handling comes first: Prefect closes the run as crashed, then
     re-sends the signal to the handler it found, this one."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # SIGHUP (the terminal closed) too: the temporary server runs in a session of its own, so only this process's
+    # exit stops it.
+    caught = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) == signal.SIG_DFL]
+    for number in caught:
+        signal.signal(number, _exit_on_sigterm)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for number in caught:
+            signal.signal(number, signal.SIG_DFL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -432,20 +432,23 @@ def test_a_reader_that_leaves_early_stops_the_command_quietly() -> None:
     assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
-def test_sigterm_unwinds_the_command_so_its_exit_handlers_run() -> None:
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_unwinds_the_command_so_its_exit_handlers_run(name: str) -> None:
     # Killed by the default action, `recforge run` left its temporary Prefect server running (re-parented to
-    # init); unwinding with SystemExit runs the atexit hook that stops it.
+    # init); unwinding with SystemExit runs the atexit hook that stops it. SIGHUP (the terminal closed) too, now
+    # that the server has a session of its own.
     import os
     import signal
 
     from flows.cli import _sigterm_unwinds
 
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    number = getattr(signal, name)
+    assert signal.getsignal(number) == signal.SIG_DFL
     with pytest.raises(SystemExit) as exited, _sigterm_unwinds():
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), number)
         time.sleep(5)  # the handler runs at the next bytecode; never reached
-    assert exited.value.code == 128 + signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert exited.value.code == 128 + number
+    assert signal.getsignal(number) == signal.SIG_DFL
 
 
 def test_run_stages_print_in_the_flows_order_and_name_the_failed_one() -> None:
