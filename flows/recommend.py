@@ -28,7 +28,7 @@ from flows.runners import (
     task_threads,
     worker_processes,
 )
-from recforge import handoff
+from recforge import handoff, progress
 from recforge.champion import ChampionSelection
 from recforge.config import RunConfig, resolve_db_url
 from recforge.data.sources import SourceSpec
@@ -247,7 +247,10 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
     except BaseException as exc:
         # Interrupted: Ctrl-C, or a SIGTERM (which Prefect raises as TerminationSignal) from a cancellation, a
         # worker or container shutting down. No task can run any more, so the run record is closed directly, or
-        # it would say "running" for ever; then the interruption goes on.
+        # it would say "running" for ever; then the interruption goes on. Model tasks still training in this
+        # process's threads stop at their next progress report, instead of holding the exit until they finish.
+        if flow_run_id is not None:
+            progress.interrupt(flow_run_id)
         _training_over(memory, task_data, training)
         _close_interrupted_run(url, run_id, timings, exc)
         raise

@@ -25,7 +25,15 @@ from typing import TextIO
 
 from recmodels.base import ProgressCallback
 
-__all__ = ["MilestoneLog", "ProgressBoard", "interactive", "progress_callback"]
+__all__ = [
+    "MilestoneLog",
+    "ProgressBoard",
+    "RunInterrupted",
+    "interactive",
+    "interrupt",
+    "progress_callback",
+    "stoppable",
+]
 
 MILESTONES = (0.25, 0.5, 0.75, 1.0)
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -166,3 +174,37 @@ def progress_callback(
         del stage, fraction  # not a terminal and nowhere to log: stay silent
 
     return quiet
+
+
+class RunInterrupted(RuntimeError):
+    """The run a model task belongs to was interrupted; raised at the task's next progress report."""
+
+
+_INTERRUPTED: set[str] = set()
+_INTERRUPTED_LOCK = threading.Lock()
+
+
+def interrupt(run_key: str) -> None:
+    """Mark the run ``run_key`` (its flow run id) interrupted: its model tasks in this process stop at their next
+    progress report instead of training on to the end."""
+    with _INTERRUPTED_LOCK:
+        _INTERRUPTED.add(run_key)
+
+
+def stoppable(callback: ProgressCallback, run_key: str | None) -> ProgressCallback:
+    """``callback``, raising :class:`RunInterrupted` once ``run_key``'s run was interrupted (:func:`interrupt`).
+
+    Model tasks on the thread runner cannot be killed: after Ctrl-C (or SIGTERM) the flow closed its run, and the
+    process then waited for each running fit to end (a minute for a long ALS in QA). Every iterative model reports
+    progress per epoch, iteration or block, so that is where a task learns the run is over. ``run_key`` None (no
+    flow run) gives ``callback`` itself.
+    """
+    if run_key is None:
+        return callback
+
+    def report(stage: str, fraction: float) -> None:
+        if run_key in _INTERRUPTED:
+            raise RunInterrupted(f"the run (flow run {run_key}) was interrupted; stopped at {stage} {fraction:.0%}")
+        callback(stage, fraction)
+
+    return report

@@ -11,7 +11,7 @@ from prefect.logging import get_run_logger
 from recforge.handoff import DataRef, resolve
 from recforge.malloc import tune_malloc
 from recforge.pipeline import ModelEvaluation, ModelRecommendations, PreparedData, evaluate, fit_and_recommend
-from recforge.progress import progress_callback
+from recforge.progress import progress_callback, stoppable
 from recmodels.base import RunSettings
 from recmodels.torch_utils import torch_threads
 
@@ -36,7 +36,8 @@ def evaluate_model(
     """
     tune_malloc()  # once per process: the worker processes of the process and Dask runners included
     logger = get_run_logger()
-    settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (evaluation)", log=logger.info))
+    progress = stoppable(progress_callback(f"{name} (evaluation)", log=logger.info), _flow_run_key())
+    settings = RunSettings(seed=seed, progress=progress)
     with torch_threads(threads):
         result = evaluate(name, resolve(data), k=k, seed=seed, settings=settings, params=params)
     if result.ok:
@@ -69,7 +70,8 @@ def recommend_model(
         get_run_logger().warning("%s: not refitted because its evaluation failed", name)
         return None
     tune_malloc()
-    settings = RunSettings(seed=seed, progress=progress_callback(f"{name} (refit)", log=get_run_logger().info))
+    progress = stoppable(progress_callback(f"{name} (refit)", log=get_run_logger().info), _flow_run_key())
+    settings = RunSettings(seed=seed, progress=progress)
     if evaluation.weights is not None and evaluation.refit_config is not None:
         get_run_logger().info(
             "%s: refit starts from the evaluated network's weights, %s epochs on all events",
@@ -104,3 +106,10 @@ def recommend_model(
         by_strategy,
     )
     return result
+
+
+def _flow_run_key() -> str | None:
+    """The id of the flow run this task belongs to (what :func:`recforge.progress.interrupt` is given), if any."""
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None

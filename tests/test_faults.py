@@ -487,10 +487,12 @@ from pathlib import Path
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from recmodels.baselines.ease import EASE
 
-def hang(self, *args, **kwargs):
+def hang(self, data, settings=None, *args, **kwargs):
     Path(sys.argv[1]).write_text("fitting")
-    for _ in range(900):  # short sleeps: the worker thread ends soon after the flow gives up on it
+    for step in range(900):  # a long fit that reports its progress, as the iterative models do
         time.sleep(0.1)
+        if settings is not None:
+            settings.report("ease", step / 900)
 
 EASE.fit = hang
 from flows.recommend import recommend
@@ -552,6 +554,9 @@ def test_an_interrupted_or_killed_run_is_closed_as_failed_not_left_running(tmp_p
                 _, log = child.communicate(timeout=30)
                 raise AssertionError(f"the interrupted run was left 'running'; the run's log ends:\n{log[-4000:]}")
             time.sleep(0.2)
+        # The fit still training in its thread stops at its next progress report: before, the process waited for
+        # it to end (90 s here; a minute for a long ALS in QA).
+        child.wait(timeout=45)
         name = "TerminationSignal" if signal_number == signal.SIGTERM else "KeyboardInterrupt"
         assert run["status"] == "failed"
         assert f"interrupted by {name}" in run["error"] and "'prepare'" in run["error"]

@@ -6,6 +6,8 @@ import io
 import os
 import threading
 
+import pytest
+
 from recforge.progress import MilestoneLog, ProgressBoard, interactive, progress_callback
 from recmodels.base import RunSettings
 
@@ -124,3 +126,19 @@ def test_models_on_one_terminal_share_one_board() -> None:
     progress_callback("a", stream=tty, environ={})("fit", 0.5)
     progress_callback("b", stream=tty, environ={})("fit", 0.5)
     assert _frames(tty)[-1].startswith("a fit [") and "| b fit [" in _frames(tty)[-1]
+
+
+def test_a_stoppable_callback_raises_once_its_run_is_interrupted() -> None:
+    from recforge.progress import RunInterrupted, interrupt, stoppable
+
+    seen: list[tuple[str, float]] = []
+    report = stoppable(lambda stage, fraction: seen.append((stage, fraction)), "run-a")
+    other = stoppable(lambda stage, fraction: seen.append((stage, fraction)), "run-b")
+    report("als", 0.25)
+    interrupt("run-a")
+    with pytest.raises(RunInterrupted, match=r"flow run run-a\) was interrupted; stopped at als 50%"):
+        report("als", 0.5)
+    other("bpr", 0.5)  # another run in the same process trains on
+    assert seen == [("als", 0.25), ("bpr", 0.5)]
+    callback = seen.append
+    assert stoppable(callback, None) is callback  # no flow run: the callback itself
