@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -68,10 +69,37 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Base for model configs; subclasses are frozen dataclasses with documented fields."""
+    """Base for model configs; subclasses are frozen dataclasses with documented fields.
+
+    Every float field must be finite, whatever a subclass checks: NaN passes ``x < 0`` and infinity passes
+    ``not x > 0``, and such values (``--param als.alpha=NaN`` reads as a float) gave NaN scores, all-zero
+    similarities or unrelated errors deep in a fit. Each subclass's own ``__post_init__`` runs after that check.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is None:
+            return  # inherits a checked one
+
+        def __post_init__(self: ModelConfig) -> None:
+            _require_finite(self)
+            own(self)
+
+        cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
+
+    def __post_init__(self) -> None:
+        _require_finite(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _require_finite(config: ModelConfig) -> None:
+    for field in dataclasses.fields(config):  # type: ignore[arg-type]
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{field.name} must be a finite number, got {value}")
 
 
 class Recommender(ABC):

@@ -219,6 +219,13 @@ def test_config_rejects_bad_values(field: str, value: object) -> None:
         ALSConfig(**{field: value})
 
 
+def test_a_singular_gram_matrix_is_a_clear_error() -> None:
+    # 64 factors over 15 items: YᵀY is singular and λ = 1e-5 is lost in float32; torch's LinAlgError named neither.
+    data = _random_interactions(seed=3)
+    with pytest.raises(ValueError, match=r"regularization 1e-05 and 64 factors over \d+ rows; raise regularization"):
+        ALS(ALSConfig(regularization=1e-5)).fit(data, RunSettings(seed=0))
+
+
 # ---- torch helpers -----------------------------------------------------------------------------------
 
 

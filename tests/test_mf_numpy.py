@@ -188,6 +188,8 @@ def test_biased_mf_needs_ratings_and_valid_config() -> None:
         BiasedMFConfig(rank_by="popularity")
     with pytest.raises(ValueError, match="missing_weight"):
         BiasedMFConfig(missing_weight=0.0)
+    with pytest.raises(ValueError, match="init_scale must be > 0"):  # zero factors stay zero: biases only
+        BiasedMFConfig(init_scale=0.0)
 
 
 # ---- NMF --------------------------------------------------------------------------------------------------

@@ -89,6 +89,20 @@ def test_every_hyperparameter_is_documented(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", model_names())
+def test_every_float_hyperparameter_must_be_finite(name: str) -> None:
+    # NaN passes `x < 0` and infinity `not x > 0`; `--param als.alpha=NaN` reads as a float. Accepted, they gave NaN
+    # scores, all-zero similarities or unrelated errors deep inside a fit.
+    from recforge.config import check_model_params
+
+    floats = [h.name for h in hyperparameters(name) if "float" in h.type]
+    assert floats, name
+    for field in floats:
+        for value in (float("nan"), float("inf"), float("-inf")):
+            with pytest.raises(ValueError, match=rf"^{name}: {field} must be a finite number, got {value}$"):
+                check_model_params(name, {field: value})
+
+
+@pytest.mark.parametrize("name", model_names())
 def test_fits_ml100k_and_reaches_its_floor(
     name: str, ml_split: TemporalSplit, ml_index: IdIndex, fitted: Callable[[str], Recommender]
 ) -> None:

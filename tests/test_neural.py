@@ -581,11 +581,32 @@ def test_users_without_history_score_like_popularity() -> None:
         (NeuMFConfig, "negatives", 0, "negatives"),
         (GRU4RecConfig, "validation_fraction", 1.0, "validation_fraction"),
         (CaserConfig, "patience", 0, "patience"),
+        # A negative weight rewards ever larger negative scores: the loss fell to -625 and the fit "succeeded".
+        (GRU4RecConfig, "bpr_reg", -5.0, "bpr_reg must be ≥ 0"),
+        # Near 1 the masks kept nothing (from ~0.999992) or were scaled off by 9 % (0.9999).
+        (CaserConfig, "dropout", 0.999995, r"dropout must lie in \[0, 0.99\]"),
+        (NeuMFConfig, "learning_rate", float("inf"), "learning_rate must be a finite number"),
     ],
 )
 def test_configs_reject_bad_values(cls: type, field: str, value: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         cls(**{field: value})
+
+
+@pytest.mark.parametrize("name", ["neumf", "caser"])
+def test_a_fit_whose_network_cannot_score_fails(name: str) -> None:
+    # The loss is checked before each step; the last step's update was not, and a refit (no validation slice)
+    # returned weights whose scores overflowed to inf / NaN and ranked arbitrarily.
+    rng = np.random.default_rng(0)
+    users, items = np.nonzero(rng.random((40, 30)) < 0.4)
+    data = Interactions.from_arrays(users, items, timestamp=rng.permutation(len(users)), n_users=40, n_items=30)
+    config = {
+        "neumf": NeuMFConfig(learning_rate=1e6, max_epochs=2, validation_fraction=0.0),
+        "caser": CaserConfig(learning_rate=1e30, max_epochs=1, validation_fraction=0.0, batch_size=10**6),
+    }[name]
+    model = {"neumf": NeuMF, "caser": Caser}[name](config)
+    with pytest.raises(FloatingPointError, match=rf"{name}: .*(non-finite weights|inf or NaN).*learning_rate"):
+        model.fit(data, RunSettings(seed=1, threads=1))
 
 
 def test_unknown_device_is_refused_before_training() -> None:

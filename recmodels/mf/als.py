@@ -253,7 +253,14 @@ class RowPlan:
         if self.uniform:
             # x = (Σ y_i)·G⁻¹ for every row; G is SPD and λ > 0 keeps it well conditioned, so the explicit f × f
             # inverse is accurate, and multiplying into ``x`` in place needs no second rows × f buffer.
-            inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+            try:
+                inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+            except torch.linalg.LinAlgError:
+                # More factors than the other side has rows makes YᵀY singular, and a tiny λ is lost in float32.
+                raise ValueError(
+                    f"als: YᵀY + λI is not positive definite in float32 with regularization {regularization:g} and "
+                    f"{f} factors over {y.shape[0]} rows; raise regularization or lower factors"
+                ) from None
             step = max(1, self.block_values // f)  # row blocks keep the Σ y_i buffer small
             for first in range(0, x.shape[0], step):
                 stop = min(first + step, x.shape[0])

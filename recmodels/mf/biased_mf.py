@@ -83,8 +83,8 @@ class BiasedMFConfig(ModelConfig):
         for field in ("regularization", "bias_regularization"):
             if not getattr(self, field) > 0:
                 raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
-        if self.init_scale < 0:
-            raise ValueError(f"init_scale must be ≥ 0, got {self.init_scale}")
+        if self.init_scale <= 0:  # zero factors are a fixed point of ALS: a biases-only model, silently
+            raise ValueError(f"init_scale must be > 0, got {self.init_scale}")
         if self.rank_by not in _RANK_BY:
             raise ValueError(f"rank_by must be one of {_RANK_BY}, got {self.rank_by!r}")
         if self.solver not in _SOLVERS:

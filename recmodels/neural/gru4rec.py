@@ -22,6 +22,7 @@ from torch import nn
 from recmodels.neural.sequences import SequenceData, segment_batches
 from recmodels.neural.training import (
     LOSSES,
+    MAX_DROPOUT,
     WEIGHTS_PREFIX,
     Batch,
     NeuralConfig,
@@ -73,8 +74,10 @@ class GRU4RecConfig(NeuralConfig):
         for name in ("embedding_dim", "hidden_size", "layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.dropout <= MAX_DROPOUT:
+            raise ValueError(f"dropout must lie in [0, {MAX_DROPOUT}], got {self.dropout}")
+        if self.bpr_reg < 0:  # a negative weight rewards ever larger negative scores: the loss has no floor
+            raise ValueError(f"bpr_reg must be ≥ 0, got {self.bpr_reg}")
         if self.max_len is not None and self.max_len < 1:
             raise ValueError(f"max_len must be ≥ 1 or None, got {self.max_len}")
         if self.loss not in LOSSES:

@@ -147,6 +147,12 @@ def torch_run(settings: RunSettings) -> Iterator[torch.device]:
 _GLOBAL_RNG_LOCK = threading.Lock()
 
 
+#: The largest dropout a config accepts. Masks keep a value with probability round(keep · 65536) / 65536 but scale
+#: by 1 / keep: near 1 the two part (0.9999 kept 0.000109 and scaled by 10,000: outputs 9 % too large), and from
+#: ~0.999992 nothing was kept at all, so the layers before it never trained while the fit "succeeded".
+MAX_DROPOUT = 0.99
+
+
 class SeededDropout(nn.Module):
     """Dropout whose masks come from a generator of the model's own (``nn.Dropout`` draws from the process-wide
     RNG, which fits running in parallel threads would share). ``generator`` is set after the net is built."""
@@ -301,6 +307,15 @@ def train(
                 break
     if best_weights is not None:
         module.load_state_dict(best_weights)
+    # The loss is checked before each step; the last step's update is not, and a fit without a validation slice
+    # (every publishing refit) would return its overflowed weights as trained.
+    broken = [name for name, tensor in module.state_dict().items() if not bool(torch.isfinite(tensor).all())]
+    if broken:
+        raise FloatingPointError(
+            f"{stage}: training left non-finite weights ({', '.join(broken[:3])}{', …' if len(broken) > 3 else ''}); "
+            f"lower learning_rate (now {config.learning_rate:g}) or weight_decay (now {config.weight_decay:g}), or set "
+            "clip_norm"
+        )
     module.eval()
     settings.report(stage, 1.0)
     return log
@@ -617,6 +632,14 @@ class NeuralRecommender(Recommender):
                 log.refit_seconds = time.perf_counter() - started
             self.training_log_ = log
         self.history_ = self._trimmed(sequences)
+        # Finite weights can still overflow float32 in the scores (a learning rate of 1e6: inf and NaN scores that
+        # ranked arbitrarily); a fit that cannot score is no fit.
+        probe = np.flatnonzero(self.history_.lengths > 0)[:256]
+        if len(probe) and not np.isfinite(self._score_known(probe)).all():
+            raise FloatingPointError(
+                f"{self.name}: the trained network scores some items as inf or NaN; lower learning_rate (now "
+                f"{config.learning_rate:g}) or set clip_norm"
+            )
 
     def refit_config(self) -> NeuralConfig:
         """This config with early stopping's choice fixed: ``max_epochs`` = the best epoch, no validation slice.
