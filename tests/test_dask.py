@@ -222,7 +222,7 @@ def test_a_dask_address_is_checked_before_any_data_is_read(
         check_dask_scheduler(closed, timeout_s=2)
     # A scheduler without workers: before, the run waited for ever.
     with (
-        LocalCluster(n_workers=0, processes=False, dashboard_address=None) as empty,
+        LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty,
         pytest.raises(ConfigError, match="the scheduler has no workers"),
     ):
         check_dask_scheduler(empty.scheduler_address)
