@@ -29,7 +29,7 @@ from flows.runners import (
     worker_processes,
 )
 from recforge import handoff, progress
-from recforge.champion import ChampionSelection
+from recforge.champion import ChampionSelection, keep_standing_champion
 from recforge.config import RunConfig, resolve_db_url
 from recforge.data.sources import SourceSpec
 from recforge.memory import MemoryWatch, publish_advice, runner_advice
@@ -38,7 +38,6 @@ from recforge.pipeline import (
     ModelRecommendations,
     PreparedData,
     choose_champion,
-    keep_standing_champion,
     leaderboard,
     metrics_frame,
 )

@@ -20,8 +20,8 @@ the :class:`recforge.store.ChampionDecision` the store publishes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -181,6 +181,38 @@ class ChampionSelection:
         if self.model is None:
             raise ValueError(f"no champion was chosen, so there is nothing to publish as champion: {self.reason}")
         return ChampionDecision(model=self.model, metric=self.metric, value=self.value, reason=self.reason)
+
+
+def keep_standing_champion(
+    selection: ChampionSelection, standing: ChampionDecision | None, retrained: Collection[str]
+) -> ChampionSelection:
+    """``selection``, or no champion when this date's standing one should stay.
+
+    A rerun of an ``as_of`` with some of the models (``--models popularity``) publishes only theirs; the others'
+    rows of that date stay published, the standing champion's too. Its value was measured on the same date, so a
+    candidate replaces it only by scoring better on the same metric; otherwise no champion row is written and the
+    view keeps serving it (before, the rerun's best model replaced a better champion that nothing had retrained).
+    """
+    if standing is None or standing.model in retrained or standing.metric != selection.metric:
+        return selection
+    if selection.model is not None:
+        better = (
+            selection.value < standing.value
+            if selection.metric in LOWER_IS_BETTER
+            else selection.value > standing.value
+        )
+        if better:
+            return selection
+    best = (
+        "no model passed the guard rails"
+        if selection.model is None
+        else f"{selection.model} scores {_fmt(selection.value)}"
+    )
+    reason = (
+        f"kept {standing.model}, this date's champion ({standing.metric} {_fmt(standing.value)}), which this run "
+        f"did not retrain: {best}. {selection.reason}"
+    )
+    return replace(selection, model=None, reason=reason)
 
 
 def _fmt(value: float) -> str:

@@ -11,7 +11,7 @@ import dataclasses
 import threading
 import time
 import weakref
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -561,42 +561,6 @@ def choose_champion(
             candidate = Candidate(result.model, keyed, {}, {}, None, result.error)
         candidates.append(candidate)
     return select_champion(candidates, rules, previous)
-
-
-def keep_standing_champion(
-    selection: ChampionSelection, standing: ChampionDecision | None, retrained: Collection[str]
-) -> ChampionSelection:
-    """``selection``, or no champion when this date's standing one should stay.
-
-    A rerun of an ``as_of`` with some of the models (``--models popularity``) publishes only theirs; the others'
-    rows of that date stay published, the standing champion's too. Its value was measured on the same date, so a
-    candidate replaces it only by scoring better on the same metric; otherwise no champion row is written and the
-    view keeps serving it (before, the rerun's best model replaced a better champion that nothing had retrained).
-    """
-    if standing is None or standing.model in retrained or standing.metric != selection.metric:
-        return selection
-    if selection.model is not None:
-        better = (
-            selection.value < standing.value
-            if selection.metric in LOWER_IS_BETTER
-            else selection.value > standing.value
-        )
-        if better:
-            return selection
-    best = (
-        "no model passed the guard rails"
-        if selection.model is None
-        else f"{selection.model} scores {_fmt4(selection.value)}"
-    )
-    reason = (
-        f"kept {standing.model}, this date's champion ({standing.metric} {_fmt4(standing.value)}), which this run "
-        f"did not retrain: {best}. {selection.reason}"
-    )
-    return dataclasses.replace(selection, model=None, reason=reason)
-
-
-def _fmt4(value: float) -> str:
-    return f"{value:.4f}"
 
 
 def metrics_frame(

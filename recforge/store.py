@@ -66,6 +66,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import DDLCompiler
 from sqlalchemy.sql.ddl import ExecutableDDLElement
+from sqlalchemy.sql.elements import ColumnElement
 
 from recforge import pg_partitions
 from recforge.processes import host_name, process_alive, process_token
@@ -949,25 +950,21 @@ class Store:
         of another data set in the same database (the synthetic quick start, say) is no bar: its metric values
         measure something else.
         """
-        champions = champions_table
-        stmt = (
-            select(champions.c.model, champions.c.metric, champions.c.value, champions.c.reason)
-            .join(runs_table, runs_table.c.run_id == champions.c.run_id)
-            .where(champions.c.as_of < to_naive_utc(as_of), runs_table.c.dataset == dataset)
-            .order_by(champions.c.as_of.desc())
-            .limit(1)
-        )
-        with self.engine.connect() as conn:
-            row = conn.execute(stmt).first()
-        return None if row is None else ChampionDecision(row.model, row.metric, float(row.value), row.reason)
+        return self._latest_champion(champions_table.c.as_of < to_naive_utc(as_of), dataset)
 
     def champion_of(self, as_of: datetime, dataset: str) -> ChampionDecision | None:
         """The champion now standing for exactly ``as_of`` on ``dataset`` (what a rerun of that date would replace)."""
+        return self._latest_champion(champions_table.c.as_of == to_naive_utc(as_of), dataset)
+
+    def _latest_champion(self, when: ColumnElement[bool], dataset: str) -> ChampionDecision | None:
+        """The champion of the latest ``as_of`` matching ``when`` among the runs on ``dataset``, or None."""
         champions = champions_table
         stmt = (
             select(champions.c.model, champions.c.metric, champions.c.value, champions.c.reason)
             .join(runs_table, runs_table.c.run_id == champions.c.run_id)
-            .where(champions.c.as_of == to_naive_utc(as_of), runs_table.c.dataset == dataset)
+            .where(when, runs_table.c.dataset == dataset)
+            .order_by(champions.c.as_of.desc())
+            .limit(1)
         )
         with self.engine.connect() as conn:
             row = conn.execute(stmt).first()

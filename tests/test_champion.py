@@ -8,9 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge.champion import Candidate, ChampionRules, ChampionSelection, PreviousChampion, select_champion
+from recforge.champion import (
+    Candidate,
+    ChampionRules,
+    ChampionSelection,
+    PreviousChampion,
+    keep_standing_champion,
+    select_champion,
+)
 from recforge.evaluation import evaluate_full
-from recforge.pipeline import keep_standing_champion
 from recforge.split import temporal_holdout
 from recforge.store import ChampionDecision
 from recmodels.baselines.popularity import Popularity

@@ -27,11 +27,11 @@ from torch import nn
 from recmodels.neural.sequences import SequenceData, segment_batches
 from recmodels.neural.training import (
     LOSSES,
-    MAX_DROPOUT,
     Batch,
     NeuralConfig,
     NeuralRecommender,
     SeededDropout,
+    check_dropout,
     next_item_loss,
 )
 from recmodels.neural.warm_start import Axis
@@ -81,8 +81,7 @@ class CaserConfig(NeuralConfig):
             raise ValueError("horizontal_filters and vertical_filters must be ≥ 0")
         if self.horizontal_filters + self.vertical_filters == 0:
             raise ValueError("Caser needs at least one filter: set horizontal_filters or vertical_filters > 0")
-        if not 0.0 <= self.dropout <= MAX_DROPOUT:
-            raise ValueError(f"dropout must lie in [0, {MAX_DROPOUT}], got {self.dropout}")
+        check_dropout(self.dropout)
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.negatives is not None and self.negatives < 0:

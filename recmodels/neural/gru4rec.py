@@ -22,12 +22,12 @@ from torch import nn
 from recmodels.neural.sequences import SequenceData, segment_batches
 from recmodels.neural.training import (
     LOSSES,
-    MAX_DROPOUT,
     WEIGHTS_PREFIX,
     Batch,
     NeuralConfig,
     NeuralRecommender,
     SeededDropout,
+    check_dropout,
     next_item_loss,
 )
 from recmodels.neural.warm_start import Axis
@@ -74,8 +74,7 @@ class GRU4RecConfig(NeuralConfig):
         for name in ("embedding_dim", "hidden_size", "layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout <= MAX_DROPOUT:
-            raise ValueError(f"dropout must lie in [0, {MAX_DROPOUT}], got {self.dropout}")
+        check_dropout(self.dropout)
         if self.bpr_reg < 0:  # a negative weight rewards ever larger negative scores: the loss has no floor
             raise ValueError(f"bpr_reg must be ≥ 0, got {self.bpr_reg}")
         if self.max_len is not None and self.max_len < 1:

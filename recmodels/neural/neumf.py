@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recmodels.neural.sequences import SequenceData
-from recmodels.neural.training import MAX_DROPOUT, Batch, NeuralConfig, NeuralRecommender, SeededDropout
+from recmodels.neural.training import Batch, NeuralConfig, NeuralRecommender, SeededDropout, check_dropout
 from recmodels.neural.warm_start import Axis
 
 NEUMF_LOSSES = ("bce", "bpr")
@@ -70,8 +70,7 @@ class NeuMFConfig(NeuralConfig):
             raise ValueError(f"factors must be ≥ 1, got {self.factors}")
         if len(self.mlp_layers) < 2 or any(w < 1 for w in self.mlp_layers) or self.mlp_layers[0] % 2:
             raise ValueError(f"mlp_layers must list ≥ 2 positive widths, the first (input) even, got {self.mlp_layers}")
-        if not 0.0 <= self.dropout <= MAX_DROPOUT:
-            raise ValueError(f"dropout must lie in [0, {MAX_DROPOUT}], got {self.dropout}")
+        check_dropout(self.dropout)
         if self.negatives < 1:
             raise ValueError(f"negatives must be ≥ 1, got {self.negatives}")
         if self.recency_half_life is not None and not self.recency_half_life > 0:

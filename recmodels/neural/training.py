@@ -153,6 +153,12 @@ _GLOBAL_RNG_LOCK = threading.Lock()
 MAX_DROPOUT = 0.99
 
 
+def check_dropout(dropout: float) -> None:
+    """A deep config's ``dropout``: in ``[0, MAX_DROPOUT]``, else a ValueError naming the field."""
+    if not 0.0 <= dropout <= MAX_DROPOUT:
+        raise ValueError(f"dropout must lie in [0, {MAX_DROPOUT}], got {dropout}")
+
+
 class SeededDropout(nn.Module):
     """Dropout whose masks come from a generator of the model's own (``nn.Dropout`` draws from the process-wide
     RNG, which fits running in parallel threads would share). ``generator`` is set after the net is built."""
