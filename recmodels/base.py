@@ -230,7 +230,16 @@ class Recommender(ABC):
                 known_rows = np.flatnonzero((batch >= 0) & (batch < self.n_users_))
                 seen = self.seen_[batch[known_rows]].tocoo()
                 scores[known_rows[seen.row], seen.col] = -np.inf
-            top_items, top_scores = top_k(scores, k)
+            try:
+                top_items, top_scores = top_k(scores, k)
+            except NaNScoresError as error:
+                rows = batch[error.rows]
+                raise NaNScoresError(
+                    error.rows,
+                    f"{self.name} scored NaN for {len(rows)} of {len(batch)} users in a batch (user indices "
+                    f"{rows[:5].tolist()}{', …' if len(rows) > 5 else ''}): its fitted state is not finite there; "
+                    "refit it, with other hyperparameters if it happens again",
+                ) from None
             items_out[start : start + len(batch)] = top_items
             scores_out[start : start + len(batch)] = top_scores
 
@@ -426,6 +435,8 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     table = torch.from_numpy(scores)
     values_t, cols_t = topk_set(table, k + 1)
     values, cols = values_t.numpy(), cols_t.numpy()
+    # torch's topk ranks NaN above everything, so a row holding one has it among its candidates.
+    _refuse_nan(values)
     # Best first; among equal scores the lower column first (lexsort's last key is the primary one).
     order = np.lexsort((cols, -values), axis=1)
     cols = np.take_along_axis(cols, order, axis=1)
@@ -438,6 +449,21 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         items[redo], top_scores[redo] = _top_k_exact(scores[redo], k)
     items[np.isneginf(top_scores)] = -1
     return items, top_scores
+
+
+class NaNScoresError(ValueError):
+    """Scores to rank hold NaN: it compares false with everything, so no ranking of it would mean anything."""
+
+    def __init__(self, rows: np.ndarray, message: str) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
+def _refuse_nan(values: np.ndarray) -> None:
+    """Raise :class:`NaNScoresError` naming the rows of ``values`` that hold NaN."""
+    rows = np.flatnonzero(np.isnan(values).any(axis=1))
+    if len(rows):
+        raise NaNScoresError(rows, f"scores hold NaN in {len(rows)} of {len(values)} rows (first: row {rows[0]})")
 
 
 def topk_set(table: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -485,6 +511,7 @@ def _top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, n_cols)
     if k == 0:
         return np.empty((n_rows, 0), dtype=np.int64), np.empty((n_rows, 0), dtype=np.float32)
+    _refuse_nan(scores)
     kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
     above = scores > kth
     tied = scores == kth

@@ -364,6 +364,24 @@ def test_top_k_of_wide_rows_matches_a_full_sort(kind: str) -> None:
         np.testing.assert_array_equal(reference_values, values)
 
 
+@pytest.mark.parametrize("width", [7, 300, 50_000])
+def test_top_k_refuses_nan_scores_naming_the_rows(width: int) -> None:
+    # NaN compares false with everything: the exact path failed with "cannot reshape" and torch ranks it first.
+    scores = np.random.default_rng(0).random((5, width)).astype(np.float32)
+    scores[3, width // 2] = np.nan
+    for k in (1, 5, width):
+        with pytest.raises(ValueError, match="NaN in 1 of 5 rows \\(first: row 3\\)"):
+            top_k(scores, k)
+
+
+def test_recommend_names_the_model_and_users_whose_scores_are_nan(ml_train: Interactions) -> None:
+    model = get_model_class("pure_svd")().fit(ml_train)
+    model.item_factors_[5, 0] = np.nan  # a state gone non-finite: every user's score of item 5 is NaN
+    message = r"pure_svd scored NaN for 3 of 3 users in a batch \(user indices \[0, 1, 2\]\)"
+    with pytest.raises(ValueError, match=message):
+        model.recommend(np.array([0, 1, 2]), 10)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [({"seed": -1}, "seed must lie in"), ({"threads": 0}, "threads must be ≥ 1"), ({"batch_size": 0}, "batch_size")],
