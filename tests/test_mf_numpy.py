@@ -78,7 +78,22 @@ def test_pure_svd_reconstructs_a_rank_two_matrix(factors: int) -> None:
     model = PureSVD(PureSVDConfig(factors=factors, weighting="rating")).fit(_from_dense(ratings))
     # x_u V Vᵀ = x_u when the rows lie in the span of the top two right singular vectors.
     np.testing.assert_allclose(model.score(np.arange(8)), ratings, rtol=1e-4, atol=1e-4)
-    assert model.item_factors_.shape == (9, min(factors, 8))
+    # Only two singular values are not rounding: the dense path drops the other vectors, which are arbitrary.
+    assert model.item_factors_.shape == (9, 2)
+
+
+def test_pure_svd_with_factors_at_the_full_rank_still_ranks_unseen_items() -> None:
+    # 6 users × 30 items of random history has rank 6: 6 or more factors reproduced each history exactly, every
+    # unseen item scored 0 give or take rounding, and the lists were noise. Now 5 factors, a real approximation.
+    rng = np.random.default_rng(0)
+    x = (rng.random((6, 30)) < 0.3).astype(float)
+    truth = np.linalg.svd(x, full_matrices=False)[2][:5].T
+    for factors in (6, 20):
+        model = PureSVD(PureSVDConfig(factors=factors, popularity_exponent=0.0)).fit(_from_dense(x, x > 0))
+        assert model.item_factors_.shape == (30, 5)
+        np.testing.assert_allclose(model.score(np.arange(6)), x @ truth @ truth.T, atol=1e-5)
+        unseen = model.score(np.arange(6))[x == 0]
+        assert np.abs(unseen).max() > 0.05
 
 
 def test_pure_svd_binary_rank_two_and_popularity_scaling() -> None:

@@ -10,7 +10,8 @@ item column ``j`` by ``count_j^(−β)`` before the SVD (as in EigenRec, Nikolak
 lets less popular items shape the factors; scores still project the unscaled history.
 
 The sparse solver is ARPACK (``scipy.sparse.linalg.svds``) started from a vector drawn from the run seed, so
-the factors are reproducible; when ``k`` is not smaller than both matrix dimensions a dense SVD is used.
+the factors are reproducible; on a matrix with ``min(users, items) ≤ k + 1`` a dense SVD is used, with
+``min(users, items) − 1`` factors at most.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class PureSVDConfig(ModelConfig):
     """Hyperparameters of :class:`PureSVD`.
 
     factors: rank ``k`` of the truncated SVD (chosen on the ML-100K validation slice; see
-        docs/benchmarks/mf.md).
+        docs/benchmarks/mf.md). At most ``min(users, items) − 1`` are used: at the full rank of a
+        random interaction matrix the SVD reproduces every history and leaves nothing to rank by.
     weighting: "binary" factorises 1 per interaction (the usual top-N setting); "rating" factorises the rating
         values (needs ratings).
     popularity_exponent: β ≥ 0; item columns are multiplied by ``count^(−β)`` before the SVD, so that popular
@@ -93,18 +95,26 @@ class PureSVD(Recommender):
 
 
 def truncated_item_factors(matrix: sp.csr_matrix, k: int, seed: int) -> np.ndarray:
-    """Right singular vectors ``V`` (``n_items × k'``, float32) of the top ``k' = min(k, rank bound)`` values.
+    """Right singular vectors ``V`` (``n_items × k'``, float32) of the top ``k'`` singular values.
 
-    Columns are ordered by decreasing singular value. ARPACK needs ``k < min(shape)``; at or above that the
-    dense SVD is exact and cheap (the matrix is then tiny in one dimension).
+    Columns are ordered by decreasing singular value. ``k' ≤ min(shape) − 1``, ARPACK's own limit: a random
+    interaction matrix has full rank, so at ``min(shape)`` factors ``V Vᵀ`` projects onto the whole row space,
+    reproduces every history, and each unseen item scores 0 give or take rounding: the ranking was noise. Vectors
+    of singular values that are float32 rounding (``matrix_rank``'s tolerance) are dropped too, as arbitrary.
+    ARPACK runs while ``k < min(shape) − 1``; at ``min(shape) − 1`` the dense SVD is exact and cheap (the matrix is
+    then tiny in one dimension).
     """
     n_rows, n_cols = matrix.shape
+    k = max(1, min(k, min(n_rows, n_cols) - 1))
     if k < min(n_rows, n_cols) - 1:
         v0 = np.random.default_rng(seed).standard_normal(min(n_rows, n_cols))
         _, values, vt = svds(matrix, k=k, v0=v0, solver="arpack")
         order = np.argsort(-values, kind="stable")
-        vt = vt[order]
+        values, vt = values[order], vt[order]
     else:
-        _, _, vt = np.linalg.svd(matrix.toarray(), full_matrices=False)
-        vt = vt[:k]
-    return np.ascontiguousarray(vt.T, dtype=np.float32)
+        _, values, vt = np.linalg.svd(matrix.toarray(), full_matrices=False)
+        values, vt = values[:k], vt[:k]
+    # Ratings are float32: below this tolerance a singular value is that rounding (matrix_rank's rule).
+    tolerance = (values[0] if len(values) else 0.0) * max(n_rows, n_cols) * np.finfo(np.float32).eps
+    kept = max(1, int((values > tolerance).sum()))
+    return np.ascontiguousarray(vt[:kept].T, dtype=np.float32)
