@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from recforge.data.contract import USER, DataError, Dataset
+from recforge.data.contract import ITEM, MAX_ID_CHARS, USER, DataError, Dataset
 
 DEFAULT_KEY_ENV = "RECFORGE_PSEUDONYM_KEY"
 PSEUDONYM_PREFIX = "p_"
@@ -127,7 +127,29 @@ def deidentify(dataset: Dataset, config: PrivacyConfig) -> tuple[Dataset, dict[s
         if users is not None:
             users = users.assign(**{USER: pseudonymise_ids(users[USER], key)})
         summary["pseudonymised"] = True
-    return dataclasses.replace(dataset, interactions=interactions, users=users), summary
+    deidentified = dataclasses.replace(dataset, interactions=interactions, users=users)
+    require_short_ids(deidentified, config.pseudonymise_users)
+    return deidentified, summary
+
+
+def require_short_ids(dataset: Dataset, pseudonymised: bool) -> None:
+    """Refuse ids longer than the published tables hold, before any training rather than at the publish (after
+    its retries); user ids are checked as published, so pseudonyms rather than what they replace."""
+    for table, frame in dataset.tables().items():
+        for column in (USER, ITEM):
+            if column not in frame.columns:
+                continue
+            text = frame[column].astype("str")
+            too_long = (text.str.len() > MAX_ID_CHARS).fillna(False).astype(bool)
+            if not too_long.any():
+                continue
+            shown = ", ".join(f"row {i}: {v[:40]!r}… ({len(v)} characters)" for i, v in text[too_long].head(3).items())
+            hint = " or pseudonymise user ids (--pseudonymise-users)" if column == USER and not pseudonymised else ""
+            raise DataError(
+                f"{dataset.source or dataset.name}: {table} column {column!r} holds {int(too_long.sum())} id(s) longer "
+                f"than {MAX_ID_CHARS} characters ({shown}), the most the published tables hold; map them to shorter "
+                f"keys in the source (a hash, for example){hint}"
+            )
 
 
 def erase(dataset: Dataset, erased: set[str]) -> tuple[Dataset, dict[str, object]]:

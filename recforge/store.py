@@ -69,6 +69,7 @@ from sqlalchemy.sql.ddl import ExecutableDDLElement
 from sqlalchemy.sql.elements import ColumnElement
 
 from recforge import pg_partitions
+from recforge.data.contract import MAX_ID_CHARS
 from recforge.processes import host_name, process_alive, process_token
 
 DEFAULT_URL = "sqlite:///var/recforge.db"
@@ -220,9 +221,9 @@ recommendations_table = Table(
     metadata,
     Column("as_of", UTCDateTime(), nullable=False),
     Column("model", String(200), nullable=False),
-    Column("user_id", String(200), nullable=False),
+    Column("user_id", String(MAX_ID_CHARS), nullable=False),
     Column("rank", Integer, nullable=False),
-    Column("item_id", String(200), nullable=False),
+    Column("item_id", String(MAX_ID_CHARS), nullable=False),
     Column("score", Float, nullable=False),
     # No foreign key to runs (revision 0002): PostgreSQL would check it per row of a multi-million-row
     # publish; `Store.publish` checks the run once and key-share-locks its row instead.
@@ -258,7 +259,7 @@ features_table = Table(
     Column("run_id", String(36), ForeignKey("runs.run_id"), nullable=False),
     Column("as_of", UTCDateTime(), nullable=False),
     Column("entity", String(8), nullable=False),
-    Column("entity_id", String(200), nullable=False),
+    Column("entity_id", String(MAX_ID_CHARS), nullable=False),
     Column("feature", String(200), nullable=False),
     Column("value", Float, nullable=False),
     PrimaryKeyConstraint("run_id", "as_of", "entity", "entity_id", "feature"),
@@ -281,7 +282,7 @@ erasures_table = Table(
     "erasures",
     metadata,
     # As stored in the other tables: the pseudonym when ids are pseudonymised (recforge.privacy).
-    Column("user_id", String(200), primary_key=True),
+    Column("user_id", String(MAX_ID_CHARS), primary_key=True),
     Column("requested_at", UTCDateTime(), nullable=False),
     Column("rows_deleted", Text, nullable=False),
     Column("note", Text, nullable=True),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +78,29 @@ def test_pseudonymised_and_erased_users(monkeypatch: pytest.MonkeyPatch) -> None
     assert set(protected.interactions["user_id"]) == {pseudonymise_id("8", KEY), pseudonymise_id("9", KEY)}
     assert protected.users is not None and len(protected.users) == 2
     assert not protected.interactions["user_id"].isin(["7", "8", "9"]).any()
+
+
+def test_ids_longer_than_the_tables_hold_are_refused_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    # VARCHAR(200): PostgreSQL refused them at the publish, after training and its retries, on either database.
+    # Characters, not bytes (200 "é" fit); user ids count as published, so a pseudonym's length when pseudonymised.
+    long_user, long_item = "u" * 201, "é" * 201
+    base = _dataset()
+    fits = base.interactions.assign(item_id=["é" * 200, "b", "a", "c"])
+    apply_privacy(dataclasses.replace(base, interactions=fits), PrivacyConfig(), set())
+    items_too_long = dataclasses.replace(base, source="events.csv", interactions=fits.assign(item_id=[long_item] * 4))
+    with pytest.raises(DataError, match=r"events\.csv: interactions column 'item_id' holds 4 id\(s\) longer than 200"):
+        apply_privacy(items_too_long, PrivacyConfig(), set())
+    users = base.users.assign(user_id=["7", "8", long_user])
+    users_too_long = dataclasses.replace(
+        base, interactions=fits.assign(user_id=["7", "7", "8", long_user]), users=users
+    )
+    with pytest.raises(
+        DataError, match=r"interactions column 'user_id' holds 1 id.*\(201 characters\).*--pseudonymise"
+    ):
+        apply_privacy(users_too_long, PrivacyConfig(), set())
+    monkeypatch.setenv(DEFAULT_KEY_ENV, KEY.decode())
+    protected, _ = apply_privacy(users_too_long, PrivacyConfig(pseudonymise_users=True), set())
+    assert protected.interactions["user_id"].iloc[-1] == pseudonymise_id(long_user, KEY)
 
 
 def _recs(model: str, users: dict[str, list[str]]) -> pd.DataFrame:

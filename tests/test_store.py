@@ -864,6 +864,22 @@ def test_publish_rejects_bad_frames_without_touching_rows(store: Store, run_id: 
     pd.testing.assert_frame_equal(all_recommendations(store), before)
 
 
+def test_publish_run_that_fails_at_its_last_table_writes_nothing(store: Store, run_id: str) -> None:
+    # One transaction: metrics and features are written before the recommendations are refused, and must go too
+    # (the bad-input case csv_long_ids checked this until ingest began to refuse long ids).
+    metrics = pd.DataFrame({"model": ["pop"], "metric": ["ndcg"], "k": [10], "value": [0.1], "split": ["s"]})
+    features = [("user", pd.DataFrame({"user_id": ["u1"], "age": [30.0]}), "user_id")]
+    store.publish_run(run_id, AS_OF_1, metrics, features, recs("pop", {"u1": ["a"]}), None)
+    before = store.counts(), all_recommendations(store)
+    later = datetime(2024, 2, 1, tzinfo=UTC)
+    bad = recs("pop", {"u1": ["x" * 201]})
+    with pytest.raises(ValueError, match="longer than 200 characters"):
+        store.publish_run(run_id, later, metrics.assign(value=0.9), features, bad, None)
+    assert store.counts() == before[0]
+    pd.testing.assert_frame_equal(all_recommendations(store), before[1])
+    assert store.metrics_for_run(run_id)["value"].tolist() == [0.1]
+
+
 def test_publish_needs_a_started_run(store: Store) -> None:
     with pytest.raises(LookupError, match="start_run"):
         store.publish("missing-run", AS_OF_1, recs("pop", {"u1": ["a"]}), None)

@@ -24,6 +24,8 @@ RATING = "rating"
 TIMESTAMP = "timestamp"
 GENRES = "genres"
 CATEGORY_SEPARATOR = "|"
+#: Longest id, in characters, that the published tables hold (``VARCHAR(200)``: PostgreSQL refuses longer ones).
+MAX_ID_CHARS = 200
 
 
 class DataError(ValueError):
