@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.champion import LOWER_IS_BETTER, Candidate, ChampionRules, ChampionSelection, select_champion
-from recforge.data.contract import ITEM, RATING, TIMESTAMP, USER, DataError, Dataset
+from recforge.data.contract import ITEM, RATING, TIMESTAMP, USER, DataError, Dataset, title_column
 from recforge.evaluation import FullEvaluation, evaluate_full, evaluate_ratings
 from recforge.features import item_features, user_features
 from recforge.ids import IdIndex
@@ -474,9 +474,10 @@ def _shared_neighbours(data: PreparedData, train: Interactions, config: ColdStar
 def _item_labels(data: PreparedData, index: IdIndex) -> np.ndarray:
     """What a reason calls each item: "Title (year)" when the items table has them, else the item id."""
     labels = pd.Series(np.asarray(index.items, dtype=object), index=index.items).astype(str)
-    if data.items is not None and "title" in data.items.columns:
+    column = title_column(data.items)
+    if data.items is not None and column is not None:
         items = data.items.drop_duplicates(ITEM).set_index(ITEM)
-        titles = items["title"].reindex(index.items)
+        titles = items[column].reindex(index.items)
         if "release_year" in items.columns:
             years = pd.to_numeric(items["release_year"].reindex(index.items), errors="coerce")
             has_year = years.notna() & ~titles.astype(str).str.contains(r"\(\d{4}\)\s*$", regex=True)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from recforge.data.contract import ITEM, RATING, TIMESTAMP, USER
+from recforge.data.contract import ITEM, RATING, TIMESTAMP, USER, title_column
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -68,7 +68,6 @@ SHOWN_LOWER_IS_BETTER = LOWER_IS_BETTER | {"gini", "popularity_bias"}
 # Metrics drawn as metric@K curves when several cut-offs exist, in this order.
 CURVE_METRICS = ("ndcg", "recall", "precision", "hit_rate", "map", "mrr")
 _CI_SUFFIXES = {"_ci_low": "ci_low", "_ci_high": "ci_high"}
-_TITLE_COLUMNS = ("title", "name", "item_name")
 # Order of user activity groups in the by-group plot; unknown groups follow alphabetically.
 _GROUP_ORDER = ("cold", "regular", "heavy", "all")
 # One colour per model, in leaderboard order, the same in every plot.
@@ -905,7 +904,7 @@ def _samples(inputs: ReportInputs, models: list[str]) -> str:
 def _titles(items: pd.DataFrame | None) -> dict[str, str]:
     if items is None or ITEM not in items.columns:
         return {}
-    column = next((c for c in _TITLE_COLUMNS if c in items.columns), None)
+    column = title_column(items)
     if column is None:
         return {}
     named = items[[ITEM, column]].dropna()

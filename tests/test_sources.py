@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from recforge.data import synthetic as synthetic_module
-from recforge.data.contract import GENRES, ITEM, RATING, TIMESTAMP, USER, DataError, Dataset
+from recforge.data.contract import GENRES, ITEM, RATING, TIMESTAMP, USER, DataError, Dataset, title_column
 from recforge.data.files import SourceUnavailableError, load_files
 from recforge.data.movielens import U_DATA_MD5, load_movielens_100k
 from recforge.data.sources import KINDS, SourceSpec, load_dataset
@@ -487,6 +487,9 @@ def test_shared_recbole_files_load_as_files_like_the_movielens_loader() -> None:
     assert files.users["age"].tolist() == movielens.users["age"].tolist()
     assert files.users["zip_code"].tolist() == movielens.users["zip_code"].tolist()
     assert len(files.items) == 1682 and files.items[GENRES].iloc[0] == "Animation|Children's|Comedy"
+    # Reasons and the report name items by their title: RecBole calls it movie_title (the report showed ids).
+    assert title_column(files.items) == "movie_title" and movielens.items is not None
+    assert files.items["movie_title"].iloc[0] == movielens.items["title"].iloc[0].removesuffix(" (1995)")
 
 
 def test_missing_column_error_explains_the_mapping(tmp_path: Path) -> None:

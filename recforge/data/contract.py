@@ -24,6 +24,16 @@ RATING = "rating"
 TIMESTAMP = "timestamp"
 GENRES = "genres"
 CATEGORY_SEPARATOR = "|"
+#: Items-table columns that name an item, first found wins: MovieLens/synthetic "title", RecBole's ``movie_title``
+#: (ML-100K/1M atomic files read as plain csv) and ``item_name`` (Yelp, Tmall), and "name".
+TITLE_COLUMNS = ("title", "movie_title", "item_name", "name")
+
+
+def title_column(items: pd.DataFrame | None) -> str | None:
+    """The column of ``items`` that names each item (:data:`TITLE_COLUMNS`), if any."""
+    return None if items is None else next((c for c in TITLE_COLUMNS if c in items.columns), None)
+
+
 #: Longest id, in characters, that the published tables hold (``VARCHAR(200)``: PostgreSQL refuses longer ones).
 MAX_ID_CHARS = 200
 
