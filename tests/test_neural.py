@@ -236,6 +236,24 @@ def test_bpr_max_gives_a_row_without_negatives_no_loss_not_nan() -> None:
     assert float(hidden.grad[0].abs().sum()) == 0.0  # the row without negatives takes no part
 
 
+@pytest.mark.parametrize("cls", [GRU4Rec, Caser])
+def test_a_fit_with_no_negative_in_any_batch_fails_instead_of_keeping_random_weights(cls: type) -> None:
+    # Every user clicks item 3 then item 5: with negatives=0 the only negatives are the batch's other next items,
+    # all item 5, so every loss was 0 and the "trained" model scored by its initial weights.
+    n_users = 60
+    data = Interactions.from_arrays(
+        np.repeat(np.arange(n_users), 2),
+        np.tile([3, 5], n_users),
+        timestamp=np.arange(2 * n_users),
+        n_users=n_users,
+        n_items=10,
+    )
+    with pytest.raises(ValueError, match=r"loss was exactly 0 over 2 epoch\(s\).*set negatives to 1 or more"):
+        cls(cls.config_class(max_epochs=2, negatives=0)).fit(data, RunSettings(seed=0))
+    sampled = cls(cls.config_class(max_epochs=2, negatives=2)).fit(data, RunSettings(seed=0))
+    assert int(np.argmax(sampled.score(np.array([0]))[0])) == 5
+
+
 def test_a_non_finite_loss_stops_training_with_the_weights_before_it() -> None:
     net = torch.nn.Linear(2, 1)
     before = {k: v.clone() for k, v in net.state_dict().items()}

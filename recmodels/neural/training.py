@@ -270,6 +270,7 @@ def train(
     rng = np.random.default_rng(settings.seed)
     log = TrainingLog()
     best_ndcg, best_weights, since_best = -math.inf, None, 0
+    learned = False  # whether any batch had a non-zero loss (a gradient) to learn from
     for epoch in range(config.max_epochs):
         started = time.perf_counter()
         module.train()
@@ -293,6 +294,7 @@ def train(
             optimizer.step()
             total += value
             weight += 1
+            learned = learned or value != 0.0
             settings.report(stage, (epoch + (position + 1) / len(batches)) / config.max_epochs)
         log.train_loss.append(total / max(weight, 1))
         if validation is not None:
@@ -311,6 +313,13 @@ def train(
             since_best += 1
             if since_best >= config.patience:
                 break
+    if not learned:  # the weights are the initial random ones: the scores would rank by noise
+        raise ValueError(
+            f"{stage}: every training batch's loss was exactly 0 over {len(log.train_loss)} epoch(s), so the weights "
+            "stayed as initialised: no batch held a negative to rank its targets against (with negatives=0 the "
+            "only negatives are the batch's other next items, and here they were all the same item); set negatives "
+            "to 1 or more, or None for the whole catalogue"
+        )
     if best_weights is not None:
         module.load_state_dict(best_weights)
     # The loss is checked before each step; the last step's update is not, and a fit without a validation slice
