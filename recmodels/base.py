@@ -110,6 +110,9 @@ class Recommender(ABC):
     config_class: ClassVar[type[ModelConfig]]
     #: True for models whose ``predict`` estimates explicit ratings (evaluated with RMSE/MAE too).
     predicts_ratings: ClassVar[bool] = False
+    #: Whether ``fit`` checks a few predicted ratings for finiteness (when :attr:`predicts_ratings`): not for models
+    #: that build their rating model on the first ``predict`` (a cost the fit should not take on).
+    probe_predictions: ClassVar[bool] = True
     #: True for models that need ratings to train (they cannot run on implicit-only data).
     requires_ratings: ClassVar[bool] = False
     #: Rough CPU seconds of one evaluation plus one refit on MovieLens 100K (one core, default config). Only the
@@ -130,19 +133,56 @@ class Recommender(ABC):
 
     # ---- training -------------------------------------------------------------------------------------
     def fit(self, data: Interactions, settings: RunSettings | None = None) -> Self:
-        """Learn from ``data``; returns ``self``. Keeps the seen-items matrix for exclusion and fallback."""
+        """Learn from ``data``; returns ``self``. Keeps the seen-items matrix for exclusion and fallback.
+
+        A fit that raises leaves the model as it was: the fitted state of an earlier fit (or none), never a mix of
+        the new catalogue's size with the old factors, which went on recommending items that do not exist.
+        """
         settings = settings or RunSettings()
         if len(data) == 0:
             raise ValueError(f"{self.name}: cannot fit on zero interactions")
         if self.requires_ratings and data.rating is None:
             raise ValueError(f"{self.name} needs ratings; this data set has none")
-        self.n_users_ = data.n_users
-        self.n_items_ = data.n_items
-        # Shares the arrays of the (float32) cached matrix: a copy cost 71 MB at 8.9M events. Never mutated.
-        self.seen_: sp.csr_matrix = data.binary.astype(np.float32, copy=False)
-        self.popularity_: np.ndarray = data.item_counts.astype(np.float32)
-        self._fit(data, settings)
+        before = dict(vars(self))
+        try:
+            self.n_users_ = data.n_users
+            self.n_items_ = data.n_items
+            # Shares the arrays of the (float32) cached matrix: a copy cost 71 MB at 8.9M events. Never mutated.
+            self.seen_: sp.csr_matrix = data.binary.astype(np.float32, copy=False)
+            self.popularity_: np.ndarray = data.item_counts.astype(np.float32)
+            self._fit(data, settings)
+            self._check_finite_scores()
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(before)
+            raise
         return self
+
+    def _check_finite_scores(self) -> None:
+        """Score (and, for rating models, predict) a few users with events: finite values of the right shape.
+
+        Hyperparameters that are each valid can still overflow float32 together (als ``alpha=1e20``, biased_mf
+        ``regularization=1e20``): the fit "succeeded" and every score was NaN, found only when ranking.
+        """
+        probe = np.flatnonzero(np.diff(self.seen_.indptr) > 0)[:8]
+        if len(probe) == 0:
+            return
+        scores = self._score_known(probe)
+        if scores.shape != (len(probe), self.n_items_):
+            raise ValueError(
+                f"{self.name}: scores have shape {scores.shape}, expected {(len(probe), self.n_items_)} for "
+                f"{len(probe)} users over {self.n_items_} items"
+            )
+        values = [("scores", scores)]
+        if self.predicts_ratings and self.probe_predictions:
+            values.append(("predicted ratings", self.predict(probe, self.seen_.indices[self.seen_.indptr[probe]])))
+        for what, array in values:
+            if not np.isfinite(array).all():
+                raise FloatingPointError(
+                    f"{self.name}: the fitted model gives non-finite {what} (users {probe.tolist()}): its "
+                    f"hyperparameters overflow float32 on this data ({self.config}); bring the large ones "
+                    "(regularization, alpha, initial scales) back towards their defaults"
+                )
 
     @abstractmethod
     def _fit(self, data: Interactions, settings: RunSettings) -> None:
@@ -280,24 +320,40 @@ class Recommender(ABC):
 
     @classmethod
     def load(cls, path: str | Path) -> Self:
-        """Read a model written by :meth:`save`. Refuses files that need pickle to load."""
+        """Read a model written by :meth:`save`. Refuses files that need pickle to load, and files whose arrays do
+        not make one consistent model (truncated, edited, or not written by :meth:`save`)."""
         if not hasattr(cls, "name"):
             raise TypeError(f"load {path} with the class of the model it holds, e.g. ItemKNN.load(path)")
-        with np.load(Path(path), allow_pickle=False) as npz:
-            stored_name = str(npz["__model__"])
-            if stored_name != cls.name:
-                raise ValueError(f"{path} holds a {stored_name!r} model, not {cls.name!r}")
-            config = cls._stored_config(json.loads(str(npz["__config__"])))
-            model = cls(config)
-            n_users, n_items = (int(v) for v in npz["__shape__"])
-            model.n_users_, model.n_items_ = n_users, n_items
-            indptr, indices = npz["__seen_indptr__"], npz["__seen_indices__"]
-            model.seen_ = sp.csr_matrix(
-                (np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(n_users, n_items)
-            )
-            model.popularity_ = npz["__popularity__"]
-            state = {k.removeprefix("state/"): npz[k] for k in npz.files if k.startswith("state/")}
-        model._set_state(state)
+        try:
+            with np.load(Path(path), allow_pickle=False) as npz:
+                if not isinstance(npz, np.lib.npyio.NpzFile):
+                    raise ValueError("a single array (.npy), not a model's .npz archive")
+                stored_name = str(npz["__model__"])
+                if stored_name != cls.name:
+                    raise _OtherModelError(f"{path} holds a {stored_name!r} model, not {cls.name!r}")
+                config = cls._stored_config(json.loads(str(npz["__config__"])))
+                model = cls(config)
+                n_users, n_items = (int(v) for v in npz["__shape__"])
+                model.n_users_, model.n_items_ = n_users, n_items
+                indptr, indices = npz["__seen_indptr__"], npz["__seen_indices__"]
+                if len(indices) and not 0 <= indices.min() <= indices.max() < n_items:
+                    raise ValueError(f"seen items outside the stored {n_items} items")
+                model.seen_ = sp.csr_matrix(
+                    (np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(n_users, n_items)
+                )
+                model.popularity_ = npz["__popularity__"]
+                if model.popularity_.shape != (n_items,):
+                    raise ValueError(f"{len(model.popularity_)} popularity values for {n_items} items")
+                state = {k.removeprefix("state/"): npz[k] for k in npz.files if k.startswith("state/")}
+            model._set_state(state)
+            model._check_finite_scores()
+        except (FileNotFoundError, PermissionError, IsADirectoryError, _OtherModelError):
+            raise
+        except Exception as error:  # each way a file can be broken raises its own kind
+            raise ValueError(
+                f"{path} is not a consistent {cls.name} model file ({type(error).__name__}: {error}); it may be "
+                "truncated, edited or written by something else than save(): save the model again"
+            ) from error
         return model
 
     @classmethod
@@ -320,6 +376,10 @@ class Recommender(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+
+class _OtherModelError(ValueError):
+    """A model file written by another model class."""
 
 
 def map_batches(

@@ -238,6 +238,63 @@ def test_load_refuses_other_model_and_pickles(ml_train: Interactions, tmp_path: 
         get_model_class("popularity").load(crafted)
 
 
+def test_load_refuses_files_whose_arrays_do_not_make_one_model(ml_train: Interactions, tmp_path: Path) -> None:
+    # An edited file with 5 extra item rows loaded and recommended items 50-54 of a 50-item catalogue.
+    path = get_model_class("als")().fit(ml_train).save(tmp_path / "als.npz")
+    with np.load(path) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    factors = arrays["state/item_factors"]
+    broken = {
+        "extra_rows": arrays | {"state/item_factors": np.vstack([factors, np.ones((5, factors.shape[1]), np.float32)])},
+        "fewer_rows": arrays | {"state/item_factors": factors[:10]},
+        "missing_state": {k: v for k, v in arrays.items() if k != "state/item_factors"},
+        "short_popularity": arrays | {"__popularity__": arrays["__popularity__"][:-1]},
+        "seen_out_of_range": arrays | {"__seen_indices__": arrays["__seen_indices__"] + 10_000},
+    }
+    for label, content in broken.items():
+        np.savez(tmp_path / f"{label}.npz", **content)
+        with pytest.raises(ValueError, match=f"{label}.npz is not a consistent als model file"):
+            get_model_class("als").load(tmp_path / f"{label}.npz")
+    (tmp_path / "truncated.npz").write_bytes(path.read_bytes()[:5_000])
+    np.save(tmp_path / "array.npy", np.ones(3))
+    for name in ("truncated.npz", "array.npy"):
+        with pytest.raises(ValueError, match="not a consistent als model file"):
+            get_model_class("als").load(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        get_model_class("als").load(tmp_path / "absent.npz")
+
+
+def test_a_fit_that_fails_leaves_the_earlier_fit_in_place(ml_train: Interactions) -> None:
+    # bpr's second fit fails (one item): its catalogue size was already 1 while the factors were still the first
+    # fit's, and recommend went on listing items of a 1-item catalogue.
+    bpr = get_model_class("bpr")
+    model = bpr(bpr.config_class(epochs=2)).fit(ml_train)
+    before = model.score(np.arange(5))
+    one_item = Interactions.from_arrays(np.arange(5), np.zeros(5, dtype=np.int64), n_users=5, n_items=1)
+    with pytest.raises(ValueError, match="at least 2 items"):
+        model.fit(one_item)
+    assert model.n_items_ == ml_train.n_items
+    np.testing.assert_array_equal(model.score(np.arange(5)), before)
+    fresh = bpr(bpr.config_class(epochs=2))
+    with pytest.raises(ValueError, match="at least 2 items"):
+        fresh.fit(one_item)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        fresh.score(np.arange(2))
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("als", {"alpha": 1e20}), ("biased_mf", {"regularization": 1e20})],
+)
+def test_a_fit_whose_scores_are_not_finite_fails(name: str, params: dict[str, float], ml_train: Interactions) -> None:
+    # Each value passes its config's checks; together with the data they overflow float32, and every score was
+    # NaN while the fit "succeeded".
+    cls = get_model_class(name)
+    small = ml_train.subset(ml_train.user < 60)
+    with pytest.raises(FloatingPointError, match=f"{name}: the fitted model gives non-finite scores"):
+        cls(cls.config_class(**params)).fit(small)
+
+
 def test_unknown_model_name_lists_choices() -> None:
     with pytest.raises(ValueError, match="choose from: popularity, item_knn"):
         get_model_class("nope")

@@ -173,12 +173,15 @@ class SegmentPopularity(Recommender):
         attributes = attributes if attributes is not None else UserAttributes({}, {})
         if attributes.codes and len(attributes) != data.n_users:
             raise ValueError(f"attributes cover {len(attributes)} users, the data has {data.n_users}")
-        super().fit(data, settings)
-        self._fit_segments(data, attributes)
-        return self
+        self._attributes = attributes  # read by _fit only; not learned state
+        try:
+            return super().fit(data, settings)
+        finally:
+            del self._attributes
 
     def _fit(self, data: Interactions, settings: RunSettings) -> None:
-        """Nothing beyond the base class's counts; the segments need the attributes (see :meth:`fit`)."""
+        """The segments of :meth:`fit`'s attributes, beyond the base class's counts."""
+        self._fit_segments(data, self._attributes)
 
     def _fit_segments(self, data: Interactions, attributes: UserAttributes) -> None:
         self.columns_ = attributes.columns

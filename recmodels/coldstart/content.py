@@ -177,7 +177,15 @@ class ContentScorer(Recommender):
         if features is None or features.matrix.shape[0] != data.n_items:
             rows = None if features is None else features.matrix.shape[0]
             raise ValueError(f"content needs item features with one row per item ({data.n_items}); got {rows}")
-        super().fit(data, settings)
+        self._features = features  # read by _fit only; not learned state
+        try:
+            return super().fit(data, settings)
+        finally:
+            del self._features
+
+    def _fit(self, data: Interactions, settings: RunSettings) -> None:
+        """Item vectors from :meth:`fit`'s features; the profiles come from the base class's seen items."""
+        features = self._features
         blocks = []
         for code, kind in enumerate(KINDS):
             columns = np.flatnonzero(features.kinds == code)
@@ -186,10 +194,6 @@ class ContentScorer(Recommender):
                 blocks.append(block * np.sqrt(self.config.weight(kind)))
         matrix = sp.hstack(blocks, format="csr") if blocks else sp.csr_matrix((data.n_items, 0))
         self.item_vectors_ = _normalise_rows(sp.csr_matrix(matrix)).astype(np.float32)
-        return self
-
-    def _fit(self, data: Interactions, settings: RunSettings) -> None:
-        """Nothing beyond the base class's counts; the item vectors need the features (see :meth:`fit`)."""
 
     def profiles(self, history: sp.csr_matrix) -> sp.csr_matrix:
         """L2-normalised profiles of users with the given users × items history (rows of zeros stay zero)."""

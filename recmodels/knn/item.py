@@ -194,6 +194,8 @@ class NeighbourhoodRecommender(Recommender):
     config_class: ClassVar[type[KNNConfig]] = KNNConfig
     config: KNNConfig
     predicts_ratings = True
+    # The rating model is built on the first predict; its similarities are bounded, its ratings finite.
+    probe_predictions = False
     #: True: entities are users (neighbours are similar users); False: entities are items.
     user_based: ClassVar[bool]
 
