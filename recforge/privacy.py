@@ -87,10 +87,15 @@ def pseudonymise_id(user_id: str, key: bytes) -> str:
 
 
 def pseudonymise_ids(ids: pd.Series, key: bytes) -> pd.Series:
-    """Pseudonyms of a column of ids (each distinct id hashed once)."""
-    text = ids.astype(str)
+    """Pseudonyms of a column of ids (each distinct id hashed once); a missing id stays missing.
+
+    Missing ids used to become the pseudonym of the text "nan": one made-up user that validation (which runs
+    after) no longer saw as missing, trained on and published with every id-less event.
+    """
+    present = ids.notna()
+    text = ids[present].astype(str)
     mapping = {value: pseudonymise_id(value, key) for value in pd.unique(text)}
-    return text.map(mapping).astype(str)
+    return text.map(mapping).reindex(ids.index).astype("str")
 
 
 def personal_columns(columns: Iterable[str], config: PrivacyConfig) -> list[str]:

@@ -49,6 +49,15 @@ def test_pseudonyms_are_keyed_stable_and_hide_the_id() -> None:
     assert column.tolist() == [first, pseudonymise_id("43", KEY), first]
 
 
+def test_a_missing_id_stays_missing_when_pseudonymised() -> None:
+    # It became the pseudonym of "nan": one made-up user, trained on and published, that validation (after
+    # ingest) no longer saw as a missing id. A real user called "nan" kept their own pseudonym apart from it.
+    ids = pd.Series(["7", None, "nan", None], dtype="str")
+    column = pseudonymise_ids(ids, KEY)
+    assert column.isna().tolist() == [False, True, False, True]
+    assert column[2] == pseudonymise_id("nan", KEY) and column[0] == pseudonymise_id("7", KEY)
+
+
 def test_a_missing_or_short_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DEFAULT_KEY_ENV, raising=False)
     config = PrivacyConfig(pseudonymise_users=True)
