@@ -212,11 +212,14 @@ class ContentHash(CachePolicy):
     """Cache key from the content of a task's inputs plus the code fingerprint (see the module docstring).
 
     ``stage`` keeps the keys of different tasks apart; ``special`` maps an input name to its own fingerprint
-    function (e.g. the ingest ``source`` mapping, whose content lives in the files it names).
+    function (e.g. the ingest ``source`` mapping, whose content lives in the files it names). ``bypass`` looks at
+    the inputs and returns why this call must not use the cache (its result depends on more than the inputs), or
+    None.
     """
 
     stage: str = ""
     special: dict[str, Callable[[Any], str]] = field(default_factory=dict)
+    bypass: Callable[[dict[str, Any]], str | None] | None = None
 
     def compute_key(
         self,
@@ -226,6 +229,9 @@ class ContentHash(CachePolicy):
         **kwargs: Any,
     ) -> str | None:
         parts = {"stage": self.stage, "code": code_fingerprint()}
+        if self.bypass is not None and (why := self.bypass(inputs)) is not None:
+            log.info("%s: not cached (%s)", self.stage, why)
+            return None
         try:
             for name in sorted(inputs):
                 hasher = self.special.get(name, fingerprint)
@@ -236,10 +242,13 @@ class ContentHash(CachePolicy):
         return cache_key_prefix(self.stage) + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def cached(stage: str, **special: Callable[[Any], str]) -> dict[str, Any]:
-    """``@task`` keyword arguments that cache ``stage`` by content and persist its result.
+def cached(
+    stage: str, bypass: Callable[[dict[str, Any]], str | None] | None = None, **special: Callable[[Any], str]
+) -> dict[str, Any]:
+    """``@task`` keyword arguments that cache ``stage`` by content and persist its result (see :class:`ContentHash`
+    for ``bypass`` and ``special``).
 
     The result goes to Prefect's default result storage, a folder under the Prefect home
     (``PREFECT_RESULTS_LOCAL_STORAGE_PATH``), where later runs in any process on this machine find it.
     """
-    return {"cache_policy": ContentHash(stage=stage, special=dict(special)), "persist_result": True}
+    return {"cache_policy": ContentHash(stage=stage, special=dict(special), bypass=bypass), "persist_result": True}

@@ -109,6 +109,20 @@ def test_content_hash_policy_keys() -> None:
     assert ingest.compute_key(None, {"source": sql}, {}) is None  # type: ignore[arg-type]
 
 
+def test_validation_of_events_ahead_of_the_clock_is_never_cached() -> None:
+    # The report flags (and cleaning drops) events ahead of ITS clock: reused a minute later, it dropped events
+    # that had come to pass by then. Data without future events is cached as before.
+    from tasks.validate import validate
+
+    policy = validate.cache_policy
+    small = generate_synthetic(n_users=30, n_items=20, n_events=300)
+    assert policy.compute_key(None, {"dataset": small, "min_interactions": 10, "data_docs_dir": None}, {}) is not None  # type: ignore[union-attr, arg-type]
+    ahead = small.interactions.copy()
+    ahead.loc[0, "timestamp"] = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=40)
+    skewed = dataclasses.replace(small, interactions=ahead)
+    assert policy.compute_key(None, {"dataset": skewed, "min_interactions": 10, "data_docs_dir": None}, {}) is None  # type: ignore[union-attr, arg-type]
+
+
 # -- whole flow reruns --------------------------------------------------------------------------------------
 
 
