@@ -60,6 +60,10 @@ SAMPLE_SIZE = 5
 #: with skewed clocks arrive minutes to hours ahead and only warn (each run keeps the events before its
 #: ``as_of``); a wrong time unit or epoch puts them years to millennia ahead.
 FUTURE_TOLERANCE = timedelta(days=1)
+#: A log whose latest event comes before this instant was almost surely read in too coarse a time unit: seconds
+#: read as milliseconds land in January 1970, YYYYMMDD numbers read as seconds in 1970 too. Any ``as_of`` after it
+#: then takes in the whole log, future events included.
+EARLIEST_PLAUSIBLE_LATEST_EVENT = datetime(1980, 1, 1, tzinfo=UTC)
 # Data Docs keep the pages of this many most recent validate_dataset calls; older ones are deleted.
 DATA_DOCS_KEEP_RUNS = 10
 
@@ -304,6 +308,7 @@ def _run_parameters(dataset: Dataset, *, now: datetime, min_interactions: int) -
     params: dict[str, Any] = {
         "now": now,
         "future_limit": now + FUTURE_TOLERANCE,
+        "earliest_plausible_latest_event": EARLIEST_PLAUSIBLE_LATEST_EVENT,
         "min_interactions": int(min_interactions),
     }
     if dataset.rating_range is not None:

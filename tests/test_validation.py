@@ -113,7 +113,7 @@ def test_clean_dataset_passes(clean_report: ValidationReport) -> None:
     assert report.warnings == []
     assert all(o.success for o in report.outcomes)
     # Every stored expectation applies here: all columns, parameters and tables are present.
-    assert [o.table for o in report.outcomes].count("interactions") == 18
+    assert [o.table for o in report.outcomes].count("interactions") == 19
     assert [o.table for o in report.outcomes].count("users") == 6
     assert [o.table for o in report.outcomes].count("items") == 5
     rating_range = _outcome(report, "interactions", "expect_column_values_to_be_between", "rating")
@@ -123,7 +123,7 @@ def test_clean_dataset_passes(clean_report: ValidationReport) -> None:
     assert set(report.failing_rows) == {"interactions", "users", "items"}
     assert all(rows.size == 0 and rows.dtype == np.int64 for rows in report.failing_rows.values())
     report.raise_for_critical()  # no critical failure: must not raise
-    assert report.summary().startswith("Validation of data set 'toy' (tests/toy) passed: 29 checks, 29 passed")
+    assert report.summary().startswith("Validation of data set 'toy' (tests/toy) passed: 30 checks, 30 passed")
 
 
 def test_to_records_lists_every_outcome(clean_report: ValidationReport) -> None:
@@ -218,6 +218,23 @@ def test_timestamps_far_in_the_future_are_critical() -> None:
     assert "expected at most 2024-06-02T00:00:00+00:00" in _critical_message(report)
     # The bound follows the wall clock at validation: a year later the same row is fine.
     assert validate_dataset(_dataset(frame), now=NOW + timedelta(days=365)).passed
+
+
+@pytest.mark.parametrize(
+    ("epochs", "unit"),
+    [([1_672_531_200, 1_690_000_000], "ms"), ([20230815, 20230901], "s")],  # seconds read as ms; YYYYMMDD as s
+)
+def test_a_log_that_ends_before_1980_warns_about_the_time_unit(epochs: list[int], unit: str) -> None:
+    # Read in too coarse a unit, every event lands in 1970 and any later --as-of took in the whole log, future
+    # events included, without a word. A warning: nothing is dropped, toy data with small epochs still runs.
+    epochs = np.linspace(epochs[0], epochs[1], N_ROWS).astype(np.int64)
+    frame = _interactions().assign(timestamp=pd.to_datetime(epochs, unit=unit, utc=True))
+    report = validate_dataset(_dataset(frame), now=NOW)
+    assert report.passed
+    warning = _outcome(report, "interactions", "expect_column_max_to_be_between", "timestamp", "warning")
+    assert report.warnings == [warning]
+    assert "read in too coarse a unit" in warning.explain() and "--timestamp-unit" in warning.explain()
+    assert report.rows_to_drop["interactions"] == {}
 
 
 def test_timestamps_slightly_ahead_of_the_clock_only_warn_and_are_dropped() -> None:
