@@ -694,6 +694,16 @@ def test_ids_with_nul_are_refused_on_every_database(tmp_path: Path) -> None:
         load_files(tmp_path / "events.parquet")
 
 
+def test_infinite_ratings_are_refused_naming_the_rows(tmp_path: Path) -> None:
+    # They passed ingest and validation; then every model failed on "2 missing or infinite values (events 248,
+    # 1050)", positions after cleaning, with no file or column named.
+    path = _write(tmp_path / "events.csv", "user_id,item_id,rating,timestamp\nu1,i1,4,0\nu2,i2,inf,1\nu3,i3,-inf,2\n")
+    with pytest.raises(
+        DataError, match=r"events\.csv, column 'rating': 2 rating\(s\) are infinite, e\.g\. row 1: inf, row 2: -inf"
+    ):
+        load_files(path)
+
+
 def test_timestamp_problems_are_explained(tmp_path: Path) -> None:
     text = _write(tmp_path / "a.csv", "user_id,item_id,timestamp\nu,i,2024-01-01\nu,i,yesterday\n")
     with pytest.raises(DataError, match=r"row 1: 'yesterday'"):

@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from recforge.data.contract import CATEGORY_SEPARATOR, GENRES, ITEM, RATING, TIMESTAMP, USER, DataError, Dataset
@@ -557,6 +558,12 @@ def _ratings(values: pd.Series, origin: str) -> pd.Series:
         raise DataError(
             f"{origin}: {int(bad.sum())} rating(s) are not numbers, e.g. {_examples(values, bad)}; "
             "fix them, or map rating to another column"
+        )
+    infinite = pd.Series(np.isinf(numbers.to_numpy(dtype="float64", na_value=np.nan)), index=numbers.index)
+    if infinite.any():  # every model failed on them later, naming positions after cleaning instead of the file
+        raise DataError(
+            f"{origin}: {int(infinite.sum())} rating(s) are infinite, e.g. {_examples(values, infinite)}; "
+            "fix them in the source, or leave them empty (a missing rating is kept as an event)"
         )
     return numbers.astype("float64")
 
