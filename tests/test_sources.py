@@ -741,7 +741,7 @@ def test_csv_with_byte_order_mark(tmp_path: Path) -> None:
     assert load_files(path).interactions[USER].tolist() == ["u1"]
 
 
-def test_spaces_after_commas_are_not_part_of_names_or_ids(tmp_path: Path) -> None:
+def test_spaces_around_commas_are_not_part_of_names_or_ids(tmp_path: Path) -> None:
     # "a, b" as people and report tools write it: " item_id" would be missing and " i1" another item than "i1".
     events = tmp_path / "events.csv"
     events.write_text('user_id, item_id, rating, timestamp\nu1, i1, 4, 0\nu2,  "i1", 5, 60\nu1,i2,3,120\n')
@@ -752,6 +752,11 @@ def test_spaces_after_commas_are_not_part_of_names_or_ids(tmp_path: Path) -> Non
     assert data.interactions[RATING].tolist() == [4.0, 5.0, 3.0]
     assert data.items is not None
     assert data.items.set_index(ITEM)["title"].to_dict() == {"i1": "Heat, 1995", "i2": "Up"}
+    # Nor before one: "u1 ," was another user than "u1", and a header "user_id ,..." was missing user_id while
+    # the error's advice (--columns user_id=user_id ) was stripped to the same failing mapping.
+    before = tmp_path / "before.csv"
+    before.write_text("user_id ,item_id  ,timestamp\nu1 ,i1,0\n u1,i2  ,60\nu1,i3,120\n")
+    assert load_files(before).interactions[[USER, ITEM]].values.tolist() == [["u1", "i1"], ["u1", "i2"], ["u1", "i3"]]
     # Tab-separated files keep their spaces: a leading space there is written on purpose, or not a separator.
     tabbed = tmp_path / "events.tsv"
     tabbed.write_text("user_id\titem_id\ttimestamp\nu1\t i1\t0\n")

@@ -279,6 +279,9 @@ def read_table(
                 path, sep=separator, nrows=0, encoding=codec, engine=engine, quoting=quoting, skipinitialspace=spaces
             ).columns
             first = [str(value) for value in written.iloc[0].tolist()]
+            if spaces:  # "user_id ,item_id": the space before a comma is no more part of a name than one after it
+                first = [value.rstrip() for value in first]
+                header = pd.Index([str(name).rstrip() for name in header])
             if len(set(first)) < len(first) and any(_looks_like_a_value(value) for value in first):
                 # "1::F::1::10::48067" (a user aged 1): repeated values in a data line, not repeated names.
                 _headerless(str(path), "header line", first, names_setting)
@@ -307,7 +310,7 @@ def read_table(
             engine=engine,
             encoding=codec,
             header=None if names is not None else 0,
-            names=list(header) if names is not None or field_types else None,
+            names=list(header),
             dtype={c: str for c in header if c in text or field_types.get(c, "").startswith("token")},
             keep_default_na=False,
             na_values={c: [""] if c in text else _TEXT_NA_VALUES for c in header},
@@ -322,6 +325,9 @@ def read_table(
                 f"named ({', '.join(header)}); quote values that contain the separator {separator!r} "
                 '("Action, Comedy"), or give the file\'s separator (sep / --sep)'
             )
+        if spaces:  # "7 ,i1" and "7,i2" are one user, as " 7" and "7" are (skipinitialspace)
+            for column in text & set(frame.columns):
+                frame[column] = frame[column].str.rstrip()
         for column, kind in field_types.items():
             if kind == "token" and column not in text:
                 frame[column] = _token_values(frame[column])
