@@ -19,16 +19,15 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
-from recforge.data.contract import ITEM, RATING, TIMESTAMP, USER, DataError
+from recforge.data.contract import ITEM, RATING, RATING_MISSING, REPEAT_COUNT, TIMESTAMP, USER, DataError
 
-REPEAT_COUNT = "repeat_count"
-"""Column added by ``clean_interactions``: number of events that were collapsed into the row (>= 1)."""
+# Columns that clean_interactions adds (named with the data contract, whose loaders keep source columns off
+# them): REPEAT_COUNT, the number of events collapsed into the row (>= 1); RATING_MISSING, when some ratings are
+# missing, True on the rows whose rating is (kept as events; fill_missing_ratings gives them a rating, the rating
+# metrics leave them out).
 
 REASON_UNKNOWN_USER = "unknown user"
 REASON_UNKNOWN_ITEM = "unknown item"
-RATING_MISSING = "rating_missing"
-"""Column added by ``clean_interactions`` when some ratings are missing: True on the rows whose rating is
-missing (kept as events; :func:`fill_missing_ratings` gives them a rating, the rating metrics leave them out)."""
 REASON_EPOCH_TIMESTAMP = "timestamp at or before 1970-01-01 (epoch 0 or negative)"
 
 # How many offending values an error message shows.

@@ -704,6 +704,17 @@ def test_infinite_ratings_are_refused_naming_the_rows(tmp_path: Path) -> None:
         load_files(path)
 
 
+def test_source_columns_named_like_the_cleaning_stages_bookkeeping_are_kept_apart(tmp_path: Path) -> None:
+    # A source's repeat_count was read as the cleaning stage's event weight: activity features 1,000 times too high.
+    path = _write(tmp_path / "e.csv", "user_id,item_id,timestamp,repeat_count,rating_missing\nu1,i1,0,1000,no\n")
+    frame = load_files(path).interactions
+    assert "repeat_count" not in frame.columns and "rating_missing" not in frame.columns
+    assert frame["source_repeat_count"].tolist() == [1000] and frame["source_rating_missing"].tolist() == ["no"]
+    clash = _write(tmp_path / "c.csv", "user_id,item_id,timestamp,repeat_count,source_repeat_count\nu1,i1,0,1,2\n")
+    with pytest.raises(DataError, match=r"c\.csv: rename or drop the column\(s\) \['repeat_count'\]"):
+        load_files(clash)
+
+
 def test_timestamp_problems_are_explained(tmp_path: Path) -> None:
     text = _write(tmp_path / "a.csv", "user_id,item_id,timestamp\nu,i,2024-01-01\nu,i,yesterday\n")
     with pytest.raises(DataError, match=r"row 1: 'yesterday'"):

@@ -34,6 +34,13 @@ def title_column(items: pd.DataFrame | None) -> str | None:
     return None if items is None else next((c for c in TITLE_COLUMNS if c in items.columns), None)
 
 
+#: Interaction columns the cleaning stage adds for itself (``recforge.prepare``): a source column of one of these
+#: names is renamed ``source_<name>`` at load, else it was read as that bookkeeping (``repeat_count`` as an event
+#: weight multiplying the activity features, ``rating_missing`` as a flag).
+REPEAT_COUNT = "repeat_count"
+RATING_MISSING = "rating_missing"
+INTERNAL_COLUMNS = (REPEAT_COUNT, RATING_MISSING)
+
 #: Longest id, in characters, that the published tables hold (``VARCHAR(200)``: PostgreSQL refuses longer ones).
 MAX_ID_CHARS = 200
 

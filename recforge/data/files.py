@@ -25,7 +25,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recforge.data.contract import CATEGORY_SEPARATOR, GENRES, ITEM, RATING, TIMESTAMP, USER, DataError, Dataset
+from recforge.data.contract import (
+    CATEGORY_SEPARATOR,
+    GENRES,
+    INTERNAL_COLUMNS,
+    ITEM,
+    RATING,
+    TIMESTAMP,
+    USER,
+    DataError,
+    Dataset,
+)
 
 #: Contract columns a ``columns`` mapping may rename.
 MAPPABLE_COLUMNS: tuple[str, ...] = (USER, ITEM, RATING, TIMESTAMP)
@@ -409,6 +419,13 @@ def standardize_interactions(
         _missing_column(df, RATING, mapping, origin)  # asked for explicitly, so absence is an error
     required = [USER, ITEM, TIMESTAMP, *([RATING] if has_rating else [])]
     out = _rename(df, required, mapping, origin)
+    # A source's own "repeat_count" was read as the cleaning stage's event weight (activity features 1,000 times
+    # too high); "rating_missing" as its flag. Kept, as every extra column is, under another name.
+    internal = {name: f"source_{name}" for name in INTERNAL_COLUMNS if name in out.columns}
+    clash = [new for new in internal.values() if new in out.columns]
+    if clash:
+        raise DataError(f"{origin}: rename or drop the column(s) {list(internal)} (recforge's own bookkeeping)")
+    out = out.rename(columns=internal)
     out[USER] = ids_to_text(out[USER], f"{origin}, column {mapping.get(USER, USER)!r}")
     out[ITEM] = ids_to_text(out[ITEM], f"{origin}, column {mapping.get(ITEM, ITEM)!r}")
     if has_rating:
