@@ -24,7 +24,15 @@ from recforge.data.contract import ITEM, RATING, TIMESTAMP, USER, DataError, Dat
 from recforge.evaluation import FullEvaluation, evaluate_full, evaluate_ratings
 from recforge.features import item_features, user_features
 from recforge.ids import IdIndex
-from recforge.prepare import CleaningReport, Imputer, clean_interactions, declared_rules, fill_missing_ratings
+from recforge.prepare import (
+    AGE_RANGE,
+    CleaningReport,
+    Imputer,
+    blank_implausible_ages,
+    clean_interactions,
+    declared_rules,
+    fill_missing_ratings,
+)
 from recforge.split import TemporalSplit, stamped_before, temporal_holdout
 from recforge.store import ChampionDecision
 from recforge.validation import ValidationReport
@@ -177,10 +185,16 @@ def prepare(
     later = {"users": 0, "items": 0}
     if dataset.users is not None:
         known, later["users"] = _known_at(dataset.users, USER, raw, window, as_of)
+        known, implausible_ages = blank_implausible_ages(known)
         rules = declared_rules(known, USER, impute.get("users", {}))
         imputer = Imputer(rules).fit(known, id_column=USER, fit_ids=train_users)
         users = imputer.transform(known)
-        imputation += [{"table": "users", **row} for row in imputer.report()]
+        for row in imputer.report():
+            if row["column"] == "age" and implausible_ages:
+                row["strategy"] = (
+                    f"{row['strategy']} ({implausible_ages} outside {AGE_RANGE[0]}–{AGE_RANGE[1]} counted missing)"
+                )
+            imputation.append({"table": "users", **row})
     if dataset.items is not None:
         known, later["items"] = _known_at(dataset.items, ITEM, raw, window, as_of)
         rules = declared_rules(known, ITEM, impute.get("items", {}))

@@ -30,6 +30,25 @@ REASON_UNKNOWN_USER = "unknown user"
 REASON_UNKNOWN_ITEM = "unknown item"
 REASON_EPOCH_TIMESTAMP = "timestamp at or before 1970-01-01 (epoch 0 or negative)"
 
+#: Plausible ages, as the users suite checks them (expectations/users.json): values outside are treated as missing.
+AGE_RANGE = (0, 120)
+
+
+def blank_implausible_ages(users: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """``users`` with ages outside :data:`AGE_RANGE` made missing (the imputer then fills them), and how many.
+
+    The suite's hint has always promised this; before 2026-12-07 ages such as -5 and 999 went on into the median
+    imputation, the age features and the cold-start age buckets as they were.
+    """
+    if "age" not in users.columns or not pd.api.types.is_numeric_dtype(users["age"]):
+        return users, 0
+    low, high = AGE_RANGE
+    implausible = users["age"].notna() & ~users["age"].between(low, high)
+    if not implausible.any():
+        return users, 0
+    return users.assign(age=users["age"].mask(implausible)), int(implausible.sum())
+
+
 # How many offending values an error message shows.
 _SHOW = 5
 
