@@ -715,6 +715,16 @@ def test_source_columns_named_like_the_cleaning_stages_bookkeeping_are_kept_apar
         load_files(clash)
 
 
+def test_genres_as_a_parquet_list_column_are_labels(tmp_path: Path) -> None:
+    # They came out as the text "['Action' 'Comedy']", one made-up label per combination (share_action_comedy).
+    events = _write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu1,i1,0\nu1,i2,1\nu2,i3,2\n")
+    items = pd.DataFrame({"item_id": ["i1", "i2", "i3"], "genres": [["Action", "Comedy"], [], None]})
+    items.to_parquet(tmp_path / "items.parquet")
+    loaded = load_files(events, items=tmp_path / "items.parquet").items
+    assert loaded is not None
+    assert loaded[GENRES].iloc[0] == "Action|Comedy" and loaded[GENRES].iloc[1:].isna().all()
+
+
 def test_timestamp_problems_are_explained(tmp_path: Path) -> None:
     text = _write(tmp_path / "a.csv", "user_id,item_id,timestamp\nu,i,2024-01-01\nu,i,yesterday\n")
     with pytest.raises(DataError, match=r"row 1: 'yesterday'"):

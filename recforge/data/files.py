@@ -441,11 +441,24 @@ def standardize_entities(df: pd.DataFrame, id_column: str, columns: Mapping[str,
     out = _rename(df, [id_column], mapping, origin, names_setting=_NAMES_SETTING[id_column])
     out[id_column] = ids_to_text(out[id_column], f"{origin}, column {mapping.get(id_column, id_column)!r}")
     if GENRES in out.columns:
+        # A Parquet list column (["Action", "Comedy"]) came out as the text "['Action' 'Comedy']": one nonsense
+        # label per combination. Lists become the labels joined by the separator, as the text formats write them.
+        listed = out[GENRES].map(lambda v: isinstance(v, (list, tuple, np.ndarray)), na_action="ignore")
+        if listed.fillna(False).astype(bool).any():
+            out[GENRES] = out[GENRES].map(_joined_labels, na_action="ignore")
         genres = out[GENRES].astype("str")
         # MovieLens' newer releases (ml-latest, 20M, 25M, 32M) write "(no genres listed)" for an item without
         # genres: a missing value, not a label that would become a "share_no_genres_listed" feature.
         out[GENRES] = genres.mask(genres.str.strip().str.lower() == _NO_GENRES)
     return out[[id_column] + [c for c in out.columns if c != id_column]].reset_index(drop=True)
+
+
+def _joined_labels(value: object) -> object:
+    """A list of category labels as one ``CATEGORY_SEPARATOR``-joined text (None when it holds none)."""
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return value
+    labels = [str(label).strip() for label in value if label is not None and str(label).strip()]
+    return CATEGORY_SEPARATOR.join(labels) if labels else None
 
 
 def _token_values(values: pd.Series) -> pd.Series:
