@@ -565,6 +565,18 @@ def test_recency_weights_by_hand() -> None:
     np.testing.assert_array_equal(recency_weights(unordered, 2.0), [1, 1, 1, 1])
 
 
+def test_neumf_with_a_half_life_short_enough_to_zero_whole_batches_still_fits() -> None:
+    # Old events' float32 weights underflow to 0; a batch of only those divided 0 by 0 and the fit failed with a
+    # NaN loss "lower learning_rate". Such a batch now has loss 0.
+    rng = np.random.default_rng(0)
+    n = 6_000
+    data = Interactions.from_arrays(
+        rng.integers(0, 100, n), rng.integers(0, 300, n), timestamp=np.arange(n), n_users=100, n_items=300
+    )
+    model = NeuMF(NeuMFConfig(recency_half_life=0.01, max_epochs=1, batch_size=64)).fit(data, RunSettings(seed=1))
+    assert np.isfinite(model.score(np.arange(5))).all()
+
+
 def test_neumf_without_timestamps_trains_the_same_with_or_without_a_half_life() -> None:
     timed = _cyclic(n_users=30)
     data = Interactions.from_arrays(timed.user, timed.item, n_users=timed.n_users, n_items=timed.n_items)

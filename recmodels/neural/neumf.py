@@ -200,7 +200,9 @@ class NeuMF(NeuralRecommender):
             labels = torch.zeros_like(logits)
             labels[:, 0] = 1.0
             per_pair = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=1)
-        return (per_pair * weights).sum() / weights.sum()
+        # A short recency_half_life underflows old events' weights to 0: a batch of only those had 0/0 = NaN loss
+        # (blamed on the learning rate); now it has loss 0 and teaches nothing, as its weights say.
+        return (per_pair * weights).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
 
     def _history_scores(self, users: np.ndarray, history: SequenceData) -> torch.Tensor:
         return self.net_.score_all(torch.from_numpy(users).to(self.device_))
