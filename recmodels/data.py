@@ -98,8 +98,8 @@ class Interactions:
         n_users: int | None = None,
         n_items: int | None = None,
     ) -> Interactions:
-        user = np.asarray(user, dtype=np.int32)
-        item = np.asarray(item, dtype=np.int32)
+        """Events from index arrays (any integer dtype; cast to int32) and optional ratings and times."""
+        user, item = _indices(user, "user"), _indices(item, "item")
         return cls(
             int(n_users if n_users is not None else (user.max() + 1 if len(user) else 0)),
             int(n_items if n_items is not None else (item.max() + 1 if len(item) else 0)),
@@ -108,3 +108,17 @@ class Interactions:
             None if rating is None else np.asarray(rating, dtype=np.float32),
             None if timestamp is None else np.asarray(timestamp, dtype=np.int64),
         )
+
+
+def _indices(values: np.ndarray, name: str) -> np.ndarray:
+    """``values`` as int32 indices; refuses what the cast would change (a plain ``astype`` wrapped 2**32 + 1 to 1,
+    giving the event to another user, and truncated 1.9 to 1)."""
+    array = np.asarray(values)
+    if array.size == 0:
+        return array.astype(np.int32)
+    integral = array.dtype.kind in "iub" or (array.dtype.kind == "f" and np.array_equal(array, np.round(array)))
+    if not integral:
+        raise ValueError(f"{name} indices must be integers, got {array.dtype} values such as {array.flat[0]!r}")
+    if array.min() < np.iinfo(np.int32).min or array.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"{name} indices must fit int32 (below 2**31), got values up to {array.max()}")
+    return array.astype(np.int32)

@@ -278,3 +278,9 @@ def test_ml100k_new_users_segments_beat_global_popularity(ml100k_dir: Path) -> N
     assert np.char.startswith(labels[:, 0], "segment_popularity:").mean() > 0.9
     assert chain_ndcg >= 0.555
     assert chain_ndcg - popularity_ndcg >= 0.01
+
+
+def test_chain_refuses_a_negative_k() -> None:
+    data = Interactions.from_arrays(np.array([0, 1, 1]), np.array([0, 1, 2]), n_users=2, n_items=3)
+    with pytest.raises(ValueError, match="k must be ≥ 0, got -1"):
+        ColdStartChain().fit(data).recommend(np.array([0]), -1)

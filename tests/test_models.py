@@ -295,6 +295,21 @@ def test_a_fit_whose_scores_are_not_finite_fails(name: str, params: dict[str, fl
         cls(cls.config_class(**params)).fit(small)
 
 
+def test_index_arrays_that_int32_cannot_hold_are_refused() -> None:
+    # An int64 index of 2**32 + 1 wrapped to 1 (the event went to another user) and 1.9 was truncated to 1.
+    with pytest.raises(ValueError, match=r"user indices must fit int32"):
+        Interactions.from_arrays(np.array([0, 2**32 + 1]), np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"item indices must be integers"):
+        Interactions.from_arrays(np.array([0, 1]), np.array([0.4, 1.9]))
+    assert Interactions.from_arrays(np.array([0.0, 1.0]), np.array([1, 0], dtype=np.uint8)).user.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("name", ["nmf", "item_knn", "user_knn", "biased_mf"])
+def test_predict_takes_one_pair_as_scalars(name: str, ml_train: Interactions) -> None:
+    model = get_model_class(name)().fit(ml_train.subset(ml_train.user < 60))
+    assert np.asarray(model.predict(0, 1)).reshape(-1).tolist() == model.predict(np.array([0]), np.array([1])).tolist()
+
+
 def test_unknown_model_name_lists_choices() -> None:
     with pytest.raises(ValueError, match="choose from: popularity, item_knn"):
         get_model_class("nope")

@@ -170,6 +170,8 @@ class ColdStartChain:
         threads: batches ranked at once, as in :meth:`Recommender.recommend` (``None``: torch's thread count of the
             calling thread); the lists and labels do not depend on it.
         """
+        if k < 0:
+            raise ValueError(f"k must be ≥ 0, got {k}")
         users = np.asarray(users, dtype=np.int64)
         k = int(min(k, self.n_items_))
         if attributes is not None and len(attributes) != len(users):

@@ -374,8 +374,8 @@ class NeighbourhoodRecommender(Recommender):
         if self.rating_model_ is None:
             self.rating_model_ = self._fit_rating_model()
         model = self.rating_model_
-        users = np.asarray(users, dtype=np.int64)
-        items = np.asarray(items, dtype=np.int64)
+        users = np.atleast_1d(np.asarray(users, dtype=np.int64))  # predict(0, 1) failed on item assignment
+        items = np.atleast_1d(np.asarray(items, dtype=np.int64))
         if users.shape != items.shape:
             raise ValueError(f"users and items differ in length: {users.shape} vs {items.shape}")
         known_user = (users >= 0) & (users < self.n_users_)

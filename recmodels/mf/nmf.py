@@ -120,8 +120,8 @@ class NMF(Recommender):
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Predicted ratings clipped to the training range; unknown users/items get the bias baseline."""
         self._check_fitted()
-        users = np.asarray(users, dtype=np.int64)
-        items = np.asarray(items, dtype=np.int64)
+        users = np.atleast_1d(np.asarray(users, dtype=np.int64))  # predict(0, 1) failed on item assignment
+        items = np.atleast_1d(np.asarray(items, dtype=np.int64))
         out = predict_pairs(self.baseline_, users, items, self.rating_range_)
         known = (users >= 0) & (users < self.n_users_) & (items >= 0) & (items < self.n_items_)
         # Inside the index range but never rated: the factors are untrained (an unbiased model's product is 0,
