@@ -19,7 +19,7 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
-from recforge.data.contract import ITEM, RATING, RATING_MISSING, REPEAT_COUNT, TIMESTAMP, USER, DataError
+from recforge.data.contract import GENRES, ITEM, RATING, RATING_MISSING, REPEAT_COUNT, TIMESTAMP, USER, DataError
 
 # Columns that clean_interactions adds (named with the data contract, whose loaders keep source columns off
 # them): REPEAT_COUNT, the number of events collapsed into the row (>= 1); RATING_MISSING, when some ratings are
@@ -389,6 +389,10 @@ def _most_frequent(values: pd.Series, numeric: bool) -> object:
 def declared_rules(table: pd.DataFrame, id_column: str, declared: Mapping[str, str]) -> tuple[ImputeRule, ...]:
     """Rules for every attribute column: the default (numeric → median, other → most_frequent) unless declared.
 
+    Category labels (``genres``) are left missing by default: the most frequent combination ("Drama|Sci-Fi")
+    invented labels for each item without any, which fed the genre-share features and content scores, while an item
+    without labels already counts in those features' denominators only.
+
     ``declared`` maps a column to ``"mean"``, ``"median"``, ``"most_frequent"``, ``"constant:VALUE"`` or ``"none"``
     (leave its missing values alone). A declared column the table lacks is an error naming the table's columns.
     """
@@ -403,6 +407,8 @@ def declared_rules(table: pd.DataFrame, id_column: str, declared: Mapping[str, s
         if column == id_column:
             continue
         spec = declared.get(column)
+        if spec is None and column == GENRES:
+            continue
         if spec is None:
             rules.append(ImputeRule(column, "median" if _is_numeric(table[column]) else "most_frequent"))
         elif spec == "none":

@@ -282,6 +282,7 @@ def test_a_fit_that_fails_leaves_the_earlier_fit_in_place(ml_train: Interactions
         fresh.score(np.arange(2))
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's overflow warnings: the overflow is the point
 @pytest.mark.parametrize(
     ("name", "params"),
     [("als", {"alpha": 1e20}), ("biased_mf", {"regularization": 1e20})],

@@ -16,6 +16,7 @@ from recforge.prepare import (
     Imputer,
     ImputeRule,
     clean_interactions,
+    declared_rules,
     fill_missing_ratings,
 )
 
@@ -360,3 +361,14 @@ def test_nullable_integer_column_widens_for_fractional_median() -> None:
     table = pd.DataFrame({"id": ["1", "2", "3"], "n": pd.array([1, 2, None], dtype="Int64")})
     out = Imputer([ImputeRule("n", "median")]).fit_transform(table, id_column="id")
     assert out["n"].tolist() == [1.0, 2.0, 1.5]
+
+
+def test_genres_are_left_missing_unless_declared() -> None:
+    # The most frequent combination ("Drama|Sci-Fi") was given to every item without labels: invented labels in
+    # the genre-share features and the content scores.
+    items = pd.DataFrame(
+        {"item_id": ["a", "b", "c"], "genres": ["Drama|Sci-Fi", None, "Drama|Sci-Fi"], "year": [1.0, None, 3.0]}
+    )
+    assert [(r.column, r.strategy) for r in declared_rules(items, "item_id", {})] == [("year", "median")]
+    declared = declared_rules(items, "item_id", {"genres": "constant:Unknown"})
+    assert ("genres", "constant") in [(r.column, r.strategy) for r in declared]
