@@ -321,7 +321,13 @@ def evaluate(
         metrics = _metrics_at(full, k)
         if cls.predicts_ratings and data.has_ratings:
             rating = evaluate_ratings(lambda: make_model(name, params), data.interactions, seed=seed, settings=settings)
-            metrics.update(rmse=rating["rmse"], mae=rating["mae"], rating_fit_seconds=rating["fit_seconds"])
+            metrics.update(
+                rmse=rating["rmse"],
+                mae=rating["mae"],
+                # What the rating metrics stand on: 1 when 5 events in 1,424 had a rating (the rest filled in).
+                rating_test_rows=rating["test_rows"],
+                rating_fit_seconds=rating["fit_seconds"],
+            )
         weights = _warm_start_weights(fitted[0], data.split.train)
     except Exception as exc:  # one model's failure must not sink the others; the flow reports it
         return ModelEvaluation(name, cls.family, {}, time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
@@ -587,7 +593,8 @@ def metrics_frame(
     """Long-format metrics (model, metric, k, value, split) for the ``model_metrics`` table.
 
     Every metric at every evaluated cut-off, its bootstrap interval as ``<metric>_ci_low`` / ``_ci_high``, and the
-    per-activity-group values under split ``<protocol>:<group>``; rating metrics under ``random_80_20``; timings
+    per-activity-group values under split ``<protocol>:<group>``; rating metrics (and ``rating_test_rows``, the rated
+    test events they average over) under ``random_80_20``; timings
     under ``timing``, the publishing refits' as ``refit_fit_seconds`` / ``refit_recommend_seconds``.
     """
     rows: list[tuple[str, str, int | None, float, str]] = []
@@ -611,7 +618,7 @@ def metrics_frame(
                     rows.append((result.model, f"{metric}_ci_low", cut_off, float(low), split))
                     rows.append((result.model, f"{metric}_ci_high", cut_off, float(high), split))
         for metric, value in result.metrics.items():
-            if metric in LOWER_IS_BETTER:
+            if metric in LOWER_IS_BETTER or metric == "rating_test_rows":
                 rows.append((result.model, metric, None, float(value), "random_80_20"))
             elif metric.endswith("_seconds"):
                 rows.append((result.model, metric, None, float(value), "timing"))

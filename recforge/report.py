@@ -56,6 +56,7 @@ COUNTERS = frozenset(
         "users_without_test",
         "dropped_unseen_items",
         "test_rows",
+        "rating_test_rows",
         "unknown_pairs",
     }
 )

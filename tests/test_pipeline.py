@@ -270,6 +270,19 @@ def test_champion_leaderboard_and_metrics_frame() -> None:
     assert rmse_champion.model == "x"
 
 
+def test_rating_metrics_are_published_with_the_rated_test_rows_they_stand_on(prepared: PreparedData) -> None:
+    # With 5 rated events in 1,424 an RMSE of one test row was published like any other.
+    result = evaluate("biased_mf", prepared, k=10, bootstrap=0)
+    assert result.ok
+    frame = metrics_frame([result], k=10).set_index("metric")
+    events = prepared.interactions
+    missing = events["rating_missing"].to_numpy(bool) if "rating_missing" in events.columns else False
+    rated = int((events["rating"].notna().to_numpy() & ~missing).sum())
+    assert frame.loc["rating_test_rows", "split"] == "random_80_20"
+    assert 0.15 * rated < frame.loc["rating_test_rows", "value"] < 0.25 * rated  # the random 80/20 split's test part
+    assert frame.loc["rmse", "split"] == "random_80_20"
+
+
 def test_coverage_floor_rejects_a_narrow_winner() -> None:
     narrow = _result("narrow", 0.40, coverage=0.01)
     broad = _result("broad", 0.30, coverage=0.30)
