@@ -324,6 +324,14 @@ def _run_parameters(dataset: Dataset, *, now: datetime, min_interactions: int) -
     return params
 
 
+def _holds_containers(column: pd.Series) -> bool:
+    """Whether a column's values are lists or arrays (Parquet list columns), judged by its first value."""
+    if column.dtype != object:
+        return False
+    present = column.dropna()
+    return bool(len(present)) and isinstance(present.iloc[0], (list, tuple, dict, set, np.ndarray))
+
+
 def _prepare_suite(suite: dict[str, Any], frame: pd.DataFrame, parameters: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``suite`` with the run-time rules applied (see the module docstring).
 
@@ -338,7 +346,8 @@ def _prepare_suite(suite: dict[str, Any], frame: pd.DataFrame, parameters: Mappi
         kwargs = spec.setdefault("kwargs", {})
         meta = spec.setdefault("meta", {})
         if meta.get("columns_at_run_time") == "all":
-            kwargs["column_list"] = [str(c) for c in frame.columns]
+            # Not list-valued columns (Parquet lists): GX failed on them ("unhashable type: 'numpy.ndarray'").
+            kwargs["column_list"] = [str(c) for c in frame.columns if not _holds_containers(frame[c])]
         if any(name not in parameters for name in _parameter_names(kwargs)):
             continue
         needed = [kwargs["column"]] if "column" in kwargs else list(kwargs.get("column_list", []))

@@ -237,6 +237,15 @@ def test_a_log_that_ends_before_1980_warns_about_the_time_unit(epochs: list[int]
     assert report.rows_to_drop["interactions"] == {}
 
 
+def test_a_list_valued_extra_column_does_not_break_the_duplicate_check() -> None:
+    # A Parquet list column made GX's exact-duplicate check fail with "unhashable type: 'numpy.ndarray'".
+    frame = _interactions().assign(tags=[np.array(["a", "b"])] * N_ROWS)
+    frame = pd.concat([frame, frame.iloc[:1]], ignore_index=True)
+    report = validate_dataset(_dataset(frame), now=NOW)
+    duplicates = _outcome(report, "interactions", "expect_compound_columns_to_be_unique", None, "warning")
+    assert duplicates.unexpected_count == 2 and "unhashable" not in duplicates.explain()
+
+
 def test_timestamps_slightly_ahead_of_the_clock_only_warn_and_are_dropped() -> None:
     # Device and server clocks run minutes to hours ahead; a nightly run must not fail over them.
     frame = _interactions()
