@@ -107,6 +107,8 @@ class ExpectationOutcome:
     description: str
     # How to fix a failure (the suite's ``meta.hint``).
     hint: str = ""
+    # Positions (0-based data rows of the table) of the first offending rows of a row-level check.
+    rows: tuple[int, ...] = ()
 
     @property
     def location(self) -> str:
@@ -117,6 +119,9 @@ class ExpectationOutcome:
         """One line saying what failed, how many rows, sample values and the fix."""
         if self.unexpected_count:
             amount = f"{self.unexpected_count} of {self.element_count} rows fail"
+            if self.rows:
+                more = ", …" if self.unexpected_count > len(self.rows) else ""
+                amount += f" (row{'s' if self.unexpected_count > 1 else ''} {', '.join(map(str, self.rows))}{more})"
             sample = f"; sample values: {', '.join(self.sample_values)}" if self.sample_values else ""
         else:
             amount = "failed"
@@ -423,6 +428,7 @@ def _collect(
             sample_values=sample,
             description=str(spec["meta"].get("description", "")) + _bounds_text(config.kwargs),
             hint=str(spec["meta"].get("hint", "")),
+            rows=tuple(int(i) for i in (res.get("unexpected_index_list") or [])[:SAMPLE_SIZE]),
         )
         if severity == WARNING and res.get("unexpected_index_list"):
             rows = np.asarray(res["unexpected_index_list"], dtype=np.int64)

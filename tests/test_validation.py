@@ -152,7 +152,7 @@ def test_rating_out_of_range_is_critical() -> None:
     message = _critical_message(report)
     assert "1 critical data validation failure(s) in data set 'toy' (tests/toy)" in message
     assert "interactions.rating: expect_column_values_to_be_between" in message
-    assert "2 of 12 rows fail; sample values: 6.0, 0.5" in message
+    assert "2 of 12 rows fail (rows 2, 9); sample values: 6.0, 0.5" in message  # rows: they were not named
     assert "expected between 1.0 and 5.0" in message
     assert "Fix: " in message
     with pytest.raises(DataError):  # ValidationFailed is a DataError: callers catching those see it
