@@ -725,6 +725,16 @@ def test_genres_as_a_parquet_list_column_are_labels(tmp_path: Path) -> None:
     assert loaded[GENRES].iloc[0] == "Action|Comedy" and loaded[GENRES].iloc[1:].isna().all()
 
 
+def test_a_users_file_keeps_its_own_id_name_when_the_mapping_names_the_events_files(tmp_path: Path) -> None:
+    # --columns user_id=customer for the events file; users.csv calls it user_id. The error advised
+    # --columns user_id=user_id, which then broke the events file.
+    events = _write(tmp_path / "events.csv", "customer,item_id,timestamp\nc1,i1,0\nc2,i2,1\n")
+    users = _write(tmp_path / "users.csv", "user_id,age\nc1,30\nc2,40\n")
+    data = load_files(events, users=users, columns={"user_id": "customer"})
+    assert data.users is not None and data.users[USER].tolist() == ["c1", "c2"]
+    assert data.interactions[USER].tolist() == ["c1", "c2"]
+
+
 def test_timestamp_problems_are_explained(tmp_path: Path) -> None:
     text = _write(tmp_path / "a.csv", "user_id,item_id,timestamp\nu,i,2024-01-01\nu,i,yesterday\n")
     with pytest.raises(DataError, match=r"row 1: 'yesterday'"):

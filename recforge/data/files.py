@@ -436,8 +436,12 @@ def standardize_interactions(
 
 def standardize_entities(df: pd.DataFrame, id_column: str, columns: Mapping[str, str], origin: str) -> pd.DataFrame:
     """A users (``id_column="user_id"``) or items table: rename the id column and read ids as text."""
-    mapping = check_column_mapping(columns)
+    mapping = dict(check_column_mapping(columns))
     require_unique_columns(df.columns, origin)
+    if mapping.get(id_column, id_column) not in df.columns and id_column in df.columns:
+        # --columns user_id=customer names the events file's column; a users file that calls it user_id is read
+        # as it is (the mapping applies to every file, and the advice it gave broke the events file instead).
+        mapping.pop(id_column)
     out = _rename(df, [id_column], mapping, origin, names_setting=_NAMES_SETTING[id_column])
     out[id_column] = ids_to_text(out[id_column], f"{origin}, column {mapping.get(id_column, id_column)!r}")
     if GENRES in out.columns:
