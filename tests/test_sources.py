@@ -699,9 +699,13 @@ def test_infinite_ratings_are_refused_naming_the_rows(tmp_path: Path) -> None:
     # 1050)", positions after cleaning, with no file or column named.
     path = _write(tmp_path / "events.csv", "user_id,item_id,rating,timestamp\nu1,i1,4,0\nu2,i2,inf,1\nu3,i3,-inf,2\n")
     with pytest.raises(
-        DataError, match=r"events\.csv, column 'rating': 2 rating\(s\) are infinite, e\.g\. row 1: inf, row 2: -inf"
+        DataError, match=r"events\.csv, column 'rating': 2 rating\(s\) are infinite or too large for a rating"
     ):
         load_files(path)
+    # Finite in float64 but infinite as the float32 the models hold.
+    huge = _write(tmp_path / "huge.csv", "user_id,item_id,rating,timestamp\nu1,i1,4,0\nu2,i2,1e300,1\n")
+    with pytest.raises(DataError, match=r"huge\.csv, column 'rating': 1 rating\(s\) .* row 1: 1e\+300"):
+        load_files(huge)
 
 
 def test_source_columns_named_like_the_cleaning_stages_bookkeeping_are_kept_apart(tmp_path: Path) -> None:
@@ -788,6 +792,10 @@ def test_spaces_around_commas_are_not_part_of_names_or_ids(tmp_path: Path) -> No
     before = tmp_path / "before.csv"
     before.write_text("user_id ,item_id  ,timestamp\nu1 ,i1,0\n u1,i2  ,60\nu1,i3,120\n")
     assert load_files(before).interactions[[USER, ITEM]].values.tolist() == [["u1", "i1"], ["u1", "i2"], ["u1", "i3"]]
+    # Attributes too: "M ," and "M," were two genders, "Drama ," and "Drama," two labels.
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,gender\nu1,M \nu2,M\n")
+    assert load_files(before, users=users).users["gender"].tolist() == ["M", "M"]  # type: ignore[index]
     # Tab-separated files keep their spaces: a leading space there is written on purpose, or not a separator.
     tabbed = tmp_path / "events.tsv"
     tabbed.write_text("user_id\titem_id\ttimestamp\nu1\t i1\t0\n")

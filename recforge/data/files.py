@@ -335,9 +335,10 @@ def read_table(
                 f"named ({', '.join(header)}); quote values that contain the separator {separator!r} "
                 '("Action, Comedy"), or give the file\'s separator (sep / --sep)'
             )
-        if spaces:  # "7 ,i1" and "7,i2" are one user, as " 7" and "7" are (skipinitialspace)
-            for column in text & set(frame.columns):
-                frame[column] = frame[column].str.rstrip()
+        if spaces:  # "7 ,i1" and "7,i2" are one user, as " 7" and "7" are (skipinitialspace); "M ," is "M"
+            for column in frame.columns:
+                if pd.api.types.is_string_dtype(frame[column]) or frame[column].dtype == object:
+                    frame[column] = frame[column].map(_rstripped, na_action="ignore")
         for column, kind in field_types.items():
             if kind == "token" and column not in text:
                 frame[column] = _token_values(frame[column])
@@ -455,6 +456,11 @@ def standardize_entities(df: pd.DataFrame, id_column: str, columns: Mapping[str,
         # genres: a missing value, not a label that would become a "share_no_genres_listed" feature.
         out[GENRES] = genres.mask(genres.str.strip().str.lower() == _NO_GENRES)
     return out[[id_column] + [c for c in out.columns if c != id_column]].reset_index(drop=True)
+
+
+def _rstripped(value: object) -> object:
+    """Text without trailing whitespace; other values as they are."""
+    return value.rstrip() if isinstance(value, str) else value
 
 
 def _joined_labels(value: object) -> object:
@@ -599,11 +605,15 @@ def _ratings(values: pd.Series, origin: str) -> pd.Series:
             f"{origin}: {int(bad.sum())} rating(s) are not numbers, e.g. {_examples(values, bad)}; "
             "fix them, or map rating to another column"
         )
-    infinite = pd.Series(np.isinf(numbers.to_numpy(dtype="float64", na_value=np.nan)), index=numbers.index)
-    if infinite.any():  # every model failed on them later, naming positions after cleaning instead of the file
+    # Models hold ratings as float32: above its largest value (~3.4e38) a rating becomes infinite there, and
+    # every model failed on it, naming positions after cleaning instead of the file.
+    magnitude = np.abs(numbers.to_numpy(dtype="float64", na_value=np.nan))
+    infinite = pd.Series(magnitude > np.finfo(np.float32).max, index=numbers.index)
+    if infinite.any():
         raise DataError(
-            f"{origin}: {int(infinite.sum())} rating(s) are infinite, e.g. {_examples(values, infinite)}; "
-            "fix them in the source, or leave them empty (a missing rating is kept as an event)"
+            f"{origin}: {int(infinite.sum())} rating(s) are infinite or too large for a rating (beyond ±3.4e38), "
+            f"e.g. {_examples(values, infinite)}; fix them in the source, or leave them empty (a missing rating is "
+            "kept as an event)"
         )
     return numbers.astype("float64")
 
