@@ -94,6 +94,10 @@ def test_pure_svd_with_factors_at_the_full_rank_still_ranks_unseen_items() -> No
         np.testing.assert_allclose(model.score(np.arange(6)), x @ truth @ truth.T, atol=1e-5)
         unseen = model.score(np.arange(6))[x == 0]
         assert np.abs(unseen).max() > 0.05
+    # Users (or items) without events do not raise the rank: the cap counts the non-empty rows and columns.
+    wider = np.vstack([x, np.zeros((4, 30))])
+    model = PureSVD(PureSVDConfig(factors=20, popularity_exponent=0.0)).fit(_from_dense(wider, wider > 0))
+    assert model.item_factors_.shape == (30, 5)
 
 
 def test_pure_svd_binary_rank_two_and_popularity_scaling() -> None:
