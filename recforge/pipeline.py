@@ -191,9 +191,8 @@ def prepare(
         users = imputer.transform(known)
         for row in imputer.report():
             if row["column"] == "age" and implausible_ages:
-                row["strategy"] = (
-                    f"{row['strategy']} ({implausible_ages} outside {AGE_RANGE[0]}–{AGE_RANGE[1]} counted missing)"
-                )
+                low, high = AGE_RANGE
+                row["strategy"] = f"{row['strategy']} ({implausible_ages} not numbers or outside {low}–{high}: missing)"
             imputation.append({"table": "users", **row})
     if dataset.items is not None:
         known, later["items"] = _known_at(dataset.items, ITEM, raw, window, as_of)

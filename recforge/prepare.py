@@ -35,18 +35,20 @@ AGE_RANGE = (0, 120)
 
 
 def blank_implausible_ages(users: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """``users`` with ages outside :data:`AGE_RANGE` made missing (the imputer then fills them), and how many.
+    """``users`` with ages that are not numbers or lie outside :data:`AGE_RANGE` made missing (the imputer then
+    fills them), and how many.
 
     The suite's hint has always promised this; before 2026-12-07 ages such as -5 and 999 went on into the median
-    imputation, the age features and the cold-start age buckets as they were.
+    imputation, the age features and the cold-start age buckets as they were (as text, when one was "unknown").
     """
-    if "age" not in users.columns or not pd.api.types.is_numeric_dtype(users["age"]):
+    if "age" not in users.columns:
         return users, 0
+    ages = users["age"] if pd.api.types.is_numeric_dtype(users["age"]) else pd.to_numeric(users["age"], errors="coerce")
     low, high = AGE_RANGE
-    implausible = users["age"].notna() & ~users["age"].between(low, high)
-    if not implausible.any():
+    implausible = users["age"].notna() & ~ages.between(low, high)
+    if not implausible.any() and ages is users["age"]:
         return users, 0
-    return users.assign(age=users["age"].mask(implausible)), int(implausible.sum())
+    return users.assign(age=ages.mask(implausible)), int(implausible.sum())
 
 
 # How many offending values an error message shows.

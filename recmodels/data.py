@@ -101,8 +101,8 @@ class Interactions:
         """Events from index arrays (any integer dtype; cast to int32) and optional ratings and times."""
         user, item = _indices(user, "user"), _indices(item, "item")
         return cls(
-            int(n_users if n_users is not None else (user.max() + 1 if len(user) else 0)),
-            int(n_items if n_items is not None else (item.max() + 1 if len(item) else 0)),
+            int(n_users if n_users is not None else (int(user.max()) + 1 if len(user) else 0)),
+            int(n_items if n_items is not None else (int(item.max()) + 1 if len(item) else 0)),
             user,
             item,
             None if rating is None else np.asarray(rating, dtype=np.float32),
@@ -116,9 +116,11 @@ def _indices(values: np.ndarray, name: str) -> np.ndarray:
     array = np.asarray(values)
     if array.size == 0:
         return array.astype(np.int32)
-    integral = array.dtype.kind in "iub" or (array.dtype.kind == "f" and np.array_equal(array, np.round(array)))
-    if not integral:
-        raise ValueError(f"{name} indices must be integers, got {array.dtype} values such as {array.flat[0]!r}")
+    if array.dtype.kind not in "iub":
+        fractional = array != np.round(array) if array.dtype.kind == "f" else np.ones(array.shape, dtype=bool)
+        if fractional.any():
+            example = array.flat[int(np.flatnonzero(fractional.ravel())[0])]
+            raise ValueError(f"{name} indices must be integers, got {array.dtype} values such as {example!r}")
     if array.min() < np.iinfo(np.int32).min or array.max() > np.iinfo(np.int32).max:
         raise ValueError(f"{name} indices must fit int32 (below 2**31), got values up to {array.max()}")
     return array.astype(np.int32)

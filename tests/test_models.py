@@ -308,7 +308,8 @@ def test_index_arrays_that_int32_cannot_hold_are_refused() -> None:
 @pytest.mark.parametrize("name", ["nmf", "item_knn", "user_knn", "biased_mf"])
 def test_predict_takes_one_pair_as_scalars(name: str, ml_train: Interactions) -> None:
     model = get_model_class(name)().fit(ml_train.subset(ml_train.user < 60))
-    assert np.asarray(model.predict(0, 1)).reshape(-1).tolist() == model.predict(np.array([0]), np.array([1])).tolist()
+    one = model.predict(0, 1)
+    assert one.shape == (1,) and one.tolist() == model.predict(np.array([0]), np.array([1])).tolist()
 
 
 def test_unknown_model_name_lists_choices() -> None:

@@ -73,7 +73,7 @@ def test_implausible_ages_are_imputed_like_missing_ones() -> None:
     data = prepare(dataclasses.replace(dataset, users=users), validate_dataset(dataset, min_interactions=10), AS_OF)
     assert data.users is not None and data.users["age"].between(0, 120).all()
     row = next(r for r in data.imputation if r["table"] == "users" and r["column"] == "age")
-    assert "(3 outside 0–120 counted missing)" in str(row["strategy"])
+    assert "(3 not numbers or outside 0–120: missing)" in str(row["strategy"])
     assert set(data.users.loc[data.users["user_id"].isin(odd), "age"]) == {row["value"]}
 
 

@@ -15,6 +15,7 @@ from recforge.prepare import (
     CleaningReport,
     Imputer,
     ImputeRule,
+    blank_implausible_ages,
     clean_interactions,
     declared_rules,
     fill_missing_ratings,
@@ -372,3 +373,13 @@ def test_genres_are_left_missing_unless_declared() -> None:
     assert [(r.column, r.strategy) for r in declared_rules(items, "item_id", {})] == [("year", "median")]
     declared = declared_rules(items, "item_id", {"genres": "constant:Unknown"})
     assert ("genres", "constant") in [(r.column, r.strategy) for r in declared]
+
+
+def test_ages_that_are_not_numbers_or_not_plausible_become_missing() -> None:
+    # One "unknown" made the column text, and then 999 and -5 stayed too (the cleaning skipped text columns).
+    users = pd.DataFrame({"user_id": ["a", "b", "c", "d", "e"], "age": ["30", "unknown", "999", None, "-5"]})
+    cleaned, count = blank_implausible_ages(users)
+    assert count == 3 and cleaned["age"].tolist()[0] == 30.0 and cleaned["age"].iloc[1:].isna().all()
+    numeric = pd.DataFrame({"user_id": ["a", "b"], "age": [30.0, 120.0]})
+    same, none = blank_implausible_ages(numeric)
+    assert same is numeric and none == 0

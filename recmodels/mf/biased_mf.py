@@ -194,8 +194,8 @@ def predict_pairs(model: FactorModel, users: np.ndarray, items: np.ndarray, rati
 
     So a new user gets ``μ + b_i``, a new item ``μ + b_u``, both unknown ``μ``. Clipped to ``rating_range``.
     """
-    users = np.asarray(users, dtype=np.int64)
-    items = np.asarray(items, dtype=np.int64)
+    users = np.atleast_1d(np.asarray(users, dtype=np.int64))  # one pair as scalars: an array of one, as elsewhere
+    items = np.atleast_1d(np.asarray(items, dtype=np.int64))
     if users.shape != items.shape:
         raise ValueError(f"users and items differ in length: {users.shape} vs {items.shape}")
     known_u = (users >= 0) & (users < len(model.user_bias))

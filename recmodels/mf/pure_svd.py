@@ -98,11 +98,11 @@ def truncated_item_factors(matrix: sp.csr_matrix, k: int, seed: int) -> np.ndarr
     """Right singular vectors ``V`` (``n_items × k'``, float32) of the top ``k'`` singular values.
 
     Columns are ordered by decreasing singular value. ``k'`` is below the number of non-empty rows and of non-empty
-    columns (empty ones add nothing to the rank): a random interaction matrix has full rank, so at that many factors ``V Vᵀ`` projects onto the whole row space,
-    reproduces every history, and each unseen item scores 0 give or take rounding: the ranking was noise. Vectors
-    of singular values that are float32 rounding (``matrix_rank``'s tolerance) are dropped too, as arbitrary.
-    ARPACK runs while ``k < min(shape) − 1``; at ``min(shape) − 1`` the dense SVD is exact and cheap (the matrix is
-    then tiny in one dimension).
+    columns (empty ones add nothing to the rank): a random interaction matrix has full rank, so at that many
+    factors ``V Vᵀ`` projects onto the whole row space, reproduces every history, and each unseen item scores 0
+    give or take rounding: the ranking was noise. Vectors of singular values that are float32 rounding
+    (``matrix_rank``'s tolerance) are dropped too, as arbitrary. ARPACK runs while ``k < min(shape) − 1``; at
+    ``min(shape) − 1`` the dense SVD is exact and cheap (the matrix is then tiny in one dimension).
     """
     n_rows, n_cols = matrix.shape
     active = min(int((np.diff(matrix.indptr) > 0).sum()), int(np.unique(matrix.indices).size))
