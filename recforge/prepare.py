@@ -43,10 +43,11 @@ def blank_implausible_ages(users: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """
     if "age" not in users.columns:
         return users, 0
-    ages = users["age"] if pd.api.types.is_numeric_dtype(users["age"]) else pd.to_numeric(users["age"], errors="coerce")
+    numeric = pd.api.types.is_numeric_dtype(users["age"])
+    ages = users["age"] if numeric else pd.to_numeric(users["age"], errors="coerce")
     low, high = AGE_RANGE
     implausible = users["age"].notna() & ~ages.between(low, high)
-    if not implausible.any() and ages is users["age"]:
+    if numeric and not implausible.any():
         return users, 0
     return users.assign(age=ages.mask(implausible)), int(implausible.sum())
 
