@@ -11,6 +11,7 @@ Counts are int64; every other numeric output is float64. Rows come sorted by id 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 
@@ -119,6 +120,20 @@ def _activity(frame: pd.DataFrame, key: str, other: str, reference: pd.Timestamp
     return stats
 
 
+#: Longest label in a feature name: ``share_<label>`` must fit the features table's ``feature`` column
+#: (VARCHAR(200)). A longer label failed the publish, after training and its retries.
+_MAX_LABEL_CHARS = 200 - len(SHARE_PREFIX)
+
+
+def _bounded(label: str) -> str:
+    """``label``, or when too long for a feature name its head plus a hash of the whole (distinct labels stay
+    distinct)."""
+    if len(label) <= _MAX_LABEL_CHARS:
+        return label
+    digest = hashlib.sha256(label.encode("utf-8")).hexdigest()[:12]
+    return f"{label[: _MAX_LABEL_CHARS - len(digest) - 1]}_{digest}"
+
+
 def _item_labels(items: pd.DataFrame, category_column: str) -> pd.DataFrame:
     """Unique (item_id, label) pairs from a ``|``-separated category column, labels in snake_case."""
     _require(items, [ITEM, category_column], "items table")
@@ -130,7 +145,7 @@ def _item_labels(items: pd.DataFrame, category_column: str) -> pd.DataFrame:
     )
     # Normalise each distinct label once (there are few), then map: far cheaper than per-row regexes.
     distinct = pd.unique(exploded["_label"].to_numpy(dtype=object))
-    normalised = {label: snake_case(label) for label in distinct}
+    normalised = {label: _bounded(snake_case(label)) for label in distinct}
     exploded["_label"] = exploded["_label"].map(normalised)
     exploded = exploded.loc[exploded["_label"].astype(bool)]
     return exploded.drop_duplicates(ignore_index=True)

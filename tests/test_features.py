@@ -119,6 +119,16 @@ def test_labels_are_snake_cased_and_merged() -> None:
     assert out["share_childrens"].item() == pytest.approx(0.5)
 
 
+def test_labels_too_long_for_a_feature_name_are_shortened_and_stay_distinct() -> None:
+    # share_<260-character label> failed the publish (features.feature is VARCHAR(200)) after training.
+    long_a, long_b = "VeryLongGenre" * 20 + "A", "VeryLongGenre" * 20 + "B"
+    items = pd.DataFrame({ITEM: ["i1", "i2"], GENRES: [f"Action|{long_a}", long_b]})
+    train = _train([("u", "i1", 1.0, 1.0), ("u", "i2", 1.0, 2.0)])
+    shares = [c for c in user_features(train, AS_OF, items).columns if c.startswith("share_")]
+    assert len(shares) == 3 and "share_action" in shares
+    assert all(len(c) <= 200 for c in shares) and len({c[:-13] for c in shares if c != "share_action"}) == 1
+
+
 def test_item_features_hand_computed() -> None:
     train = _train(
         [
