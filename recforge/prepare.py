@@ -389,6 +389,12 @@ def _most_frequent(values: pd.Series, numeric: bool) -> object:
         return _python_scalar(top[0])
 
 
+def _holds_lists(column: pd.Series) -> bool:
+    """Whether a column's values are lists or arrays (a Parquet list column), judged by its first value."""
+    present = column.dropna() if column.dtype == object else column.iloc[:0]
+    return bool(len(present)) and isinstance(present.iloc[0], (list, tuple, dict, set, np.ndarray))
+
+
 def declared_rules(table: pd.DataFrame, id_column: str, declared: Mapping[str, str]) -> tuple[ImputeRule, ...]:
     """Rules for every attribute column: the default (numeric → median, other → most_frequent) unless declared.
 
@@ -410,8 +416,8 @@ def declared_rules(table: pd.DataFrame, id_column: str, declared: Mapping[str, s
         if column == id_column:
             continue
         spec = declared.get(column)
-        if spec is None and column == GENRES:
-            continue
+        if spec is None and (column == GENRES or _holds_lists(table[column])):
+            continue  # a list-valued column (Parquet lists) has no single value to fill in either
         if spec is None:
             rules.append(ImputeRule(column, "median" if _is_numeric(table[column]) else "most_frequent"))
         elif spec == "none":

@@ -371,6 +371,9 @@ def test_genres_are_left_missing_unless_declared() -> None:
         {"item_id": ["a", "b", "c"], "genres": ["Drama|Sci-Fi", None, "Drama|Sci-Fi"], "year": [1.0, None, 3.0]}
     )
     assert [(r.column, r.strategy) for r in declared_rules(items, "item_id", {})] == [("year", "median")]
+    # Nor a list-valued column: the most frequent "value" was a list, and filling with it crashed pandas.
+    tags = items.assign(tags=[np.array(["x"]), None, np.array(["y"])])
+    assert [r.column for r in declared_rules(tags, "item_id", {})] == ["year"]
     declared = declared_rules(items, "item_id", {"genres": "constant:Unknown"})
     assert ("genres", "constant") in [(r.column, r.strategy) for r in declared]
 
