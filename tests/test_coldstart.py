@@ -220,6 +220,11 @@ def test_chain_save_load_round_trip_and_determinism(tmp_path: Path) -> None:
     assert loaded.config == chain.config
     segments = SegmentPopularity.load(chain.segments_.save(tmp_path / "segments.npz"))
     assert segments.levels_ == chain.segments_.levels_
+    # A truncated chain file or a single model's file: one clear error (a KeyError '__chain__' before).
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "chain.npz").read_bytes()[:2_000])
+    for broken in (tmp_path / "cut.npz", tmp_path / "segments.npz"):
+        with pytest.raises(ValueError, match="is not a consistent cold-start chain file"):
+            ColdStartChain.load(broken)
     np.testing.assert_array_equal(segments.score_attributes(query), chain.segments_.score_attributes(query))
 
 

@@ -332,19 +332,32 @@ class ColdStartChain:
         """Read a chain written by :meth:`save`; the collaborative model's class is found in the registry."""
         from recmodels.registry import get_model_class  # lazily: the registry imports every model family
 
-        with np.load(Path(path), allow_pickle=False) as npz, tempfile.TemporaryDirectory() as tmp:
-            chain = cls(ColdStartConfig.from_dict(json.loads(str(npz["__chain__"]))))
-            loaded: dict[str, Any] = {}
-            for key in ("segments", "neighbours", "model", "content"):
-                if f"component/{key}" not in npz.files:
-                    continue
-                file = Path(tmp) / f"{key}.npz"
-                file.write_bytes(npz[f"component/{key}"].tobytes())
-                with np.load(file, allow_pickle=False) as inner:
-                    name = str(inner["__model__"])
-                known = {c.name: c for c in (SegmentPopularity, ItemKNN, ContentScorer)}
-                loaded[key] = (known.get(name) or get_model_class(name)).load(file)
-            no_neighbours = "__no_neighbours__" in npz.files
+        try:
+            with np.load(Path(path), allow_pickle=False) as npz, tempfile.TemporaryDirectory() as tmp:
+                if not isinstance(npz, np.lib.npyio.NpzFile) or "__chain__" not in npz.files:
+                    raise ValueError("no __chain__ entry: not a file written by ColdStartChain.save")
+                chain = cls(ColdStartConfig.from_dict(json.loads(str(npz["__chain__"]))))
+                loaded: dict[str, Any] = {}
+                for key in ("segments", "neighbours", "model", "content"):
+                    if f"component/{key}" not in npz.files:
+                        continue
+                    file = Path(tmp) / f"{key}.npz"
+                    file.write_bytes(npz[f"component/{key}"].tobytes())
+                    with np.load(file, allow_pickle=False) as inner:
+                        name = str(inner["__model__"])
+                    known = {c.name: c for c in (SegmentPopularity, ItemKNN, ContentScorer)}
+                    loaded[key] = (known.get(name) or get_model_class(name)).load(file)
+                no_neighbours = "__no_neighbours__" in npz.files
+            shapes = {(m.n_users_, m.n_items_) for m in loaded.values()}
+            if len(shapes) > 1:  # recommend then failed on broadcasting shapes (3, 50) and (65,)
+                raise ValueError(f"its components cover different index spaces (users, items): {sorted(shapes)}")
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise
+        except Exception as error:  # each way a file can be broken raises its own kind
+            raise ValueError(
+                f"{path} is not a consistent cold-start chain file ({type(error).__name__}: {error}); save the chain "
+                "again"
+            ) from error
         chain.model_ = loaded.get("model")
         chain.segments_ = loaded["segments"]
         chain.neighbours_ = None if no_neighbours else loaded.get("neighbours", chain.model_)
