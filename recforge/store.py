@@ -1281,8 +1281,13 @@ class Store:
         One transaction. The ``erasures`` row makes every later run drop the user's events on ingest
         (:meth:`erased_users`), so no model trained after this contains them. Forgetting twice is harmless.
         """
-        self.create_schema()
         user = str(user_id)
+        if len(user) > MAX_ID_CHARS:  # PostgreSQL failed on it with a raw StringDataRightTruncation
+            raise ValueError(
+                f"user id of {len(user)} characters: ids are at most {MAX_ID_CHARS} (ingest refuses longer ones), so "
+                "no published row or run can hold it; check the id (with --pseudonymised, the id the pseudonym is of)"
+            )
+        self.create_schema()
         with self.engine.begin() as conn:
             deleted = {
                 "recommendations": conn.execute(

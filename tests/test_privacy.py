@@ -121,6 +121,8 @@ def test_store_forget_deletes_rows_and_records_the_erasure(tmp_path: Path) -> No
     store = Store(f"sqlite:///{tmp_path / 'rf.db'}")
     assert store.erased_users() == set()  # no database yet
     store.create_schema()
+    with pytest.raises(ValueError, match="user id of 201 characters: ids are at most 200"):
+        store.forget_user("u" * 201)  # PostgreSQL failed with a raw StringDataRightTruncation
     run_id = store.start_run(dataset="toy", source="toy", as_of=AS_OF, parameters={}, flow_run_id=None)
     store.publish(run_id, AS_OF, _recs("pop", {"u1": ["a", "b"], "u2": ["a"]}), ChampionDecision("pop", "ndcg", 1, ""))
     features = pd.DataFrame({"user_id": ["u1", "u2"], "events": [3.0, 4.0]})
