@@ -324,7 +324,7 @@ class Recommender(ABC):
         not make one consistent model (truncated, edited, or not written by :meth:`save`)."""
         if not hasattr(cls, "name"):
             raise TypeError(f"load {path} with the class of the model it holds, e.g. ItemKNN.load(path)")
-        try:
+        with broken_file_errors(path, f"{cls.name} model"):
             with np.load(Path(path), allow_pickle=False) as npz:
                 if not isinstance(npz, np.lib.npyio.NpzFile):
                     raise ValueError("a single array (.npy), not a model's .npz archive")
@@ -347,13 +347,6 @@ class Recommender(ABC):
                 state = {k.removeprefix("state/"): npz[k] for k in npz.files if k.startswith("state/")}
             model._set_state(state)
             model._check_finite_scores()
-        except (FileNotFoundError, PermissionError, IsADirectoryError, _OtherModelError):
-            raise
-        except Exception as error:  # each way a file can be broken raises its own kind
-            raise ValueError(
-                f"{path} is not a consistent {cls.name} model file ({type(error).__name__}: {error}); it may be "
-                "truncated, edited or written by something else than save(): save the model again"
-            ) from error
         return model
 
     @classmethod
@@ -380,6 +373,25 @@ class Recommender(ABC):
 
 class _OtherModelError(ValueError):
     """A model file written by another model class."""
+
+
+@contextlib.contextmanager
+def broken_file_errors(path: str | Path, what: str) -> Iterator[None]:
+    """Turn whatever reading ``path`` raises into one ValueError saying it is not a consistent ``what`` file.
+
+    Each way a file can be broken raises its own kind (a truncated zip BadZipFile, a missing entry KeyError, edited
+    shapes an IndexError or a broadcasting error later); a missing file, a permission problem and another model's
+    file keep their own, clearer errors.
+    """
+    try:
+        yield
+    except (FileNotFoundError, PermissionError, IsADirectoryError, _OtherModelError):
+        raise
+    except Exception as error:
+        raise ValueError(
+            f"{path} is not a consistent {what} file ({type(error).__name__}: {error}); it may be truncated, edited "
+            "or written by something else than save(): save it again"
+        ) from error
 
 
 def map_batches(

@@ -31,7 +31,7 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from recmodels.base import SCORE_BATCH_VALUES, Recommender, RunSettings, map_batches, top_k
+from recmodels.base import SCORE_BATCH_VALUES, Recommender, RunSettings, broken_file_errors, map_batches, top_k
 from recmodels.coldstart.attribute_popularity import SegmentPopularity, SegmentPopularityConfig, UserAttributes
 from recmodels.coldstart.content import ContentConfig, ContentScorer, ItemFeatures, blend_scores, min_max_rows
 from recmodels.data import Interactions
@@ -332,7 +332,7 @@ class ColdStartChain:
         """Read a chain written by :meth:`save`; the collaborative model's class is found in the registry."""
         from recmodels.registry import get_model_class  # lazily: the registry imports every model family
 
-        try:
+        with broken_file_errors(path, "cold-start chain"):
             with np.load(Path(path), allow_pickle=False) as npz, tempfile.TemporaryDirectory() as tmp:
                 if not isinstance(npz, np.lib.npyio.NpzFile) or "__chain__" not in npz.files:
                     raise ValueError("no __chain__ entry: not a file written by ColdStartChain.save")
@@ -351,13 +351,6 @@ class ColdStartChain:
             shapes = {(m.n_users_, m.n_items_) for m in loaded.values()}
             if len(shapes) > 1:  # recommend then failed on broadcasting shapes (3, 50) and (65,)
                 raise ValueError(f"its components cover different index spaces (users, items): {sorted(shapes)}")
-        except (FileNotFoundError, PermissionError, IsADirectoryError):
-            raise
-        except Exception as error:  # each way a file can be broken raises its own kind
-            raise ValueError(
-                f"{path} is not a consistent cold-start chain file ({type(error).__name__}: {error}); save the chain "
-                "again"
-            ) from error
         chain.model_ = loaded.get("model")
         chain.segments_ = loaded["segments"]
         chain.neighbours_ = None if no_neighbours else loaded.get("neighbours", chain.model_)
