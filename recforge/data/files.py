@@ -337,8 +337,8 @@ def read_table(
             )
         if spaces:  # "7 ,i1" and "7,i2" are one user, as " 7" and "7" are (skipinitialspace); "M ," is "M"
             for column in frame.columns:
-                if pd.api.types.is_string_dtype(frame[column]) or frame[column].dtype == object:
-                    frame[column] = frame[column].map(_rstripped, na_action="ignore")
+                if pd.api.types.is_string_dtype(frame[column]):  # text only (object columns of all strings too)
+                    frame[column] = frame[column].str.rstrip()
         for column, kind in field_types.items():
             if kind == "token" and column not in text:
                 frame[column] = _token_values(frame[column])
@@ -456,11 +456,6 @@ def standardize_entities(df: pd.DataFrame, id_column: str, columns: Mapping[str,
         # genres: a missing value, not a label that would become a "share_no_genres_listed" feature.
         out[GENRES] = genres.mask(genres.str.strip().str.lower() == _NO_GENRES)
     return out[[id_column] + [c for c in out.columns if c != id_column]].reset_index(drop=True)
-
-
-def _rstripped(value: object) -> object:
-    """Text without trailing whitespace; other values as they are."""
-    return value.rstrip() if isinstance(value, str) else value
 
 
 def _joined_labels(value: object) -> object:
