@@ -744,31 +744,47 @@ def _why_no_recommendations(store: Store, args: argparse.Namespace, user: str) -
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
+    from recforge.data.contract import DataError
+    from recforge.privacy import PrivacyConfig, pseudonym_key, pseudonymise_id
     from tasks.caching import purge_cached_results
 
     store = _published_store(args.db_url, upgrade=True)
-    latest = store.latest_runs(limit=1)
-    pseudonymised = bool(
-        len(latest) and ((latest["parameters"].iloc[0] or {}).get("privacy") or {}).get("pseudonymise_users")
-    )
-    if pseudonymised and not args.pseudonymised:
-        # The published rows and the events hold pseudonyms: erasing the raw id would erase nothing.
-        print(
-            f"recforge: the runs in {store.url_masked} pseudonymise user ids, so its tables hold the pseudonym of "
-            f"{args.user!r}, not the id itself: rerun with --pseudonymised (and the key in $RECFORGE_PSEUDONYM_KEY)",
-            file=sys.stderr,
-        )
-        return 2
-    deleted = store.forget_user(_stored_user(args), note=args.note)
+    # Every form the tables may hold: the raw id (runs without pseudonymisation, before or after), and its pseudonym
+    # whenever the key is at hand. One form only left the other's rows readable, and a run with the other setting
+    # published the user again (the erasures matched one form).
+    forms = {"the id itself": str(args.user)}
+    try:
+        forms["its pseudonym"] = pseudonymise_id(str(args.user), pseudonym_key(PrivacyConfig()))
+    except DataError as exc:
+        if args.pseudonymised:
+            print(f"recforge: --pseudonymised needs the key: {exc}", file=sys.stderr)
+            return 2
+    deleted = {"recommendations": 0, "features": 0}
+    for form in forms.values():
+        for table, rows in store.forget_user(form, note=args.note).items():
+            deleted[table] += rows
     found = (
         f"deleted {deleted['recommendations']} recommendation and {deleted['features']} feature rows"
         if any(deleted.values())
         else "no published rows of this user were found (check the id if you expected some)"
     )
     print(
-        f"forgot user {args.user!r} in {store.url_masked}: {found}; recorded in table erasures, so later runs drop "
-        "this user's events and no model trained from now on contains them."
+        f"forgot user {args.user!r} ({' and '.join(forms)}) in {store.url_masked}: {found}; recorded in table "
+        "erasures, so later runs drop this user's events and no model trained from now on contains them."
     )
+    pseudonymising = [
+        run
+        for run in store.latest_runs(limit=50).to_dict(orient="records")
+        if ((run["parameters"] or {}).get("privacy") or {}).get("pseudonymise_users")
+    ]
+    missing_pseudonym = "its pseudonym" not in forms and bool(pseudonymising)
+    if missing_pseudonym:
+        print(
+            f"recforge: runs in {store.url_masked} pseudonymise user ids, and without $RECFORGE_PSEUDONYM_KEY the "
+            f"pseudonym of {args.user!r} cannot be computed: its rows from those runs are still there. Set the key "
+            "and run forget again.",
+            file=sys.stderr,
+        )
     # Cached ingest/validate/prepare results hold every user's events: the next run recomputes them without this one.
     purged = purge_cached_results()
     print(
@@ -777,7 +793,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     )
     if purged.unreachable:
         print(f"warning: {purged.unreachable}")
-    return 0
+    return 2 if missing_pseudonym else 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:

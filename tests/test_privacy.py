@@ -210,12 +210,23 @@ def test_pseudonymised_run_then_forget_removes_the_user_now_and_from_the_next_ru
     storage = Path(get_current_settings().results.local_storage_path)
     gone = pseudonymise_id("1", KEY)
     assert any(gone.encode() in _stored_payload(path) for path in storage.glob("recforge-*")), "nothing cached"
-    # Without --pseudonymised the raw id matches nothing in these tables: refused, nothing recorded.
+    # Without the key the pseudonym cannot be computed: the raw form is erased, and the command says what is left.
+    monkeypatch.delenv(DEFAULT_KEY_ENV)
     assert main(["forget", "--user", "1", "--db-url", url]) == 2
-    assert "rerun with --pseudonymised" in capsys.readouterr().err and store.erased_users() == set()
-    assert main(["forget", "--user", "1", "--pseudonymised", "--db-url", url, "--note", "request 7"]) == 0
+    assert "without $RECFORGE_PSEUDONYM_KEY the pseudonym of '1' cannot be computed" in capsys.readouterr().err
+    assert store.erased_users() == {"1"} and gone in set(published)
+    assert main(["forget", "--user", "1", "--pseudonymised", "--db-url", url]) == 2  # asked for, and no key
+    assert "--pseudonymised needs the key" in capsys.readouterr().err
+    # With the key, every form goes: the raw id and its pseudonym (a run with the other setting, before or after,
+    # stored the other; forgetting one form left the other's rows readable, and the user came back).
+    monkeypatch.setenv(DEFAULT_KEY_ENV, KEY.decode())
+    assert main(["forget", "--user", "1", "--db-url", url, "--note", "request 7"]) == 0
     said = capsys.readouterr().out
-    assert "forgot user '1'" in said and f"cached stage result(s) under {storage}" in said
+    assert (
+        "forgot user '1' (the id itself and its pseudonym)" in said
+        and f"cached stage result(s) under {storage}" in said
+    )
+    assert store.erased_users() == {"1", gone}
     # The cached ingest/validate/prepare results held the user's events: none is left on this machine.
     assert not any(gone.encode() in _stored_payload(path) for path in storage.rglob("*") if path.is_file())
     assert main(["recommendations", "--user", "1", "--pseudonymised", "--db-url", url]) == 1
