@@ -1151,6 +1151,7 @@ class Store:
         with self._transaction(conn) as conn:
             self._lock_publication(conn, naive_as_of, published_models, champion is not None)
             self._require_run(conn, run_id)
+            self._require_one_dataset(conn, run_id, naive_as_of)
             constants = {"as_of": naive_as_of, "run_id": run_id}
             if conn.dialect.name == "postgresql":
                 inserted = _publish_partitions(conn, naive_as_of, models, columns, constants)
@@ -1371,6 +1372,29 @@ class Store:
         ).first()
         if found is None:
             raise LookupError(self._unknown_run_message(run_id))
+
+    def _require_one_dataset(self, conn: Connection, run_id: str, naive_as_of: datetime) -> None:
+        """Refuse to publish a data set's rows at an ``as_of`` that holds another data set's.
+
+        Rows, features and the champion are keyed by ``as_of`` (and model), not by data set: a MovieLens run at
+        1998-03-02 after a shop run at that date replaced the shop's rows and champion, left the shop's run saying
+        "completed", and served MovieLens lists to the shop's user ids.
+        """
+        dataset = conn.execute(select(runs_table.c.dataset).where(runs_table.c.run_id == run_id)).scalar_one()
+        pub = publications_table
+        other = conn.execute(
+            select(runs_table.c.dataset, pub.c.run_id)
+            .select_from(pub.join(runs_table, runs_table.c.run_id == pub.c.run_id))
+            .where(pub.c.as_of == naive_as_of, runs_table.c.dataset != dataset)
+            .limit(1)
+        ).first()
+        if other is not None:
+            raise ValueError(
+                f"as_of {naive_as_of.isoformat()} in {self.url_masked} holds recommendations of data set "
+                f"{other[0]!r} (run {other[1]}), and this run is of {dataset!r}: publishing would replace them, and "
+                "the tables do not tell data sets apart. Publish each data set to a database of its own (--db-url), "
+                "or use another as_of."
+            )
 
     def _lock_publication(
         self, conn: Connection, naive_as_of: datetime, models: Sequence[str], with_champion: bool
