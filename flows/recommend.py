@@ -203,14 +203,16 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         lap("publish")
         status = "completed" if not failed else ("partial" if recommendations else "failed")
         error = "; ".join(f"{m}: {e}" for m, e in failed.items()) or None
-        close_run(url, run_id, status, timings, error, champion.model if champion else None)
+        # The date's champion after this run: the one it chose, else the standing one it kept (the view serves it).
+        serving = champion.model if champion else (selection.kept if selection is not None else None)
+        close_run(url, run_id, status, timings, error, serving)
         summary = {
             "run_id": run_id,
             "status": status,
             "dataset": dataset.name,
             "as_of": as_of.isoformat(),
             "database": Store(url).url_masked,
-            "champion": None if champion is None else champion.model,
+            "champion": serving,
             "champion_reason": None if selection is None else selection.reason,
             "leaderboard": board.to_dict(orient="records"),
             "rows_written": written,

@@ -161,6 +161,7 @@ class ChampionSelection:
     reason: why it was chosen and what was rejected, in plain words.
     rejected: each model passed over (better-ranked ones that failed a guard rail, and the rest) with its reason.
     comparison: the paired test against the previous champion, when one ran for the chosen model.
+    kept: the date's standing champion when it stays (model is then None: no champion row is written).
     """
 
     model: str | None
@@ -171,6 +172,7 @@ class ChampionSelection:
     reason: str
     rejected: tuple[Rejection, ...] = ()
     comparison: PairedComparison | None = None
+    kept: str | None = None
 
     @property
     def chosen(self) -> bool:
@@ -208,11 +210,13 @@ def keep_standing_champion(
         if selection.model is None
         else f"{selection.model} scores {_fmt(selection.value)}"
     )
+    # Not followed by the selection's own "chose <model>: …": printed as "Champion: None (kept als … chose
+    # popularity …)" it said both that there was no champion and that another had been chosen.
     reason = (
         f"kept {standing.model}, this date's champion ({standing.metric} {_fmt(standing.value)}), which this run "
-        f"did not retrain: {best}. {selection.reason}"
+        f"did not retrain: {best}"
     )
-    return replace(selection, model=None, reason=reason)
+    return replace(selection, model=None, reason=reason, kept=standing.model)
 
 
 def _fmt(value: float) -> str:

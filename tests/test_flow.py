@@ -193,8 +193,10 @@ def test_a_significantly_worse_model_does_not_replace_the_previous_champion(tmp_
     # Rerunning that date with popularity alone republishes popularity's rows; item_knn's stay, and so does its
     # place as the date's champion (before, popularity took it over: "no previous champion to compare with").
     fourth = run(["popularity"], "1998-04-01T00:00:00Z")
-    assert fourth["status"] == "completed" and fourth["champion"] is None
+    # The summary (and the run's row) names the champion that stays: "Champion: None (kept item_knn …)" said both.
+    assert fourth["status"] == "completed" and fourth["champion"] == "item_knn"
     assert fourth["champion_reason"].startswith("kept item_knn, this date's champion"), fourth["champion_reason"]
+    assert "chose popularity" not in fourth["champion_reason"]
     champions = _table(url, "champions").sort_values("as_of")
     assert list(champions["model"]) == ["item_knn", "item_knn"]
     assert set(_table(url, "champion_recommendations")["model"]) == {"item_knn"}
