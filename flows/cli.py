@@ -737,10 +737,21 @@ def _why_no_recommendations(store: Store, args: argparse.Namespace, user: str) -
             )
         served = champions.iloc[0]  # newest first: what the champion view serves
         return (
-            f"{start}: check the user id (as in the source data); the champion view serves {served['model']} as of "
-            f"{served['as_of']}"
+            f"{start}: check the user id (as in the source data){_pseudonym_hint(store, args)}; the champion view "
+            f"serves {served['model']} as of {served['as_of']}"
         )
-    return f"{start}: check the user id (as in the source data)"
+    return f"{start}: check the user id (as in the source data){_pseudonym_hint(store, args)}"
+
+
+def _pseudonym_hint(store: Store, args: argparse.Namespace) -> str:
+    """ ", or add --pseudonymised" when the latest published run pseudonymised ids and the lookup used the raw id."""
+    if args.pseudonymised:
+        return ""
+    runs = store.latest_runs(limit=20).to_dict(orient="records")
+    published = [r for r in runs if r["status"] in ("completed", "partial")]
+    if published and ((published[0]["parameters"] or {}).get("privacy") or {}).get("pseudonymise_users"):
+        return ", or add --pseudonymised: the runs there pseudonymise user ids, so the tables hold pseudonyms"
+    return ""
 
 
 def cmd_forget(args: argparse.Namespace) -> int:

@@ -236,6 +236,9 @@ def test_pseudonymised_run_then_forget_removes_the_user_now_and_from_the_next_ru
     assert summary["status"] == "completed"
     assert gone not in _texts(url)  # not in the new run's rows, features or metrics either
     capsys.readouterr()
+    # By the raw id the tables hold nothing: the answer says why (it said only "check the user id").
+    assert main(["recommendations", "--user", "2", "--db-url", url]) == 1
+    assert "or add --pseudonymised: the runs there pseudonymise user ids" in capsys.readouterr().err
     assert main(["recommendations", "--user", "2", "--pseudonymised", "--db-url", url, "--explain"]) == 0
     shown = capsys.readouterr().out
     assert "strategy" in shown and "reason" in shown and pseudonymise_id("2", KEY) in shown
