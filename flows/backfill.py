@@ -36,7 +36,7 @@ from sqlalchemy import func, select
 from flows.runners import THREAD_VARIABLES, available_cores, runs_side_by_side
 from recforge.config import ConfigError, RunConfig, build_config, resolve_db_url
 from recforge.data.sources import SourceSpec
-from recforge.store import Store, mask_source, metrics_table, recommendations_table, runs_table, to_naive_utc
+from recforge.store import Store, mask_source, publications_table, recommendations_table, runs_table, to_naive_utc
 from recmodels.blas import blas_threads
 
 #: Most dates one backfill accepts: a typo in a year should not start ten thousand runs.
@@ -103,35 +103,38 @@ def output_settings(parameters: Mapping[str, Any], models: list[str]) -> dict[st
 def published_runs(
     store: Store, source: str, as_ofs: list[datetime], models: list[str], settings: Mapping[str, Any] | None = None
 ) -> dict[datetime, str]:
-    """The completed run that already published each of ``as_ofs`` from ``source`` with at least ``models``.
+    """The completed run whose rows each of ``as_ofs`` now serves for ``models``, from ``source``.
 
-    Keyed by ``as_of`` (UTC); dates without such a run are absent. ``source`` is the run record's masked
-    source description. With ``settings`` (:func:`output_settings` of this backfill's config) a run counts only if
-    it published with the same ones: other top-N, seed, hyperparameters or privacy settings make other rows.
-    When several runs qualify, the latest started wins.
+    Keyed by ``as_of`` (UTC); dates without such rows are absent. A date counts when every one of ``models`` is
+    published there (table ``publications``) by a completed run of ``source`` and, with ``settings``
+    (:func:`output_settings` of this backfill's config), one with the same settings: other top-N, seed,
+    hyperparameters or privacy settings make other rows. What is published now decides, not the run history: a
+    forced rerun of one model with another top-N left a date "done" by the earlier run whose rows it had replaced.
+    The value is the latest started of the runs serving the date.
     """
     wanted = {to_naive_utc(a) for a in as_ofs}
-    runs = runs_table
+    runs, pub = runs_table, publications_table
     with store.engine.connect() as conn:
         rows = conn.execute(
-            select(runs.c.run_id, runs.c.as_of, runs.c.parameters)
+            select(runs.c.run_id, runs.c.parameters)
             .where(runs.c.source == source, runs.c.status == "completed", runs.c.as_of.in_(sorted(wanted)))
             .order_by(runs.c.started_at)
         ).all()
         if settings is not None:
             rows = [r for r in rows if output_settings(json.loads(r.parameters or "{}"), models) == settings]
-        trained: dict[str, set[str]] = {}
+        order = {r.run_id: position for position, r in enumerate(rows)}  # by start time
+        serving: dict[datetime, dict[str, str]] = {}
         if rows:
-            for run_id, model in conn.execute(
-                select(metrics_table.c.run_id, metrics_table.c.model)
-                .where(metrics_table.c.run_id.in_([r.run_id for r in rows]))
-                .distinct()
+            for as_of, model, run_id in conn.execute(
+                select(pub.c.as_of, pub.c.model, pub.c.run_id).where(
+                    pub.c.as_of.in_(sorted(wanted)), pub.c.model.in_(sorted(set(models)))
+                )
             ):
-                trained.setdefault(run_id, set()).add(model)
+                serving.setdefault(as_of, {})[model] = run_id
     found: dict[datetime, str] = {}
-    for run_id, as_of, _ in rows:
-        if set(models) <= trained.get(run_id, set()):
-            found[as_of] = run_id  # ordered by start time: the latest qualifying run stays
+    for as_of, by_model in serving.items():
+        if set(models) <= set(by_model) and all(by_model[m] in order for m in models):
+            found[as_of] = max((by_model[m] for m in models), key=order.__getitem__)
     return found
 
 

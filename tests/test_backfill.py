@@ -159,6 +159,19 @@ def test_backfill_failed_date_rerun_skips_and_force_replaces(tmp_path: Path) -> 
     pd.testing.assert_frame_equal(_recommendations(url), recs)
     assert len(_read(url, "SELECT run_id FROM runs")) == 7
 
+    # 4. What is published decides, not the history: a later run that replaced one date's popularity rows with a
+    # top-3 makes that date due again for a top-5 backfill (it was "skipped", naming the run whose rows were gone).
+    settings = output_settings(config.recorded_parameters(), ["popularity", "item_knn"])
+    assert len(published_runs(store, source, dates, ["popularity", "item_knn"], settings)) == 2
+    top3 = config.model_copy(update={"top_n": 3, "models": ["popularity"]})
+    replacing = store.start_run(
+        dataset="synthetic", source=source, as_of=dates[1], parameters=top3.recorded_parameters(), flow_run_id=None
+    )
+    store.publish(replacing, dates[1], _recommendations(url).query("model == 'popularity'").head(3), None)
+    store.finish_run(replacing, status="completed", timings={})
+    due = published_runs(store, source, dates, ["popularity", "item_knn"], settings)
+    assert sorted(d.date().isoformat() for d in due) == DATES[2:]
+
 
 @pytest.mark.flow
 @pytest.mark.usefixtures("prefect_harness")
