@@ -135,7 +135,8 @@ url, flag, kind, n_users, as_of = sys.argv[1], Path(sys.argv[2]), sys.argv[3], i
 recforge.store.CHUNK_ROWS = 2_000
 store = Store(url)
 as_of = datetime.fromisoformat(as_of)
-run_id = store.start_run(dataset="killed", source="test", as_of=as_of, parameters={}, flow_run_id=None)
+# The same data set as the rows it republishes (publishing refuses an as_of holding another data set's rows).
+run_id = store.start_run(dataset="faults", source="test", as_of=as_of, parameters={}, flow_run_id=None)
 users = np.repeat(np.arange(n_users), 50).astype(str)
 ranks = np.tile(np.arange(1, 51), n_users)
 frame = pd.DataFrame({"model": "m1", "user_id": users, "rank": ranks, "item_id": "z", "score": 9.0})
