@@ -244,6 +244,7 @@ def test_a_list_valued_extra_column_does_not_break_the_duplicate_check() -> None
     report = validate_dataset(_dataset(frame), now=NOW)
     duplicates = _outcome(report, "interactions", "expect_compound_columns_to_be_unique", None, "warning")
     assert duplicates.unexpected_count == 2 and "unhashable" not in duplicates.explain()
+    assert "(list-valued columns ['tags'] not compared)" in duplicates.explain()
 
 
 def test_timestamps_slightly_ahead_of_the_clock_only_warn_and_are_dropped() -> None:
