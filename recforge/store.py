@@ -1151,7 +1151,6 @@ class Store:
         with self._transaction(conn) as conn:
             self._lock_publication(conn, naive_as_of, published_models, champion is not None)
             self._require_run(conn, run_id)
-            self._require_one_dataset(conn, run_id, naive_as_of)
             constants = {"as_of": naive_as_of, "run_id": run_id}
             if conn.dialect.name == "postgresql":
                 inserted = _publish_partitions(conn, naive_as_of, models, columns, constants)
@@ -1373,28 +1372,24 @@ class Store:
         if found is None:
             raise LookupError(self._unknown_run_message(run_id))
 
-    def _require_one_dataset(self, conn: Connection, run_id: str, naive_as_of: datetime) -> None:
-        """Refuse to publish a data set's rows at an ``as_of`` that holds another data set's.
+    def other_datasets_at(self, run_id: str, as_of: datetime) -> list[tuple[str, str]]:
+        """(data set, run id) of publications at ``as_of`` by runs of another data set than ``run_id``'s.
 
-        Rows, features and the champion are keyed by ``as_of`` (and model), not by data set: a MovieLens run at
-        1998-03-02 after a shop run at that date replaced the shop's rows and champion, left the shop's run saying
-        "completed", and served MovieLens lists to the shop's user ids.
+        Rows, features and the champion are keyed by ``as_of`` (and model), not by data set: a MovieLens run at a
+        shop run's ``as_of`` replaces the shop's rows of the same models and the date's champion. The publish task
+        names them in a warning. Not refused: a data set named after a dated export file (events-2026-12-07.csv)
+        changes name from one export to the next, and a backfill from today's export must still replace a date.
         """
-        dataset = conn.execute(select(runs_table.c.dataset).where(runs_table.c.run_id == run_id)).scalar_one()
-        pub = publications_table
-        other = conn.execute(
-            select(runs_table.c.dataset, pub.c.run_id)
-            .select_from(pub.join(runs_table, runs_table.c.run_id == pub.c.run_id))
-            .where(pub.c.as_of == naive_as_of, runs_table.c.dataset != dataset)
-            .limit(1)
-        ).first()
-        if other is not None:
-            raise ValueError(
-                f"as_of {naive_as_of.isoformat()} in {self.url_masked} holds recommendations of data set "
-                f"{other[0]!r} (run {other[1]}), and this run is of {dataset!r}: publishing would replace them, and "
-                "the tables do not tell data sets apart. Publish each data set to a database of its own (--db-url), "
-                "or use another as_of."
-            )
+        runs, pub = runs_table, publications_table
+        with self.engine.connect() as conn:
+            dataset = conn.execute(select(runs.c.dataset).where(runs.c.run_id == run_id)).scalar_one_or_none()
+            rows = conn.execute(
+                select(runs.c.dataset, pub.c.run_id)
+                .select_from(pub.join(runs, runs.c.run_id == pub.c.run_id))
+                .where(pub.c.as_of == to_naive_utc(as_of), runs.c.dataset != dataset)
+                .distinct()
+            ).all()
+        return [(str(name), str(other)) for name, other in rows]
 
     def _lock_publication(
         self, conn: Connection, naive_as_of: datetime, models: Sequence[str], with_champion: bool

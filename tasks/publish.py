@@ -87,6 +87,18 @@ def publish(
 ) -> dict[str, int]:
     """Write metrics, features and this as_of's recommendations in one transaction: all of them or none."""
     store = Store(db_url)
+    for dataset, other_run in store.other_datasets_at(run_id, data.as_of):
+        get_run_logger().warning(
+            "as_of %s in %s holds recommendations of data set %r (run %s), and this run is of %r: its rows of the "
+            "same models and the date's champion are replaced, since the tables do not tell data sets apart. Keep "
+            "each data set in a database of its own (--db-url) unless %r is this data set under another name",
+            data.as_of.isoformat(),
+            store.url_masked,
+            dataset,
+            other_run,
+            data.dataset_name,
+            dataset,
+        )
     written = store.publish_run(
         run_id,
         data.as_of,

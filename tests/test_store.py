@@ -880,23 +880,17 @@ def test_publish_run_that_fails_at_its_last_table_writes_nothing(store: Store, r
     assert store.metrics_for_run(run_id)["value"].tolist() == [0.1]
 
 
-def test_an_as_of_holding_another_data_sets_rows_is_not_published_over(store: Store) -> None:
+def test_publications_of_another_data_set_at_an_as_of_are_named(store: Store) -> None:
     # Rows and champions are keyed by as_of and model: a MovieLens run at a shop run's as_of replaced the shop's
-    # rows and champion, the shop's run still said completed, and MovieLens lists were served to shop user ids.
+    # rows and champion without a word. The publish task now names them (a warning: a data set named after a dated
+    # export file changes name between exports, and its backfills must still replace a date).
     shop = store.start_run(dataset="shop", source="s", as_of=AS_OF_1, parameters={}, flow_run_id=None)
     store.publish(shop, AS_OF_1, recs("pop", {"u1": ["a"]}), ChampionDecision("pop", "ndcg", 0.1, "r"))
-    before = all_recommendations(store), champions_rows(store)
     movies = store.start_run(dataset="movielens-100k", source="m", as_of=AS_OF_1, parameters={}, flow_run_id=None)
-    with pytest.raises(
-        ValueError, match=r"holds recommendations of data set 'shop' .* this run is of 'movielens-100k'"
-    ):
-        store.publish(movies, AS_OF_1, recs("knn", {"u1": ["b"]}), ChampionDecision("knn", "ndcg", 0.2, "r"))
-    pd.testing.assert_frame_equal(all_recommendations(store), before[0])
-    assert champions_rows(store) == before[1]
-    later = datetime(2024, 2, 1, tzinfo=UTC)  # another as_of, or the same data set again, publishes as before
-    assert store.publish(movies, later, recs("knn", {"u1": ["b"]}), None) == 1
+    assert store.other_datasets_at(movies, AS_OF_1) == [("shop", shop)]
+    assert store.other_datasets_at(movies, datetime(2024, 2, 1, tzinfo=UTC)) == []
     again = store.start_run(dataset="shop", source="s", as_of=AS_OF_1, parameters={}, flow_run_id=None)
-    assert store.publish(again, AS_OF_1, recs("pop", {"u1": ["c"]}), None) == 1
+    assert store.other_datasets_at(again, AS_OF_1) == []
 
 
 def test_publish_needs_a_started_run(store: Store) -> None:
