@@ -743,13 +743,18 @@ def _why_no_recommendations(store: Store, args: argparse.Namespace, user: str) -
     return f"{start}: check the user id (as in the source data){_pseudonym_hint(store, args)}"
 
 
+def _pseudonymises(run: dict[str, Any]) -> bool:
+    """Whether a run record (a row of ``Store.latest_runs``) pseudonymised user ids."""
+    return bool(((run["parameters"] or {}).get("privacy") or {}).get("pseudonymise_users"))
+
+
 def _pseudonym_hint(store: Store, args: argparse.Namespace) -> str:
     """ ", or add --pseudonymised" when the latest published run pseudonymised ids and the lookup used the raw id."""
     if args.pseudonymised:
         return ""
     runs = store.latest_runs(limit=20).to_dict(orient="records")
     published = [r for r in runs if r["status"] in ("completed", "partial")]
-    if published and ((published[0]["parameters"] or {}).get("privacy") or {}).get("pseudonymise_users"):
+    if published and _pseudonymises(published[0]):
         return ", or add --pseudonymised: the runs there pseudonymise user ids, so the tables hold pseudonyms"
     return ""
 
@@ -783,12 +788,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
         f"forgot user {args.user!r} ({' and '.join(forms)}) in {store.url_masked}: {found}; recorded in table "
         "erasures, so later runs drop this user's events and no model trained from now on contains them."
     )
-    pseudonymising = [
-        run
-        for run in store.latest_runs(limit=50).to_dict(orient="records")
-        if ((run["parameters"] or {}).get("privacy") or {}).get("pseudonymise_users")
-    ]
-    missing_pseudonym = "its pseudonym" not in forms and bool(pseudonymising)
+    pseudonymising = any(_pseudonymises(run) for run in store.latest_runs(limit=50).to_dict(orient="records"))
+    missing_pseudonym = "its pseudonym" not in forms and pseudonymising
     if missing_pseudonym:
         print(
             f"recforge: runs in {store.url_masked} pseudonymise user ids, and without $RECFORGE_PSEUDONYM_KEY the "

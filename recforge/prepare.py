@@ -19,7 +19,17 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
-from recforge.data.contract import GENRES, ITEM, RATING, RATING_MISSING, REPEAT_COUNT, TIMESTAMP, USER, DataError
+from recforge.data.contract import (
+    GENRES,
+    ITEM,
+    RATING,
+    RATING_MISSING,
+    REPEAT_COUNT,
+    TIMESTAMP,
+    USER,
+    DataError,
+    holds_lists,
+)
 
 # Columns that clean_interactions adds (named with the data contract, whose loaders keep source columns off
 # them): REPEAT_COUNT, the number of events collapsed into the row (>= 1); RATING_MISSING, when some ratings are
@@ -389,12 +399,6 @@ def _most_frequent(values: pd.Series, numeric: bool) -> object:
         return _python_scalar(top[0])
 
 
-def _holds_lists(column: pd.Series) -> bool:
-    """Whether a column's values are lists or arrays (a Parquet list column), judged by its first value."""
-    present = column.dropna() if column.dtype == object else column.iloc[:0]
-    return bool(len(present)) and isinstance(present.iloc[0], (list, tuple, dict, set, np.ndarray))
-
-
 def declared_rules(table: pd.DataFrame, id_column: str, declared: Mapping[str, str]) -> tuple[ImputeRule, ...]:
     """Rules for every attribute column: the default (numeric → median, other → most_frequent) unless declared.
 
@@ -416,7 +420,7 @@ def declared_rules(table: pd.DataFrame, id_column: str, declared: Mapping[str, s
         if column == id_column:
             continue
         spec = declared.get(column)
-        if spec is None and (column == GENRES or _holds_lists(table[column])):
+        if spec is None and (column == GENRES or holds_lists(table[column])):
             continue  # a list-valued column (Parquet lists) has no single value to fill in either
         if spec is None:
             rules.append(ImputeRule(column, "median" if _is_numeric(table[column]) else "most_frequent"))

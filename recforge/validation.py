@@ -42,7 +42,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from recforge.data.contract import ITEM, RATING, USER, DataError, Dataset
+from recforge.data.contract import ITEM, RATING, USER, DataError, Dataset, holds_lists
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationSuiteValidationResult
@@ -329,14 +329,6 @@ def _run_parameters(dataset: Dataset, *, now: datetime, min_interactions: int) -
     return params
 
 
-def _holds_containers(column: pd.Series) -> bool:
-    """Whether a column's values are lists or arrays (Parquet list columns), judged by its first value."""
-    if column.dtype != object:
-        return False
-    present = column.dropna()
-    return bool(len(present)) and isinstance(present.iloc[0], (list, tuple, dict, set, np.ndarray))
-
-
 def _prepare_suite(suite: dict[str, Any], frame: pd.DataFrame, parameters: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``suite`` with the run-time rules applied (see the module docstring).
 
@@ -352,7 +344,7 @@ def _prepare_suite(suite: dict[str, Any], frame: pd.DataFrame, parameters: Mappi
         meta = spec.setdefault("meta", {})
         if meta.get("columns_at_run_time") == "all":
             # Not list-valued columns (Parquet lists): GX failed on them ("unhashable type: 'numpy.ndarray'").
-            lists = [str(c) for c in frame.columns if _holds_containers(frame[c])]
+            lists = [str(c) for c in frame.columns if holds_lists(frame[c])]
             kwargs["column_list"] = [str(c) for c in frame.columns if str(c) not in lists]
             if lists:  # rows that differ only there count as duplicates: say so rather than "every column"
                 meta["description"] = f"{meta.get('description', '')} (list-valued columns {lists} not compared)"

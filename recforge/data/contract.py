@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 USER = "user_id"
@@ -40,6 +41,16 @@ def title_column(items: pd.DataFrame | None) -> str | None:
 REPEAT_COUNT = "repeat_count"
 RATING_MISSING = "rating_missing"
 INTERNAL_COLUMNS = (REPEAT_COUNT, RATING_MISSING)
+
+
+def holds_lists(column: pd.Series) -> bool:
+    """Whether a column's values are lists or arrays (a Parquet list column), judged by its first value: such a
+    column has no single value to compare or fill in."""
+    if column.dtype != object:
+        return False
+    present = column.dropna()
+    return bool(len(present)) and isinstance(present.iloc[0], (list, tuple, dict, set, np.ndarray))
+
 
 #: Longest id, in characters, that the published tables hold (``VARCHAR(200)``: PostgreSQL refuses longer ones).
 MAX_ID_CHARS = 200

@@ -448,9 +448,7 @@ def standardize_entities(df: pd.DataFrame, id_column: str, columns: Mapping[str,
     if GENRES in out.columns:
         # A Parquet list column (["Action", "Comedy"]) came out as the text "['Action' 'Comedy']": one nonsense
         # label per combination. Lists become the labels joined by the separator, as the text formats write them.
-        listed = out[GENRES].map(lambda v: isinstance(v, (list, tuple, np.ndarray)), na_action="ignore")
-        if listed.fillna(False).astype(bool).any():
-            out[GENRES] = out[GENRES].map(_joined_labels, na_action="ignore")
+        out[GENRES] = out[GENRES].map(_joined_labels, na_action="ignore")
         genres = out[GENRES].astype("str")
         # MovieLens' newer releases (ml-latest, 20M, 25M, 32M) write "(no genres listed)" for an item without
         # genres: a missing value, not a label that would become a "share_no_genres_listed" feature.
