@@ -158,6 +158,17 @@ class Recommender(ABC):
             raise
         return self
 
+    def _fit_with(self, data: Interactions, settings: RunSettings | None, **inputs: object) -> Self:
+        """:meth:`fit` with extra inputs that ``_fit`` reads as ``self._<name>`` (a subclass's ``fit(...,
+        features=...)``): there for the fit only, never learned state, gone after it whatever happens."""
+        for name, value in inputs.items():
+            setattr(self, f"_{name}", value)
+        try:
+            return Recommender.fit(self, data, settings)
+        finally:
+            for name in inputs:
+                delattr(self, f"_{name}")
+
     def _check_finite_scores(self) -> None:
         """Score (and, for rating models, predict) a few users with events: finite values of the right shape.
 

@@ -173,11 +173,7 @@ class SegmentPopularity(Recommender):
         attributes = attributes if attributes is not None else UserAttributes({}, {})
         if attributes.codes and len(attributes) != data.n_users:
             raise ValueError(f"attributes cover {len(attributes)} users, the data has {data.n_users}")
-        self._attributes = attributes  # read by _fit only; not learned state
-        try:
-            return super().fit(data, settings)
-        finally:
-            del self._attributes
+        return self._fit_with(data, settings, attributes=attributes)
 
     def _fit(self, data: Interactions, settings: RunSettings) -> None:
         """The segments of :meth:`fit`'s attributes, beyond the base class's counts."""

@@ -177,11 +177,7 @@ class ContentScorer(Recommender):
         if features is None or features.matrix.shape[0] != data.n_items:
             rows = None if features is None else features.matrix.shape[0]
             raise ValueError(f"content needs item features with one row per item ({data.n_items}); got {rows}")
-        self._features = features  # read by _fit only; not learned state
-        try:
-            return super().fit(data, settings)
-        finally:
-            del self._features
+        return self._fit_with(data, settings, features=features)
 
     def _fit(self, data: Interactions, settings: RunSettings) -> None:
         """Item vectors from :meth:`fit`'s features; the profiles come from the base class's seen items."""

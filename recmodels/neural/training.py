@@ -567,11 +567,7 @@ class NeuralRecommender(Recommender):
                 f"{self.name}: the warm start matches {len(warm_start.user_rows)} users and "
                 f"{len(warm_start.item_rows)} items, the data has {data.n_users} and {data.n_items}"
             )
-        self._warm_start = warm_start  # read by _fit only; not learned state
-        try:
-            return super().fit(data, settings)
-        finally:
-            del self._warm_start
+        return self._fit_with(data, settings, warm_start=warm_start)
 
     def warm_state(self) -> dict[str, np.ndarray]:
         """The trained network's weights (CPU arrays by ``state_dict`` name), to warm-start a later fit."""
