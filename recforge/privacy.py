@@ -169,9 +169,10 @@ def erase(dataset: Dataset, erased: set[str]) -> tuple[Dataset, dict[str, object
         gone = interactions[USER].astype(str).isin(erased)
         summary["erased_events"] = int(gone.sum())
         summary["erased_users"] = int(interactions.loc[gone, USER].nunique())
-        interactions = interactions.loc[~gone].reset_index(drop=True)
+        # The index stays: validation names rows by it, and they must be the source's rows, not the positions left.
+        interactions = interactions.loc[~gone]
         if users is not None:
-            users = users.loc[~users[USER].astype(str).isin(erased)].reset_index(drop=True)
+            users = users.loc[~users[USER].astype(str).isin(erased)]
     return dataclasses.replace(dataset, interactions=interactions, users=users), summary
 
 

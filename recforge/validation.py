@@ -107,7 +107,8 @@ class ExpectationOutcome:
     description: str
     # How to fix a failure (the suite's ``meta.hint``).
     hint: str = ""
-    # Positions (0-based data rows of the table) of the first offending rows of a row-level check.
+    # The first offending rows of a row-level check, as the table's row labels: the source's data rows counted
+    # from 0 (a file's header not counted), also after erased users' rows left the table.
     rows: tuple[int, ...] = ()
 
     @property
@@ -250,7 +251,8 @@ def validate_dataset(
     for table in TABLES:
         if table not in tables:
             continue
-        # Positional index, so that GX's unexpected index lists are row positions.
+        # Positional index, so that GX's unexpected index lists are row positions; the messages name the rows by
+        # the table's own labels, which are the source's row numbers even after erased users' rows are gone.
         frame = tables[table].reset_index(drop=True)
         suite = _prepare_suite(_load_suite(suites_dir, table), frame, parameters)
         batch = datasource.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe(table)
@@ -266,7 +268,7 @@ def validate_dataset(
             result_format={"result_format": "COMPLETE", "partial_unexpected_count": 4 * SAMPLE_SIZE},
             run_id=run_id,
         )
-        table_outcomes, rows, droppable = _collect(table, suite, result, frame)
+        table_outcomes, rows, droppable = _collect(table, suite, result, frame, _source_rows(tables[table]))
         outcomes += table_outcomes
         failing_rows[table] = rows
         rows_to_drop[table] = droppable
@@ -386,11 +388,24 @@ def _ephemeral_context(gx: Any) -> Any:
     return context
 
 
+def _source_rows(table: pd.DataFrame) -> np.ndarray | None:
+    """The source's row numbers of the table's rows (its integer labels), or None where they are the positions."""
+    index = table.index
+    if not pd.api.types.is_integer_dtype(index.dtype) or index.equals(pd.RangeIndex(len(index))):
+        return None
+    return index.to_numpy(dtype=np.int64)
+
+
 def _collect(
-    table: str, suite: dict[str, Any], result: ExpectationSuiteValidationResult, frame: pd.DataFrame
+    table: str,
+    suite: dict[str, Any],
+    result: ExpectationSuiteValidationResult,
+    frame: pd.DataFrame,
+    source_rows: np.ndarray | None = None,
 ) -> tuple[list[ExpectationOutcome], np.ndarray, dict[str, np.ndarray]]:
     """Outcomes in suite order, the positions of rows failing warning-level row checks, and those rows per
-    droppable check (see ``ValidationReport.rows_to_drop``)."""
+    droppable check (see ``ValidationReport.rows_to_drop``). Outcomes name rows by ``source_rows`` (the
+    source's row number of each position) where given, else by position."""
     specs = suite["expectations"]
     by_index: dict[int, ExpectationOutcome] = {}
     bad_rows: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
@@ -425,7 +440,10 @@ def _collect(
             sample_values=sample,
             description=str(spec["meta"].get("description", "")) + _bounds_text(config.kwargs),
             hint=str(spec["meta"].get("hint", "")),
-            rows=tuple(int(i) for i in (res.get("unexpected_index_list") or [])[:SAMPLE_SIZE]),
+            rows=tuple(
+                int(i if source_rows is None else source_rows[i])
+                for i in (res.get("unexpected_index_list") or [])[:SAMPLE_SIZE]
+            ),
         )
         if severity == WARNING and res.get("unexpected_index_list"):
             rows = np.asarray(res["unexpected_index_list"], dtype=np.int64)

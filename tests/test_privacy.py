@@ -89,6 +89,22 @@ def test_pseudonymised_and_erased_users(monkeypatch: pytest.MonkeyPatch) -> None
     assert not protected.interactions["user_id"].isin(["7", "8", "9"]).any()
 
 
+def test_validation_names_the_source_rows_after_an_erasure() -> None:
+    from recforge.privacy import erase
+    from recforge.validation import validate_dataset
+
+    dataset = _dataset()
+    stamps = pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03", "2031-01-01"], utc=True)
+    dataset.interactions["timestamp"] = stamps  # the fourth event (row 3) lies ahead of the clock
+    kept, _ = erase(dataset, {"7"})  # rows 0 and 1 go
+    report = validate_dataset(kept, min_interactions=0, now=datetime(2030, 1, 1, tzinfo=UTC))
+    [ahead] = [o for o in report.outcomes if o.column == "timestamp" and o.unexpected_count and o.severity == "warning"]
+    assert ahead.rows == (3,), ahead.explain()
+    assert "(row 3)" in ahead.explain()
+    # What cleaning drops stays positional: the second of the two rows left.
+    assert [rows.tolist() for rows in report.rows_to_drop["interactions"].values()] == [[1]]
+
+
 def test_ids_longer_than_the_tables_hold_are_refused_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
     # VARCHAR(200): PostgreSQL refused them at the publish, after training and its retries, on either database.
     # Characters, not bytes (200 "é" fit); user ids count as published, so a pseudonym's length when pseudonymised.

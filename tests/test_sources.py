@@ -273,6 +273,12 @@ def test_movielens_reads_genre_names_from_u_genre(tmp_path: Path) -> None:
     assert items[GENRES].tolist() == ["First|Second", "Second"]
 
 
+def test_movielens_names_bad_values_by_row_as_the_other_messages_do(tmp_path: Path) -> None:
+    _write(tmp_path / "u.data", "7\t9\t4\t881250949\n8\t9\tfour\t881250950\n")
+    with pytest.raises(DataError, match=r"column rating: 1 value\(s\) are not numbers, e\.g\. row 1: 'four'"):
+        load_movielens_100k(tmp_path)
+
+
 def test_movielens_recbole_only_folder(tmp_path: Path) -> None:
     _write(
         tmp_path / "ml-100k.inter",

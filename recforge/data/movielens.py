@@ -264,7 +264,7 @@ def _numbers(values: pd.Series, origin: str) -> pd.Series:
     numbers = pd.to_numeric(values, errors="coerce").astype("float64")
     bad = numbers.isna() & values.notna()
     if bad.any():
-        shown = ", ".join(f"data row {i + 1}: {v!r}" for i, v in values[bad].head(5).items())
+        shown = ", ".join(f"row {i}: {v!r}" for i, v in values[bad].head(5).items())
         count = int(bad.sum())
         raise DataError(f"{origin}: {count} value(s) are not numbers, e.g. {shown}; fix or delete those rows")
     return numbers
