@@ -126,6 +126,34 @@ def test_lapack_factorises_at_most_one_block_at_a_time(monkeypatch: pytest.Monke
     assert sizes == [8, 8, 8, 6]
 
 
+def test_progress_is_reported_block_by_block_and_can_stop_the_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # At 20,000 items the solve takes minutes: the dashboard should see it move, and an interrupted run (its
+    # progress callback raises) should stop at the next block, not at the end.
+    from recmodels.baselines import ease
+
+    monkeypatch.setattr(ease, "_CHOLESKY_BLOCK", 8)
+    monkeypatch.setattr(ease, "_GRAM_BLOCK_VALUES", 3 * 30)  # three item rows per Gram block
+    rng = np.random.default_rng(1)
+    user, item = rng.integers(0, 60, 400), rng.integers(0, 30, 400)
+    data = Interactions.from_arrays(user, item, n_users=60, n_items=30)
+    seen: list[tuple[str, float]] = []
+    model = EASE(EASEConfig(regularization=5.0, recency_half_life=None))
+    model.fit(data, RunSettings(progress=lambda stage, done: seen.append((stage, done))))
+    # 0, then each of 10 Gram blocks; 0, the first three of four factorisation blocks, then the end.
+    for stage, reports in (("ease gram matrix", 11), ("ease inverse", 5)):
+        fractions = [done for name, done in seen if name == stage]
+        assert len(fractions) == reports and fractions[0] == 0.0 and fractions[-1] == 1.0, (stage, fractions)
+        assert fractions == sorted(fractions), (stage, fractions)
+    np.testing.assert_array_equal(model.weights_, ease_weights(data.binary, 5.0))  # the same arithmetic
+
+    def interrupted(stage: str, done: float) -> None:
+        if stage == "ease inverse" and done > 0:
+            raise KeyboardInterrupt("stopped")
+
+    with pytest.raises(KeyboardInterrupt):
+        EASE(EASEConfig(regularization=5.0)).fit(data, RunSettings(progress=interrupted))
+
+
 def test_spd_inverse_names_the_row_where_positive_definiteness_fails() -> None:
     matrix = np.eye(6)
     matrix[4, 4] = -1.0

@@ -22,6 +22,7 @@ ones much better than the whole history does (see docs/benchmarks/mf.md for the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,9 +84,11 @@ class EASE(Recommender):
                 "Use 'item_knn' (sparse top-K neighbourhoods) or a factor model such as 'als' or 'pure_svd' "
                 "instead, filter rare items first, or raise max_items if this machine has the memory."
             )
-        settings.report("ease gram matrix", 0.0)
-        self.weights_ = ease_weights(data.binary, self.config.regularization)
-        settings.report("ease gram matrix", 1.0)
+        # Reported block by block: at 20,000 items the solve takes minutes, and a report is also where an
+        # interrupted run stops its fit (a progress callback that raises ends it there).
+        self.weights_ = ease_weights(
+            data.binary, self.config.regularization, progress=lambda stage, done: settings.report(f"ease {stage}", done)
+        )
         self.history_ = (
             recency_weighted(data, self.config.recency_half_life) if self.config.recency_half_life is not None else None
         )
@@ -104,15 +107,21 @@ class EASE(Recommender):
         self.history_ = csr_from_state(state, "h", (self.n_users_, self.n_items_))
 
 
-def ease_weights(matrix: sp.csr_matrix, regularization: float) -> np.ndarray:
+def ease_weights(
+    matrix: sp.csr_matrix, regularization: float, progress: Callable[[str, float], None] | None = None
+) -> np.ndarray:
     """The EASE item–item matrix ``B`` (float32, zero diagonal) for a users × items matrix and λ.
 
     One dense float64 ``n × n`` array does all the work in place (Gram matrix, Cholesky inverse, ``B``), and the
     float32 result is its only copy: about 12 bytes per item pair at the peak (:data:`_BYTES_PER_ITEM_PAIR`).
+    ``progress(stage, fraction)`` hears "gram matrix" and then "inverse", each from 0 to 1 block by block.
     """
-    gram = upper_gram(matrix)
+    report = progress or (lambda stage, done: None)
+    report("gram matrix", 0.0)
+    gram = upper_gram(matrix, progress=lambda done: report("gram matrix", done))
     gram[np.diag_indices_from(gram)] += regularization
-    precision = spd_inverse(gram)
+    report("inverse", 0.0)
+    precision = spd_inverse(gram, progress=lambda done: report("inverse", done))
     # B_ij = −P_ij / P_jj: divide every column j by its diagonal entry, then zero the diagonal (the
     # constraint).
     precision /= -np.diag(precision).copy()[np.newaxis, :]
@@ -120,27 +129,40 @@ def ease_weights(matrix: sp.csr_matrix, regularization: float) -> np.ndarray:
     return precision.astype(np.float32)
 
 
-def upper_gram(matrix: sp.csr_matrix, block_values: int = _GRAM_BLOCK_VALUES) -> np.ndarray:
+def upper_gram(
+    matrix: sp.csr_matrix, block_values: int | None = None, progress: Callable[[float], None] | None = None
+) -> np.ndarray:
     """``XᵀX`` as a dense float64 array, only its upper triangle (diagonal included) filled in; the rest is garbage.
 
     Computed in blocks of item rows, each written straight into the result: a sparse ``XᵀX`` at once would
     hold up to ``n²`` entries at 12 bytes each (4.8 GB at 20,000 items) before its dense copy, and the lower
     triangle would be computed for nothing (Cholesky reads one triangle). Binary and count data give integer
-    sums, exact in float64, so the result does not depend on the blocking.
+    sums, exact in float64, so the result does not depend on the blocking. ``progress`` hears the share of the
+    triangle done after each block.
     """
     x = sp.csr_matrix(matrix, dtype=np.float64)
     n_items = x.shape[1]
     item_rows = x.T.tocsr()  # items × users
     gram = np.empty((n_items, n_items), dtype=np.float64)
-    block = max(1, block_values // max(n_items, 1))
+    block = max(1, (block_values or _GRAM_BLOCK_VALUES) // max(n_items, 1))
     for start in range(0, n_items, block):
         stop = min(start + block, n_items)
         # Rows start..stop of XᵀX, from column ``start`` on: the block's share of the upper triangle.
         gram[start:stop, start:] = (item_rows[start:stop] @ x[:, start:]).toarray()
+        if progress is not None:
+            progress(_triangle_share(n_items - stop, n_items, power=2))
     return gram
 
 
-def spd_inverse(matrix: np.ndarray, block: int = _CHOLESKY_BLOCK) -> np.ndarray:
+def _triangle_share(left: int, n: int, power: int) -> float:
+    """The share of an ``n``-row triangular sweep done once ``left`` rows remain, its cost per row growing with the
+    rows after it to ``power − 1``: the Gram matrix's upper triangle (power 2), a Cholesky factorisation (3)."""
+    return 1.0 - (left / n) ** power if n else 1.0
+
+
+def spd_inverse(
+    matrix: np.ndarray, block: int | None = None, progress: Callable[[float], None] | None = None
+) -> np.ndarray:
     """Inverse of a symmetric positive-definite float64 matrix via Cholesky, in place; returns ``matrix``.
 
     Only the upper triangle of ``matrix`` is read. It is overwritten by the Cholesky factor
@@ -148,12 +170,14 @@ def spd_inverse(matrix: np.ndarray, block: int = _CHOLESKY_BLOCK) -> np.ndarray:
     the lower one block by block: the peak is the matrix itself plus a few hundred MB of blocks. LAPACK works on
     Fortran-ordered arrays and f2py copies anything else first (an extra n×n); a C-ordered array is handed over
     transposed instead — the same memory, Fortran-ordered, its upper triangle now the lower one. Other layouts
-    are copied to C order first. ``block``: rows per step of the factorisation.
+    are copied to C order first. ``block``: rows per step of the factorisation (default
+    :data:`_CHOLESKY_BLOCK`). ``progress`` hears the share of the arithmetic done: the factorisation is a third of
+    it (n³/3 of n³ flops), LAPACK's inversion the rest.
     """
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.dtype != np.float64:
         raise ValueError(f"spd_inverse needs a square float64 array, got {matrix.dtype} {matrix.shape}")
     work = matrix if matrix.flags.c_contiguous else np.ascontiguousarray(matrix)
-    upper_cholesky(work, block)
+    upper_cholesky(work, block, progress=None if progress is None else lambda done: progress(done / 3))
     # Uᵀ is the lower Cholesky factor of the Fortran-ordered transpose: potri inverts from it in place.
     inverse, info = lapack.dpotri(work.T, lower=True, overwrite_c=True)
     if info != 0:
@@ -163,10 +187,14 @@ def spd_inverse(matrix: np.ndarray, block: int = _CHOLESKY_BLOCK) -> np.ndarray:
     if work is not matrix:
         matrix[...] = work
     mirror_upper(matrix)
+    if progress is not None:
+        progress(1.0)
     return matrix
 
 
-def upper_cholesky(matrix: np.ndarray, block: int = _CHOLESKY_BLOCK) -> None:
+def upper_cholesky(
+    matrix: np.ndarray, block: int | None = None, progress: Callable[[float], None] | None = None
+) -> None:
     """Overwrite the upper triangle of a C-ordered SPD float64 array with ``U`` (``A = UᵀU``), ``block`` rows at a time.
 
     A right-looking blocked factorisation: LAPACK ``potrf`` on each diagonal block, a triangular solve for the
@@ -174,9 +202,11 @@ def upper_cholesky(matrix: np.ndarray, block: int = _CHOLESKY_BLOCK) -> None:
     block. The same arithmetic as LAPACK's own blocked ``potrf``, but every call works on at most ``block``
     rows: OpenBLAS 0.3.30's multi-threaded ``dpotrf`` crashes the process (SIGSEGV) from about 16,000 rows
     on (measured here: 15,000 worked, 16,000 and 20,000 crashed with 2 threads; one thread worked) — EASE's
-    Gram matrix at a 20,000-item catalogue. The lower triangle is left as it was.
+    Gram matrix at a 20,000-item catalogue. The lower triangle is left as it was. ``progress`` hears the share of
+    the factorisation's arithmetic done after each block.
     """
     n = matrix.shape[0]
+    block = block or _CHOLESKY_BLOCK  # read at call time, so that tests can make blocks small
     for start in range(0, n, block):
         stop = min(start + block, n)
         factor, info = lapack.dpotrf(matrix[start:stop, start:stop].T, lower=True, clean=False)
@@ -195,6 +225,8 @@ def upper_cholesky(matrix: np.ndarray, block: int = _CHOLESKY_BLOCK) -> None:
         for column in range(stop, n, block):
             end = min(column + block, n)
             matrix[stop:end, column:end] -= panel[:, : end - stop].T @ panel[:, column - stop : end - stop]
+        if progress is not None:
+            progress(_triangle_share(n - stop, n, power=3))
 
 
 def mirror_upper(matrix: np.ndarray, block: int = 1024) -> None:
