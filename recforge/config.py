@@ -50,7 +50,11 @@ class RunConfig(BaseModel):
     top_n: int = Field(default=50, ge=1, le=10_000, description="Recommendations published per user and model.")
     k: int = Field(default=10, ge=1, le=1000, description="Cut-off of the top-N evaluation metrics.")
     test_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of each user's latest events held out.")
-    primary_metric: str = Field(default="ndcg", description="Metric @k that picks the champion model.")
+    primary_metric: str = Field(
+        default="ndcg",
+        description="Metric that picks the champion model: a top-N metric at the cut-off k (ndcg, map, mrr, "
+        "precision, recall, hit_rate) or a rating error (rmse, mae).",
+    )
     impute: dict[str, str] = Field(
         default_factory=dict,
         description='Per attribute column: {"users.age": "median" | "mean" | "most_frequent" | "constant:VALUE" | '
@@ -121,6 +125,28 @@ class RunConfig(BaseModel):
         for name in names:
             get_model_class(name)  # raises with the list of valid names
         return list(dict.fromkeys(names))
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        # Checked here, before any data is read: an unknown name ("ndgc") used to give a completed run without a
+        # champion, and "ndcg@5" failed the run after every model had trained.
+        from recforge.champion import LOWER_IS_BETTER
+        from recforge.metrics import TOPN_KEYS
+
+        known = (*TOPN_KEYS, *sorted(LOWER_IS_BETTER))
+        name = value.strip().lower()
+        if name in known:
+            return name
+        metric, at, cutoff = name.partition("@")
+        if at and metric in TOPN_KEYS and cutoff.isdigit():
+            raise ValueError(
+                f"primary_metric {value!r}: name the metric alone and set its cut-off with k "
+                f"(primary_metric = {metric!r}, k = {cutoff})"
+            )
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown primary_metric {value!r}{hint}; choose from: {', '.join(known)}")
 
     @field_validator("families")
     @classmethod

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from recforge.champion import (
     Candidate,
@@ -16,7 +18,9 @@ from recforge.champion import (
     keep_standing_champion,
     select_champion,
 )
+from recforge.config import RunConfig
 from recforge.evaluation import evaluate_full
+from recforge.metrics import TOPN_KEYS
 from recforge.split import temporal_holdout
 from recforge.store import ChampionDecision
 from recmodels.baselines.popularity import Popularity
@@ -173,6 +177,26 @@ def test_selects_from_full_evaluations() -> None:
     np.testing.assert_array_equal(cand.users, evaluation.per_user.index.to_numpy())
     got = select_champion([evaluation], ChampionRules(primary_metric="ndcg@2", coverage_floor=0.1))
     assert got.model == "popularity" and got.value == pytest.approx(evaluation.value("ndcg@2"))
+    # Every metric a run may name as its primary one picks a champion (RunConfig refuses the others).
+    for metric in TOPN_KEYS:
+        got = select_champion([evaluation], ChampionRules(primary_metric=f"{metric}@2", coverage_floor=0.1))
+        assert got.model == "popularity" and got.value == pytest.approx(evaluation.value(f"{metric}@2")), metric
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("ndgc", "unknown primary_metric 'ndgc' (did you mean 'ndcg'?)"),
+        ("ndcg@5", "name the metric alone and set its cut-off with k (primary_metric = 'ndcg', k = 5)"),
+        ("coverage", "unknown primary_metric 'coverage'; choose from: precision, recall, ndcg"),
+    ],
+)
+def test_the_run_config_refuses_a_primary_metric_that_cannot_pick_a_champion(value: str, message: str) -> None:
+    # Before, "ndgc" gave a completed run without a champion, and "ndcg@5" failed the run after every model trained.
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        RunConfig(primary_metric=value)
+    assert RunConfig(primary_metric=" NDCG ").primary_metric == "ndcg"
+    assert RunConfig(primary_metric="rmse").primary_metric == "rmse"
 
 
 def _selection(model: str | None, value: float, metric: str = "ndcg@10") -> ChampionSelection:
