@@ -359,7 +359,11 @@ def evaluate_full(
 
     attributes: sp.csr_matrix | None = None
     ild_note = "skipped: no item attributes given"
-    if item_attributes is not None:
+    if item_attributes is not None and attribute_column not in item_attributes.columns:
+        # Item attributes are optional, and so is their label column (a shop's catalogue has a category, not
+        # genres): diversity is left out then, not every model failed.
+        ild_note = f"skipped: the items table has no column {attribute_column!r}"
+    elif item_attributes is not None:
         attributes = item_attribute_matrix(item_attributes, index, attribute_column)
         ild_note = "computed"
         if attributes.nnz == 0:

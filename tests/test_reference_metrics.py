@@ -173,6 +173,13 @@ def test_evaluate_full_without_attributes_skips_diversity_and_groups_by_fixed_th
     no_genres = ITEMS.assign(genres=pd.Series([None] * 5, dtype="str"))
     skipped = evaluate_full(Popularity, tiny_split(), ks=(2,), item_attributes=no_genres, bootstrap=0)
     assert "ild" not in set(skipped.summary["metric"]) and "no training item has a value" in skipped.info["ild"]
+    # A catalogue without the label column (a shop's: item_id, title, category) skips diversity too; it failed
+    # every model's evaluation, so nothing was published.
+    catalogue = ITEMS.drop(columns="genres").assign(category="shoes")
+    skipped = evaluate_full(Popularity, tiny_split(), ks=(2,), item_attributes=catalogue, bootstrap=0)
+    assert "ild" not in set(skipped.summary["metric"]) and skipped.info["ild"] == (
+        "skipped: the items table has no column 'genres'"
+    )
     with pytest.raises(KeyError, match="available"):
         got.value("ild@2")
 
