@@ -18,6 +18,7 @@ goes to the ``backfill`` table artifact, and the flow fails at the end if any da
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -35,6 +36,7 @@ from sqlalchemy import func, select
 
 from flows.runners import THREAD_VARIABLES, available_cores, runs_side_by_side
 from recforge.config import ConfigError, RunConfig, build_config, resolve_db_url
+from recforge.data.contract import DataError
 from recforge.data.sources import SourceSpec
 from recforge.store import Store, mask_source, publications_table, recommendations_table, runs_table, to_naive_utc
 from recmodels.blas import blas_threads
@@ -76,8 +78,8 @@ def as_of_dates(start: date, end: date, step: int = 1) -> list[datetime]:
     return [datetime.combine(start + timedelta(days=i * step), datetime.min.time(), UTC) for i in range(count)]
 
 
-#: Run settings that change what a run publishes (besides source, as_of and models): a date published with other
-#: values is not "already published" for a backfill with these.
+#: Run settings that change what a run publishes (besides the source, compared in full by :func:`output_settings`,
+#: as_of and models): a date published with other values is not "already published" for a backfill with these.
 OUTPUT_SETTINGS = (
     "top_n",
     "k",
@@ -94,10 +96,24 @@ OUTPUT_SETTINGS = (
 
 
 def output_settings(parameters: Mapping[str, Any], models: list[str]) -> dict[str, Any]:
-    """The recorded parameters (``RunConfig.recorded_parameters()``) that shape the published rows of ``models``."""
+    """The recorded parameters (``RunConfig.recorded_parameters()``) that shape the published rows of ``models``.
+
+    The source counts in full: the runs table's ``source`` is a log line that shortens a SQL query to its first
+    60 characters, and a backfill with a query changed further on skipped every date, serving the old query's rows.
+    """
     settings = {name: parameters.get(name) for name in OUTPUT_SETTINGS}
     settings["model_params"] = {m: p for m, p in (parameters.get("model_params") or {}).items() if m in models}
+    settings["source"] = _source_settings(parameters.get("source") or {})
     return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def _source_settings(source: Mapping[str, Any]) -> dict[str, Any] | Mapping[str, Any]:
+    """Every setting of a recorded source, defaults filled in: ``{"kind": "csv"}`` and the same with ``sep: None``
+    spelled out are one source. A recorded source this version cannot read stays as it was recorded."""
+    try:
+        return dataclasses.asdict(SourceSpec.from_mapping(source))
+    except (DataError, TypeError, ValueError):
+        return source
 
 
 def published_runs(

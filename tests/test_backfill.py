@@ -98,6 +98,28 @@ def _run(url: str, config: RunConfig, **options: Any) -> tuple[Any, list[dict[st
     return state, records
 
 
+def test_a_source_that_differs_anywhere_is_another_source_for_the_skip() -> None:
+    # The runs table's source line shortens a query to 60 characters: a backfill whose WHERE clause changed
+    # further on skipped every date and kept serving the old query's rows.
+    query = "SELECT user_id, item_id, rating, ts AS timestamp FROM events WHERE region = '{}'"
+    eu, us = (
+        RunConfig(source={"kind": "sql", "source_url": "sqlite:///src.db", "query": query.format(r)})
+        for r in ("EU", "US")
+    )
+    assert mask_source(SourceSpec.from_mapping(eu.source).describe()) == mask_source(
+        SourceSpec.from_mapping(us.source).describe()
+    )
+    assert output_settings(eu.recorded_parameters(), ["popularity"]) != output_settings(
+        us.recorded_parameters(), ["popularity"]
+    )
+    # Spelled-out defaults are the same source; a recorded source this version cannot read is compared as it is.
+    spelled = RunConfig(source={**eu.source, "sep": None, "timestamp_unit": "s"})
+    assert output_settings(spelled.recorded_parameters(), ["popularity"]) == output_settings(
+        eu.recorded_parameters(), ["popularity"]
+    )
+    assert output_settings({"source": {"kind": "gone"}}, ["popularity"])["source"] == {"kind": "gone"}
+
+
 @pytest.mark.flow
 @pytest.mark.usefixtures("prefect_harness")
 def test_backfill_failed_date_rerun_skips_and_force_replaces(tmp_path: Path) -> None:
