@@ -35,7 +35,7 @@ from prefect.runtime import flow_run
 from sqlalchemy import func, select
 
 from flows.runners import THREAD_VARIABLES, available_cores, runs_side_by_side
-from recforge.config import ConfigError, RunConfig, build_config, resolve_db_url
+from recforge.config import ConfigError, RunConfig, build_config, refuse_future_as_of, resolve_db_url
 from recforge.data.contract import DataError
 from recforge.data.sources import SourceSpec
 from recforge.store import Store, mask_source, publications_table, recommendations_table, runs_table, to_naive_utc
@@ -305,13 +305,15 @@ def backfill(
         One record per date, in date order: date, status (completed, partial, failed, skipped), rows
         (recommendation rows of that as_of after the run), champion, error, run_id, seconds.
     """
-    logger = get_run_logger()
     if concurrency < 1:
         raise ConfigError(f"backfill concurrency must be at least 1, got {concurrency}")
     config = config or RunConfig()
     if models is not None:
         config = build_config({**config.model_dump(exclude_none=True), "models": models}, origin="backfill models")
     dates = as_of_dates(start, end, step)
+    # Also checked by the CLI; a run of the backfill/manual deployment (the dashboard's form) comes here directly.
+    refuse_future_as_of(dates[-1], "end", "an end date up to today")
+    logger = get_run_logger()
     if child_deployment is not None:
         _require_deployment(child_deployment)
     store = Store(resolve_db_url(db_url))

@@ -14,10 +14,18 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
-from recforge.config import DB_URL_ENV, ConfigError, RunConfig, build_config, load_toml, resolve_db_url
+from recforge.config import (
+    DB_URL_ENV,
+    ConfigError,
+    RunConfig,
+    build_config,
+    load_toml,
+    refuse_future_as_of,
+    resolve_db_url,
+)
 from recforge.data.contract import DataError
 from recforge.malloc import tune_malloc
 
@@ -449,22 +457,9 @@ def _format_leaderboard(summary: dict[str, Any]) -> str:
     return board.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
-def _refuse_future(as_of: datetime | None, option: str) -> None:
-    """A run publishes for an instant that has passed: the champion view serves the latest ``as_of``, so one in the
-    future (a typo such as 2062 for 2026) would stay served over every nightly run until that day."""
-    if as_of is None:
-        return
-    limit = datetime.now(UTC) + timedelta(days=1)
-    if as_of > limit:
-        raise ConfigError(
-            f"{option} {as_of.isoformat()} is in the future; the published tables would serve it over every run "
-            "until then. Give a date up to today (or leave --as-of out for now)"
-        )
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    _refuse_future(config.as_of, "--as-of")
+    refuse_future_as_of(config.as_of, "--as-of", "a date up to today (or leave --as-of out for now)")
     if args.db_url:
         # Passed by environment, not as a flow parameter, so a password never shows among the run's parameters.
         os.environ[DB_URL_ENV] = args.db_url
@@ -852,7 +847,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from flows.runners import check_dask_scheduler, make_task_runner
 
     as_of_dates(args.start, args.end, args.step)  # a bad range fails here, before Prefect starts
-    _refuse_future(datetime.combine(args.end, datetime.min.time(), UTC), "--end")
+    refuse_future_as_of(datetime.combine(args.end, datetime.min.time(), UTC), "--end", "an --end up to today")
     make_task_runner(config.task_runner, config.max_workers, config.dask_address)  # so does a bad runner
     if config.task_runner == "dask" and config.dask_address:
         check_dask_scheduler(config.dask_address)

@@ -30,7 +30,7 @@ from flows.runners import (
 )
 from recforge import handoff, progress
 from recforge.champion import ChampionSelection, keep_standing_champion
-from recforge.config import RunConfig, resolve_db_url
+from recforge.config import RunConfig, refuse_future_as_of, resolve_db_url
 from recforge.data.sources import SourceSpec
 from recforge.memory import MemoryWatch, publish_advice, runner_advice
 from recforge.pipeline import (
@@ -77,6 +77,8 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
     the pipeline runs as a child flow run on the configured one.
     """
     config = config or RunConfig()
+    # The CLI refuses this before Prefect starts; a deployment's run (parameters from the dashboard) comes here.
+    refuse_future_as_of(config.as_of, "config.as_of", "an as_of up to today, or none for now")
     logger = get_run_logger()
     context = FlowRunContext.get()
     current_runner = runner_name(context.task_runner) if context is not None else config.task_runner

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -286,6 +286,27 @@ def check_model_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
             problems.append(f"{where}: {message}" if where else message)
         raise ValueError(f"{name}: " + "; ".join(problems)) from None
     return {field: getattr(config, field) for field in params}
+
+
+#: How far ahead of the clock an as_of may lie: a day, for a date given in a time zone ahead of UTC.
+FUTURE_AS_OF_SLACK = timedelta(days=1)
+
+
+def refuse_future_as_of(as_of: datetime | None, option: str, instead: str) -> None:
+    """Raise :class:`ConfigError` for an ``as_of`` more than :data:`FUTURE_AS_OF_SLACK` ahead of the clock.
+
+    A run publishes for an instant that has passed: the champion view serves the latest ``as_of``, so one in the
+    future (a typo such as 2062 for 2026) would stay served over every nightly run until that day. The CLI checks
+    before Prefect starts; the flows check again for runs started from a deployment or the dashboard. ``option``
+    names the setting as the caller knows it, ``instead`` what to give.
+    """
+    if as_of is None:
+        return
+    if as_of > datetime.now(UTC) + FUTURE_AS_OF_SLACK:
+        raise ConfigError(
+            f"{option} {as_of.isoformat()} is in the future; the published tables would serve it over every run "
+            f"until then. Give {instead}"
+        )
 
 
 def resolve_db_url(explicit: str | None = None) -> str:

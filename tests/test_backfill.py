@@ -98,6 +98,19 @@ def _run(url: str, config: RunConfig, **options: Any) -> tuple[Any, list[dict[st
     return state, records
 
 
+def test_the_flows_refuse_a_future_as_of_as_the_cli_does(tmp_path: Path) -> None:
+    # A run of the backfill/manual or recommend/nightly deployment (parameters typed in the dashboard) does not
+    # pass through the CLI: a typo such as 2062 for 2026 published a date served over every nightly run till then.
+    from flows.backfill import backfill
+    from flows.recommend import recommend
+
+    with pytest.raises(ConfigError, match=r"end 2999-01-01T00:00:00\+00:00 is in the future"):
+        backfill.fn(start=date(2998, 12, 1), end=date(2999, 1, 1), db_url=f"sqlite:///{tmp_path / 'b.db'}")
+    with pytest.raises(ConfigError, match=r"config.as_of 2999-01-01T00:00:00\+00:00 is in the future"):
+        recommend.fn(config=RunConfig(as_of=datetime(2999, 1, 1, tzinfo=UTC)), db_url=f"sqlite:///{tmp_path / 'r.db'}")
+    assert not (tmp_path / "b.db").exists() and not (tmp_path / "r.db").exists()  # refused before anything
+
+
 def test_a_source_that_differs_anywhere_is_another_source_for_the_skip() -> None:
     # The runs table's source line shortens a query to 60 characters: a backfill whose WHERE clause changed
     # further on skipped every date and kept serving the old query's rows.
