@@ -37,7 +37,7 @@ from sqlalchemy import func, select
 from flows.runners import THREAD_VARIABLES, available_cores, runs_side_by_side
 from recforge.config import ConfigError, RunConfig, build_config, refuse_future_as_of, resolve_db_url
 from recforge.data.contract import DataError
-from recforge.data.sources import SourceSpec
+from recforge.data.sources import SourceSpec, check_paths
 from recforge.store import Store, mask_source, publications_table, recommendations_table, runs_table, to_naive_utc
 from recmodels.blas import blas_threads
 
@@ -313,6 +313,9 @@ def backfill(
     dates = as_of_dates(start, end, step)
     # Also checked by the CLI; a run of the backfill/manual deployment (the dashboard's form) comes here directly.
     refuse_future_as_of(dates[-1], "end", "an end date up to today")
+    if child_deployment is None:
+        # Checked once: every date would fail on it, each with a run row (a deployment's workers have their own).
+        check_paths(SourceSpec.from_mapping(config.source))
     logger = get_run_logger()
     if child_deployment is not None:
         _require_deployment(child_deployment)

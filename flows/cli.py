@@ -170,7 +170,12 @@ def _parse_param(text: str) -> tuple[str, str, Any]:
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     """The options that describe a pipeline run (source, models, database, runner), shared by run and backfill."""
     parser.add_argument("--config", help="TOML file with run options ([run] table); flags override it")
-    parser.add_argument("--dataset", choices=DATASET_KINDS, help="data source kind (default: synthetic)")
+    parser.add_argument(
+        "--dataset",
+        choices=DATASET_KINDS,
+        help="data source kind (default: csv or parquet with --interactions, sql with --source-url, movielens-100k "
+        "with --data-dir, else synthetic)",
+    )
     parser.add_argument("--data-dir", help="movielens-100k: folder with u.data/u.user/u.item or RecBole files")
     parser.add_argument("--interactions", help="csv/parquet: interactions file (.csv, .tsv, .parquet, RecBole .inter)")
     parser.add_argument("--users", help="csv/parquet: optional users attribute file")
@@ -392,6 +397,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             source["kind"] = "parquet"
         elif "interactions" in source:
             source["kind"] = "csv"
+        elif "data_dir" in source:  # only MovieLens reads a folder: the synthetic default ignored it
+            source["kind"] = "movielens-100k"
         else:
             source["kind"] = "synthetic"
     values["source"] = source
@@ -457,9 +464,20 @@ def _format_leaderboard(summary: dict[str, Any]) -> str:
     return board.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
+def _refuse_missing_paths(config: RunConfig) -> None:
+    """A source folder or file that is not there, refused before Prefect starts (a backfill ran every date into it)."""
+    from recforge.data.sources import SourceSpec, check_paths
+
+    try:
+        check_paths(SourceSpec.from_mapping(config.source))
+    except DataError as exc:
+        raise ConfigError(f"{exc}; check the path options (--data-dir, --interactions, --users, --items)") from exc
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     refuse_future_as_of(config.as_of, "--as-of", "a date up to today (or leave --as-of out for now)")
+    _refuse_missing_paths(config)
     if args.db_url:
         # Passed by environment, not as a flow parameter, so a password never shows among the run's parameters.
         os.environ[DB_URL_ENV] = args.db_url
@@ -848,6 +866,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     as_of_dates(args.start, args.end, args.step)  # a bad range fails here, before Prefect starts
     refuse_future_as_of(datetime.combine(args.end, datetime.min.time(), UTC), "--end", "an --end up to today")
+    if args.deployment is None:  # a deployment's runs read their files on its workers, not here
+        _refuse_missing_paths(config)
     make_task_runner(config.task_runner, config.max_workers, config.dask_address)  # so does a bad runner
     if config.task_runner == "dask" and config.dask_address:
         check_dask_scheduler(config.dask_address)

@@ -111,6 +111,18 @@ def test_the_flows_refuse_a_future_as_of_as_the_cli_does(tmp_path: Path) -> None
     assert not (tmp_path / "b.db").exists() and not (tmp_path / "r.db").exists()  # refused before anything
 
 
+def test_a_backfill_refuses_a_missing_folder_once_not_for_every_date(tmp_path: Path) -> None:
+    from flows.backfill import backfill
+    from recforge.data.contract import DataError
+
+    config = RunConfig(source={"kind": "movielens-100k", "data_dir": str(tmp_path / "nodir")})
+    with pytest.raises(DataError, match=r"MovieLens folder .*nodir does not exist"):
+        backfill.fn(
+            start=date(1998, 4, 1), end=date(1998, 4, 6), config=config, db_url=f"sqlite:///{tmp_path / 'b.db'}"
+        )
+    assert not (tmp_path / "b.db").exists()  # no run rows: nothing ran
+
+
 def test_a_source_that_differs_anywhere_is_another_source_for_the_skip() -> None:
     # The runs table's source line shortens a query to 60 characters: a backfill whose WHERE clause changed
     # further on skipped every date and kept serving the old query's rows.

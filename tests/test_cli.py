@@ -189,6 +189,17 @@ def test_models_command_shows_hyperparameters(capsys: pytest.CaptureFixture[str]
         (["run", "--interactions", "x.csv", "--columns", "user_id=a,oops=b"], "oops"),
         (["run", "--rating-range", "5,1"], "min < max"),
         (["run", "--config", "/no/such/file.toml"], "does not exist"),
+        # Missing paths, before Prefect starts: a backfill ran (and recorded as failed) every date into them.
+        (["run", "--data-dir", "/no/such/dir"], "MovieLens folder /no/such/dir does not exist"),
+        (
+            ["backfill", "--start", "1998-04-01", "--end", "1998-04-06", "--data-dir", "/no/such/dir"],
+            "MovieLens folder /no/such/dir does not exist; pass the folder that holds u.data; check the path options",
+        ),
+        (["run", "--interactions", "/no/events.csv"], "interactions file /no/events.csv does not exist"),
+        (
+            ["run", "--interactions", __file__, "--items", "/no/items.csv"],
+            "items file /no/items.csv does not exist (or is not a file)",
+        ),
     ],
 )
 def test_bad_options_give_a_message_not_a_traceback(

@@ -220,6 +220,20 @@ def check_complete(spec: SourceSpec) -> None:
             raise DataError("source kind 'sql' needs exactly one of table (--table) or query (--query)")
 
 
+def check_paths(spec: SourceSpec) -> None:
+    """Raise a DataError naming the first folder or file of ``spec`` that is not there (cheap: reads no data).
+
+    For callers that would otherwise run many times into the same missing path, such as a backfill's dates.
+    """
+    if spec.kind == "movielens-100k" and spec.data_dir is not None and not Path(spec.data_dir).is_dir():
+        raise DataError(f"MovieLens folder {spec.data_dir} does not exist; pass the folder that holds u.data")
+    if spec.kind in ("csv", "parquet"):
+        for setting in ("interactions", "users", "items"):
+            path = getattr(spec, setting)
+            if path is not None and not Path(path).is_file():
+                raise DataError(f"{setting} file {path} does not exist (or is not a file)")
+
+
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
