@@ -46,7 +46,7 @@ from recmodels.coldstart import (
 )
 from recmodels.coldstart.chain import CONTENT_LABEL, MODEL_LABEL, NEIGHBOURS_LABEL
 from recmodels.data import Interactions
-from recmodels.explain import explain
+from recmodels.explain import POPULAR_REASON, explain
 from recmodels.knn.item import ItemKNN
 from recmodels.neural.training import NeuralRecommender
 from recmodels.neural.warm_start import WarmStart
@@ -530,7 +530,7 @@ def _reasons(
         reasons[rows] = explanation.reasons(labels)
     segment = np.char.startswith(strategy.astype(str), "segment_popularity:")
     reasons[segment] = [f"popular with users like you ({s.split(':', 1)[1]})" for s in strategy[segment]]
-    reasons[strategy == "popularity"] = "popular with everyone"
+    reasons[strategy == "popularity"] = POPULAR_REASON
     reasons[strategy == CONTENT_LABEL] = "new, and like what you enjoyed"
     return reasons
 

@@ -63,6 +63,7 @@ from recmodels.torch_utils import torch_threads
 
 __all__ = [
     "KINDS",
+    "POPULAR_REASON",
     "SEQUENCE_OCCLUSIONS",
     "Explanation",
     "als_user_factor",
@@ -73,6 +74,8 @@ __all__ = [
 ]
 
 KINDS: tuple[str, ...] = ("neighbours", "latent_similarity", "sequence", "popularity")
+#: The reason of a row ranked by global popularity (the popularity model, users a model does not know).
+POPULAR_REASON = "popular with everyone"
 
 #: Sequence models: how many of a user's newest events are occluded one at a time. The network's state is shaped
 #: mostly by the newest events, and each occlusion is one more forward pass per user.
@@ -135,17 +138,19 @@ class Explanation:
             for position in range(1, count):
                 listed = listed + (" and " if position == count - 1 else ", ") + parts[:, position]
             out[rows] = prefixes[(kinds[rows] == "sequence").astype(np.intp)] + listed
-        out[kinds == "popularity"] = "popular with users like you"
+        # Global popularity: the same list for everyone, so "users like you" would claim a likeness never used.
+        out[kinds == "popularity"] = POPULAR_REASON
         return out.tolist()
 
 
 def format_reason(kind: str, cited_item_labels: Sequence[str], explicit: bool = True) -> str:
     """A short reason: "because you rated A and B" (``explicit``) / "because you interacted with A and B" /
-    "popular with users like you"; sequence models say "recently". Rows with nothing to cite get a generic text."""
+    "popular with everyone" (:data:`POPULAR_REASON`); sequence models say "recently". Rows with nothing to cite get
+    a generic text."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose from: {', '.join(KINDS)}")
     if kind == "popularity":
-        return "popular with users like you"
+        return POPULAR_REASON
     labels = list(cited_item_labels)
     if not labels:
         return "based on your history"

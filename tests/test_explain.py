@@ -49,7 +49,7 @@ def test_format_reason() -> None:
     implicit = format_reason("latent_similarity", ["A", "B", "C"], explicit=False)
     assert implicit == "because you interacted with A, B and C"
     assert format_reason("sequence", ["A"], explicit=False) == "because you recently interacted with A"
-    assert format_reason("popularity", []) == "popular with users like you"
+    assert format_reason("popularity", []) == "popular with everyone"  # global: no likeness to claim
     assert format_reason("neighbours", []) == "based on your history"
     with pytest.raises(ValueError, match="unknown kind"):
         format_reason("magic", ["A"])
@@ -151,7 +151,7 @@ def test_popularity_unknown_users_and_padding() -> None:
     assert ex.cited.shape == (4, 3) and ex.weights.dtype == np.float32
     assert ex.kinds.tolist() == ["popularity", "neighbours", "popularity", "neighbours"]
     assert (ex.cited[:3] == -1).all()  # unknown user, padding item, unknown user
-    assert ex.reasons(["A", "B", "C"])[0] == "popular with users like you"
+    assert ex.reasons(["A", "B", "C"])[0] == "popular with everyone"
     assert ex.reasons(["A", "B", "C"])[3] == "because you interacted with B"
 
 
