@@ -777,6 +777,10 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from recforge.privacy import PrivacyConfig, pseudonym_key, pseudonymise_id
     from tasks.caching import purge_cached_results
 
+    if not str(args.user).strip():
+        # An erasure of "" matches nobody, yet would be recorded for good and reported as done.
+        print("recforge: forget needs a user id; got an empty one", file=sys.stderr)
+        return 2
     store = _published_store(args.db_url, upgrade=True)
     # Every form the tables may hold: the raw id (runs without pseudonymisation, before or after), and its pseudonym
     # whenever the key is at hand. One form only left the other's rows readable, and a run with the other setting
@@ -792,10 +796,17 @@ def cmd_forget(args: argparse.Namespace) -> int:
     for form in forms.values():
         for table, rows in store.forget_user(form, note=args.note).items():
             deleted[table] += rows
+    padded = str(args.user) != str(args.user).strip()
     found = (
         f"deleted {deleted['recommendations']} recommendation and {deleted['features']} feature rows"
         if any(deleted.values())
-        else "no published rows of this user were found (check the id if you expected some)"
+        else "no published rows of this user were found (check the id if you expected some"
+        + (
+            f"; it begins or ends with spaces, which ids read from CSV files never do: did you mean "
+            f"{str(args.user).strip()!r}?)"
+            if padded
+            else ")"
+        )
     )
     print(
         f"forgot user {args.user!r} ({' and '.join(forms)}) in {store.url_masked}: {found}; recorded in table "

@@ -159,6 +159,28 @@ def test_store_forget_deletes_rows_and_records_the_erasure(tmp_path: Path) -> No
     store.dispose()
 
 
+def test_forget_refuses_an_empty_id_and_points_out_a_padded_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+
+    monkeypatch.delenv(DEFAULT_KEY_ENV, raising=False)
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    store = Store(url)
+    store.create_schema()
+    run_id = store.start_run(dataset="toy", source="toy", as_of=AS_OF, parameters={}, flow_run_id=None)
+    store.publish(run_id, AS_OF, _recs("pop", {"196": ["a", "b"]}), ChampionDecision("pop", "ndcg", 1, ""))
+    # An erasure of "" matched nobody, yet was recorded for good and reported as done.
+    assert main(["forget", "--user", " ", "--db-url", url]) == 2
+    assert "forget needs a user id; got an empty one" in capsys.readouterr().err
+    assert store.erased_users() == set()
+    main(["forget", "--user", " 196", "--db-url", url])
+    said = capsys.readouterr().out
+    assert "no published rows of this user were found" in said and "did you mean '196'?" in said, said
+    assert len(store.read_recommendations("196")) == 2  # the id as given, nothing else, was erased
+    store.dispose()
+
+
 def _stored_payload(path: Path) -> bytes:
     """A file of Prefect's result storage, its result decoded when it is a result record."""
     raw = path.read_bytes()
