@@ -30,7 +30,10 @@ def prepare_data(
     logger.info("rows per stage: %s", data.row_counts)
     lines = [f"| {k} | {v:,} |" for k, v in data.row_counts.items()]
     imputed = [
-        f"| {r['table']} | {r['column']} | {r['strategy']} | {r['value']} | {r['filled']:,} |" for r in data.imputation
+        "| "
+        + " | ".join(markdown_cell(r[key]) for key in ("table", "column", "strategy", "value"))
+        + f" | {r['filled']:,} |"
+        for r in data.imputation
     ]
     create_markdown_artifact(
         key="preparation",
@@ -52,3 +55,9 @@ def prepare_data(
         description="Row counts per stage and cleaning summary",
     )
     return data
+
+
+def markdown_cell(value: object) -> str:
+    """``value`` as the text of one Markdown table cell: a fill value such as ``Drama|Crime`` (labels are
+    ``|``-separated) split its row into one cell too many, and a line break ended the table."""
+    return str(value).replace("\r\n", " ").replace("\n", " ").replace("\r", " ").replace("|", "\\|")

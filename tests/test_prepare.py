@@ -386,3 +386,11 @@ def test_ages_that_are_not_numbers_or_not_plausible_become_missing() -> None:
     numeric = pd.DataFrame({"user_id": ["a", "b"], "age": [30.0, 120.0]})
     same, none = blank_implausible_ages(numeric)
     assert same is numeric and none == 0
+
+
+def test_preparation_artifact_cells_keep_labels_and_line_breaks_inside_their_cell() -> None:
+    from tasks.prepare import markdown_cell
+
+    row = "| " + " | ".join(markdown_cell(v) for v in ("items", "category", "most_frequent", "Drama|Crime\nx")) + " |"
+    assert row == "| items | category | most_frequent | Drama\\|Crime x |"
+    assert row.replace("\\|", "").count("|") == 5  # four cells: the label's bar is escaped
