@@ -512,15 +512,23 @@ def _print_run_summary(summary: dict[str, Any], config: RunConfig, args: argpars
         print(f"Left out: {name} — {reason}")
     if summary.get("report"):
         print(f"Report: {summary['report']}")
-    print(f"Champion: {summary['champion']} ({summary['champion_reason']})")
-    print(f"Published to {summary['database']}: {summary['rows_written']}")
-    print(
-        "Tables: recommendations, champion_recommendations (view), publications, model_metrics, runs, features, "
-        "champions, erasures"
-    )
+    published = bool((summary.get("rows_written") or {}).get("recommendations"))
+    if summary.get("champion") is not None:
+        print(f"Champion: {summary['champion']} ({summary['champion_reason']})")
+    else:  # the reason says why ("no champion chosen: …"); without one, no model was there to choose from
+        print(f"Champion: none ({summary.get('champion_reason') or 'no model finished its evaluation'})")
+    if published:
+        print(f"Published to {summary['database']}: {summary['rows_written']}")
+        print(
+            "Tables: recommendations, champion_recommendations (view), publications, model_metrics, runs, features, "
+            "champions, erasures"
+        )
+    else:
+        print(f"Published to {summary['database']}: nothing (the tables keep serving what they served before)")
     if summary.get("data_docs"):
         print(f"Validation report (Great Expectations Data Docs): {summary['data_docs']}")
-    print(f"Try: recforge recommendations --user <id>{' --db-url ...' if args.db_url else ''}")
+    if published:
+        print(f"Try: recforge recommendations --user <id>{' --db-url ...' if args.db_url else ''}")
 
 
 def _published_store(db_url: str | None, upgrade: bool = False) -> Store:

@@ -389,7 +389,7 @@ def _summary_artifact(summary: dict[str, Any], cleaning: str, validation: str) -
 
 - **data set**: {summary["dataset"]}, as of {summary["as_of"]}
 - **status**: {summary["status"]}
-- **champion**: {summary["champion"]} — {summary["champion_reason"]}
+- **champion**: {summary["champion"] or "none"} — {summary["champion_reason"] or "no model finished its evaluation"}
 - **database**: `{summary["database"]}`
 - **report**: {summary.get("report") or "not written (see the flow run's logs)"}
 - **validation**: {validation}

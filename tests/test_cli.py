@@ -493,3 +493,27 @@ def test_the_temporary_server_runs_in_a_session_of_its_own() -> None:
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_run_that_published_nothing_says_so_and_suggests_no_lookup(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from flows.cli import _print_run_summary
+
+    summary = {
+        "run_id": "r1",
+        "dataset": "shop",
+        "as_of": "2026-01-01",
+        "status": "failed",
+        "leaderboard": [],
+        "champion": None,
+        "champion_reason": None,
+        "database": "sqlite:///x.db",
+        "rows_written": {},
+    }
+    _print_run_summary(summary, RunConfig(), argparse.Namespace(db_url=None))
+    out = capsys.readouterr().out
+    # It said "Champion: None (None)" and "Try: recforge recommendations …" for rows that did not exist.
+    assert "Champion: none (no model finished its evaluation)" in out
+    assert "Published to sqlite:///x.db: nothing (the tables keep serving what they served before)" in out
+    assert "Try:" not in out and "(None)" not in out
