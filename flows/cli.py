@@ -910,12 +910,17 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     import pandas as pd
 
     table = pd.DataFrame(records, columns=list(OUTCOME_COLUMNS))
+    table["rows"] = table["rows"].astype("Int64")  # a date without a count made the column float: 93900.0
     # Missing champion or error (None, read back as NaN): blank, not "NaN" / "nan".
     table = table.astype(object).where(table.notna(), "")
-    table["error"] = table["error"].map(lambda e: str(e)[:80])
+    errors = table.loc[table["error"].astype(str) != "", ["date", "error"]]
+    table["error"] = table["error"].map(lambda e: str(e)[:80] + "…" if len(str(e)) > 80 else str(e))
     print()
     print(f"recforge backfill {args.start} to {args.end} every {args.step} day(s):")
     print(table.to_string(index=False))
+    # The table cuts errors short, often right before the fix: each error in full, once, with its dates.
+    for error, dates in errors.groupby("error", sort=False)["date"]:
+        print(f"\n{', '.join(map(str, dates))}: {error}")
     return 1 if isinstance(result, BackfillFailed) else 0
 
 

@@ -247,9 +247,15 @@ def test_cli_backfill_reports_each_date(
     # A failing date makes the command fail, after the other dates ran.
     assert main([*argv, "--start", "2023-12-31", "--step", "69"]) == 1
     out = capsys.readouterr().out
-    lines = out[out.rindex("recforge backfill") :].splitlines()[2:]
+    table_text, *errors = out[out.rindex("recforge backfill") :].split("\n\n")
+    lines = table_text.splitlines()[2:]
     assert [line.split()[:2] for line in lines] == [["2023-12-31", "failed"], ["2024-03-09", "skipped"]]
     assert lines[0].split()[2:4] == ["0", "DataError:"]  # no champion: a blank, not NaN
+    # The table cuts errors short (often right before the fix); below it each one is whole, with its dates.
+    [error] = [e.strip() for e in errors]
+    assert error.startswith("2023-12-31: DataError: no interactions of 'synthetic' happened before") and (
+        "the data's first event is" in error  # the end of the message, past the table's 80 characters
+    ), error
     assert main([*argv, "--start", "2024-03-10"]) == 2  # end before start: a usage error, nothing runs
     assert "before start" in capsys.readouterr().err
     # Dates meant to run as runs of a deployment that does not exist: refused before any child starts.
