@@ -16,6 +16,7 @@ flow run's thread, with Prefect futures.
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,9 @@ class ModelTasks:
 
     evaluations: dict[str, PrefectFuture[Any]] = field(default_factory=dict)
     refits: dict[str, PrefectFuture[Any]] = field(default_factory=dict)
+    # Tasks given up on (see ``run_model_tasks``' ``deadline``), by model and "evaluation" / "refit": why. Their
+    # futures may never finish, so nothing may wait on them.
+    overdue: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def run_model_tasks(
@@ -50,6 +54,7 @@ def run_model_tasks(
     submit_evaluation: SubmitEvaluation,
     submit_refit: SubmitRefit,
     limit: int | None,
+    deadline: float | None = None,
 ) -> ModelTasks:
     """Submit each model's evaluation, then its refit once the evaluation has completed.
 
@@ -59,6 +64,11 @@ def run_model_tasks(
     dependency shows in the Prefect UI. An evaluation task that did not complete (timed out, crashed, its worker
     killed) gets no refit, so ``refits`` lacks that model: submitted anyway, the process runner resolved the failed
     input in the flow's process and raised from ``wait()``, which failed the whole run instead of that model.
+
+    ``deadline``: seconds after its submission when a task that has not finished is given up on (recorded in
+    ``ModelTasks.overdue``, cancelled where the runner can, its slot freed). A task's own time budget is enforced
+    where it runs; a task whose worker is gone (every worker of a Dask cluster lost) never finishes, and the run
+    waited for it until a new worker came.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be ≥ 1 or None, got {limit}")
@@ -69,10 +79,39 @@ def run_model_tasks(
     finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()  # filled by the runner's callbacks
     tasks = ModelTasks()
 
+    submitted: dict[PrefectFuture[Any], float] = {}
+
     def track(future: PrefectFuture[Any], name: str, is_refit: bool) -> PrefectFuture[Any]:
         in_flight[future] = (name, is_refit)
+        submitted[future] = time.monotonic()
         future.add_done_callback(finished.put)
         return future
+
+    def next_finished() -> list[PrefectFuture[Any]]:
+        """What has finished, waiting for the first; the overdue tasks given up on once the deadline passes."""
+        while True:
+            wait = None
+            if deadline is not None:
+                limit_s = deadline
+                wait = max(0.0, min(submitted[f] for f in in_flight) + limit_s - time.monotonic())
+            try:
+                done = [finished.get(timeout=wait)]
+            except queue.Empty:
+                now = time.monotonic()
+                for future in [f for f in in_flight if now - submitted[f] >= limit_s]:
+                    name, is_refit = in_flight.pop(future)
+                    tasks.overdue[(name, "refit" if is_refit else "evaluation")] = (
+                        f"no result {limit_s:.0f} s after it was handed to the task runner: its worker was lost, "
+                        "or no worker ever took it (a Dask cluster without workers)"
+                    )
+                    _cancel(future)
+                return []
+            while not finished.empty():
+                done.append(finished.get())
+            # A callback of a task given up on may still come: it is no longer in flight.
+            done = [f for f in done if f in in_flight]
+            if done:
+                return done
 
     def remaining(name: str, is_refit: bool) -> float:
         return cost.get(name, 1.0) / (2.0 if is_refit else 1.0)
@@ -88,15 +127,24 @@ def run_model_tasks(
                 assert evaluation is not None
                 waiting.pop(0)
                 tasks.evaluations[evaluation] = track(submit_evaluation(evaluation), evaluation, False)
+        if not in_flight:
+            continue
         # Everything that has finished by now, not just the first: the next choice sees every ready refit.
-        done = [finished.get()]
-        while not finished.empty():
-            done.append(finished.get())
-        for future in done:
+        for future in next_finished():
             name, is_refit = in_flight.pop(future)
             if not is_refit and _completed(future):
                 ready_refits.append(name)
     return tasks
+
+
+def _cancel(future: PrefectFuture[Any]) -> None:
+    """Ask the runner to drop a task given up on (a Dask future is cancelled on the scheduler); best effort."""
+    wrapped = getattr(future, "wrapped_future", None)
+    try:
+        if wrapped is not None and hasattr(wrapped, "cancel"):
+            wrapped.cancel()
+    except Exception:  # a lost cluster may not answer: the task is given up on all the same
+        pass
 
 
 def _completed(future: PrefectFuture[Any]) -> bool:

@@ -157,13 +157,22 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
                 threads,
             ),
             slots,
+            deadline=_flow_side_deadline(config.model_timeout_s),
         )
         evaluations, refits = tasks.evaluations, tasks.refits
-        results: list[ModelEvaluation] = [_evaluation_result(n, evaluations[n]) for n in names]
+        results: list[ModelEvaluation] = [
+            _overdue_result(n, tasks.overdue[(n, "evaluation")])
+            if (n, "evaluation") in tasks.overdue
+            else _evaluation_result(n, evaluations[n])
+            for n in names
+        ]
         recommendations: list[ModelRecommendations] = []
         refit_errors: dict[str, str] = {}
         for name in names:
             if name not in refits:  # its evaluation task did not complete: that error is the model's
+                continue
+            if (name, "refit") in tasks.overdue:  # never waited on: it may never finish
+                refit_errors[name] = f"refit timed out: {tasks.overdue[(name, 'refit')]}"
                 continue
             try:
                 refits[name].wait()
@@ -348,6 +357,23 @@ def _champions_around(
 
 def _order_line(costs: dict[str, float]) -> str:
     return ", ".join(f"{n} {c:.1f}" for n, c in sorted(costs.items(), key=lambda item: -item[1]))
+
+
+def _flow_side_deadline(model_timeout_s: float | None) -> float | None:
+    """When the flow gives up on a model task that has not finished: its budget plus as much again (at least a
+    minute) for the worker to report the timeout it enforces itself. None without a budget."""
+    return None if model_timeout_s is None else model_timeout_s + max(60.0, model_timeout_s)
+
+
+def _overdue_result(name: str, why: str) -> ModelEvaluation:
+    """A failed evaluation for a task the flow gave up on."""
+    return ModelEvaluation(
+        model=name,
+        family=get_model_class(name).family,
+        metrics={},
+        seconds=float("nan"),
+        error=f"evaluation timed out: {why}",
+    )
 
 
 def _evaluation_result(name: str, future: PrefectFuture[ModelEvaluation]) -> ModelEvaluation:

@@ -121,6 +121,44 @@ def test_a_crashed_evaluation_gets_no_refit_and_the_rest_run() -> None:
     assert ("a", "refit") not in {(name, kind) for name, kind, *_ in _events}
 
 
+_lost_worker = threading.Event()
+
+
+@task
+def _never_answers(name: str) -> str:
+    _lost_worker.wait(30)  # as a task on a Dask worker that was killed: no result ever comes back
+    return name
+
+
+def test_a_task_that_never_finishes_is_given_up_after_the_deadline_and_the_rest_run() -> None:
+    # Every worker of a Dask cluster lost: the task's own time budget, enforced on the worker, never fires, and
+    # the run waited for it until a new worker came.
+    _events.clear()
+    _lost_worker.clear()
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
+    def models() -> tuple[dict[tuple[str, str], str], dict[str, str], float]:
+        start = time.perf_counter()
+        tasks = run_model_tasks(
+            ["lost", "fine"],
+            {"lost": 2.0, "fine": 1.0},
+            lambda n: _never_answers.submit(n) if n == "lost" else _evaluate.submit(n, 0.05),
+            lambda n, evaluation: _refit.submit(n, evaluation, 0.05),
+            limit=1,
+            deadline=1.0,
+        )
+        took = time.perf_counter() - start
+        _lost_worker.set()  # let the thread end, so that the flow's runner can shut down
+        for future in tasks.refits.values():
+            future.wait()
+        return tasks.overdue, {n: f.state.type.value for n, f in tasks.refits.items()}, took
+
+    overdue, refits, took = models()
+    assert list(overdue) == [("lost", "evaluation")] and "no result 1 s after" in overdue[("lost", "evaluation")]
+    assert refits == {"fine": "COMPLETED"}  # the slot was freed for the next model
+    assert took < 10
+
+
 def test_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="limit"):
         run_model_tasks(["a"], {}, lambda n: Any, lambda n, e: Any, 0)  # type: ignore[arg-type,return-value]
