@@ -202,7 +202,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
             previous, standing = _champions_around(url, as_of, dataset.name)
             selection = choose_champion(ok_results, config.primary_metric, config.k, previous=previous)
             # A rerun of this date with some of the models must not demote a better champion it did not retrain.
-            selection = keep_standing_champion(selection, standing, {r.model for r in recommendations})
+            selection = keep_standing_champion(selection, standing, {r.model for r in recommendations}, failed)
         champion = selection.to_decision() if selection is not None and selection.model else None
         metrics = metrics_frame(results, config.k, refits=recommendations)
         if recommendations:

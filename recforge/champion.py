@@ -186,7 +186,10 @@ class ChampionSelection:
 
 
 def keep_standing_champion(
-    selection: ChampionSelection, standing: ChampionDecision | None, retrained: Collection[str]
+    selection: ChampionSelection,
+    standing: ChampionDecision | None,
+    retrained: Collection[str],
+    failed: Collection[str] = (),
 ) -> ChampionSelection:
     """``selection``, or no champion when this date's standing one should stay.
 
@@ -194,6 +197,8 @@ def keep_standing_champion(
     rows of that date stay published, the standing champion's too. Its value was measured on the same date, so a
     candidate replaces it only by scoring better on the same metric; otherwise no champion row is written and the
     view keeps serving it (before, the rerun's best model replaced a better champion that nothing had retrained).
+    ``failed``: the models this run tried and that failed; a standing champion among them is kept too (its rows
+    stay published), and the reason says it failed rather than that it was not retrained.
     """
     if standing is None or standing.model in retrained or standing.metric != selection.metric:
         return selection
@@ -212,9 +217,13 @@ def keep_standing_champion(
     )
     # Not followed by the selection's own "chose <model>: …": printed as "Champion: None (kept als … chose
     # popularity …)" it said both that there was no champion and that another had been chosen.
+    why = (
+        "failed in this run (its published rows of this date stay)"
+        if standing.model in failed
+        else "this run did not retrain"
+    )
     reason = (
-        f"kept {standing.model}, this date's champion ({standing.metric} {_fmt(standing.value)}), which this run "
-        f"did not retrain: {best}"
+        f"kept {standing.model}, this date's champion ({standing.metric} {_fmt(standing.value)}), which {why}: {best}"
     )
     return replace(selection, model=None, reason=reason, kept=standing.model)
 

@@ -230,3 +230,13 @@ def test_a_rerun_with_some_models_keeps_a_better_standing_champion(
         f"kept {standing.model}, this date's champion ({standing.metric} {standing.value:.4f})"
     )
     assert out.kept == standing.model and selection.reason not in out.reason  # no "chose <other>" beside "kept"
+
+
+def test_a_standing_champion_that_failed_in_this_run_is_kept_and_the_reason_says_it_failed() -> None:
+    # Its rows of the date stay published (a failure never changes what was published), but "which this run did
+    # not retrain" was untrue for a model this run tried (a timed-out bpr).
+    standing = ChampionDecision("bpr", "ndcg@10", 0.2, "r")
+    out = keep_standing_champion(_selection("popularity", 0.1), standing, {"popularity"}, failed={"bpr"})
+    assert out.model is None and out.kept == "bpr"
+    assert "which failed in this run (its published rows of this date stay): popularity scores 0.1000" in out.reason
+    assert "did not retrain" not in out.reason
