@@ -55,6 +55,7 @@ from recmodels.base import Recommender, RunSettings
 from recmodels.data import Interactions
 from recmodels.mf.als import ALS, ALSConfig
 from recmodels.mf.bpr import BPR, BPRConfig
+from recmodels.torch_utils import torch_threads
 
 K = 10
 
@@ -106,12 +107,14 @@ def run_ours(
 ) -> None:
     """Fit and rank with a recforge model; appends its times to ``timing``."""
     model = make()
-    start = time.perf_counter()
-    model.fit(train, settings)
-    timing.fit.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    items, _ = model.recommend(users, K)
-    timing.recommend.append(time.perf_counter() - start)
+    # The thread count for the ranking too, as implicit's num_threads: a fit puts torch's own count back.
+    with torch_threads(settings.threads):
+        start = time.perf_counter()
+        model.fit(train, settings)
+        timing.fit.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        items, _ = model.recommend(users, K)
+        timing.recommend.append(time.perf_counter() - start)
     if timing.ndcg is None:
         timing.ndcg = _ndcg(items, relevant, train.n_items)
 

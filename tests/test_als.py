@@ -176,8 +176,10 @@ def test_scores_are_factor_products_and_seed_determines_them() -> None:
 def test_device_and_threads_settings_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     data = _random_interactions(seed=8)
     torch.set_num_threads(2)  # the autouse fixture restores the original count
-    ALS(ALSConfig(factors=3, iterations=1)).fit(data, RunSettings(device="cpu", threads=1))
-    assert torch.get_num_threads() == 1
+    during: list[int] = []
+    settings = RunSettings(device="cpu", threads=1, progress=lambda s, f: during.append(torch.get_num_threads()))
+    ALS(ALSConfig(factors=3, iterations=1)).fit(data, settings)
+    assert during == [1] and torch.get_num_threads() == 2  # the fit's count, then the caller's again
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA GPU"):
         ALS(ALSConfig(factors=3, iterations=1)).fit(data, RunSettings(device="cuda"))
@@ -185,13 +187,13 @@ def test_device_and_threads_settings_are_honoured(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize(
     ("threaded_pairs", "threads", "training_threads", "threads_after"),
-    [(10**9, 2, 1, 2), (10**9, None, 1, 3), (0, 2, 2, 2), (0, None, 3, 3)],
+    [(10**9, 2, 1, 3), (10**9, None, 1, 3), (0, 2, 2, 3), (0, None, 3, 3)],
 )
 def test_small_data_trains_on_one_thread_whatever_the_setting(
     monkeypatch: pytest.MonkeyPatch, threaded_pairs: int, threads: int | None, training_threads: int, threads_after: int
 ) -> None:
-    """Below ``_THREADED_PAIRS`` observed pairs a fit trains on one thread; an explicit count still becomes the
-    process's setting, and larger data trains with it (or with torch's own count when none is named)."""
+    """Below ``_THREADED_PAIRS`` observed pairs a fit trains on one thread; larger data trains with the count
+    named (or with torch's own when none is); either way the caller's count is put back afterwards."""
     monkeypatch.setattr(als_module, "_THREADED_PAIRS", threaded_pairs)
     during: list[int] = []
     torch.set_num_threads(3)  # the autouse fixture restores the original count

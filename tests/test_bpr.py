@@ -220,7 +220,7 @@ def test_device_threads_and_progress(monkeypatch: pytest.MonkeyPatch) -> None:
     BPR(BPRConfig(factors=4, epochs=2)).fit(
         data, RunSettings(device="cpu", threads=1, progress=lambda s, f: seen.append((s, f)))
     )
-    assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2  # the caller's count, put back
     assert seen == [("bpr", 0.5), ("bpr", 1.0)]
     # Without a thread setting the fit runs single-threaded and puts torch's setting back afterwards.
     torch.set_num_threads(2)
@@ -233,13 +233,13 @@ def test_device_threads_and_progress(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("batch_size", "threads", "training_threads", "threads_after"),
-    [(64, 2, 1, 2), (64, None, 1, 3), (1 << 16, 2, 2, 2), (1 << 16, None, 1, 3)],
+    [(64, 2, 1, 3), (64, None, 1, 3), (1 << 16, 2, 2, 3), (1 << 16, None, 1, 3)],
 )
 def test_small_steps_train_on_one_thread_whatever_the_setting(
     batch_size: int, threads: int | None, training_threads: int, threads_after: int
 ) -> None:
-    """An explicit thread count stays the process's setting, but only steps of millions of values train with it
-    (64 factors × 65,536 triples here); smaller ones, and fits that name no count, train on one thread."""
+    """Only steps of millions of values train with an explicit thread count (64 factors × 65,536 triples here);
+    smaller ones, and fits that name no count, train on one thread; the caller's count is put back afterwards."""
     data, _, _ = _planted(4)
     during: list[int] = []
     torch.set_num_threads(3)  # the autouse fixture restores the original count

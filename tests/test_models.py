@@ -5,6 +5,7 @@ A new model joins by being registered and naming its minimum NDCG@10 under the s
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -225,6 +226,25 @@ def test_same_seed_same_result(name: str, ml_train: Interactions) -> None:
     first = get_model_class(name)().fit(small, RunSettings(seed=3)).score(users)
     second = get_model_class(name)().fit(small, RunSettings(seed=3)).score(users)
     np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_a_fit_puts_torchs_thread_count_back(name: str, ml_train: Interactions) -> None:
+    import torch
+
+    # torch's count is process-wide: als and bpr left the fit's count behind for whatever ran next in the
+    # process (a notebook, a benchmark), even after a fit that failed.
+    small = ml_train.subset(ml_train.user < 60)
+    caller = torch.get_num_threads()
+    get_model_class(name)().fit(small, RunSettings(seed=3, threads=caller + 1))
+    assert torch.get_num_threads() == caller
+
+    def stop(stage: str, done: float) -> None:
+        raise KeyboardInterrupt("stopped")
+
+    with contextlib.suppress(KeyboardInterrupt):  # models that report no progress fit to the end
+        get_model_class(name)().fit(small, RunSettings(seed=3, threads=caller + 1, progress=stop))
+    assert torch.get_num_threads() == caller
 
 
 def test_load_refuses_other_model_and_pickles(ml_train: Interactions, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ import torch
 
 from recmodels.base import ModelConfig, Recommender, RunSettings
 from recmodels.data import Interactions
-from recmodels.torch_utils import dense_product, resolve_device, set_threads, sparse_csr, torch_threads
+from recmodels.torch_utils import dense_product, resolve_device, sparse_csr, torch_threads
 
 __all__ = ["ALS", "ALSConfig", "RowPlan", "als_loss", "confidence_matrix", "conjugate_gradient_update"]
 
@@ -111,8 +111,11 @@ class ALS(Recommender):
 
     def _fit(self, data: Interactions, settings: RunSettings) -> None:
         device = resolve_device(settings.device)
-        set_threads(settings.threads)  # as every model does: an explicit count is the process's setting from now on
-        with torch_threads(1 if device.type == "cpu" and data.binary.nnz < _THREADED_PAIRS else None):
+        # The fit's count, put back afterwards as every model does (torch's setting is process-wide).
+        with (
+            torch_threads(settings.threads),
+            torch_threads(1 if device.type == "cpu" and data.binary.nnz < _THREADED_PAIRS else None),
+        ):
             self._train(data, settings, device)
 
     def _train(self, data: Interactions, settings: RunSettings, device: torch.device) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from recmodels.base import ModelConfig, Recommender, RunSettings
 from recmodels.data import Interactions
-from recmodels.torch_utils import dense_product, resolve_device, seeded_generator, set_threads, torch_threads
+from recmodels.torch_utils import dense_product, resolve_device, seeded_generator, torch_threads
 
 __all__ = [
     "BPR",
@@ -121,14 +121,14 @@ class BPR(Recommender):
         device = resolve_device(settings.device)
         if data.n_items < 2:
             raise ValueError(f"bpr needs at least 2 items to sample negatives; the data has {data.n_items}")
-        set_threads(settings.threads)  # as every model does: an explicit count is the process's setting from now on
         # A step works on a few (batch × f) arrays: too small for intra-op threads to pay for waking each other.
         # Two threads made a fit on ML-100K 2.9× slower than one at the default batch (1.03 vs 0.36 s for 30
         # epochs, idle 2-core machine) and 4–6× on a busy one, so such steps run on one thread whatever
         # RunSettings.threads says, and so does every fit that names no thread count.
         big_steps = self.config.batch_size * self.config.factors >= _THREADED_STEP_VALUES
         threaded = device.type != "cpu" or (big_steps and settings.threads is not None)
-        with torch_threads(None if threaded else 1):
+        # The fit's count, put back afterwards as every model does (torch's setting is process-wide).
+        with torch_threads(settings.threads), torch_threads(None if threaded else 1):
             self._train(data, settings, device)
 
     def _train(self, data: Interactions, settings: RunSettings, device: torch.device) -> None:
