@@ -380,6 +380,22 @@ def test_item_knn_rejects_bad_config() -> None:
         get_model_class("item_knn").config_class(neighbors=0)
 
 
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("item_knn", {"min_similarity": 1.5}), ("user_knn", {"min_similarity": 5.0}), ("item_knn", {"exponent": 1e6})],
+)
+def test_knn_settings_that_drop_every_similarity_fail_the_fit(name: str, params: dict[str, float]) -> None:
+    # Every score was 0 and each list the first unseen items by index (272, 273, 274, …), evaluated and published.
+    cls = get_model_class(name)
+    rng = np.random.default_rng(0)
+    data = Interactions.from_arrays(rng.integers(0, 50, 500), rng.integers(0, 30, 500), n_users=50, n_items=30)
+    with pytest.raises(ValueError, match=r"no similarity is left to rank by: .* share .* in the data, but min_sim"):
+        cls(cls.config_class(**params)).fit(data)
+    assert cls().fit(data).similarity_.nnz > 0  # the defaults keep some on the same data
+    lonely = Interactions.from_arrays(np.arange(3), np.arange(3), n_users=3, n_items=3)  # no two share anything
+    assert cls(cls.config_class(**params)).fit(lonely).similarity_.nnz == 0  # nothing to lose: not an error
+
+
 def test_popularity_counts_distinct_users_and_recent_window() -> None:
     data = _tiny()
     model = get_model_class("popularity")().fit(data)

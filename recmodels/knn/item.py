@@ -229,9 +229,27 @@ class NeighbourhoodRecommender(Recommender):
         assert history is not None
         self.history_: sp.csr_matrix = history
         self.similarity_ = self._ranking_similarity(history, settings)
+        self._refuse_empty_similarity(history)
         self.rating_model_: RatingNeighbourhood | None = None
         if cfg.mode == "rating":
             self.rating_model_ = self._fit_rating_model(settings)
+
+    def _refuse_empty_similarity(self, history: sp.csr_matrix) -> None:
+        """Fail when the data has co-occurrences but the settings dropped every similarity: every score would be 0
+        and the lists the first items by index (``min_similarity=1.5``, ``exponent=1e6`` passed and published)."""
+        if np.count_nonzero(self.similarity_.data):  # stored values can underflow to 0 (a huge exponent)
+            return
+        shared = (
+            np.bincount(history.indices, minlength=history.shape[1]) if self.user_based else np.diff(history.indptr)
+        )
+        if shared.size and int(shared.max()) >= 2:
+            cfg = self.config
+            shared_what = "users share items" if self.user_based else "items share users"
+            raise ValueError(
+                f"{self.name}: no similarity is left to rank by: {shared_what} in the data, but "
+                f"min_similarity={cfg.min_similarity:g}, exponent={cfg.exponent:g} and shrinkage={cfg.shrinkage:g} "
+                "dropped every one; lower min_similarity (similarities are at most 1 unless BM25-weighted) or exponent"
+            )
 
     def _ranking_similarity(self, history: sp.csr_matrix, settings: RunSettings) -> sp.csr_matrix:
         cfg = self.config
