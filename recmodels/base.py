@@ -37,8 +37,35 @@ SCORE_BATCH_VALUES = 4_000_000
 #: ``recommend`` cuts a user set that would fit one batch into one batch per thread, of at least this many users.
 MIN_SPLIT_BATCH = 64
 
+#: The most intra-op threads ``RunSettings`` accepts: far above any machine's cores, far below what crashed torch.
+MAX_THREADS = 1024
+
 ProgressCallback = Callable[[str, float], None]
 """Called as ``progress(stage, fraction_done)`` by iterative models."""
+
+
+def user_indices(users: object) -> np.ndarray:
+    """``users`` as a 1-D int64 array, refusing what is not a list of indices.
+
+    ``np.asarray(users, dtype=np.int64)`` truncated 0.9 to user 0, read booleans as users 0 and 1, wrapped a uint64
+    2**63 to a negative index (then served popularity), and a 2-D array or a scalar failed later with an unrelated
+    error.
+    """
+    array = np.asarray(users)
+    if array.ndim != 1:
+        raise ValueError(f"users must be a 1-D array of user indices, got an array of shape {array.shape}")
+    if array.size == 0:
+        return array.astype(np.int64)
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"users must hold integer user indices, got dtype {array.dtype}")
+    if array.dtype == np.uint64 and int(array.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"user index {int(array.max())} is beyond int64")
+    return array.astype(np.int64, copy=False)
+
+
+def _is_int(value: object) -> bool:
+    """A whole number of an integer type (numpy's included), not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
 
 @dataclass(frozen=True)
@@ -55,10 +82,18 @@ class RunSettings:
     progress: ProgressCallback | None = None
 
     def __post_init__(self) -> None:
-        if not 0 <= self.seed < 2**63:  # numpy's generators refuse negative seeds, deep inside a fit
+        # Checked here rather than deep inside a fit: numpy's generators refuse negative or fractional seeds there
+        # ("SeedSequence expects int"), True passed as seed 1, and torch crashed the interpreter (SIGSEGV) when
+        # asked for 100,000 threads.
+        for name, value in (("seed", self.seed), ("threads", self.threads), ("batch_size", self.batch_size)):
+            if not (value is None and name == "threads") and not _is_int(value):
+                raise ValueError(f"{name} must be a whole number, got {value!r} ({type(value).__name__})")
+        if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must lie in [0, 2**63), got {self.seed}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be ≥ 1 or None (the library default), got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise ValueError(
+                f"threads must lie in [1, {MAX_THREADS}] or be None (the library default), got {self.threads}"
+            )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
 
@@ -246,8 +281,10 @@ class Recommender(ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` item indices and scores per user, best first, as two ``(len(users), k)`` arrays.
 
-        Ties break by lower item index so that results are deterministic. When fewer than ``k`` items remain
-        after excluding seen ones, the tail is padded with item ``-1`` and score ``-inf``. Users are scored
+        ``users``: a 1-D array of user indices (an integer dtype); indices the model does not know get popularity.
+        ``k`` above the catalogue's size is cut to it. Ties break by lower item index so that results are
+        deterministic. When fewer than ``k`` items remain after excluding seen ones, the tail is padded with item
+        ``-1`` and score ``-inf``. Users are scored
         ``batch_size`` at a time, fewer on large catalogues so that a batch's dense scores stay under
         :data:`SCORE_BATCH_VALUES`, and fewer when that leaves a thread idle: a few hundred users are cut into one
         batch per thread (at least :data:`MIN_SPLIT_BATCH` users each), since a batch's seen-item mask and some
@@ -265,7 +302,7 @@ class Recommender(ABC):
         self._check_fitted()
         if k < 0:
             raise ValueError(f"k must be ≥ 0, got {k}")
-        users = np.asarray(users, dtype=np.int64)
+        users = user_indices(users)
         k = int(min(k, self.n_items_))
         batch_size = max(1, min(batch_size, SCORE_BATCH_VALUES // max(self.n_items_, 1)))
         workers = worker_threads(threads)

@@ -494,11 +494,42 @@ def test_recommend_names_the_model_and_users_whose_scores_are_nan(ml_train: Inte
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"seed": -1}, "seed must lie in"), ({"threads": 0}, "threads must be ≥ 1"), ({"batch_size": 0}, "batch_size")],
+    [
+        ({"seed": -1}, "seed must lie in"),
+        ({"threads": 0}, r"threads must lie in \[1, 1024\]"),
+        ({"batch_size": 0}, "batch_size"),
+        # Accepted before: fractional and text seeds failed deep in numpy, True became seed 1, and 100,000 threads
+        # crashed the interpreter in torch (SIGSEGV).
+        ({"seed": 3.0}, r"seed must be a whole number, got 3.0 \(float\)"),
+        ({"seed": True}, "seed must be a whole number, got True"),
+        ({"seed": "42"}, "seed must be a whole number"),
+        ({"threads": 100_000}, r"threads must lie in \[1, 1024\]"),
+        ({"threads": 1.5}, "threads must be a whole number"),
+        ({"threads": True}, "threads must be a whole number"),
+    ],
 )
-def test_run_settings_refuse_values_a_fit_would_fail_on_later(settings: dict[str, int], message: str) -> None:
+def test_run_settings_refuse_values_a_fit_would_fail_on_later(settings: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        RunSettings(**settings)
+        RunSettings(**settings)  # type: ignore[arg-type]
+    assert RunSettings(seed=np.int64(5), threads=np.int32(2)).seed == 5  # numpy's integers are whole numbers
+
+
+def test_recommend_refuses_what_is_not_a_list_of_user_indices() -> None:
+    model = get_model_class("item_knn")().fit(_tiny())
+    # Before: 0.9 and 1.7 were users 0 and 1, booleans users 0 and 1, a uint64 2**63 wrapped to a negative index
+    # (popularity), and a 2-D array or a scalar failed with an unrelated scipy or len() error.
+    for users, message in [
+        (np.array([0.9, 1.7]), "integer user indices, got dtype float64"),
+        (np.array([True, False]), "integer user indices, got dtype bool"),
+        (np.array([2**63], dtype=np.uint64), "beyond int64"),
+        (np.array([[0, 1]]), r"1-D array of user indices, got an array of shape \(1, 2\)"),
+        (np.int64(0), r"got an array of shape \(\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            model.recommend(users, 2)
+    items, _ = model.recommend(np.array([0, 1], dtype=np.uint8), 99)
+    assert items.shape == (2, 4)  # k beyond the catalogue is cut to it, as the docstring says
+    assert model.recommend([], 2)[0].shape == (0, 2)
 
 
 _SMALL = {"bpr": {"epochs": 5}, "neumf": {"max_epochs": 2}, "caser": {"max_epochs": 2}, "gru4rec": {"max_epochs": 2}}
