@@ -276,6 +276,13 @@ def check_model_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
             f"{name} has no hyperparameter {', '.join(hints)}; its hyperparameters: {', '.join(fields)} "
             f"(`recforge models --params {name}`)"
         )
+    # Pydantic's lax mode reads True as 1: `--param als.factors=true` trained one factor.
+    types = {h.name: h.type for h in described}
+    flags = [field for field, value in params.items() if isinstance(value, bool) and "bool" not in types[field]]
+    if flags:
+        raise ValueError(
+            f"{name}: " + "; ".join(f"{field}: takes {types[field]}, got {params[field]!r}" for field in flags)
+        )
     try:
         config = TypeAdapter(config_class).validate_python(dict(params))
     except ValidationError as exc:

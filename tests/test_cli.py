@@ -147,6 +147,9 @@ def test_model_params_from_toml_and_flags(tmp_path: Path) -> None:
         ({"item_knn": {"weighting": "bm26"}}, "item_knn: weighting: Input should be 'none', 'bm25' or 'tfidf'"),
         ({"bpr": {"learning_rate": "fast"}}, "bpr: learning_rate: Input should be a valid number"),
         ({"ease": {"regularization": "none"}}, "ease: regularization: Input should be a valid number"),
+        # Read as 1 before: `--param als.factors=true` trained one factor.
+        ({"als": {"factors": True}}, "als: factors: takes int, got True"),
+        ({"als": {"regularization": False}}, "als: regularization: takes float, got False"),
     ],
 )
 def test_bad_model_params_name_the_model_and_field(params: dict[str, dict[str, object]], message: str) -> None:
