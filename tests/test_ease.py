@@ -247,3 +247,13 @@ def test_ml100k_plain_ease_reaches_the_reference(ml_split: TemporalSplit) -> Non
 def test_ml100k_recency_weighted_default_beats_plain(ml_split: TemporalSplit) -> None:
     result = evaluate_topn(EASE, ml_split, settings=RunSettings(seed=1))
     assert result["ndcg"] >= 0.235, result  # 0.243 measured with the defaults
+
+
+def test_a_regularization_too_small_for_the_data_names_the_setting() -> None:
+    # 80 items seen by 50 users: XᵀX is singular, and λ = 1e-30 does not survive rounding. It failed with a bare
+    # "matrix is not positive definite (LAPACK dpotrf …)" that did not say which setting to change.
+    rng = np.random.default_rng(0)
+    data = Interactions.from_arrays(rng.integers(0, 50, 500), rng.integers(0, 80, 500), n_users=50, n_items=80)
+    with pytest.raises(ValueError, match=r"ease: regularization=1e-30 is too small .* the default is 1200"):
+        EASE(EASEConfig(regularization=1e-30)).fit(data)
+    assert EASE(EASEConfig(regularization=1.0)).fit(data).weights_.shape == (80, 80)

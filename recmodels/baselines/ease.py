@@ -86,9 +86,19 @@ class EASE(Recommender):
             )
         # Reported block by block: at 20,000 items the solve takes minutes, and a report is also where an
         # interrupted run stops its fit (a progress callback that raises ends it there).
-        self.weights_ = ease_weights(
-            data.binary, self.config.regularization, progress=lambda stage, done: settings.report(f"ease {stage}", done)
-        )
+        try:
+            self.weights_ = ease_weights(
+                data.binary,
+                self.config.regularization,
+                progress=lambda stage, done: settings.report(f"ease {stage}", done),
+            )
+        except np.linalg.LinAlgError as exc:
+            # XᵀX is only semi-definite (items bought by the same users are collinear): λ makes it invertible,
+            # and one too small to survive rounding leaves it singular.
+            raise ValueError(
+                f"ease: regularization={self.config.regularization:g} is too small to make XᵀX + λI invertible on "
+                f"this data ({exc}); use a larger one (the default is {EASEConfig().regularization:g})"
+            ) from exc
         self.history_ = (
             recency_weighted(data, self.config.recency_half_life) if self.config.recency_half_life is not None else None
         )
