@@ -254,6 +254,6 @@ def test_a_regularization_too_small_for_the_data_names_the_setting() -> None:
     # "matrix is not positive definite (LAPACK dpotrf …)" that did not say which setting to change.
     rng = np.random.default_rng(0)
     data = Interactions.from_arrays(rng.integers(0, 50, 500), rng.integers(0, 80, 500), n_users=50, n_items=80)
-    with pytest.raises(ValueError, match=r"ease: regularization=1e-30 is too small .* the default is 1200"):
+    with pytest.raises(ValueError, match=r"ease: regularization=1e-30 is too small .*the default is 1200"):
         EASE(EASEConfig(regularization=1e-30)).fit(data)
     assert EASE(EASEConfig(regularization=1.0)).fit(data).weights_.shape == (80, 80)
