@@ -65,6 +65,56 @@ def test_prefect_yaml_keeps_the_database_url_out() -> None:
     assert document["pull"][1]["flows.deploy.use_database_secret"] == {"block": DB_SECRET_BLOCK}
 
 
+def test_compose_gives_each_service_only_its_own_database_password() -> None:
+    compose = yaml.safe_load((REPO_ROOT / "deploy" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    text = {name: json.dumps(service) for name, service in services.items()}
+    # The Prefect server logged in as the superuser that also owned the recforge database, with the same password.
+    assert [n for n, t in text.items() if "RECFORGE_DB_PASSWORD" in t] == ["postgres", "deploy"]
+    assert [n for n, t in text.items() if "PREFECT_DB_PASSWORD" in t] == ["postgres", "prefect-server"]
+    assert [n for n, t in text.items() if "POSTGRES_PASSWORD" in t] == ["postgres"]
+    assert "//prefect:${PREFECT_DB_PASSWORD" in text["prefect-server"]
+    assert "//recforge:${RECFORGE_DB_PASSWORD" in text["deploy"]
+    for volume in services["postgres"]["volumes"]:
+        source = volume.split(":")[0]
+        if source.startswith("./"):
+            script = REPO_ROOT / "deploy" / source
+            assert script.is_file() and os.access(script, os.X_OK), script  # the image runs executable .sh files
+
+
+def test_compose_roles_cannot_reach_each_others_database() -> None:
+    import psycopg
+
+    from tests.pg import SUPERUSER, PostgresCluster, PostgresUnavailable
+
+    # Roles of other names than the compose file's: the test clusters' superuser is itself called recforge.
+    roles = {"prefect": "app_prefect", "recforge": "app_recforge"}
+    # Passwords with quotes and a semicolon: they reach SQL as psql variables, never spliced into statements.
+    passwords = {"app_prefect": "pre'fect pw", "app_recforge": 'rec"forge;DROP ROLE postgres'}
+    try:
+        cluster = PostgresCluster()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"PostgreSQL tests cannot run: {exc}", pytrace=False)
+    with cluster:
+        env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(cluster.port), "PGPASSWORD": cluster.password}
+        env |= {"POSTGRES_USER": SUPERUSER, "PREFECT_DB_USER": roles["prefect"], "RECFORGE_DB_USER": roles["recforge"]}
+        env |= {"PREFECT_DB_PASSWORD": passwords["app_prefect"], "RECFORGE_DB_PASSWORD": passwords["app_recforge"]}
+        script = REPO_ROOT / "deploy" / "postgres-init.sh"
+        subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True, text=True, timeout=60)
+
+        def connect(role: str, database: str) -> str:
+            info = {**cluster.conninfo(database), "user": role, "password": passwords[role]}
+            with psycopg.connect(**info, connect_timeout=10) as conn:
+                row = conn.execute("SELECT current_user").fetchone()
+                return str(row[0]) if row else ""
+
+        for role in roles.values():
+            assert connect(role, role) == role
+        for role, other in (("app_prefect", "app_recforge"), ("app_recforge", "app_prefect")):
+            with pytest.raises(psycopg.OperationalError, match="does not have CONNECT privilege"):
+                connect(role, other)
+
+
 def test_load_deployments_reports_bad_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_deployments(tmp_path / "missing.yaml")
