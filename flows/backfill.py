@@ -187,7 +187,7 @@ def _require_deployment(name: str) -> None:
         except ObjectNotFound:
             raise ConfigError(
                 f"deployment {name!r} does not exist on this Prefect server; deploy it (`recforge deploy`) or "
-                "leave child_deployment unset to run the dates as subflows"
+                "run the dates as subflows of the backfill (without --deployment; child_deployment unset)"
             ) from None
 
 

@@ -887,6 +887,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     refuse_future_as_of(datetime.combine(args.end, datetime.min.time(), UTC), "--end", "an --end up to today")
     if args.deployment is None:  # a deployment's runs read their files on its workers, not here
         _refuse_missing_paths(config)
+    else:
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():  # a temporary server would start, then hold no deployment at all
+            raise ConfigError(
+                f"--deployment {args.deployment} runs each date as a run of that deployment on a Prefect server, "
+                "and none is configured: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) to the server it "
+                "was deployed to, or leave --deployment out to run the dates here"
+            )
     make_task_runner(config.task_runner, config.max_workers, config.dask_address)  # so does a bad runner
     if config.task_runner == "dask" and config.dask_address:
         check_dask_scheduler(config.dask_address)

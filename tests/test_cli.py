@@ -199,6 +199,11 @@ def test_models_command_shows_hyperparameters(capsys: pytest.CaptureFixture[str]
             "MovieLens folder /no/such/dir does not exist; pass the folder that holds u.data; check the path options",
         ),
         (["run", "--interactions", "/no/events.csv"], "interactions file /no/events.csv does not exist"),
+        # A temporary server started, then said the deployment did not exist there and to `recforge deploy` it.
+        (
+            ["backfill", "--start", "1998-04-01", "--end", "1998-04-02", "--deployment", "recommend/nightly"],
+            "--deployment recommend/nightly runs each date as a run of that deployment on a Prefect server, and none",
+        ),
         (
             ["run", "--interactions", __file__, "--items", "/no/items.csv"],
             "items file /no/items.csv does not exist (or is not a file)",
