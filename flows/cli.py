@@ -583,6 +583,8 @@ def _in_stage_order(timings: dict[str, float]) -> list[tuple[str, float]]:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    if args.run is not None and not args.run.strip():  # an empty prefix matched every run: the list, not one run
+        raise ConfigError("--run needs a run id (or its first characters); `recforge runs` lists them")
     store = _published_store(args.db_url)
     if args.run:
         try:
@@ -844,7 +846,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     from recmodels.registry import DEFAULT_MODELS, get_model_class, model_names
 
     if args.params is not None:
-        return _print_hyperparameters(args.params or model_names())
+        # Names as --models takes them too ("als,item_knn"), besides one per argument.
+        names = [name.strip() for value in args.params for name in value.split(",") if name.strip()]
+        return _print_hyperparameters(names or model_names())
     print(f"{'model':<16} {'family':<26} {'predicts ratings':<17} {'needs ratings':<14} default")
     for name in model_names():
         cls = get_model_class(name)
@@ -942,6 +946,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.deploy import DEFAULT_PREFECT_FILE, serve
 
+    if args.timezone is not None:  # Prefect's schedule refused it with a raw validation error
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(args.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"--timezone {args.timezone!r} is not a time zone; use an IANA name such as Europe/Berlin or UTC"
+            ) from None
     serve(args.prefect_file or DEFAULT_PREFECT_FILE, cron=args.cron, timezone=args.timezone, db_secret=args.db_secret)
     return 0
 

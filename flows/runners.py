@@ -66,6 +66,11 @@ def check_dask_scheduler(address: str, timeout_s: float = 10.0) -> int:
     try:
         with Client(address, timeout=timeout_s) as client:
             workers = len(client.scheduler_info().get("workers", {}))
+    except ValueError as exc:  # not an address at all ("garbage addr"): a usage error like the others
+        raise ConfigError(
+            f"--dask-address {address!r} is not a Dask scheduler address ({exc}); give one such as "
+            "tcp://10.0.0.5:8786, or leave it out for a local cluster"
+        ) from None
     except (OSError, TimeoutError) as exc:
         raise ConfigError(
             f"--dask-address {address}: no Dask scheduler answered within {timeout_s:g} s ({type(exc).__name__}: "

@@ -173,6 +173,9 @@ def test_models_command_shows_hyperparameters(capsys: pytest.CaptureFixture[str]
     assert main(["models", "--params"]) == 0  # every model
     out = capsys.readouterr().out
     assert "gru4rec (neural)" in out and "  negatives = None  (int | None)" in out
+    assert main(["models", "--params", "als,item_knn"]) == 0  # as --models takes them
+    out = capsys.readouterr().out
+    assert "als (" in out and "item_knn (" in out
     assert main(["models", "--params", "alz"]) == 2
     assert "unknown model 'alz'" in capsys.readouterr().err
 
@@ -199,6 +202,12 @@ def test_models_command_shows_hyperparameters(capsys: pytest.CaptureFixture[str]
             "MovieLens folder /no/such/dir does not exist; pass the folder that holds u.data; check the path options",
         ),
         (["run", "--interactions", "/no/events.csv"], "interactions file /no/events.csv does not exist"),
+        (["runs", "--run", ""], "--run needs a run id"),  # an empty prefix listed every run
+        (["serve", "--timezone", "Mars/Olympus"], "--timezone 'Mars/Olympus' is not a time zone"),
+        (
+            ["run", "--task-runner", "dask", "--dask-address", "garbage addr"],
+            "--dask-address 'garbage addr' is not a Dask scheduler address",
+        ),
         # A temporary server started, then said the deployment did not exist there and to `recforge deploy` it.
         (
             ["backfill", "--start", "1998-04-01", "--end", "1998-04-02", "--deployment", "recommend/nightly"],
