@@ -147,7 +147,8 @@ def prepare(
         first = raw[TIMESTAMP].min()
         raise DataError(
             f"no interactions of {dataset.name!r} happened before as_of={as_of.isoformat()}: "
-            f"choose a later --as-of (the data's first event is {first if pd.notna(first) else 'absent'})"
+            "choose a later --as-of, or a later --start for a backfill (the data's first event is "
+            f"{first if pd.notna(first) else 'absent'})"
         )
     # Validation named rows by position in the whole file: keep those in the window, renumbered.
     positions = np.cumsum(window) - 1
