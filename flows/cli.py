@@ -461,7 +461,13 @@ def _format_leaderboard(summary: dict[str, Any]) -> str:
     board = board[columns]
     if "error" in board.columns and board["error"].isna().all():
         board = board.drop(columns="error")
+    elif "error" in board.columns:  # in full under the table (_print_run_summary): a line each, not a wide table
+        board["error"] = [_first_words(e) if isinstance(e, str) else "" for e in board["error"]]
     return board.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def _first_words(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _refuse_missing_paths(config: RunConfig) -> None:
@@ -508,6 +514,9 @@ def _print_run_summary(summary: dict[str, Any], config: RunConfig, args: argpars
     print(f"recforge run {summary['run_id']} — {summary['dataset']} as of {summary['as_of']}: {summary['status']}")
     print(f"Leaderboard (top-N metrics @{config.k} on the per-user temporal holdout):")
     print(_format_leaderboard(summary))
+    for row in summary["leaderboard"]:
+        if isinstance(row.get("error"), str):
+            print(f"Failed: {row['model']} — {row['error']}")
     for name, reason in (summary.get("skipped_models") or {}).items():
         print(f"Left out: {name} — {reason}")
     if summary.get("report"):

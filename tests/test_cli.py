@@ -534,3 +534,31 @@ def test_a_run_that_published_nothing_says_so_and_suggests_no_lookup(capsys: pyt
     assert "Champion: none (no model finished its evaluation)" in out
     assert "Published to sqlite:///x.db: nothing (the tables keep serving what they served before)" in out
     assert "Try:" not in out and "(None)" not in out
+
+
+def test_a_failed_models_error_is_printed_whole_below_the_leaderboard(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from flows.cli import _print_run_summary
+
+    error = "evaluation timed out: " + "x" * 200
+    summary = {
+        "run_id": "r1",
+        "dataset": "shop",
+        "as_of": "2026-01-01",
+        "status": "partial",
+        "leaderboard": [
+            {"model": "popularity", "family": "baseline", "ndcg": 0.1, "seconds": 1.0, "error": None},
+            {"model": "bpr", "family": "matrix_factorization", "ndcg": None, "seconds": None, "error": error},
+        ],
+        "champion": "popularity",
+        "champion_reason": "chose popularity",
+        "database": "sqlite:///x.db",
+        "rows_written": {"recommendations": 10},
+    }
+    _print_run_summary(summary, RunConfig(), argparse.Namespace(db_url=None))
+    out = capsys.readouterr().out
+    # The whole error sat in the table, making every row of it hundreds of characters wide.
+    table = out[out.index("Leaderboard") : out.index("Failed: ")]
+    assert max(len(line) for line in table.splitlines()) < 150
+    assert f"Failed: bpr — {error}\n" in out

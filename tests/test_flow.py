@@ -264,7 +264,7 @@ def test_corrupted_input_fails_at_validation_and_keeps_published_rows(tmp_path: 
         for u, i, r, t in good[["user_id", "item_id", "rating", "timestamp"]].itertuples(index=False)
     ]
     columns = {"user_id": "user", "item_id": "item", "rating": "stars", "timestamp": "ts"}
-    as_of = datetime(2030, 1, 1, tzinfo=UTC)
+    as_of = datetime(2025, 1, 1, tzinfo=UTC)  # after the synthetic log (2024)
     source = {
         "kind": "csv",
         "interactions": str(_write_csv(tmp_path / "good.csv", rows)),
@@ -343,7 +343,7 @@ def test_click_data_leaves_out_the_rating_models_it_was_not_asked_for(tmp_path: 
     url = f"sqlite:///{tmp_path / 'clicks.db'}"
     config = RunConfig(
         source={"kind": "csv", "interactions": str(path)},
-        as_of=datetime(2030, 1, 1, tzinfo=UTC),
+        as_of=datetime(2025, 1, 1, tzinfo=UTC),
         families=["matrix_factorization"],
         top_n=5,
         output_dir=str(tmp_path / "var"),
