@@ -275,9 +275,13 @@ def _add_pseudonymised_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _stored_user(args: argparse.Namespace) -> str:
+    from recforge.data.contract import DataError
     from recforge.privacy import PrivacyConfig, stored_user_id
 
-    return stored_user_id(args.user, PrivacyConfig(pseudonymise_users=args.pseudonymised))
+    try:
+        return stored_user_id(args.user, PrivacyConfig(pseudonymise_users=args.pseudonymised))
+    except DataError as exc:  # the key is missing: a setting of this command, not a problem of the data
+        raise ConfigError(f"--pseudonymised needs the key: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -178,6 +178,9 @@ def test_forget_refuses_an_empty_id_and_points_out_a_padded_one(
     said = capsys.readouterr().out
     assert "no published rows of this user were found" in said and "did you mean '196'?" in said, said
     assert len(store.read_recommendations("196")) == 2  # the id as given, nothing else, was erased
+    # Without the key, --pseudonymised is a setting this command lacks, not a problem of the data (it said so, exit 1).
+    assert main(["recommendations", "--user", "196", "--pseudonymised", "--db-url", url]) == 2
+    assert "--pseudonymised needs the key" in capsys.readouterr().err
     store.dispose()
 
 
