@@ -208,11 +208,6 @@ def test_models_command_shows_hyperparameters(capsys: pytest.CaptureFixture[str]
             ["run", "--task-runner", "dask", "--dask-address", "garbage addr"],
             "--dask-address 'garbage addr' is not a Dask scheduler address",
         ),
-        # A temporary server started, then said the deployment did not exist there and to `recforge deploy` it.
-        (
-            ["backfill", "--start", "1998-04-01", "--end", "1998-04-02", "--deployment", "recommend/nightly"],
-            "--deployment recommend/nightly runs each date as a run of that deployment on a Prefect server, and none",
-        ),
         (
             ["run", "--interactions", __file__, "--items", "/no/items.csv"],
             "items file /no/items.csv does not exist (or is not a file)",
@@ -562,3 +557,16 @@ def test_a_failed_models_error_is_printed_whole_below_the_leaderboard(capsys: py
     table = out[out.index("Leaderboard") : out.index("Failed: ")]
     assert max(len(line) for line in table.splitlines()) < 150
     assert f"Failed: bpr — {error}\n" in out
+
+
+def test_backfill_on_a_deployment_needs_a_configured_server(capsys: pytest.CaptureFixture[str]) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # A temporary server started, then said the deployment did not exist there and to `recforge deploy` it.
+    argv = ["backfill", "--start", "1998-04-01", "--end", "1998-04-02", "--deployment", "recommend/nightly"]
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # other tests' harness may have set one
+        assert main(argv) == 2
+    assert (
+        "--deployment recommend/nightly runs each date as a run of that deployment on a Prefect server, and none"
+        in capsys.readouterr().err
+    )
