@@ -275,7 +275,6 @@ def _add_pseudonymised_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _stored_user(args: argparse.Namespace) -> str:
-    from recforge.data.contract import DataError
     from recforge.privacy import PrivacyConfig, stored_user_id
 
     try:
