@@ -65,10 +65,12 @@ def run_model_tasks(
     killed) gets no refit, so ``refits`` lacks that model: submitted anyway, the process runner resolved the failed
     input in the flow's process and raised from ``wait()``, which failed the whole run instead of that model.
 
-    ``deadline``: seconds after its submission when a task that has not finished is given up on (recorded in
-    ``ModelTasks.overdue``, cancelled where the runner can, its slot freed). A task's own time budget is enforced
-    where it runs; a task whose worker is gone (every worker of a Dask cluster lost) never finishes, and the run
-    waited for it until a new worker came.
+    ``deadline``: seconds without any task finishing after which the runner is taken to have stopped making progress
+    and every task in flight is given up on (recorded in ``ModelTasks.overdue``, cancelled where the runner can).
+    Each task's own time budget is enforced where it runs, so a working runner finishes some task at least once
+    per budget, queued tasks included; a task whose worker is gone (every worker of a Dask cluster lost) never
+    finishes, and the run waited for it until a new worker came. Counted from each submission instead, healthy
+    tasks that waited in a busy cluster's queue were given up on.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be ≥ 1 or None, got {limit}")
@@ -79,38 +81,39 @@ def run_model_tasks(
     finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()  # filled by the runner's callbacks
     tasks = ModelTasks()
 
-    submitted: dict[PrefectFuture[Any], float] = {}
+    last_progress = time.monotonic()  # the latest finish (or the start)
 
     def track(future: PrefectFuture[Any], name: str, is_refit: bool) -> PrefectFuture[Any]:
         in_flight[future] = (name, is_refit)
-        submitted[future] = time.monotonic()
         future.add_done_callback(finished.put)
         return future
 
     def next_finished() -> list[PrefectFuture[Any]]:
-        """What has finished, waiting for the first; the overdue tasks given up on once the deadline passes."""
+        """What has finished, waiting for the first; everything in flight given up on once the runner has made no
+        progress for ``deadline`` seconds."""
+        nonlocal last_progress
         while True:
-            wait = None
-            if deadline is not None:
-                limit_s = deadline
-                wait = max(0.0, min(submitted[f] for f in in_flight) + limit_s - time.monotonic())
+            wait = None if deadline is None else max(0.0, last_progress + deadline - time.monotonic())
             try:
                 done = [finished.get(timeout=wait)]
             except queue.Empty:
-                now = time.monotonic()
-                for future in [f for f in in_flight if now - submitted[f] >= limit_s]:
-                    name, is_refit = in_flight.pop(future)
+                assert deadline is not None
+                for future, (name, is_refit) in list(in_flight.items()):
                     tasks.overdue[(name, "refit" if is_refit else "evaluation")] = (
-                        f"no result {limit_s:.0f} s after it was handed to the task runner: its worker was lost, "
-                        "or no worker ever took it (a Dask cluster without workers)"
+                        f"given up: no model task finished for {deadline:.0f} s, although each one's time budget "
+                        "ends it sooner; the task runner stopped making progress (its workers lost, or a task stuck "
+                        "where its budget cannot stop it)"
                     )
+                    del in_flight[future]
                     _cancel(future)
+                last_progress = time.monotonic()  # the tasks submitted next get a deadline of their own
                 return []
             while not finished.empty():
                 done.append(finished.get())
             # A callback of a task given up on may still come: it is no longer in flight.
             done = [f for f in done if f in in_flight]
             if done:
+                last_progress = time.monotonic()
                 return done
 
     def remaining(name: str, is_refit: bool) -> float:

@@ -360,8 +360,8 @@ def _order_line(costs: dict[str, float]) -> str:
 
 
 def _flow_side_deadline(model_timeout_s: float | None) -> float | None:
-    """When the flow gives up on a model task that has not finished: its budget plus as much again (at least a
-    minute) for the worker to report the timeout it enforces itself. None without a budget."""
+    """How long the flow waits for any model task to finish before it gives up on those in flight: the budget plus
+    as much again (at least a minute) for a worker to report the timeout it enforces itself. None without one."""
     return None if model_timeout_s is None else model_timeout_s + max(60.0, model_timeout_s)
 
 
