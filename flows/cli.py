@@ -394,16 +394,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         source = {"kind": args.dataset}
     source.update({k: v for k, v in flag_to_source.items() if v is not None})
     if "kind" not in source:
-        if "source_url" in source:
-            source["kind"] = "sql"
-        elif str(source.get("interactions", "")).endswith((".parquet", ".pq")):
-            source["kind"] = "parquet"
-        elif "interactions" in source:
-            source["kind"] = "csv"
-        elif "data_dir" in source:  # only MovieLens reads a folder: the synthetic default ignored it
-            source["kind"] = "movielens-100k"
-        else:
-            source["kind"] = "synthetic"
+        from recforge.data.sources import infer_kind
+
+        source["kind"] = infer_kind(source)  # recorded with the run, as the flags implied it
     values["source"] = source
     flags = {
         "models": None if args.models is None else args.models.split(","),

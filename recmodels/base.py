@@ -251,7 +251,7 @@ class Recommender(ABC):
         factors, biases), so all answer with popularity, as for an index they never saw.
         """
         self._check_fitted()
-        users = np.asarray(users, dtype=np.int64)
+        users = user_indices(users)
         known = (users >= 0) & (users < self.n_users_)
         known[known] = self._has_events(users[known])
         if known.all():  # the common case: no copy of what can be hundreds of MB of scores

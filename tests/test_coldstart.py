@@ -289,3 +289,17 @@ def test_chain_refuses_a_negative_k() -> None:
     data = Interactions.from_arrays(np.array([0, 1, 1]), np.array([0, 1, 2]), n_users=2, n_items=3)
     with pytest.raises(ValueError, match="k must be ≥ 0, got -1"):
         ColdStartChain().fit(data).recommend(np.array([0]), -1)
+
+
+def test_the_chain_refuses_what_is_not_a_list_of_user_indices() -> None:
+    # Floats were truncated (0.9 → user 0) and booleans read as users 0 and 1, as Recommender.recommend no longer does.
+    events = [(u, i) for u in range(6) for i in range(6) if (u + i) % 6]
+    users, items = (np.array(column) for column in zip(*events, strict=True))
+    data = Interactions.from_arrays(users, items, n_users=6, n_items=7)
+    chain = ColdStartChain().fit(data, model=Popularity().fit(data), neighbours=ItemKNN().fit(data))
+    for bad in (np.array([0.9, 1.7]), np.array([True, False])):
+        with pytest.raises(ValueError, match="integer user indices"):
+            chain.recommend_with_strategy(bad, 2)
+        with pytest.raises(ValueError, match="integer user indices"):
+            chain.recommend(bad, 2)
+    assert chain.recommend_with_strategy(np.array([0, 9]), 2)[0].shape == (2, 2)  # 9: unknown, served the fallback

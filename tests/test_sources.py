@@ -1046,3 +1046,19 @@ def test_only_passing_io_failures_are_retried(tmp_path: Path, zip_server: tuple[
     with pytest.raises(SourceUnavailableError) as err:
         load_movielens_100k(cache_dir=tmp_path / "cache", url=closed)
     assert _is_transient(err.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "kind"),
+    [
+        ({"data_dir": "/data/ml-100k"}, "movielens-100k"),
+        ({"interactions": "events.csv"}, "csv"),
+        ({"interactions": "events.PARQUET"}, "parquet"),
+        ({"source_url": "sqlite:///x.db", "table": "events"}, "sql"),
+        ({}, "synthetic"),
+        ({"kind": "csv", "data_dir": "/ignored"}, "csv"),  # a kind given wins
+    ],
+)
+def test_a_source_without_a_kind_gets_the_one_its_settings_describe(settings: dict[str, str], kind: str) -> None:
+    # A deployment's or TOML file's source with a data_dir but no kind trained on, and published, synthetic data.
+    assert SourceSpec.from_mapping(settings).kind == kind

@@ -106,7 +106,7 @@ class SourceSpec:
         if unknown:
             raise DataError(f"unknown source setting(s) {unknown}; valid settings: {valid}")
         values: dict[str, Any] = {k: v for k, v in d.items() if v is not None}
-        kind = values.get("kind", cls.kind)
+        kind = values.setdefault("kind", infer_kind(values))
         if kind not in KINDS:
             raise DataError(f"unknown source kind {kind!r}; valid kinds: {list(KINDS)}")
         for name in _PATH_FIELDS:
@@ -218,6 +218,20 @@ def check_complete(spec: SourceSpec) -> None:
             raise DataError("source kind 'sql' needs source_url (a SQLAlchemy URL such as sqlite:///events.db)")
         if (spec.table is None) == (spec.query is None):
             raise DataError("source kind 'sql' needs exactly one of table (--table) or query (--query)")
+
+
+def infer_kind(settings: Mapping[str, Any]) -> str:
+    """The kind that source settings without one describe: sql with a source_url, csv or parquet (by the file's
+    extension) with interactions, movielens-100k with a data_dir, else synthetic. Without it, a data_dir or an
+    interactions file given without a kind (a deployment's parameters, a TOML file) was ignored, and the run
+    trained on and published synthetic data."""
+    if settings.get("source_url") is not None:
+        return "sql"
+    if settings.get("interactions") is not None:
+        return "parquet" if str(settings["interactions"]).lower().endswith((".parquet", ".pq")) else "csv"
+    if settings.get("data_dir") is not None:
+        return "movielens-100k"
+    return "synthetic"
 
 
 def check_paths(spec: SourceSpec) -> None:

@@ -31,7 +31,15 @@ from typing import Any, Self
 import numpy as np
 import scipy.sparse as sp
 
-from recmodels.base import SCORE_BATCH_VALUES, Recommender, RunSettings, broken_file_errors, map_batches, top_k
+from recmodels.base import (
+    SCORE_BATCH_VALUES,
+    Recommender,
+    RunSettings,
+    broken_file_errors,
+    map_batches,
+    top_k,
+    user_indices,
+)
 from recmodels.coldstart.attribute_popularity import SegmentPopularity, SegmentPopularityConfig, UserAttributes
 from recmodels.coldstart.content import ContentConfig, ContentScorer, ItemFeatures, blend_scores, min_max_rows
 from recmodels.data import Interactions
@@ -146,7 +154,7 @@ class ColdStartChain:
 
     def strategy(self, users: np.ndarray) -> np.ndarray:
         """The first strategy each user's row uses: ``model``, ``item_neighbours``, or ``cold`` (no history)."""
-        users = np.asarray(users, dtype=np.int64)
+        users = user_indices(users)
         known = (users >= 0) & (users < self.n_users_)
         events = np.zeros(len(users), dtype=np.int64)
         events[known] = np.diff(self.segments_.seen_.indptr)[users[known]]
@@ -172,7 +180,7 @@ class ColdStartChain:
         """
         if k < 0:
             raise ValueError(f"k must be ≥ 0, got {k}")
-        users = np.asarray(users, dtype=np.int64)
+        users = user_indices(users)
         k = int(min(k, self.n_items_))
         if attributes is not None and len(attributes) != len(users):
             raise ValueError(f"attributes have {len(attributes)} rows for {len(users)} users")
