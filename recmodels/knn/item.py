@@ -245,10 +245,21 @@ class NeighbourhoodRecommender(Recommender):
         if shared.size and int(shared.max()) >= 2:
             cfg = self.config
             shared_what = "users share items" if self.user_based else "items share users"
+            weighted = cfg.weighting != "none"
             raise ValueError(
                 f"{self.name}: no similarity is left to rank by: {shared_what} in the data, but "
-                f"min_similarity={cfg.min_similarity:g}, exponent={cfg.exponent:g} and shrinkage={cfg.shrinkage:g} "
-                "dropped every one; lower min_similarity (similarities are at most 1 unless BM25-weighted) or exponent"
+                + (f"weighting={cfg.weighting!r}, " if weighted else "")
+                + f"min_similarity={cfg.min_similarity:g}, exponent={cfg.exponent:g} and shrinkage={cfg.shrinkage:g} "
+                "dropped every one; "
+                + (
+                    # idf = log(n / (1 + df)) is 0 or less for what nearly every entity has: on a small catalogue,
+                    # every weight.
+                    f"{cfg.weighting} gives no weight to what nearly every entity has, all of it on small data: "
+                    "use weighting='none', or "
+                    if weighted
+                    else ""
+                )
+                + "lower min_similarity (similarities are at most 1 unless BM25-weighted) or exponent"
             )
 
     def _ranking_similarity(self, history: sp.csr_matrix, settings: RunSettings) -> sp.csr_matrix:
