@@ -36,7 +36,7 @@ class Interactions:
         for name in ("rating", "timestamp"):
             values = getattr(self, name)
             if values is not None and values.shape != self.user.shape:
-                raise ValueError(f"{name} has {values.shape[0]} values for {self.user.shape[0]} events")
+                raise ValueError(f"{name} has {values.size} values for {self.user.shape[0]} events (one per event)")
         if self.rating is not None and not np.isfinite(self.rating).all():
             bad = np.flatnonzero(~np.isfinite(self.rating))
             raise ValueError(

@@ -605,7 +605,9 @@ def test_predictions_for_indices_without_ratings_are_finite_baselines(name: str,
 def test_a_weighting_that_zeroes_every_similarity_is_named_with_the_way_out() -> None:
     # BM25's idf is 0 or less for what nearly every entity has: on three items, every weight. The message blamed
     # min_similarity, exponent and shrinkage, all already neutral.
-    data = Interactions.from_arrays(np.array([0, 0, 1, 1, 2, 2, 3]), np.array([0, 1, 1, 2, 0, 2, 0]), 4, 3)
+    data = Interactions.from_arrays(
+        np.array([0, 0, 1, 1, 2, 2, 3]), np.array([0, 1, 1, 2, 0, 2, 0]), n_users=4, n_items=3
+    )
     config = get_model_class("item_knn").config_class(weighting="bm25", shrinkage=0)
     with pytest.raises(ValueError, match=r"but weighting='bm25', min_similarity=0.*use weighting='none'"):
         get_model_class("item_knn")(config).fit(data)
