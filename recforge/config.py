@@ -53,7 +53,7 @@ class RunConfig(BaseModel):
     primary_metric: str = Field(
         default="ndcg",
         description="Metric that picks the champion model: a top-N metric at the cut-off k (ndcg, map, mrr, "
-        "precision, recall, hit_rate) or a rating error (rmse, mae).",
+        "precision, recall, hit_rate, coverage, novelty) or a rating error (rmse, mae).",
     )
     impute: dict[str, str] = Field(
         default_factory=dict,
@@ -132,12 +132,18 @@ class RunConfig(BaseModel):
         # Checked here, before any data is read: an unknown name ("ndgc") used to give a completed run without a
         # champion, and "ndcg@5" failed the run after every model had trained.
         from recforge.champion import LOWER_IS_BETTER
-        from recforge.metrics import TOPN_KEYS
+        from recforge.metrics import PER_USER_BEYOND_KEYS, SET_KEYS, TOPN_KEYS
 
-        known = (*TOPN_KEYS, *sorted(LOWER_IS_BETTER))
+        # Metrics that every evaluation has and where higher is better, plus the rating errors (lower is better).
+        known = (*TOPN_KEYS, "coverage", "novelty", *sorted(LOWER_IS_BETTER))
         name = value.strip().lower()
         if name in known:
             return name
+        if name in (*PER_USER_BEYOND_KEYS, *SET_KEYS):
+            raise ValueError(
+                f"primary_metric {value!r} cannot pick a champion (lower is better, or not every run has it: ild "
+                f"needs item genres); choose from: {', '.join(known)}"
+            )
         metric, at, cutoff = name.partition("@")
         if at and metric in TOPN_KEYS and cutoff.isdigit():
             raise ValueError(

@@ -178,7 +178,7 @@ def test_selects_from_full_evaluations() -> None:
     got = select_champion([evaluation], ChampionRules(primary_metric="ndcg@2", coverage_floor=0.1))
     assert got.model == "popularity" and got.value == pytest.approx(evaluation.value("ndcg@2"))
     # Every metric a run may name as its primary one picks a champion (RunConfig refuses the others).
-    for metric in TOPN_KEYS:
+    for metric in (*TOPN_KEYS, "coverage", "novelty"):
         got = select_champion([evaluation], ChampionRules(primary_metric=f"{metric}@2", coverage_floor=0.1))
         assert got.model == "popularity" and got.value == pytest.approx(evaluation.value(f"{metric}@2")), metric
 
@@ -188,7 +188,8 @@ def test_selects_from_full_evaluations() -> None:
     [
         ("ndgc", "unknown primary_metric 'ndgc' (did you mean 'ndcg'?)"),
         ("ndcg@5", "name the metric alone and set its cut-off with k (primary_metric = 'ndcg', k = 5)"),
-        ("coverage", "unknown primary_metric 'coverage'; choose from: precision, recall, ndcg"),
+        ("gini", "primary_metric 'gini' cannot pick a champion (lower is better, or not every run has it"),
+        ("ild", "primary_metric 'ild' cannot pick a champion"),
     ],
 )
 def test_the_run_config_refuses_a_primary_metric_that_cannot_pick_a_champion(value: str, message: str) -> None:
@@ -197,6 +198,7 @@ def test_the_run_config_refuses_a_primary_metric_that_cannot_pick_a_champion(val
         RunConfig(primary_metric=value)
     assert RunConfig(primary_metric=" NDCG ").primary_metric == "ndcg"
     assert RunConfig(primary_metric="rmse").primary_metric == "rmse"
+    assert RunConfig(primary_metric="coverage").primary_metric == "coverage"  # it picked champions before: still
 
 
 def _selection(model: str | None, value: float, metric: str = "ndcg@10") -> ChampionSelection:
