@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -892,8 +893,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from flows.backfill import OUTCOME_COLUMNS, BackfillFailed, as_of_dates, backfill
     from flows.runners import check_dask_scheduler, make_task_runner
 
-    as_of_dates(args.start, args.end, args.step)  # a bad range fails here, before Prefect starts
-    refuse_future_as_of(datetime.combine(args.end, datetime.min.time(), UTC), "--end", "an --end up to today")
+    dates = as_of_dates(args.start, args.end, args.step)  # a bad range fails here, before Prefect starts
+    # The last date run, as the flow checks: an --end past today is fine when the step never reaches it.
+    refuse_future_as_of(dates[-1], "the backfill's last date", "an --end up to today")
     if args.deployment is None:  # a deployment's runs read their files on its workers, not here
         _refuse_missing_paths(config)
     else:
@@ -936,10 +938,17 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     print()
     print(f"recforge backfill {args.start} to {args.end} every {args.step} day(s):")
     print(table.to_string(index=False))
-    # The table cuts errors short, often right before the fix: each error in full, once, with its dates.
-    for error, dates in errors.groupby("error", sort=False)["date"]:
-        print(f"\n{', '.join(map(str, dates))}: {error}")
+    # The table cuts errors short, often right before the fix: each error in full, once, with its dates (errors
+    # that differ only by the date's as_of in them are one: a range before the data gave one paragraph a date).
+    as_of_free = errors["error"].astype(str).map(lambda e: _AS_OF_TEXT.sub("<as_of>", e))
+    for shared, group in errors.groupby(as_of_free, sort=False):
+        error = group["error"].iloc[0] if len(group) == 1 else shared
+        print(f"\n{', '.join(map(str, group['date']))}: {error}")
     return 1 if isinstance(result, BackfillFailed) else 0
+
+
+#: An as_of as the pipeline's messages write it (midnight UTC of a backfill date).
+_AS_OF_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}T00:00:00\+00:00")
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

@@ -256,6 +256,14 @@ def test_cli_backfill_reports_each_date(
     assert error.startswith("2023-12-31: DataError: no interactions of 'synthetic' happened before") and (
         "the data's first event is" in error  # the end of the message, past the table's 80 characters
     ), error
+    # Dates before the data fail alike: one paragraph for all of them, not one each (the as_of in it aside).
+    assert main([*argv[:-2], "--start", "2023-12-29", "--end", "2023-12-31"]) == 1
+    out = capsys.readouterr().out
+    [grouped] = [e.strip() for e in out[out.rindex("recforge backfill") :].split("\n\n")[1:]]
+    assert grouped.startswith("2023-12-29, 2023-12-30, 2023-12-31: DataError: no interactions of 'synthetic' ")
+    assert "as_of=<as_of>" in grouped
+    # An --end past today is fine when the step never reaches it: the last date run is what counts.
+    assert main([*argv[:-2], "--start", "2024-03-09", "--end", "2999-01-01", "--step", "365000"]) == 0
     assert main([*argv, "--start", "2024-03-10"]) == 2  # end before start: a usage error, nothing runs
     assert "before start" in capsys.readouterr().err
     # Dates meant to run as runs of a deployment that does not exist: refused before any child starts.

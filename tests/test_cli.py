@@ -187,7 +187,7 @@ def test_models_command_shows_hyperparameters(capsys: pytest.CaptureFixture[str]
         (["run", "--param", "als.factor=8"], "did you mean 'factors'?"),
         (["run", "--seed", "-1"], "seed: Input should be greater than or equal to 0"),
         (["run", "--as-of", "2999-01-01"], "--as-of 2999-01-01T00:00:00+00:00 is in the future"),
-        (["backfill", "--start", "2998-12-30", "--end", "2999-01-01"], "--end 2999-01-01T00:00:00+00:00 is in the"),
+        (["backfill", "--start", "2998-12-30", "--end", "2999-01-01"], "last date 2999-01-01T00:00:00+00:00 is in the"),
         (["run", "--models", ","], "models is empty"),
         (["run", "--families", "quantum"], "choose from"),
         (["run", "--dataset", "csv"], "needs interactions"),
