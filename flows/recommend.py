@@ -29,8 +29,8 @@ from flows.runners import (
     worker_processes,
 )
 from recforge import handoff, progress
-from recforge.champion import ChampionSelection, keep_standing_champion
-from recforge.config import RunConfig, refuse_future_as_of, resolve_db_url
+from recforge.champion import LOWER_IS_BETTER, ChampionSelection, keep_standing_champion
+from recforge.config import ConfigError, RunConfig, refuse_future_as_of, resolve_db_url
 from recforge.data.sources import SourceSpec
 from recforge.memory import MemoryWatch, publish_advice, runner_advice
 from recforge.pipeline import (
@@ -121,6 +121,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         names, skipped = config.models_for_data(data.has_ratings)
         for name, reason in skipped.items():
             logger.warning("%s left out: %s", name, reason)
+        _refuse_unmeasurable_metric(config.primary_metric, names, data.has_ratings)
         task_data = data_for_tasks(data, output_dir / "handoff")
         memory = MemoryWatch(logger.warning, _memory_advice(context, config, task_data)).start()
         # A time budget per model task: a model that hangs is cut off and counted as failed, not the whole run.
@@ -357,6 +358,23 @@ def _champions_around(
 
 def _order_line(costs: dict[str, float]) -> str:
     return ", ".join(f"{n} {c:.1f}" for n, c in sorted(costs.items(), key=lambda item: -item[1]))
+
+
+def _refuse_unmeasurable_metric(primary_metric: str, names: list[str], has_ratings: bool) -> None:
+    """Before any model trains: a rating error as the primary metric needs ratings and a model that predicts them,
+    or no model could be chosen (the run completed, exit 0, with no champion)."""
+    if primary_metric not in LOWER_IS_BETTER:
+        return
+    if not has_ratings:
+        why = "this data has no ratings"
+    elif not any(get_model_class(n).predicts_ratings for n in names):
+        why = f"none of the models of this run ({', '.join(names)}) predicts ratings"
+    else:
+        return
+    raise ConfigError(
+        f"primary_metric {primary_metric!r} cannot pick a champion: {why}; use a top-N metric (primary_metric = "
+        "'ndcg', the default)" + ("" if not has_ratings else " or add a rating model (biased_mf, nmf, item_knn, …)")
+    )
 
 
 def _flow_side_deadline(model_timeout_s: float | None) -> float | None:

@@ -366,6 +366,13 @@ def test_click_data_leaves_out_the_rating_models_it_was_not_asked_for(tmp_path: 
     alone = config.model_copy(update={"families": None, "models": ["nmf"]})
     with pytest.raises(ModelsFailed, match=r"nmf needs ratings.*nothing was published"):
         recommend(config=alone, db_url=url)
+    # A rating error as the primary metric on clicks ended "completed" with no champion (exit 0); refused now,
+    # before any model trains.
+    from recforge.config import ConfigError
+
+    by_rmse = config.model_copy(update={"families": None, "models": ["popularity"], "primary_metric": "rmse"})
+    with pytest.raises(ConfigError, match=r"primary_metric 'rmse' cannot pick a champion: this data has no ratings"):
+        recommend(config=by_rmse, db_url=url)
 
 
 def _run_summary_markdown(flow_run_id: object) -> str:
@@ -381,3 +388,13 @@ def _run_summary_markdown(flow_run_id: object) -> str:
         )
     assert len(found) == 1
     return str(found[0].data)
+
+
+def test_a_rating_error_as_primary_metric_needs_a_model_that_predicts_ratings() -> None:
+    from flows.recommend import _refuse_unmeasurable_metric
+    from recforge.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"none of the models of this run \(popularity, als\) predicts ratings"):
+        _refuse_unmeasurable_metric("mae", ["popularity", "als"], has_ratings=True)
+    _refuse_unmeasurable_metric("mae", ["popularity", "biased_mf"], has_ratings=True)  # measurable: no error
+    _refuse_unmeasurable_metric("ndcg", ["popularity"], has_ratings=False)
