@@ -464,6 +464,7 @@ def _format_leaderboard(summary: dict[str, Any]) -> str:
 
 
 def _first_words(text: str, width: int = 60) -> str:
+    """``text`` cut to ``width`` characters, an ellipsis marking the cut (tables print the whole text below)."""
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -934,7 +935,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     # Missing champion or error (None, read back as NaN): blank, not "NaN" / "nan".
     table = table.astype(object).where(table.notna(), "")
     errors = table.loc[table["error"].astype(str) != "", ["date", "error"]]
-    table["error"] = table["error"].map(lambda e: str(e)[:80] + "…" if len(str(e)) > 80 else str(e))
+    table["error"] = table["error"].map(lambda e: _first_words(str(e), 81))  # 80 characters and the ellipsis
     print()
     print(f"recforge backfill {args.start} to {args.end} every {args.step} day(s):")
     print(table.to_string(index=False))

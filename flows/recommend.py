@@ -162,7 +162,7 @@ def recommend(config: RunConfig | None = None, db_url: str | None = None) -> dic
         )
         evaluations, refits = tasks.evaluations, tasks.refits
         results: list[ModelEvaluation] = [
-            _overdue_result(n, tasks.overdue[(n, "evaluation")])
+            _failed_evaluation(n, f"evaluation timed out: {tasks.overdue[(n, 'evaluation')]}")
             if (n, "evaluation") in tasks.overdue
             else _evaluation_result(n, evaluations[n])
             for n in names
@@ -383,14 +383,10 @@ def _flow_side_deadline(model_timeout_s: float | None) -> float | None:
     return None if model_timeout_s is None else model_timeout_s + max(60.0, model_timeout_s)
 
 
-def _overdue_result(name: str, why: str) -> ModelEvaluation:
-    """A failed evaluation for a task the flow gave up on."""
+def _failed_evaluation(name: str, error: str) -> ModelEvaluation:
+    """The evaluation of a model whose task did not complete: no metrics, the reason as its error."""
     return ModelEvaluation(
-        model=name,
-        family=get_model_class(name).family,
-        metrics={},
-        seconds=float("nan"),
-        error=f"evaluation timed out: {why}",
+        model=name, family=get_model_class(name).family, metrics={}, seconds=float("nan"), error=error
     )
 
 
@@ -406,13 +402,7 @@ def _evaluation_result(name: str, future: PrefectFuture[ModelEvaluation]) -> Mod
         message = state.message or ""
     except Exception as exc:
         reason, message = "ended", f"{type(exc).__name__}: {exc}"
-    return ModelEvaluation(
-        model=name,
-        family=get_model_class(name).family,
-        metrics={},
-        seconds=float("nan"),
-        error=f"evaluation {reason}: {message}".strip(),
-    )
+    return _failed_evaluation(name, f"evaluation {reason}: {message}".strip())
 
 
 def _leaderboard_artifact(board: pd.DataFrame, k: int) -> None:
