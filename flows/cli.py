@@ -207,7 +207,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rating-range", help="valid rating scale 'min,max', e.g. 1,5 (ratings outside fail validation)"
     )
-    parser.add_argument("--source-url", help="sql: SQLAlchemy URL of the database to read interactions from")
+    parser.add_argument(
+        "--source-url",
+        help="sql: SQLAlchemy URL of the database to read interactions from; movielens-100k: the zip to download "
+        "instead of GroupLens' (an http(s)/ftp/file URL or a .zip implies movielens-100k)",
+    )
     parser.add_argument("--table", help="sql: table holding the interactions")
     parser.add_argument("--query", help="sql: SELECT returning the interactions (instead of --table)")
     parser.add_argument(

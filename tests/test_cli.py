@@ -95,6 +95,7 @@ def test_kind_is_inferred_from_the_inputs() -> None:
     assert _config(["--interactions", "e.parquet"]).source["kind"] == "parquet"
     assert _config(["--interactions", "e.tsv"]).source["kind"] == "csv"
     assert _config(["--source-url", "sqlite:///x.db", "--table", "t"]).source["kind"] == "sql"
+    assert _config(["--source-url", "https://mirror.example/ml-100k.zip"]).source["kind"] == "movielens-100k"
 
 
 def test_toml_config_with_flag_overrides(tmp_path: Path) -> None:

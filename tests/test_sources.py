@@ -1055,6 +1055,11 @@ def test_only_passing_io_failures_are_retried(tmp_path: Path, zip_server: tuple[
         ({"interactions": "events.csv"}, "csv"),
         ({"interactions": "events.PARQUET"}, "parquet"),
         ({"source_url": "sqlite:///x.db", "table": "events"}, "sql"),
+        ({"source_url": "postgresql://app@db/shop"}, "sql"),  # check_complete then asks for a table or query
+        # MovieLens' download from a mirror: was read as a database URL and failed to connect to "https".
+        ({"source_url": "https://mirror.example/ml-100k.zip"}, "movielens-100k"),
+        ({"source_url": "file:///srv/ml-100k.zip", "data_dir": "/cache/ml-100k"}, "movielens-100k"),
+        ({"source_url": "https://warehouse.example/db", "query": "select 1"}, "sql"),
         ({}, "synthetic"),
         ({"kind": "csv", "data_dir": "/ignored"}, "csv"),  # a kind given wins
     ],

@@ -28,6 +28,8 @@ KINDS: tuple[str, ...] = ("synthetic", "movielens-100k", "csv", "parquet", "sql"
 _PATH_FIELDS = ("data_dir", "interactions", "users", "items")
 _INT_FIELDS = ("synthetic_users", "synthetic_items", "synthetic_events", "seed", "max_input_bytes")
 _SEP_ALIASES = {"\\t": "\t", "tab": "\t", "TAB": "\t"}
+# URL schemes of a file to download (MovieLens' zip), never of a database SQLAlchemy connects to.
+_DOWNLOAD_SCHEMES = ("http://", "https://", "ftp://", "file://")
 
 
 @dataclass(frozen=True)
@@ -221,12 +223,17 @@ def check_complete(spec: SourceSpec) -> None:
 
 
 def infer_kind(settings: Mapping[str, Any]) -> str:
-    """The kind that source settings without one describe: sql with a source_url, csv or parquet (by the file's
-    extension) with interactions, movielens-100k with a data_dir, else synthetic. Without it, a data_dir or an
-    interactions file given without a kind (a deployment's parameters, a TOML file) was ignored, and the run
-    trained on and published synthetic data."""
-    if settings.get("source_url") is not None:
-        return "sql"
+    """The kind that source settings without one describe: sql with a source_url (a database's), csv or parquet
+    (by the file's extension) with interactions, movielens-100k with a data_dir or a download URL, else synthetic.
+    Without it, a data_dir or an interactions file given without a kind (a deployment's parameters, a TOML file)
+    was ignored, and the run trained on and published synthetic data."""
+    url = settings.get("source_url")
+    if url is not None:
+        # source_url is also MovieLens' download (a mirror of the zip): read as a database URL it failed to
+        # connect to "https". A table or query always means SQL.
+        download = str(url).lower().startswith(_DOWNLOAD_SCHEMES) or str(url).lower().endswith(".zip")
+        sql = settings.get("table") is not None or settings.get("query") is not None
+        return "movielens-100k" if download and not sql else "sql"
     if settings.get("interactions") is not None:
         return "parquet" if str(settings["interactions"]).lower().endswith((".parquet", ".pq")) else "csv"
     if settings.get("data_dir") is not None:
