@@ -482,10 +482,25 @@ def _refuse_missing_paths(config: RunConfig) -> None:
         raise ConfigError(f"{exc}; check the path options (--data-dir, --interactions, --users, --items)") from exc
 
 
+def _warn_unused_params(config: RunConfig) -> None:
+    """Hyperparameters for a model the run does not train, said before any data is read (the flow said it only
+    after ingest, validation and preparation, minutes in at scale). A warning, not a refusal: a deployment's
+    model_params may cover models that a narrower run (``--models``) leaves out."""
+    chosen = config.model_list()
+    for name in config.model_params:
+        if name not in chosen:
+            print(
+                f"recforge: warning: the hyperparameters for {name} are unused: {name} is not among this run's "
+                f"models ({', '.join(chosen)}); add it to --models, or drop its --param",
+                file=sys.stderr,
+            )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     refuse_future_as_of(config.as_of, "--as-of", "a date up to today (or leave --as-of out for now)")
     _refuse_missing_paths(config)
+    _warn_unused_params(config)
     if args.db_url:
         # Passed by environment, not as a flow parameter, so a password never shows among the run's parameters.
         os.environ[DB_URL_ENV] = args.db_url
@@ -901,6 +916,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     dates = as_of_dates(args.start, args.end, args.step)  # a bad range fails here, before Prefect starts
     # The last date run, as the flow checks: an --end past today is fine when the step never reaches it.
     refuse_future_as_of(dates[-1], "the backfill's last date", "an --end up to today")
+    _warn_unused_params(config)
     if args.deployment is None:  # a deployment's runs read their files on its workers, not here
         _refuse_missing_paths(config)
     else:

@@ -224,6 +224,22 @@ def test_bad_options_give_a_message_not_a_traceback(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", [["run"], ["backfill", "--start", "1998-04-01", "--end", "1998-04-02"]])
+def test_hyperparameters_for_a_model_not_in_the_run_are_said_before_any_data_is_read(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Said by the flow only after ingest, validation and preparation before. The bad address stops the command
+    # right after the check, before Prefect or any data.
+    stop = ["--task-runner", "dask", "--dask-address", "garbage addr"]
+    params = ["--param", "bpr.epochs=5", "--param", "als.factors=8"]
+    assert main([*command, "--models", "popularity,als", *params, *stop]) == 2
+    err = capsys.readouterr().err
+    assert "the hyperparameters for bpr are unused: bpr is not among this run's models (popularity, als)" in err
+    assert "for als" not in err
+    assert main([*command, "--models", "bpr", "--param", "bpr.epochs=5", *stop]) == 2
+    assert "unused" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv",
     [
