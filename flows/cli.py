@@ -818,21 +818,40 @@ def cmd_forget(args: argparse.Namespace) -> int:
         print("recforge: forget needs a user id; got an empty one", file=sys.stderr)
         return 2
     store = _published_store(args.db_url, upgrade=True)
-    # Every form the tables may hold: the raw id (runs without pseudonymisation, before or after), and its pseudonym
-    # whenever the key is at hand. One form only left the other's rows readable, and a run with the other setting
-    # published the user again (the erasures matched one form).
-    forms = {"the id itself": str(args.user)}
-    try:
-        forms["its pseudonym"] = pseudonymise_id(str(args.user), pseudonym_key(PrivacyConfig()))
-    except DataError as exc:
-        if args.pseudonymised:
+
+    def stored_forms(user: str) -> dict[str, str]:
+        # Every form the tables may hold: the raw id (runs without pseudonymisation, before or after), and its
+        # pseudonym whenever the key is at hand. One form only left the other's rows readable, and a run with the
+        # other setting published the user again (the erasures matched one form).
+        forms = {"the id itself": user}
+        with contextlib.suppress(DataError):
+            forms["its pseudonym"] = pseudonymise_id(user, pseudonym_key(PrivacyConfig()))
+        return forms
+
+    forms = stored_forms(str(args.user))
+    if args.pseudonymised and "its pseudonym" not in forms:
+        try:
+            pseudonym_key(PrivacyConfig())
+        except DataError as exc:
             print(f"recforge: --pseudonymised needs the key: {exc}", file=sys.stderr)
             return 2
+    padded = str(args.user) != str(args.user).strip()
+
+    def published(user_forms: dict[str, str]) -> bool:
+        return any(any(store.user_row_counts(form).values()) for form in user_forms.values())
+
+    if padded and not published(forms) and published(stored_forms(str(args.user).strip())):
+        # A pasted id with a space: its erasure was recorded for good, matching nobody, and the user's rows stayed.
+        print(
+            f"recforge: no published rows hold {args.user!r}, which begins or ends with spaces, but "
+            f"{str(args.user).strip()!r} has some: did you mean it? Nothing was erased.",
+            file=sys.stderr,
+        )
+        return 2
     deleted = {"recommendations": 0, "features": 0}
     for form in forms.values():
         for table, rows in store.forget_user(form, note=args.note).items():
             deleted[table] += rows
-    padded = str(args.user) != str(args.user).strip()
     found = (
         f"deleted {deleted['recommendations']} recommendation and {deleted['features']} feature rows"
         if any(deleted.values())

@@ -1318,6 +1318,22 @@ class Store:
                 )
         return deleted
 
+    def user_row_counts(self, user_id: str) -> dict[str, int]:
+        """How many published rows hold ``user_id``, per table (what :meth:`forget_user` would delete); zeros when
+        the tables do not exist yet."""
+        user = str(user_id)
+        with self.engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+            if not {recommendations_table.name, features_table.name} <= tables:
+                return {"recommendations": 0, "features": 0}
+            rec, feat = recommendations_table, features_table
+            return {
+                "recommendations": conn.execute(select(func.count()).where(rec.c.user_id == user)).scalar_one(),
+                "features": conn.execute(
+                    select(func.count()).where(feat.c.entity == "user", feat.c.entity_id == user)
+                ).scalar_one(),
+            }
+
     def erased_users(self) -> set[str]:
         """Users recorded as forgotten (empty when the database or the table does not exist yet)."""
         with self.engine.connect() as conn:

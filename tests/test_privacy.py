@@ -174,10 +174,22 @@ def test_forget_refuses_an_empty_id_and_points_out_a_padded_one(
     assert main(["forget", "--user", " ", "--db-url", url]) == 2
     assert "forget needs a user id; got an empty one" in capsys.readouterr().err
     assert store.erased_users() == set()
-    main(["forget", "--user", " 196", "--db-url", url])
+    # A pasted id with a space while the id without it has rows: refused, nothing recorded (the erasure of " 196"
+    # was recorded for good before, matching nobody).
+    assert main(["forget", "--user", " 196", "--db-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "no published rows hold ' 196'" in err and "'196' has some: did you mean it? Nothing was erased." in err
+    assert len(store.read_recommendations("196")) == 2 and store.erased_users() == set()
+    # An id with no rows in any form (a parquet or SQL source may hold padded ids): erased as given, with the hint.
+    assert main(["forget", "--user", " 7 ", "--db-url", url]) == 0
     said = capsys.readouterr().out
-    assert "no published rows of this user were found" in said and "did you mean '196'?" in said, said
-    assert len(store.read_recommendations("196")) == 2  # the id as given, nothing else, was erased
+    assert "no published rows of this user were found" in said and "did you mean '7'?" in said, said
+    assert store.erased_users() == {" 7 "}
+    # A padded id that is published as such is erased like any other.
+    store.publish(run_id, AS_OF, _recs("pop", {" 8": ["a"], "196": ["a", "b"]}), ChampionDecision("pop", "ndcg", 1, ""))
+    assert main(["forget", "--user", " 8", "--db-url", url]) == 0
+    assert "deleted 1 recommendation" in capsys.readouterr().out
+    assert store.erased_users() == {" 7 ", " 8"} and len(store.read_recommendations("196")) == 2
     # Without the key, --pseudonymised is a setting this command lacks, not a problem of the data (it said so, exit 1).
     assert main(["recommendations", "--user", "196", "--pseudonymised", "--db-url", url]) == 2
     assert "--pseudonymised needs the key" in capsys.readouterr().err
