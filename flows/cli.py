@@ -997,18 +997,37 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return deploy(args.prefect_file or DEFAULT_PREFECT_FILE, names=args.name, store_db_secret=args.store_db_secret)
 
 
+def _check_schedule(cron: str | None, timezone: str | None) -> None:
+    """``--cron`` and ``--timezone`` as Prefect's schedule will take them, refused before anything starts.
+
+    Prefect's schedule refused them later with a raw validation error; and Python's zoneinfo, checked here before,
+    accepts names Prefect does not ("posixrules").
+    """
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    for option, value, fields in (
+        ("--cron", cron, {"cron": cron}),
+        ("--timezone", timezone, {"cron": "0 0 * * *", "timezone": timezone}),
+    ):
+        if value is None:
+            continue
+        try:
+            CronSchedule(**fields)
+        except ValidationError:
+            usage = (
+                "five fields: minute hour day-of-month month day-of-week, e.g. '30 2 * * *'"
+                if option == "--cron"
+                else "an IANA name such as Europe/Berlin or UTC"
+            )
+            what = "a cron schedule" if option == "--cron" else "a time zone"
+            raise ConfigError(f"{option} {value!r} is not {what} Prefect accepts; use {usage}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.deploy import DEFAULT_PREFECT_FILE, serve
 
-    if args.timezone is not None:  # Prefect's schedule refused it with a raw validation error
-        import zoneinfo
-
-        try:
-            zoneinfo.ZoneInfo(args.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(
-                f"--timezone {args.timezone!r} is not a time zone; use an IANA name such as Europe/Berlin or UTC"
-            ) from None
+    _check_schedule(args.cron, args.timezone)
     serve(args.prefect_file or DEFAULT_PREFECT_FILE, cron=args.cron, timezone=args.timezone, db_secret=args.db_secret)
     return 0
 

@@ -205,6 +205,9 @@ def test_models_command_shows_hyperparameters(capsys: pytest.CaptureFixture[str]
         (["run", "--interactions", "/no/events.csv"], "interactions file /no/events.csv does not exist"),
         (["runs", "--run", ""], "--run needs a run id"),  # an empty prefix listed every run
         (["serve", "--timezone", "Mars/Olympus"], "--timezone 'Mars/Olympus' is not a time zone"),
+        # Python's zoneinfo accepts it, Prefect's schedule does not (the check passed, then serve failed raw).
+        (["serve", "--timezone", "posixrules"], "--timezone 'posixrules' is not a time zone Prefect accepts"),
+        (["serve", "--cron", "61 * * * *"], "--cron '61 * * * *' is not a cron schedule Prefect accepts; use five"),
         (
             ["run", "--task-runner", "dask", "--dask-address", "garbage addr"],
             "--dask-address 'garbage addr' is not a Dask scheduler address",
