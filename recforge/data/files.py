@@ -151,6 +151,12 @@ def load_files(
     )
 
 
+def require_file(path: Path, what: str = "file") -> None:
+    """Raise a DataError unless ``path`` is a file; ``what`` names it ("interactions file")."""
+    if not Path(path).is_file():
+        raise DataError(f"{what} {path} does not exist (or is not a file)")
+
+
 def check_input_size(paths: Mapping[str, Path | None], max_input_bytes: int | None) -> None:
     """Raise a DataError when the existing files of ``paths`` (table -> file) exceed ``max_input_bytes``.
 
@@ -246,8 +252,7 @@ def read_table(
     if suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
         suffixes = suffixes[:-1]
     suffix = suffixes[-1] if suffixes else ""
-    if not path.is_file():
-        raise DataError(f"file {path} does not exist (or is not a file)")
+    require_file(path)
     separator = sep
     try:
         if suffix in _PARQUET_SUFFIXES:

@@ -58,6 +58,12 @@ _DOWNLOAD_TIMEOUT_S = 60
 _SECONDS_HINT = "MovieLens files hold epoch seconds: are these milliseconds? convert them to seconds"
 
 
+def require_folder(folder: Path) -> None:
+    """Raise a DataError unless ``folder`` is a folder (that should hold u.data)."""
+    if not Path(folder).is_dir():
+        raise DataError(f"MovieLens folder {folder} does not exist; pass the folder that holds u.data")
+
+
 def load_movielens_100k(
     data_dir: Path | None = None, cache_dir: Path | None = None, url: str = OFFICIAL_URL
 ) -> Dataset:
@@ -85,8 +91,7 @@ def load_movielens_100k(
     else:
         folder = Path(data_dir)
         source = str(folder)
-    if not folder.is_dir():
-        raise DataError(f"MovieLens folder {folder} does not exist; pass the folder that holds u.data")
+    require_folder(folder)
     interactions = _read_table(folder, "interactions", _read_grouplens_data, _read_recbole_inter)
     if interactions is None:
         looked_for = ", ".join(f"{gl} or {rb}" for gl, rb in _FILES.values())

@@ -18,8 +18,9 @@ from recforge.data.files import (
     file_stem,
     load_files,
     parse_names,
+    require_file,
 )
-from recforge.data.movielens import OFFICIAL_URL, load_movielens_100k
+from recforge.data.movielens import OFFICIAL_URL, load_movielens_100k, require_folder
 from recforge.data.sql import load_sql, mask_url
 from recforge.data.synthetic import generate_synthetic
 
@@ -246,13 +247,13 @@ def check_paths(spec: SourceSpec) -> None:
 
     For callers that would otherwise run many times into the same missing path, such as a backfill's dates.
     """
-    if spec.kind == "movielens-100k" and spec.data_dir is not None and not Path(spec.data_dir).is_dir():
-        raise DataError(f"MovieLens folder {spec.data_dir} does not exist; pass the folder that holds u.data")
+    if spec.kind == "movielens-100k" and spec.data_dir is not None:
+        require_folder(spec.data_dir)
     if spec.kind in ("csv", "parquet"):
         for setting in ("interactions", "users", "items"):
             path = getattr(spec, setting)
-            if path is not None and not Path(path).is_file():
-                raise DataError(f"{setting} file {path} does not exist (or is not a file)")
+            if path is not None:
+                require_file(path, f"{setting} file")
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
