@@ -112,11 +112,15 @@ class Interactions:
 
 def _indices(values: np.ndarray, name: str) -> np.ndarray:
     """``values`` as int32 indices; refuses what the cast would change (a plain ``astype`` wrapped 2**32 + 1 to 1,
-    giving the event to another user, and truncated 1.9 to 1)."""
+    giving the event to another user, and truncated 1.9 to 1) and booleans (a mask passed for indices became
+    users 0 and 1). Whole floats pass, unlike :func:`recmodels.base.user_indices` for ``recommend``: a pandas
+    column of indices turns float when it once held a missing value."""
     array = np.asarray(values)
     if array.size == 0:
         return array.astype(np.int32)
-    if array.dtype.kind not in "iub":
+    if array.dtype.kind == "b":
+        raise ValueError(f"{name} indices must be integers, got booleans (a mask? index with np.flatnonzero)")
+    if array.dtype.kind not in "iu":
         fractional = array != np.round(array) if array.dtype.kind == "f" else np.ones(array.shape, dtype=bool)
         if fractional.any():
             example = array.flat[int(np.flatnonzero(fractional.ravel())[0])]

@@ -323,6 +323,9 @@ def test_index_arrays_that_int32_cannot_hold_are_refused() -> None:
     with pytest.raises(ValueError, match=r"item indices must be integers"):
         Interactions.from_arrays(np.array([0, 1]), np.array([0.4, 1.9]))
     assert Interactions.from_arrays(np.array([0.0, 1.0]), np.array([1, 0], dtype=np.uint8)).user.tolist() == [0, 1]
+    # A boolean mask became users 1 and 0 (recommend's user_indices refused it already).
+    with pytest.raises(ValueError, match=r"user indices must be integers, got booleans"):
+        Interactions.from_arrays(np.array([True, False]), np.array([0, 1]))
 
 
 @pytest.mark.parametrize("name", ["nmf", "item_knn", "user_knn", "biased_mf"])
