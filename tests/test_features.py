@@ -12,6 +12,7 @@ import pytest
 from recforge.data.contract import GENRES, ITEM, RATING, TIMESTAMP, USER, DataError
 from recforge.features import item_features, snake_case, user_features
 from recforge.prepare import REPEAT_COUNT, clean_interactions
+from recforge.store import features_table
 
 DAY = 86_400
 ML100K = Path(__file__).resolve().parents[1].parent / "shared/data/ml-100k"
@@ -126,7 +127,9 @@ def test_labels_too_long_for_a_feature_name_are_shortened_and_stay_distinct() ->
     train = _train([("u", "i1", 1.0, 1.0), ("u", "i2", 1.0, 2.0)])
     shares = [c for c in user_features(train, AS_OF, items).columns if c.startswith("share_")]
     assert len(shares) == 3 and "share_action" in shares
-    assert all(len(c) <= 200 for c in shares) and len({c[:-13] for c in shares if c != "share_action"}) == 1
+    limit = features_table.c.feature.type.length  # the published column, not a copy of its width
+    assert limit == 200 and all(len(c) <= limit for c in shares)
+    assert len({c[:-13] for c in shares if c != "share_action"}) == 1
 
 
 def test_item_features_hand_computed() -> None:

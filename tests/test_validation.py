@@ -457,3 +457,15 @@ def test_rows_to_drop_names_each_warning_and_leaves_duplicates_to_cleaning() -> 
     assert 0 in report.failing_rows["interactions"]  # the duplicate pair is reported, but not to be dropped
     assert 2 in report.failing_rows["interactions"]  # so is the missing rating, kept as an event by cleaning
     assert all(0 not in rows and 1 not in rows for rows in drops.values())
+
+
+def test_the_users_suite_checks_the_age_range_preparation_enforces() -> None:
+    # Two copies of 0–120: the suite's expectation (what validation reports) and prepare's AGE_RANGE (what is
+    # made missing and imputed). Changed in one place only, the report and the data would disagree.
+    from recforge.prepare import AGE_RANGE
+
+    suite = json.loads((validation.SUITES_DIR / "users.json").read_text())
+    ages = [
+        e["kwargs"] for e in suite["expectations"] if e["kwargs"].get("column") == "age" and "min_value" in e["kwargs"]
+    ]
+    assert [(a["min_value"], a["max_value"]) for a in ages] == [AGE_RANGE]
