@@ -1006,22 +1006,22 @@ def _check_schedule(cron: str | None, timezone: str | None) -> None:
     from prefect.client.schemas.schedules import CronSchedule
     from pydantic import ValidationError
 
-    for option, value, fields in (
-        ("--cron", cron, {"cron": cron}),
-        ("--timezone", timezone, {"cron": "0 0 * * *", "timezone": timezone}),
-    ):
-        if value is None:
-            continue
+    def accepted(**fields: str) -> bool:
         try:
             CronSchedule(**fields)
         except ValidationError:
-            usage = (
-                "five fields: minute hour day-of-month month day-of-week, e.g. '30 2 * * *'"
-                if option == "--cron"
-                else "an IANA name such as Europe/Berlin or UTC"
-            )
-            what = "a cron schedule" if option == "--cron" else "a time zone"
-            raise ConfigError(f"{option} {value!r} is not {what} Prefect accepts; use {usage}") from None
+            return False
+        return True
+
+    if cron is not None and not accepted(cron=cron):
+        raise ConfigError(
+            f"--cron {cron!r} is not a cron schedule Prefect accepts; use five fields: minute hour day-of-month "
+            "month day-of-week, e.g. '30 2 * * *'"
+        )
+    if timezone is not None and not accepted(cron="0 0 * * *", timezone=timezone):
+        raise ConfigError(
+            f"--timezone {timezone!r} is not a time zone Prefect accepts; use an IANA name such as Europe/Berlin or UTC"
+        )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
