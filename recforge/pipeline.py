@@ -30,6 +30,7 @@ from recforge.prepare import (
     Imputer,
     blank_implausible_ages,
     clean_interactions,
+    collapse_repeats,
     declared_rules,
     fill_missing_ratings,
 )
@@ -156,15 +157,22 @@ def prepare(
     for reason, rows in (report.rows_to_drop.get("interactions") or {}).items():
         rows = np.asarray(rows, dtype=np.int64).ravel()
         drop_rows[reason] = positions[rows[window[rows]]]
-    before, cleaning = clean_interactions(
+    events, cleaning = clean_interactions(
         raw.iloc[np.flatnonzero(window)] if not window.all() else raw,
         drop_rows=drop_rows,
         known_users=None if dataset.users is None else pd.Index(dataset.users[USER]),
         known_items=None if dataset.items is None else pd.Index(dataset.items[ITEM]),
+        collapse=False,
     )
-    if before.empty:
+    if events.empty:
         raise DataError(_nothing_left_after_cleaning(dataset, cleaning))
-    split = temporal_holdout(before, test_fraction=test_fraction)
+    before = collapse_repeats(events)
+    cleaning = cleaning.after_collapse(before)
+    # Split the events, then collapse each part. Collapsed first, a pair the user had before their cut and again
+    # after it kept only its later event: it became a test item the user "had not had", its earlier event left
+    # training, and every model was credited for recommending it (on data with repeats; ML-100K has none).
+    split = temporal_holdout(events, test_fraction=test_fraction)
+    split = dataclasses.replace(split, train=collapse_repeats(split.train), test=collapse_repeats(split.test))
     # Events without a rating get their user's mean training rating (the rating metrics leave them out).
     before, train, test = fill_missing_ratings(split.train, [before, split.train, split.test])
     split = dataclasses.replace(split, train=train, test=test)

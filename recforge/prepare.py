@@ -11,6 +11,7 @@ of the training part, so test-only rows never leak into the fill values.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,17 @@ class CleaningReport:
         """Total rows dropped for any invalid-row reason."""
         return int(sum(self.invalid_rows_dropped.values()))
 
+    def after_collapse(self, collapsed: pd.DataFrame) -> CleaningReport:
+        """This report of a ``collapse=False`` cleaning, completed by its events' :func:`collapse_repeats`."""
+        if self.repeats_collapsed:
+            raise ValueError("after_collapse completes the report of a clean_interactions(collapse=False) call")
+        return dataclasses.replace(
+            self,
+            repeats_collapsed=self.output_rows - len(collapsed),
+            output_rows=len(collapsed),
+            ratings_missing=_ratings_missing(collapsed),
+        )
+
     def to_records(self) -> list[dict[str, object]]:
         """One ``{"step", "rows"}`` record per accounting line, in pipeline order (for a table artifact)."""
         records: list[dict[str, object]] = [{"step": "input rows", "rows": self.input_rows}]
@@ -176,6 +188,7 @@ def clean_interactions(
     drop_rows: Mapping[str, np.ndarray] | None = None,
     known_users: pd.Index | None = None,
     known_items: pd.Index | None = None,
+    collapse: bool = True,
 ) -> tuple[pd.DataFrame, CleaningReport]:
     """Clean interactions into one row per (user, item) pair, with full row accounting.
 
@@ -200,6 +213,9 @@ def clean_interactions(
        are summed.
 
     The output is sorted by (timestamp, user_id, item_id) with a fresh RangeIndex; the input is not modified.
+    ``collapse=False`` stops before step 6: one row per event, in input order with a fresh RangeIndex, for a
+    caller that splits the events by time before collapsing each part (:func:`collapse_repeats`,
+    :meth:`CleaningReport.after_collapse`).
     """
     _require_columns(interactions, [USER, ITEM, TIMESTAMP], "interactions")
     n_input = len(interactions)
@@ -274,16 +290,20 @@ def clean_interactions(
     if n_duplicates:
         frame = frame.iloc[np.flatnonzero(~duplicated)]
 
-    result = _collapse_repeats(frame)
+    result = collapse_repeats(frame) if collapse else frame.reset_index(drop=True)
     report = CleaningReport(
         input_rows=n_input,
         exact_duplicates_dropped=n_duplicates,
         repeats_collapsed=n_valid - n_duplicates - len(result),
         invalid_rows_dropped=dropped,
         output_rows=len(result),
-        ratings_missing=int(result[RATING_MISSING].sum()) if RATING_MISSING in result.columns else 0,
+        ratings_missing=_ratings_missing(result),
     )
     return result, report
+
+
+def _ratings_missing(frame: pd.DataFrame) -> int:
+    return int(frame[RATING_MISSING].sum()) if RATING_MISSING in frame.columns else 0
 
 
 def fill_missing_ratings(train: pd.DataFrame, frames: Sequence[pd.DataFrame]) -> list[pd.DataFrame]:
@@ -313,8 +333,9 @@ def fill_missing_ratings(train: pd.DataFrame, frames: Sequence[pd.DataFrame]) ->
     return filled
 
 
-def _collapse_repeats(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (user, item): the latest event plus ``repeat_count``; sorted by (timestamp, user, item)."""
+def collapse_repeats(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (user, item): the latest event plus ``repeat_count`` (events summed when the frame has one);
+    sorted by (timestamp, user, item) with a fresh RangeIndex."""
     # Codes from sorted uniques order like the strings themselves, so one set of integer codes serves both the
     # pair grouping and the final (timestamp, user, item) sort; integer lexsort is far faster than
     # string sorts.
