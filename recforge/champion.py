@@ -282,10 +282,12 @@ def _regression_check(
             None,
         )
     interval = candidate.intervals.get(key)
-    if interval is None:
+    # A NaN bound (an interval not computed, e.g. bootstrap=0) is no interval: compared with NaN, every regression
+    # check passed silently.
+    if interval is None or not all(math.isfinite(bound) for bound in interval):
         return None, f"no {key} interval for {candidate.model}: regression vs the stored value not checked", None
     low, high = interval
-    has_stored_ci = previous.ci_low is not None and previous.ci_high is not None
+    has_stored_ci = all(bound is not None and math.isfinite(bound) for bound in (previous.ci_low, previous.ci_high))
     # The stored value comes from another run (other users, another time window), so only a clear gap counts:
     # the candidate's whole interval on the worse side of the stored interval (or value, when none was kept).
     if rules.lower_is_better:

@@ -132,7 +132,8 @@ def evaluate_topn(
 
     The model gets ratings when the training frame has a complete ``rating`` column (it may ignore them).
     Returns the :func:`~recforge.metrics.topn_metrics` keys plus ``fit_seconds``, ``score_seconds`` and the
-    split's ``users_without_train`` / ``users_without_test`` / ``dropped_unseen_items`` counts.
+    split's ``users_without_train`` / ``users_without_test`` / ``dropped_unseen_items`` / ``dropped_seen_pairs``
+    counts.
     """
     settings = settings or RunSettings()
     ranked = _fit_and_rank(model_factory, split, k, settings, "evaluate_topn")
@@ -146,6 +147,7 @@ def evaluate_topn(
         users_without_train=float(split.users_without_train),
         users_without_test=float(split.users_without_test),
         dropped_unseen_items=float(split.dropped_unseen_items),
+        dropped_seen_pairs=float(split.dropped_seen_pairs),
     )
     return out
 
@@ -169,8 +171,7 @@ def evaluate_ratings(
     model = model_factory()
     if not type(model).predicts_ratings:
         raise ValueError(f"{model.name} does not predict ratings; evaluate it with evaluate_topn instead")
-    if RATING_MISSING in interactions.columns:  # events whose rating the source lacked: no rating to measure
-        interactions = interactions[~interactions[RATING_MISSING].to_numpy(bool)]
+    interactions = _measured(interactions)
     if not _has_complete_ratings(interactions):
         raise DataError(
             "evaluate_ratings: the interactions table needs a 'rating' column with no missing values; "
@@ -486,6 +487,13 @@ class KFoldRatings:
         )  # fmt: skip
 
 
+def _measured(interactions: pd.DataFrame) -> pd.DataFrame:
+    """``interactions`` without the rows marked ``rating_missing``: their rating was filled in, not measured."""
+    if RATING_MISSING not in interactions.columns:
+        return interactions
+    return interactions[~interactions[RATING_MISSING].to_numpy(bool)]
+
+
 def evaluate_ratings_kfold(
     model_factory: ModelFactory,
     folds: Sequence[RatingFold],
@@ -495,7 +503,7 @@ def evaluate_ratings_kfold(
     """Fit a fresh model on each fold's train part and score RMSE/MAE on its test part (``kfold_random``).
 
     Test pairs with a user or item unseen in that fold's train reach the model as index ``-1`` (its fallback
-    answers), as in :func:`evaluate_ratings`.
+    answers), and rows marked ``rating_missing`` are left out of both parts, as in :func:`evaluate_ratings`.
     """
     settings = settings or RunSettings()
     if not folds:
@@ -507,12 +515,14 @@ def evaluate_ratings_kfold(
         name = model.name
         if not type(model).predicts_ratings:
             raise ValueError(f"{model.name} does not predict ratings; evaluate it with evaluate_full instead")
-        for part, frame in (("train", fold.train), ("test", fold.test)):
+        # The pipeline's filled-in ratings were scored as measurements here (evaluate_ratings left them out).
+        train, test = (_measured(frame) for frame in (fold.train, fold.test))
+        for part, frame in (("train", train), ("test", test)):
             if not _has_complete_ratings(frame):
                 raise DataError(
                     f"evaluate_ratings_kfold: fold {fold.fold}'s {part} part needs a 'rating' column with no "
                     "missing values; rating metrics do not apply to implicit-feedback data"
                 )
-        rows.append({"fold": fold.fold, **_fit_predict_ratings(model, fold.train, fold.test, settings)})
+        rows.append({"fold": fold.fold, **_fit_predict_ratings(model, train, test, settings)})
     per_fold = pd.DataFrame(rows).astype({"fold": "int64", "test_rows": "int64", "unknown_pairs": "int64"})
     return KFoldRatings(model=name, per_fold=per_fold, confidence=confidence)

@@ -232,7 +232,9 @@ def paired_test(
         # Centring the resampled means on 0 imitates the null hypothesis; count those at least as extreme.
         # Adding one to both counts keeps the p-value above 0, as befits a finite number of resamples.
         extreme = int(np.count_nonzero(np.abs(means - mean_diff) >= abs(mean_diff) - 1e-15))
-        p_boot = (extreme + 1) / (n_boot + 1)
+        # One user's resamples are all that user: no spread, so any difference looked significant (p 0.001)
+        # while the t-test says 1. One user cannot show a difference.
+        p_boot = (extreme + 1) / (n_boot + 1) if n > 1 else 1.0
     return PairedComparison(
         mean_candidate=float(a.mean()),
         mean_baseline=float(b.mean()),

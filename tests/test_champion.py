@@ -128,6 +128,14 @@ def test_regression_against_a_stored_value_uses_the_intervals() -> None:
     bare = PreviousChampion.from_decision(ChampionDecision("gone", "ndcg@10", 0.30, "earlier"))
     got = select_champion([overlapping], previous=bare)
     assert not got.chosen and "stored ndcg@10 of previous champion gone 0.3000" in got.reason
+    # A stored interval of NaN (not computed) is no interval: compared with NaN, the regression passed unseen.
+    nan_interval = PreviousChampion("gone", "ndcg@10", 0.30, ci_low=math.nan, ci_high=math.nan)
+    got = select_champion([overlapping], previous=nan_interval)
+    assert not got.chosen and "significant regression" in got.reason, got.reason
+    # A candidate's NaN interval is none either: said, not passed as "no significant regression".
+    unmeasured = candidate("unmeasured", quality(-0.01, 2), interval=(math.nan, math.nan))
+    got = select_champion([unmeasured], previous=stored)
+    assert "no ndcg@10 interval for unmeasured: regression vs the stored value not checked" in got.reason
     # A previous champion chosen by another metric cannot be compared.
     other_metric = PreviousChampion("gone", "recall@20", 0.9)
     got = select_champion([low], previous=other_metric)

@@ -98,6 +98,7 @@ def test_evaluate_topn_with_popularity_matches_hand_computation() -> None:
     assert got["hit_rate"] == pytest.approx(1.0)
     assert got["coverage"] == pytest.approx(3 / 4)  # w, y, z of 4 training items
     assert got["dropped_unseen_items"] == 1 and got["users_without_test"] == 1
+    assert got["dropped_seen_pairs"] == split.dropped_seen_pairs  # every drop reported, as evaluate_full does
     assert got["fit_seconds"] >= 0 and got["score_seconds"] >= 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from recforge.data.contract import DataError
 from recforge.evaluation import evaluate_ratings_kfold
-from recforge.protocols import PROTOCOLS, global_time_split, kfold_random, make_splits
+from recforge.protocols import PROTOCOLS, RatingFold, global_time_split, kfold_random, make_splits
 from recmodels.base import ModelConfig, Recommender, RunSettings
 from recmodels.baselines.popularity import Popularity
 from recmodels.data import Interactions
@@ -180,6 +181,29 @@ def test_kfold_rating_evaluation_per_fold_and_mean() -> None:
     assert summary.loc["rmse", "ci_low"] < summary.loc["rmse", "value"] < summary.loc["rmse", "ci_high"]
     with pytest.raises(ValueError, match="does not predict ratings"):
         evaluate_ratings_kfold(Popularity, splits.folds)
+
+
+def test_kfold_rating_evaluation_leaves_filled_in_ratings_out_as_evaluate_ratings_does() -> None:
+    # The pipeline fills in missing ratings and marks them; k-fold scored them as measured ratings (QA: RMSE 1.667
+    # where the measured rows alone give 1.901).
+    df = rating_rows(60)
+    filled = np.arange(60) % 4 == 1
+    df = df.assign(rating=np.where(filled, 3.0, df["rating"]), rating_missing=filled)
+    folds = make_splits(df, "kfold_random", n_folds=3, seed=1).folds
+    result = evaluate_ratings_kfold(ItemMean, folds)
+    measured = [
+        dataclasses.replace(f, train=f.train[~f.train["rating_missing"]], test=f.test[~f.test["rating_missing"]])
+        for f in folds
+    ]
+    expected = evaluate_ratings_kfold(ItemMean, measured)
+    assert result.per_fold["test_rows"].sum() == 45 and result.rmse == pytest.approx(expected.rmse)
+    assert result.rmse != pytest.approx(evaluate_ratings_kfold(ItemMean, [_unmarked(f) for f in folds]).rmse)
+
+
+def _unmarked(fold: RatingFold) -> RatingFold:
+    return dataclasses.replace(
+        fold, train=fold.train.drop(columns="rating_missing"), test=fold.test.drop(columns="rating_missing")
+    )
 
 
 # ---- dispatcher --------------------------------------------------------------------------------------------

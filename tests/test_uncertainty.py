@@ -89,6 +89,10 @@ def test_paired_test_by_hand_when_differences_have_no_spread() -> None:
     assert shifted.p_value == 0.0
     assert shifted.ci_low == pytest.approx(0.1) and shifted.ci_high == pytest.approx(0.1)
     assert shifted.mean_candidate == pytest.approx(a.mean() + 0.1) and shifted.mean_baseline == pytest.approx(a.mean())
+    # One user cannot show a difference: the bootstrap said p 0.001 (its resamples are all that user) while the
+    # t-test said 1.
+    one = paired_test(np.array([0.6]), np.array([0.3]), n_boot=999)
+    assert one.difference == pytest.approx(0.3) and one.p_value == 1.0 and one.p_bootstrap == 1.0
 
 
 def test_paired_test_matches_scipy_and_drops_missing_pairs() -> None:
