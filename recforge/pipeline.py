@@ -69,6 +69,9 @@ class PreparedData:
     item_features: pd.DataFrame
     imputation: list[dict[str, Any]] = field(default_factory=list)
     row_counts: dict[str, int] = field(default_factory=dict)
+    # What reasons call each item ("Title (year)"), from the items table before imputation: an imputed year is a
+    # median of other items' years, not this item's. None: built from ``items`` (older pickles, hand-made data).
+    item_labels: pd.Series | None = None
 
     @property
     def has_ratings(self) -> bool:
@@ -203,8 +206,10 @@ def prepare(
                 low, high = AGE_RANGE
                 row["strategy"] = f"{row['strategy']} ({implausible_ages} not numbers or outside {low}–{high}: missing)"
             imputation.append({"table": "users", **row})
+    labels = None
     if dataset.items is not None:
         known, later["items"] = _known_at(dataset.items, ITEM, raw, window, as_of)
+        labels = item_labels(known)  # before imputation: an imputed year is another items' median
         rules = declared_rules(known, ITEM, impute.get("items", {}))
         imputer = Imputer(rules).fit(known, id_column=ITEM, fit_ids=train_items)
         items = imputer.transform(known)
@@ -220,6 +225,7 @@ def prepare(
         user_features=user_features(before, as_of, items),
         item_features=item_features(before, as_of, items),
         imputation=imputation,
+        item_labels=labels,
         row_counts={
             "loaded": loaded,
             "before_as_of": int(window.sum()),
@@ -499,18 +505,30 @@ def _shared_neighbours(data: PreparedData, train: Interactions, config: ColdStar
         return neighbours
 
 
+def item_labels(items: pd.DataFrame | None) -> pd.Series | None:
+    """Item id → "Title (year)" (or the title alone), for the items of ``items`` that have a title; None when the
+    table has no title column."""
+    column = title_column(items)
+    if items is None or column is None:
+        return None
+    table = items.drop_duplicates(ITEM).set_index(ITEM)
+    titles = table[column].dropna()
+    if "release_year" in table.columns:
+        years = pd.to_numeric(table["release_year"].reindex(titles.index), errors="coerce")
+        # Whole years only: a fractional one (an imputed median) made the Int64 cast below fail every refit.
+        has_year = (years == years.round()) & ~titles.astype(str).str.contains(r"\(\d{4}\)\s*$", regex=True)
+        whole = years.where(has_year).astype("Int64").astype(str)
+        titles = titles.astype(str).where(~has_year, titles.astype(str) + " (" + whole + ")")
+    return titles.astype(str)
+
+
 def _item_labels(data: PreparedData, index: IdIndex) -> np.ndarray:
-    """What a reason calls each item: "Title (year)" when the items table has them, else the item id."""
+    """What a reason calls each item of ``index``: its label (:func:`item_labels`), else the item id."""
     labels = pd.Series(np.asarray(index.items, dtype=object), index=index.items).astype(str)
-    column = title_column(data.items)
-    if data.items is not None and column is not None:
-        items = data.items.drop_duplicates(ITEM).set_index(ITEM)
-        titles = items[column].reindex(index.items)
-        if "release_year" in items.columns:
-            years = pd.to_numeric(items["release_year"].reindex(index.items), errors="coerce")
-            has_year = years.notna() & ~titles.astype(str).str.contains(r"\(\d{4}\)\s*$", regex=True)
-            titles = titles.where(~has_year, titles.astype(str) + " (" + years.astype("Int64").astype(str) + ")")
-        labels = labels.where(titles.isna(), titles.astype(str))
+    named = data.item_labels if data.item_labels is not None else item_labels(data.items)
+    if named is not None:
+        titles = named.reindex(index.items)
+        labels = labels.where(titles.isna(), titles)
     return labels.to_numpy(dtype=object)
 
 

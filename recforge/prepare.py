@@ -27,6 +27,7 @@ from recforge.data.contract import (
     RATING_MISSING,
     REPEAT_COUNT,
     TIMESTAMP,
+    TITLE_COLUMNS,
     USER,
     DataError,
     holds_lists,
@@ -425,7 +426,8 @@ def declared_rules(table: pd.DataFrame, id_column: str, declared: Mapping[str, s
 
     Category labels (``genres``) are left missing by default: the most frequent combination ("Drama|Sci-Fi")
     invented labels for each item without any, which fed the genre-share features and content scores, while an item
-    without labels already counts in those features' denominators only.
+    without labels already counts in those features' denominators only. So are names (:data:`TITLE_COLUMNS`): the
+    most frequent title is another item's name, which published reasons and reports then gave the item.
 
     ``declared`` maps a column to ``"mean"``, ``"median"``, ``"most_frequent"``, ``"constant:VALUE"`` or ``"none"``
     (leave its missing values alone). A declared column the table lacks is an error naming the table's columns.
@@ -441,7 +443,7 @@ def declared_rules(table: pd.DataFrame, id_column: str, declared: Mapping[str, s
         if column == id_column:
             continue
         spec = declared.get(column)
-        if spec is None and (column == GENRES or holds_lists(table[column])):
+        if spec is None and (column == GENRES or column in TITLE_COLUMNS or holds_lists(table[column])):
             continue  # a list-valued column (Parquet lists) has no single value to fill in either
         if spec is None:
             rules.append(ImputeRule(column, "median" if _is_numeric(table[column]) else "most_frequent"))

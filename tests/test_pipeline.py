@@ -132,6 +132,36 @@ def test_a_pair_had_before_the_cut_and_again_after_it_is_history_not_a_test_item
     assert data.cleaning.repeats_collapsed == 1 and data.cleaning.output_rows == len(data.interactions) == 14
 
 
+def test_items_without_a_title_or_year_are_named_by_id_not_by_imputed_values() -> None:
+    """The default imputation filled a missing title with the most frequent (another film's name) and a missing
+    release_year with the median; an even count of known years gave a fractional median, and every model's refit
+    failed on the label's integer cast (QA). Reasons now use the table as the source gave it."""
+    titles = ["Alien", "Brazil", "Casablanca", "Dune", "Eraserhead", None, "Gattaca", "Heat"]
+    years = [1979, 1985, 1942, 1984, 1977, np.nan, 1997, np.nan]  # six known: median 1981.5
+    items = pd.DataFrame({"item_id": list("ABCDEFGH"), "title": titles, "release_year": years})
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(12):
+        for day, item in enumerate(rng.permutation(list("ABCDEFGH"))[:6]):
+            rows.append(
+                (
+                    f"u{user}",
+                    item,
+                    float(rng.integers(1, 6)),
+                    pd.Timestamp("2020-01-01", tz="UTC") + pd.Timedelta(days=day),
+                )
+            )
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    dataset = Dataset(name="films", interactions=events, items=items)
+    data = prepare(dataset, validate_dataset(dataset), datetime(2020, 2, 1, tzinfo=UTC))
+    assert data.items is not None and pd.isna(data.items.set_index("item_id").loc["F", "title"])
+    assert data.item_labels is not None and data.item_labels.to_dict()["H"] == "Heat"  # no invented year
+    published = fit_and_recommend("item_knn", data, top_n=3, cold_start=False).frame
+    reasons = " ".join(published["reason"].astype(str))
+    assert "Heat (" not in reasons and "Alien (1979)" in reasons
+    assert "(1981" not in reasons and "(1984)" not in reasons.replace("Dune (1984)", "")
+
+
 def test_prepare_refuses_data_with_nothing_to_evaluate() -> None:
     """One user whose held-out events are all of items nobody had: one clear error, not one per model."""
     events = pd.DataFrame(
