@@ -106,6 +106,26 @@ def test_encode_user_attributes_buckets_numbers_and_reuses_levels() -> None:
     np.testing.assert_array_equal(query.codes["job"], [-1, 1, -1])
 
 
+@pytest.mark.parametrize(
+    "values",
+    [[-8.0, -6.0, -4.0, -3.0, -2.0, 1.0, 2.0, 3.0], [1_000_000.0, 1_234_567.0, 1_234_568.0, 2_000_000.0]],
+    ids=["negative", "large"],
+)
+def test_bucket_edges_read_back_exactly_for_negative_and_large_numbers(values: list[float]) -> None:
+    # The labels are the saved form of the edges: "-5.25--3.5" read back as +3.5 and 1234567.5 as 1.23457e+06,
+    # so the same users got other codes at serving time than at fit time (QA).
+    ids = [f"u{n}" for n in range(len(values))]
+    frame = pd.DataFrame({"user_id": ids, "x": values})
+    fitted = encode_user_attributes(frame, ids, n_buckets=4)
+    again = encode_user_attributes(frame, ids, like=fitted)
+    np.testing.assert_array_equal(again.codes["x"], fitted.codes["x"])
+    assert len(set(fitted.codes["x"].tolist())) == len(fitted.levels["x"])
+    # Older files wrote "lo-hi"; their lower edges still read.
+    from recmodels.coldstart.attribute_popularity import _bucket_edges
+
+    np.testing.assert_array_equal(_bucket_edges(("<-5.25", "-5.25--3.5", "-3.5-0.25", ">=0.25")), [-5.25, -3.5, 0.25])
+
+
 def test_tfidf_weights_match_the_formula() -> None:
     counts = sp.csr_matrix(np.array([[1, 0, 0], [1, 1, 0], [0, 4, 1]], dtype=float))
     weights = tfidf(counts).toarray()

@@ -15,6 +15,7 @@ Attributes reach the model as integer codes aligned to user indices (:class:`Use
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Self
@@ -127,17 +128,39 @@ def _quantile_edges(values: Any, n_buckets: int) -> np.ndarray:
 
 
 def _bucket_labels(edges: np.ndarray) -> tuple[str, ...]:
+    """``("<e0", "e0 to e1", …, ">=eN")``: the labels are also the saved form of the edges, so each number is
+    written exactly (shortest round-trip form). ``:g`` wrote 1234567 as 1.23457e+06 and "-5.25--3.5" read back
+    as +3.5, so codes built at serving time no longer meant those of fit time."""
     if len(edges) == 0:
         return ("all",)
-    inner = [f"{lo:g}-{hi:g}" for lo, hi in itertools.pairwise(edges)]
-    return (f"<{edges[0]:g}", *inner, f">={edges[-1]:g}")
+    inner = [f"{_exact(lo)} to {_exact(hi)}" for lo, hi in itertools.pairwise(edges)]
+    return (f"<{_exact(edges[0])}", *inner, f">={_exact(edges[-1])}")
+
+
+def _exact(value: float) -> str:
+    text = repr(float(value))
+    return text.removesuffix(".0") if "e" not in text else text
+
+
+_LEADING_NUMBER = re.compile(r"^-?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?")
 
 
 def _bucket_edges(labels: tuple[str, ...]) -> np.ndarray:
-    """The edges :func:`_bucket_labels` wrote into ``labels`` (the labels are the saved form of the edges)."""
+    """The edges :func:`_bucket_labels` wrote into ``labels``: the first label's, each later bucket's lower edge,
+    and the last label's. Lower edges lead their label, so files saved with the older "lo-hi" labels read too."""
     if labels == ("all",):
         return np.empty(0)
-    return np.array([float(labels[0][1:]), *(float(label.rsplit("-", 1)[1]) for label in labels[1:-1])])
+    lows = []
+    for label in labels[2:-1]:
+        match = _LEADING_NUMBER.match(label)
+        if match is None:
+            raise ValueError(f"bucket label {label!r} does not start with a number")
+        lows.append(float(match.group()))
+    return (
+        np.array([float(labels[0][1:]), *lows, float(labels[-1][2:])])
+        if len(labels) > 2
+        else np.array([float(labels[0][1:])])
+    )
 
 
 @dataclass(frozen=True)
