@@ -177,7 +177,9 @@ def prepare(
     split = temporal_holdout(events, test_fraction=test_fraction)
     split = dataclasses.replace(split, train=collapse_repeats(split.train), test=collapse_repeats(split.test))
     # Events without a rating get their user's mean training rating (the rating metrics leave them out).
-    before, train, test = fill_missing_ratings(split.train, [before, split.train, split.test])
+    # Evaluation fills from its training part only; publishing from every event before as_of (no held-out part).
+    train, test = fill_missing_ratings(split.train, [split.train, split.test])
+    [before] = fill_missing_ratings(before, [before])
     split = dataclasses.replace(split, train=train, test=test)
     if split.test.empty:
         # Every model would fail its evaluation with the same error; say it once, with the counts behind it.

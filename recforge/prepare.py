@@ -310,18 +310,16 @@ def _ratings_missing(frame: pd.DataFrame) -> int:
 def fill_missing_ratings(train: pd.DataFrame, frames: Sequence[pd.DataFrame]) -> list[pd.DataFrame]:
     """``frames`` with each rating marked missing (``rating_missing``) set to its user's mean rating in ``train``.
 
-    A user without a rating in ``train`` gets the mean of every rating there (of all frames' ratings when
-    ``train`` has none). Only ``train`` is read, so no held-out rating shapes a filled one. Frames without the
-    marker column come back as they are.
+    A user without a rating in ``train`` gets the mean of every rating there; when ``train`` has none, the ratings
+    stay missing (still marked). Only ``train`` is read, so no held-out rating shapes a filled one: the fallback
+    was the mean of every frame's ratings, the held-out ones included. Frames without the marker column come
+    back as they are.
     """
     if RATING_MISSING not in train.columns:
         return list(frames)
     rated = train[~train[RATING_MISSING].to_numpy(bool)]
     by_user = rated.groupby(USER, sort=False)[RATING].mean()
     fallback = rated[RATING].mean()
-    if pd.isna(fallback):
-        observed = pd.concat([f.loc[~f[RATING_MISSING].to_numpy(bool), RATING] for f in frames if RATING_MISSING in f])
-        fallback = observed.mean()
     filled = []
     for frame in frames:
         if RATING_MISSING not in frame.columns or not frame[RATING_MISSING].any():
@@ -353,6 +351,7 @@ def collapse_repeats(frame: pd.DataFrame) -> pd.DataFrame:
     if n:
         is_last[:-1] = (pair_u[1:] != pair_u[:-1]) | (pair_i[1:] != pair_i[:-1])
     last_positions = order[is_last]
+    rating_from = _latest_measured(frame, order, is_last)
 
     if REPEAT_COUNT in frame.columns:
         previous = pd.to_numeric(frame[REPEAT_COUNT], errors="coerce").fillna(1).to_numpy(np.int64)
@@ -367,7 +366,36 @@ def collapse_repeats(frame: pd.DataFrame) -> pd.DataFrame:
     final = np.lexsort((item_codes[last_positions], user_codes[last_positions], time_key[last_positions]))
     out = frame.iloc[last_positions[final]].copy()
     out[REPEAT_COUNT] = counts[final]
+    if rating_from is not None:
+        # A pair whose latest event lacks a rating keeps its latest measured one: marked missing, the real
+        # rating was replaced by the user's mean and left out of RMSE.
+        source = rating_from[final]
+        rated = source >= 0
+        if rated.any():
+            values = out[RATING].to_numpy(np.float64, na_value=np.nan, copy=True)
+            values[rated] = frame[RATING].to_numpy(np.float64, na_value=np.nan)[source[rated]]
+            out[RATING] = values
+            out[RATING_MISSING] = out[RATING_MISSING].to_numpy(bool) & ~rated
     return out.reset_index(drop=True)
+
+
+def _latest_measured(frame: pd.DataFrame, order: np.ndarray, is_last: np.ndarray) -> np.ndarray | None:
+    """Per pair (in ``order``'s runs, ending where ``is_last``): the frame row of its latest event with a rating,
+    when its latest event has none, else -1; None when no row lacks a rating."""
+    if RATING_MISSING not in frame.columns or RATING not in frame.columns:
+        return None
+    missing = frame[RATING_MISSING].to_numpy(bool)[order]
+    if not missing[is_last].any():
+        return None
+    n = len(order)
+    run_start = np.zeros(n, dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], is_last[:-1])))
+    run_start[starts] = starts
+    run_start = np.maximum.accumulate(run_start)
+    latest = np.maximum.accumulate(np.where(missing, -1, np.arange(n)))  # latest measured position so far
+    ends = np.flatnonzero(is_last)
+    usable = missing[ends] & (latest[ends] >= run_start[ends])
+    return np.where(usable, order[np.maximum(latest[ends], 0)], -1)
 
 
 # ------------------------------------------------------------------------------------------------- imputation

@@ -165,6 +165,44 @@ def test_missing_ratings_are_filled_from_the_users_training_ratings() -> None:
     assert test_filled[RATING].tolist() == [5.0] and train_filled[RATING_MISSING].tolist() == [False, False, True, True]
     plain = _interactions([("a", "x", 4.0, 1)])
     assert fill_missing_ratings(plain, [plain])[0] is plain
+    # No training rating at all: the held-out ratings filled the training ones (their mean was the fallback, QA).
+    only_test_rated = cleaned.assign(
+        **{RATING: np.where(cleaned[USER] == "c", 5.0, np.nan), RATING_MISSING: cleaned[USER] != "c"}
+    )
+    unrated, held_out = only_test_rated[only_test_rated[USER] != "c"], only_test_rated[only_test_rated[USER] == "c"]
+    unrated_filled, _ = fill_missing_ratings(unrated, [unrated, held_out])
+    assert unrated_filled[RATING].isna().all() and unrated_filled[RATING_MISSING].all()
+
+
+def test_a_pair_whose_latest_event_lacks_a_rating_keeps_its_measured_one() -> None:
+    # u rated A 1.0, later had A again without a rating: the collapse kept the unrated event, so the real rating
+    # was replaced by u's mean and left out of RMSE (QA).
+    frame = _interactions(
+        [("u", "A", 1.0, 1), ("u", "A", np.nan, 5), ("u", "B", 5.0, 2), ("v", "A", np.nan, 3), ("v", "A", np.nan, 4)]
+    )
+    out, report = clean_interactions(frame)
+    rows = {
+        (u, i): (r, m, c)
+        for u, i, r, m, c in out[[USER, ITEM, RATING, RATING_MISSING, REPEAT_COUNT]].itertuples(index=False)
+    }
+    assert rows[("u", "A")] == (1.0, False, 2) and rows[("u", "B")] == (5.0, False, 1)
+    assert np.isnan(rows[("v", "A")][0]) and rows[("v", "A")][1:] == (True, 2)  # never rated: still missing
+    assert report.ratings_missing == 1
+    # The latest measured one when there are several, and a measured latest event wins as before.
+    again = _interactions(
+        [
+            ("u", "A", 1.0, 1),
+            ("u", "A", 3.0, 2),
+            ("u", "A", np.nan, 3),
+            ("u", "B", 2.0, 1),
+            ("u", "B", np.nan, 2),
+            ("u", "B", 4.0, 3),
+        ]
+    )
+    assert dict(zip(clean_interactions(again)[0][ITEM], clean_interactions(again)[0][RATING], strict=True)) == {
+        "A": 3.0,
+        "B": 4.0,
+    }
 
 
 def test_all_missing_rating_column_is_treated_as_implicit() -> None:
