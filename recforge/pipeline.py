@@ -394,12 +394,12 @@ def fit_and_recommend(
     users and items matched by id, and trains its config's ``warm_start_epochs``.
 
     Users listed in the users table but without events are ranked too. With ``cold_start`` the declared fallback
-    chain decides per user (:mod:`recmodels.coldstart.chain`): the model for users with more than four events,
-    item neighbours blended with segment popularity for one to four, attribute-segment popularity then global
-    popularity for none; the frame's ``strategy`` column says which one produced each row. With
-    ``explanations`` a ``reason`` column says why (:mod:`recmodels.explain`). With ``new_items_weight`` (and an
-    items table) items without events join the catalogue and the chain blends a content score over item
-    attributes with the model's, this weight on the model's side (``strategy`` ``content`` on those rows).
+    chain decides per user (:mod:`recmodels.coldstart.chain`): the model for users with more than four distinct
+    items (repeats count once), item neighbours blended with segment popularity for one to four, attribute-segment
+    popularity then global popularity for none; the frame's ``strategy`` column says which one produced each row.
+    With ``explanations`` a ``reason`` column says why (:mod:`recmodels.explain`). With ``new_items_weight`` (and an
+    items table) items without events join the catalogue and the chain blends a content score over item attributes
+    with the model's, this weight on the model's side (``strategy`` ``content`` on those rows).
     """
     index = IdIndex.from_frame(data.interactions)
     hybrid = cold_start and new_items_weight is not None and data.items is not None

@@ -1,6 +1,7 @@
 """The declared cold-start fallback chain, which records for every recommended item the strategy that chose it.
 
-Per user, by the number ``n`` of training events (users outside the index count as ``n = 0``):
+Per user, by the number ``n`` of distinct items in their training history (repeats of an item count once, as
+the models see them; users outside the index count as ``n = 0``):
 
 1. ``n > few_interactions`` and a collaborative model was given: ``"model"`` (its ranking);
 2. ``1 ≤ n ≤ few_interactions`` (or any ``n ≥ 1`` without a model): ``"item_neighbours"``, the item–item kNN
@@ -54,7 +55,7 @@ CONTENT_LABEL = "content"
 class ColdStartConfig:
     """The chain's declared policy and its components' hyperparameters.
 
-    few_interactions: users with 1..this many training events get item neighbours instead of the model.
+    few_interactions: users with 1..this many distinct training items get item neighbours instead of the model.
     neighbour_popularity_weight: item neighbours rank by ``(1 − w) · neighbours + w · segment popularity`` (each
         min-max normalised per user), with ``w`` this weight. With one to four events to go on, neighbours alone
         rank far below popularity on ML-100K (NDCG@10 0.36 against 0.52 with one event); the blend keeps what the
