@@ -18,7 +18,17 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from recforge.data.contract import CATEGORY_SEPARATOR, GENRES, ITEM, RATING, TIMESTAMP, USER, DataError
+from recforge.data.contract import (
+    CATEGORY_SEPARATOR,
+    FIRST_TIMESTAMP,
+    GENRES,
+    ITEM,
+    RATING,
+    RATING_MISSING,
+    TIMESTAMP,
+    USER,
+    DataError,
+)
 from recforge.prepare import REPEAT_COUNT
 
 SHARE_PREFIX = "share_"
@@ -82,6 +92,11 @@ def _prepare(train: pd.DataFrame, as_of: datetime) -> tuple[pd.DataFrame, pd.Tim
         if RATING in train.columns
         else np.full(len(train), np.nan)
     )
+    if RATING_MISSING in train.columns:
+        # A filled-in rating is a user's mean, not a measurement: an item nobody rated had a mean_rating (QA).
+        ratings = np.where(train[RATING_MISSING].to_numpy(bool), np.nan, ratings)
+    # Collapsed rows carry their pair's first event too: the row's timestamp is its latest.
+    firsts = train[FIRST_TIMESTAMP] if FIRST_TIMESTAMP in train.columns else timestamps
     # ``.array`` keeps each column's dtype (str ids, tz-aware datetimes) and drops the input's index.
     frame = pd.DataFrame(
         {
@@ -90,6 +105,7 @@ def _prepare(train: pd.DataFrame, as_of: datetime) -> tuple[pd.DataFrame, pd.Tim
             "_events": events,
             "_rating": ratings,
             "_ts": timestamps.array,
+            "_first": firsts.array,
         }
     )
     return frame, reference
@@ -106,7 +122,7 @@ def _activity(frame: pd.DataFrame, key: str, other: str, reference: pd.Timestamp
         events=("_events", "sum"),
         distinct=(other, "nunique"),
         mean_rating=("_rating", "mean"),
-        first=("_ts", "min"),
+        first=("_first", "min"),
         last=("_ts", "max"),
     )
     stats["events"] = stats["events"].astype(np.int64)

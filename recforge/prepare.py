@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.data.contract import (
+    FIRST_TIMESTAMP,
     GENRES,
     ITEM,
     RATING,
@@ -34,7 +35,8 @@ from recforge.data.contract import (
 )
 
 # Columns that clean_interactions adds (named with the data contract, whose loaders keep source columns off
-# them): REPEAT_COUNT, the number of events collapsed into the row (>= 1); RATING_MISSING, when some ratings are
+# them): REPEAT_COUNT, the number of events collapsed into the row (>= 1); FIRST_TIMESTAMP, the time of the
+# pair's first event (the row's own timestamp is its latest); RATING_MISSING, when some ratings are
 # missing, True on the rows whose rating is (kept as events; fill_missing_ratings gives them a rating, the rating
 # metrics leave them out).
 
@@ -333,8 +335,8 @@ def fill_missing_ratings(train: pd.DataFrame, frames: Sequence[pd.DataFrame]) ->
 
 
 def collapse_repeats(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (user, item): the latest event plus ``repeat_count`` (events summed when the frame has one);
-    sorted by (timestamp, user, item) with a fresh RangeIndex."""
+    """One row per (user, item): the latest event plus ``repeat_count`` (events summed when the frame has one) and
+    ``first_timestamp`` (the earliest event's time); sorted by (timestamp, user, item) with a fresh RangeIndex."""
     # Codes from sorted uniques order like the strings themselves, so one set of integer codes serves both the
     # pair grouping and the final (timestamp, user, item) sort; integer lexsort is far faster than
     # string sorts.
@@ -366,6 +368,10 @@ def collapse_repeats(frame: pd.DataFrame) -> pd.DataFrame:
     final = np.lexsort((item_codes[last_positions], user_codes[last_positions], time_key[last_positions]))
     out = frame.iloc[last_positions[final]].copy()
     out[REPEAT_COUNT] = counts[final]
+    # The latest event's timestamp is the row's; the features' "first event" needs the earliest (QA: a pair
+    # repeated later made days_active and an item's age in the data shorter than they were).
+    firsts = frame[FIRST_TIMESTAMP] if FIRST_TIMESTAMP in frame.columns else frame[TIMESTAMP]
+    out[FIRST_TIMESTAMP] = firsts.iloc[_earliest_per_run(_timestamp_order_key(firsts), order, is_last)[final]].array
     if rating_from is not None:
         # A pair whose latest event lacks a rating keeps its latest measured one: marked missing, the real
         # rating was replaced by the user's mean and left out of RMSE.
@@ -377,6 +383,18 @@ def collapse_repeats(frame: pd.DataFrame) -> pd.DataFrame:
             out[RATING] = values
             out[RATING_MISSING] = out[RATING_MISSING].to_numpy(bool) & ~rated
     return out.reset_index(drop=True)
+
+
+def _earliest_per_run(keys: np.ndarray, order: np.ndarray, is_last: np.ndarray) -> np.ndarray:
+    """Per run of ``order`` (ending where ``is_last``): the frame row with the smallest ``keys``."""
+    ends = np.flatnonzero(is_last)
+    starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else ends
+    sorted_keys = keys[order]
+    smallest = np.minimum.reduceat(sorted_keys, starts) if len(starts) else sorted_keys[:0]
+    run = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(order))))
+    hits = np.flatnonzero(sorted_keys == smallest[run])
+    _, first_hit = np.unique(run[hits], return_index=True)
+    return order[hits[first_hit]]
 
 
 def _latest_measured(frame: pd.DataFrame, order: np.ndarray, is_last: np.ndarray) -> np.ndarray | None:

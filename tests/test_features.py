@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge.data.contract import GENRES, ITEM, RATING, TIMESTAMP, USER, DataError
+from recforge.data.contract import GENRES, ITEM, RATING, RATING_MISSING, TIMESTAMP, USER, DataError
 from recforge.features import item_features, snake_case, user_features
 from recforge.prepare import REPEAT_COUNT, clean_interactions
 from recforge.store import features_table
@@ -130,6 +130,23 @@ def test_labels_too_long_for_a_feature_name_are_shortened_and_stay_distinct() ->
     limit = features_table.c.feature.type.length  # the published column, not a copy of its width
     assert limit == 200 and all(len(c) <= limit for c in shares)
     assert len({c[:-13] for c in shares if c != "share_action"}) == 1
+
+
+def test_features_of_collapsed_repeats_use_the_first_event_and_measured_ratings() -> None:
+    # After cleaning, a pair's row carries its latest event: u's A on day 1 and again on day 9 made u's days_active
+    # 7 instead of 8 and A's age in the data 7 days instead of 9; and an item nobody rated had the filled-in
+    # ratings' mean as its mean_rating (QA).
+    events = _train([("u", "A", 1.0, 1.0), ("u", "B", 4.0, 2.0), ("u", "A", 5.0, 9.0), ("v", "X", 4.0, 3.0)])
+    events = events.assign(rating=[1.0, 4.0, 5.0, np.nan])
+    collapsed, _ = clean_interactions(events)
+    assert collapsed[RATING_MISSING].tolist().count(True) == 1
+    users = user_features(collapsed, AS_OF).set_index(USER)
+    items = item_features(collapsed, AS_OF).set_index(ITEM)
+    assert users.loc["u", "days_active"] == 8.0 and items.loc["A", "days_since_first_event"] == 9.0
+    assert items.loc["A", "days_since_last_event"] == 1.0 and users.loc["u", "activity_count"] == 3
+    filled = collapsed.assign(rating=collapsed[RATING].fillna(4.0))  # what fill_missing_ratings would do
+    assert np.isnan(item_features(filled, AS_OF).set_index(ITEM).loc["X", "mean_rating"])
+    assert user_features(filled, AS_OF).set_index(USER).loc["u", "mean_rating"] == pytest.approx(4.5)
 
 
 def test_item_features_hand_computed() -> None:

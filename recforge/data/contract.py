@@ -40,7 +40,8 @@ def title_column(items: pd.DataFrame | None) -> str | None:
 #: weight multiplying the activity features, ``rating_missing`` as a flag).
 REPEAT_COUNT = "repeat_count"
 RATING_MISSING = "rating_missing"
-INTERNAL_COLUMNS = (REPEAT_COUNT, RATING_MISSING)
+FIRST_TIMESTAMP = "first_timestamp"
+INTERNAL_COLUMNS = (REPEAT_COUNT, RATING_MISSING, FIRST_TIMESTAMP)
 
 
 def holds_lists(column: pd.Series) -> bool:
