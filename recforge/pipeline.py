@@ -516,7 +516,14 @@ def item_labels(items: pd.DataFrame | None) -> pd.Series | None:
     table = items.drop_duplicates(ITEM).set_index(ITEM)
     titles = table[column].dropna()
     if "release_year" in table.columns:
-        years = pd.to_numeric(table["release_year"].reindex(titles.index), errors="coerce")
+        # As floats: with a nullable Int64 or text column (MovieLens' loader gives Int64) a missing year compared
+        # as NA, and the title of every item without a year became NaN.
+        years = pd.Series(
+            pd.to_numeric(table["release_year"].reindex(titles.index), errors="coerce").to_numpy(
+                np.float64, na_value=np.nan
+            ),
+            index=titles.index,
+        )
         # Whole years only: a fractional one (an imputed median) made the Int64 cast below fail every refit.
         has_year = (years == years.round()) & ~titles.astype(str).str.contains(r"\(\d{4}\)\s*$", regex=True)
         whole = years.where(has_year).astype("Int64").astype(str)

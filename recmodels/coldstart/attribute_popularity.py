@@ -124,22 +124,21 @@ def _quantile_edges(values: Any, n_buckets: int) -> np.ndarray:
     numbers = numbers[~np.isnan(numbers)]
     if len(numbers) == 0 or n_buckets < 2:
         return np.empty(0)
-    return np.unique(np.quantile(numbers, np.linspace(0, 1, n_buckets + 1)[1:-1]))
+    edges = np.quantile(numbers, np.linspace(0, 1, n_buckets + 1)[1:-1])
+    # Six significant digits, which the labels (the saved form of the edges) hold exactly.
+    return np.unique(np.array([float(f"{edge:.6g}") for edge in edges]))
 
 
 def _bucket_labels(edges: np.ndarray) -> tuple[str, ...]:
-    """``("<e0", "e0 to e1", …, ">=eN")``: the labels are also the saved form of the edges, so each number is
-    written exactly (shortest round-trip form). ``:g`` wrote 1234567 as 1.23457e+06 and "-5.25--3.5" read back
-    as +3.5, so codes built at serving time no longer meant those of fit time."""
+    """``("<e0", "e0-e1", …, ">=eN")``, the labels published in strategy names and saved as the edges' form.
+
+    The edges are rounded to 6 significant digits when fitted (:func:`_quantile_edges`), so ``:g`` writes them
+    exactly and :func:`_bucket_edges` reads back what the fit used (full-precision labels overflowed the
+    recommendations table's 100-character strategy column)."""
     if len(edges) == 0:
         return ("all",)
-    inner = [f"{_exact(lo)} to {_exact(hi)}" for lo, hi in itertools.pairwise(edges)]
-    return (f"<{_exact(edges[0])}", *inner, f">={_exact(edges[-1])}")
-
-
-def _exact(value: float) -> str:
-    text = repr(float(value))
-    return text.removesuffix(".0") if "e" not in text else text
+    inner = [f"{lo:g}-{hi:g}" for lo, hi in itertools.pairwise(edges)]
+    return (f"<{edges[0]:g}", *inner, f">={edges[-1]:g}")
 
 
 _LEADING_NUMBER = re.compile(r"^-?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?")
@@ -147,7 +146,8 @@ _LEADING_NUMBER = re.compile(r"^-?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?")
 
 def _bucket_edges(labels: tuple[str, ...]) -> np.ndarray:
     """The edges :func:`_bucket_labels` wrote into ``labels``: the first label's, each later bucket's lower edge,
-    and the last label's. Lower edges lead their label, so files saved with the older "lo-hi" labels read too."""
+    and the last label's. A lower edge leads its label: "-5.25--3.5" was read as 3.5 by splitting at the last
+    "-", so new users got another segment at serving time than at fit time."""
     if labels == ("all",):
         return np.empty(0)
     lows = []
