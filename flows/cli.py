@@ -210,7 +210,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source-url",
         help="sql: SQLAlchemy URL of the database to read interactions from; movielens-100k: the zip to download "
-        "instead of GroupLens' (an http(s)/ftp/file URL or a .zip implies movielens-100k)",
+        "instead of GroupLens' (an http(s), ftp or file URL implies movielens-100k)",
     )
     parser.add_argument("--table", help="sql: table holding the interactions")
     parser.add_argument("--query", help="sql: SELECT returning the interactions (instead of --table)")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.champion import LOWER_IS_BETTER, Candidate, ChampionRules, ChampionSelection, select_champion
-from recforge.data.contract import ITEM, RATING, TIMESTAMP, USER, DataError, Dataset, title_column
+from recforge.data.contract import ITEM, RATING, RATING_MISSING, TIMESTAMP, USER, DataError, Dataset, title_column
 from recforge.evaluation import FullEvaluation, evaluate_full, evaluate_ratings
 from recforge.features import item_features, user_features
 from recforge.ids import IdIndex
@@ -297,6 +297,24 @@ def make_model(name: str, config: Mapping[str, Any] | None = None) -> Recommende
     return cls() if config is None else cls(cls.config_class(**config))
 
 
+def _require_training_ratings(name: str, data: PreparedData) -> None:
+    """A DataError saying why a model that needs ratings cannot be evaluated when the training part holds none
+    (every rating is in the held-out part: a source that began recording ratings lately). It failed saying the
+    data set had no ratings at all."""
+    train = data.split.train
+    if RATING not in train.columns:
+        return
+    measured = train[RATING].notna()
+    if RATING_MISSING in train.columns:
+        measured &= ~train[RATING_MISSING].to_numpy(bool)
+    if not measured.any():
+        raise DataError(
+            f"{name} needs ratings to train, and the training part of the split (each user's older events) holds "
+            f"none: every rating measured is among the held-out newer events. It cannot be evaluated on this data; "
+            "leave it out (--models), or use data whose older events are rated too"
+        )
+
+
 def evaluate(
     name: str,
     data: PreparedData,
@@ -325,6 +343,8 @@ def evaluate(
 
     start = time.perf_counter()
     try:
+        if cls.requires_ratings:
+            _require_training_ratings(name, data)
         full = evaluate_full(
             new_model,
             data.split,

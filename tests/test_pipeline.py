@@ -165,6 +165,27 @@ def test_items_without_a_title_or_year_are_named_by_id_not_by_imputed_values(yea
     assert "(1981" not in reasons and "(1984)" not in reasons.replace("Dune (1984)", "")
 
 
+def test_a_rating_model_says_why_when_only_the_held_out_events_are_rated() -> None:
+    # Ratings recorded only lately: the training part has none, and biased_mf failed "this data set has none"
+    # although the data has ratings and its published refit works (QA).
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(20):
+        for day, item in enumerate(rng.permutation([f"i{n}" for n in range(12)])[:6]):
+            rating = float(rng.integers(1, 6)) if day == 5 else np.nan
+            rows.append((f"u{user}", item, rating, pd.Timestamp("2020-01-01", tz="UTC") + pd.Timedelta(days=day)))
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    dataset = Dataset(name="late_ratings", interactions=events)
+    data = prepare(dataset, validate_dataset(dataset), datetime(2020, 2, 1, tzinfo=UTC))
+    assert data.has_ratings and data.split.train["rating"].isna().all()
+    result = evaluate("biased_mf", data, bootstrap=0, ks=(5,))
+    assert (
+        result.error is not None
+        and "the training part of the split (each user's older events) holds none" in result.error
+    )
+    assert len(fit_and_recommend("biased_mf", data, top_n=3, cold_start=False).frame) == 60
+
+
 def test_prepare_refuses_data_with_nothing_to_evaluate() -> None:
     """One user whose held-out events are all of items nobody had: one clear error, not one per model."""
     events = pd.DataFrame(

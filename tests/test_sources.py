@@ -1060,6 +1060,8 @@ def test_only_passing_io_failures_are_retried(tmp_path: Path, zip_server: tuple[
         ({"source_url": "https://mirror.example/ml-100k.zip"}, "movielens-100k"),
         ({"source_url": "file:///srv/ml-100k.zip", "data_dir": "/cache/ml-100k"}, "movielens-100k"),
         ({"source_url": "https://warehouse.example/db", "query": "select 1"}, "sql"),
+        ({"source_url": "sqlite:////data/events.zip"}, "sql"),  # a database whose file ends in .zip
+        ({"source_url": "postgresql://u@h/db?sslrootcert=/c/root.zip"}, "sql"),
         ({}, "synthetic"),
         ({"kind": "csv", "data_dir": "/ignored"}, "csv"),  # a kind given wins
     ],

@@ -232,7 +232,8 @@ def infer_kind(settings: Mapping[str, Any]) -> str:
     if url is not None:
         # source_url is also MovieLens' download (a mirror of the zip): read as a database URL it failed to
         # connect to "https". A table or query always means SQL.
-        download = str(url).lower().startswith(_DOWNLOAD_SCHEMES) or str(url).lower().endswith(".zip")
+        # Any other scheme is a database's, even one whose path ends in .zip (sqlite:///events.zip).
+        download = str(url).lower().startswith(_DOWNLOAD_SCHEMES)
         sql = settings.get("table") is not None or settings.get("query") is not None
         return "movielens-100k" if download and not sql else "sql"
     if settings.get("interactions") is not None:
