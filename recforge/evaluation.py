@@ -517,6 +517,11 @@ def evaluate_ratings_kfold(
             raise ValueError(f"{model.name} does not predict ratings; evaluate it with evaluate_full instead")
         # The pipeline's filled-in ratings were scored as measurements here (evaluate_ratings left them out).
         train, test = (_measured(frame) for frame in (fold.train, fold.test))
+        if test.empty and not fold.test.empty:
+            raise DataError(
+                f"evaluate_ratings_kfold: every rating of fold {fold.fold}'s {len(fold.test)} test rows was filled "
+                "in, not measured, so the fold has nothing to score; use fewer folds or data with more ratings"
+            )
         for part, frame in (("train", train), ("test", test)):
             if not _has_complete_ratings(frame):
                 raise DataError(

@@ -371,6 +371,11 @@ def collapse_repeats(frame: pd.DataFrame) -> pd.DataFrame:
     # The latest event's timestamp is the row's; the features' "first event" needs the earliest (QA: a pair
     # repeated later made days_active and an item's age in the data shorter than they were).
     firsts = frame[FIRST_TIMESTAMP] if FIRST_TIMESTAMP in frame.columns else frame[TIMESTAMP]
+    if not pd.api.types.is_datetime64_any_dtype(firsts.dtype):  # a code-built frame's own column of that name
+        raise DataError(
+            f"interactions column {FIRST_TIMESTAMP!r} holds {firsts.dtype}, but the name is recforge's own (the first "
+            "event of a collapsed pair, a datetime): rename that column (loaders keep it as source_first_timestamp)"
+        )
     out[FIRST_TIMESTAMP] = firsts.iloc[_earliest_per_run(_timestamp_order_key(firsts), order, is_last)[final]].array
     if rating_from is not None:
         # A pair whose latest event lacks a rating keeps its latest measured one: marked missing, the real

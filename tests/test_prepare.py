@@ -174,6 +174,13 @@ def test_missing_ratings_are_filled_from_the_users_training_ratings() -> None:
     assert unrated_filled[RATING].isna().all() and unrated_filled[RATING_MISSING].all()
 
 
+def test_a_text_column_named_first_timestamp_is_named_in_the_error() -> None:
+    # A code-built frame with its own "first_timestamp" failed on a complaint about the timestamp column (QA).
+    frame = _interactions([("u", "A", 1.0, 1), ("u", "A", 2.0, 2)], first_timestamp=["x", "y"])
+    with pytest.raises(DataError, match=r"column 'first_timestamp' holds .*recforge's own"):
+        clean_interactions(frame)
+
+
 def test_a_pair_whose_latest_event_lacks_a_rating_keeps_its_measured_one() -> None:
     # u rated A 1.0, later had A again without a rating: the collapse kept the unrated event, so the real rating
     # was replaced by u's mean and left out of RMSE (QA).

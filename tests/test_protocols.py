@@ -200,6 +200,15 @@ def test_kfold_rating_evaluation_leaves_filled_in_ratings_out_as_evaluate_rating
     assert result.rmse != pytest.approx(evaluate_ratings_kfold(ItemMean, [_unmarked(f) for f in folds]).rmse)
 
 
+def test_kfold_names_a_fold_whose_test_ratings_were_all_filled_in() -> None:
+    df = rating_rows(30)
+    folds = make_splits(df, "kfold_random", n_folds=3, seed=1).folds
+    filled = df.index.isin(folds[0].test.index)
+    marked = make_splits(df.assign(rating_missing=filled), "kfold_random", n_folds=3, seed=1).folds
+    with pytest.raises(DataError, match=r"every rating of fold 0's 10 test rows was filled in"):
+        evaluate_ratings_kfold(ItemMean, marked)
+
+
 def _unmarked(fold: RatingFold) -> RatingFold:
     return dataclasses.replace(
         fold, train=fold.train.drop(columns="rating_missing"), test=fold.test.drop(columns="rating_missing")

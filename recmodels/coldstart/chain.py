@@ -115,7 +115,7 @@ class ColdStartChain:
         neighbours: an item–item kNN already fitted on ``data`` to use for the few-events step (so several chains
             over the same data share one fit), or a function that returns one; by default one is fitted here, or
             the model is reused if it is one. Neither the function nor a fit runs when no user of ``data`` would
-            reach the step (every user has more than ``few_interactions`` events and there is a model: MovieLens,
+            reach the step (every user has more than ``few_interactions`` items and there is a model: MovieLens,
             the synthetic set); ``neighbours_`` is then None. Users outside ``data`` start at the segment step.
         """
         settings = settings or RunSettings()
