@@ -176,8 +176,8 @@ def prepare(
     # training, and every model was credited for recommending it (on data with repeats; ML-100K has none).
     split = temporal_holdout(events, test_fraction=test_fraction)
     split = dataclasses.replace(split, train=collapse_repeats(split.train), test=collapse_repeats(split.test))
-    # Events without a rating get their user's mean training rating (the rating metrics leave them out).
-    # Evaluation fills from its training part only; publishing from every event before as_of (no held-out part).
+    # Events without a rating get their user's mean rating (the rating metrics leave them out): evaluation's
+    # from its training part only, publishing's from every event before as_of (there is no held-out part).
     train, test = fill_missing_ratings(split.train, [split.train, split.test])
     [before] = fill_missing_ratings(before, [before])
     split = dataclasses.replace(split, train=train, test=test)
@@ -211,7 +211,7 @@ def prepare(
     labels = None
     if dataset.items is not None:
         known, later["items"] = _known_at(dataset.items, ITEM, raw, window, as_of)
-        labels = item_labels(known)  # before imputation: an imputed year is another items' median
+        labels = item_labels(known)  # before imputation: an imputed year is the other items' median
         rules = declared_rules(known, ITEM, impute.get("items", {}))
         imputer = Imputer(rules).fit(known, id_column=ITEM, fit_ids=train_items)
         items = imputer.transform(known)

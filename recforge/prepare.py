@@ -211,9 +211,10 @@ def clean_interactions(
        after the split); an all-missing rating column means implicit data and is left alone.
     5. exact duplicate rows (all columns equal), keeping the first.
     6. repeated (user, item) events collapse into the latest one (latest timestamp; ties: the later row
-       in input order), whose rating, timestamp and extra columns are kept. ``repeat_count`` (int64) is the
-       number of events of the pair; if the input already has a ``repeat_count`` (cleaning twice), counts
-       are summed.
+       in input order), whose rating, timestamp and extra columns are kept, except that a latest event without
+       a rating takes the pair's latest measured one. ``repeat_count`` (int64) is the number of events of the
+       pair and ``first_timestamp`` the time of its first; if the input already has them (cleaning twice),
+       counts are summed and the earliest first time kept.
 
     The output is sorted by (timestamp, user_id, item_id) with a fresh RangeIndex; the input is not modified.
     ``collapse=False`` stops before step 6: one row per event, in input order with a fresh RangeIndex, for a
