@@ -108,8 +108,12 @@ def test_encode_user_attributes_buckets_numbers_and_reuses_levels() -> None:
 
 @pytest.mark.parametrize(
     "values",
-    [[-8.0, -6.0, -4.0, -3.0, -2.0, 1.0, 2.0, 3.0], [1_000_000.0, 1_234_567.0, 1_234_568.0, 2_000_000.0]],
-    ids=["negative", "large"],
+    [
+        [-8.0, -6.0, -4.0, -3.0, -2.0, 1.0, 2.0, 3.0],
+        [1_000_000.0, 1_234_567.0, 1_234_568.0, 2_000_000.0],
+        [n / 7 for n in range(1, 9)],  # edges of 17 digits at full precision: 41-character labels
+    ],
+    ids=["negative", "large", "long"],
 )
 def test_bucket_edges_read_back_exactly_for_negative_and_large_numbers(values: list[float]) -> None:
     # The labels are the saved form of the edges: "-5.25--3.5" read back as +3.5 and 1234567.5 as 1.23457e+06,
