@@ -819,22 +819,24 @@ def cmd_forget(args: argparse.Namespace) -> int:
         return 2
     store = _published_store(args.db_url, upgrade=True)
 
+    try:
+        key: bytes | None = pseudonym_key(PrivacyConfig())
+    except DataError as exc:
+        if args.pseudonymised:
+            print(f"recforge: --pseudonymised needs the key: {exc}", file=sys.stderr)
+            return 2
+        key = None
+
     def stored_forms(user: str) -> dict[str, str]:
         # Every form the tables may hold: the raw id (runs without pseudonymisation, before or after), and its
         # pseudonym whenever the key is at hand. One form only left the other's rows readable, and a run with the
         # other setting published the user again (the erasures matched one form).
         forms = {"the id itself": user}
-        with contextlib.suppress(DataError):
-            forms["its pseudonym"] = pseudonymise_id(user, pseudonym_key(PrivacyConfig()))
+        if key is not None:
+            forms["its pseudonym"] = pseudonymise_id(user, key)
         return forms
 
     forms = stored_forms(str(args.user))
-    if args.pseudonymised and "its pseudonym" not in forms:
-        try:
-            pseudonym_key(PrivacyConfig())
-        except DataError as exc:
-            print(f"recforge: --pseudonymised needs the key: {exc}", file=sys.stderr)
-            return 2
     padded = str(args.user) != str(args.user).strip()
 
     def published(user_forms: dict[str, str]) -> bool:

@@ -41,7 +41,7 @@ from recforge.metrics import (
     topn_metrics,
     topn_per_user_at,
 )
-from recforge.prepare import RATING_MISSING
+from recforge.prepare import measured
 from recforge.protocols import RatingFold
 from recforge.split import TemporalSplit, random_rating_split
 from recforge.uncertainty import DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, bootstrap_cis
@@ -171,7 +171,7 @@ def evaluate_ratings(
     model = model_factory()
     if not type(model).predicts_ratings:
         raise ValueError(f"{model.name} does not predict ratings; evaluate it with evaluate_topn instead")
-    interactions = _measured(interactions)
+    interactions = measured(interactions)
     if not _has_complete_ratings(interactions):
         raise DataError(
             "evaluate_ratings: the interactions table needs a 'rating' column with no missing values; "
@@ -487,13 +487,6 @@ class KFoldRatings:
         )  # fmt: skip
 
 
-def _measured(interactions: pd.DataFrame) -> pd.DataFrame:
-    """``interactions`` without the rows marked ``rating_missing``: their rating was filled in, not measured."""
-    if RATING_MISSING not in interactions.columns:
-        return interactions
-    return interactions[~interactions[RATING_MISSING].to_numpy(bool)]
-
-
 def evaluate_ratings_kfold(
     model_factory: ModelFactory,
     folds: Sequence[RatingFold],
@@ -516,7 +509,7 @@ def evaluate_ratings_kfold(
         if not type(model).predicts_ratings:
             raise ValueError(f"{model.name} does not predict ratings; evaluate it with evaluate_full instead")
         # The pipeline's filled-in ratings were scored as measurements here (evaluate_ratings left them out).
-        train, test = (_measured(frame) for frame in (fold.train, fold.test))
+        train, test = (measured(frame) for frame in (fold.train, fold.test))
         if test.empty and not fold.test.empty:
             raise DataError(
                 f"evaluate_ratings_kfold: every rating of fold {fold.fold}'s {len(fold.test)} test rows was filled "

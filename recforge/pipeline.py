@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.champion import LOWER_IS_BETTER, Candidate, ChampionRules, ChampionSelection, select_champion
-from recforge.data.contract import ITEM, RATING, RATING_MISSING, TIMESTAMP, USER, DataError, Dataset, title_column
+from recforge.data.contract import ITEM, RATING, TIMESTAMP, USER, DataError, Dataset, title_column
 from recforge.evaluation import FullEvaluation, evaluate_full, evaluate_ratings
 from recforge.features import item_features, user_features
 from recforge.ids import IdIndex
@@ -33,6 +33,7 @@ from recforge.prepare import (
     collapse_repeats,
     declared_rules,
     fill_missing_ratings,
+    measured,
 )
 from recforge.split import TemporalSplit, stamped_before, temporal_holdout
 from recforge.store import ChampionDecision
@@ -302,12 +303,7 @@ def _require_training_ratings(name: str, data: PreparedData) -> None:
     (every rating is in the held-out part: a source that began recording ratings lately). It failed saying the
     data set had no ratings at all."""
     train = data.split.train
-    if RATING not in train.columns:
-        return
-    measured = train[RATING].notna()
-    if RATING_MISSING in train.columns:
-        measured &= ~train[RATING_MISSING].to_numpy(bool)
-    if not measured.any():
+    if RATING in train.columns and not measured(train)[RATING].notna().any():
         raise DataError(
             f"{name} needs ratings to train, and the training part of the split (each user's older events) holds "
             f"none: every rating measured is among the held-out newer events. It cannot be evaluated on this data; "

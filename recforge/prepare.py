@@ -306,6 +306,13 @@ def clean_interactions(
     return result, report
 
 
+def measured(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without the rows marked ``rating_missing``: their rating is filled in, not measured."""
+    if RATING_MISSING not in frame.columns:
+        return frame
+    return frame[~frame[RATING_MISSING].to_numpy(bool)]
+
+
 def _ratings_missing(frame: pd.DataFrame) -> int:
     return int(frame[RATING_MISSING].sum()) if RATING_MISSING in frame.columns else 0
 
@@ -320,7 +327,7 @@ def fill_missing_ratings(train: pd.DataFrame, frames: Sequence[pd.DataFrame]) ->
     """
     if RATING_MISSING not in train.columns:
         return list(frames)
-    rated = train[~train[RATING_MISSING].to_numpy(bool)]
+    rated = measured(train)
     by_user = rated.groupby(USER, sort=False)[RATING].mean()
     fallback = rated[RATING].mean()
     filled = []
@@ -354,7 +361,9 @@ def collapse_repeats(frame: pd.DataFrame) -> pd.DataFrame:
     if n:
         is_last[:-1] = (pair_u[1:] != pair_u[:-1]) | (pair_i[1:] != pair_i[:-1])
     last_positions = order[is_last]
-    rating_from = _latest_measured(frame, order, is_last)
+    ends = np.flatnonzero(is_last)  # each pair's run in ``order``: starts[r] .. ends[r]
+    starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else ends
+    rating_from = _latest_measured(frame, order, starts, ends)
 
     if REPEAT_COUNT in frame.columns:
         previous = pd.to_numeric(frame[REPEAT_COUNT], errors="coerce").fillna(1).to_numpy(np.int64)
@@ -377,7 +386,7 @@ def collapse_repeats(frame: pd.DataFrame) -> pd.DataFrame:
             f"interactions column {FIRST_TIMESTAMP!r} holds {firsts.dtype}, but the name is recforge's own (the first "
             "event of a collapsed pair, a datetime): rename that column (loaders keep it as source_first_timestamp)"
         )
-    out[FIRST_TIMESTAMP] = firsts.iloc[_earliest_per_run(_timestamp_order_key(firsts), order, is_last)[final]].array
+    out[FIRST_TIMESTAMP] = firsts.iloc[_earliest_per_run(_timestamp_order_key(firsts), order, starts)[final]].array
     if rating_from is not None:
         # A pair whose latest event lacks a rating keeps its latest measured one: marked missing, the real
         # rating was replaced by the user's mean and left out of RMSE.
@@ -391,10 +400,8 @@ def collapse_repeats(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _earliest_per_run(keys: np.ndarray, order: np.ndarray, is_last: np.ndarray) -> np.ndarray:
-    """Per run of ``order`` (ending where ``is_last``): the frame row with the smallest ``keys``."""
-    ends = np.flatnonzero(is_last)
-    starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else ends
+def _earliest_per_run(keys: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per run of ``order`` (beginning at ``starts``): the frame row with the smallest ``keys``."""
     sorted_keys = keys[order]
     smallest = np.minimum.reduceat(sorted_keys, starts) if len(starts) else sorted_keys[:0]
     run = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(order))))
@@ -403,22 +410,16 @@ def _earliest_per_run(keys: np.ndarray, order: np.ndarray, is_last: np.ndarray) 
     return order[hits[first_hit]]
 
 
-def _latest_measured(frame: pd.DataFrame, order: np.ndarray, is_last: np.ndarray) -> np.ndarray | None:
-    """Per pair (in ``order``'s runs, ending where ``is_last``): the frame row of its latest event with a rating,
-    when its latest event has none, else -1; None when no row lacks a rating."""
+def _latest_measured(frame: pd.DataFrame, order: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray | None:
+    """Per run of ``order`` (``starts`` to ``ends``): the frame row of its latest event with a rating, when its
+    latest event has none, else -1; None when no run's latest event lacks a rating."""
     if RATING_MISSING not in frame.columns or RATING not in frame.columns:
         return None
     missing = frame[RATING_MISSING].to_numpy(bool)[order]
-    if not missing[is_last].any():
+    if not missing[ends].any():
         return None
-    n = len(order)
-    run_start = np.zeros(n, dtype=np.int64)
-    starts = np.flatnonzero(np.concatenate(([True], is_last[:-1])))
-    run_start[starts] = starts
-    run_start = np.maximum.accumulate(run_start)
-    latest = np.maximum.accumulate(np.where(missing, -1, np.arange(n)))  # latest measured position so far
-    ends = np.flatnonzero(is_last)
-    usable = missing[ends] & (latest[ends] >= run_start[ends])
+    latest = np.maximum.accumulate(np.where(missing, -1, np.arange(len(order))))  # latest measured position so far
+    usable = missing[ends] & (latest[ends] >= starts)
     return np.where(usable, order[np.maximum(latest[ends], 0)], -1)
 
 

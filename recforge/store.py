@@ -314,6 +314,14 @@ def _champion_view_select() -> Select[Any]:
 champion_recommendations = table(CHAMPION_VIEW_NAME, *(column(c.name, c.type) for c in recommendations_table.c))
 
 
+def _user_rows(user: str) -> dict[str, tuple[Table, ColumnElement[bool]]]:
+    """The published rows of ``user`` per table: what ``forget_user`` deletes and ``user_row_counts`` counts."""
+    return {
+        "recommendations": (recommendations_table, recommendations_table.c.user_id == user),
+        "features": (features_table, and_(features_table.c.entity == "user", features_table.c.entity_id == user)),
+    }
+
+
 class CreateView(ExecutableDDLElement):
     """``CREATE VIEW <name> AS <select>``, compiled for the connection's dialect."""
 
@@ -1290,12 +1298,8 @@ class Store:
         self.create_schema()
         with self.engine.begin() as conn:
             deleted = {
-                "recommendations": conn.execute(
-                    delete(recommendations_table).where(recommendations_table.c.user_id == user)
-                ).rowcount,
-                "features": conn.execute(
-                    delete(features_table).where(features_table.c.entity == "user", features_table.c.entity_id == user)
-                ).rowcount,
+                name: conn.execute(delete(table).where(rows)).rowcount
+                for name, (table, rows) in _user_rows(user).items()
             }
             previous = conn.execute(
                 select(erasures_table.c.rows_deleted).where(erasures_table.c.user_id == user)
@@ -1326,12 +1330,9 @@ class Store:
             tables = set(inspect(conn).get_table_names())
             if not {recommendations_table.name, features_table.name} <= tables:
                 return {"recommendations": 0, "features": 0}
-            rec, feat = recommendations_table, features_table
             return {
-                "recommendations": conn.execute(select(func.count()).where(rec.c.user_id == user)).scalar_one(),
-                "features": conn.execute(
-                    select(func.count()).where(feat.c.entity == "user", feat.c.entity_id == user)
-                ).scalar_one(),
+                name: conn.execute(select(func.count()).select_from(table).where(rows)).scalar_one()
+                for name, (table, rows) in _user_rows(user).items()
             }
 
     def erased_users(self) -> set[str]:

@@ -156,11 +156,8 @@ def _bucket_edges(labels: tuple[str, ...]) -> np.ndarray:
         if match is None:
             raise ValueError(f"bucket label {label!r} does not start with a number")
         lows.append(float(match.group()))
-    return (
-        np.array([float(labels[0][1:]), *lows, float(labels[-1][2:])])
-        if len(labels) > 2
-        else np.array([float(labels[0][1:])])
-    )
+    last = [float(labels[-1][2:])] if len(labels) > 2 else []  # "<e0", ">=e0": one edge for both labels
+    return np.array([float(labels[0][1:]), *lows, *last])
 
 
 @dataclass(frozen=True)
