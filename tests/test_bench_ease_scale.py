@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from bench import ease_scale
+from tests.bench_tables import count, numbered_rows
 
 
 def test_ease_scale_prints_one_measured_row_per_catalogue(capsys: pytest.CaptureFixture[str]) -> None:
     assert ease_scale.main(["--items", "60,90", "--users", "300", "--events", "3000", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert [row[0].strip() for row in rows] == ["60", "90"]
+    rows = numbered_rows(out)
+    assert [row[0] for row in rows] == ["60", "90"]
     for row in rows:
-        pairs, fit_seconds, peak_mib = int(row[1].replace(",", "")), float(row[2]), float(row[3])
+        pairs, fit_seconds, peak_mib = count(row[1]), float(row[2]), float(row[3])
         assert 0 < pairs <= 3000 * 2 and fit_seconds >= 0 and peak_mib > 0
