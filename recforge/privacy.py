@@ -22,9 +22,11 @@ from collections.abc import Iterable
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from recforge.data.contract import ITEM, MAX_ID_CHARS, USER, DataError, Dataset
+from recforge.data.contract import ITEM, MAX_ID_CHARS, RATING, TIMESTAMP, USER, DataError, Dataset
 
 DEFAULT_KEY_ENV = "RECFORGE_PSEUDONYM_KEY"
+# What an event is made of: never dropped as personal, whatever privacy.personal_columns names.
+EVENT_COLUMNS = (USER, ITEM, RATING, TIMESTAMP)
 PSEUDONYM_PREFIX = "p_"
 # Column names that hold personal data in most user tables; matched case-insensitively.
 DEFAULT_PERSONAL_COLUMNS = (
@@ -60,7 +62,10 @@ class PrivacyConfig(BaseModel):
     key_env: str = Field(default=DEFAULT_KEY_ENV, description="Environment variable holding the pseudonym key.")
     personal_columns: list[str] = Field(
         default_factory=lambda: list(DEFAULT_PERSONAL_COLUMNS),
-        description="users-table columns treated as personal data (case-insensitive); dropped unless kept.",
+        description=(
+            "Columns of the users table and of the events treated as personal data (case-insensitive); dropped "
+            "unless kept."
+        ),
     )
     keep_personal_columns: list[str] = Field(
         default_factory=list, description="Personal columns to keep anyway (an explicit, reviewed choice)."
@@ -99,7 +104,7 @@ def pseudonymise_ids(ids: pd.Series, key: bytes) -> pd.Series:
 
 
 def personal_columns(columns: Iterable[str], config: PrivacyConfig) -> list[str]:
-    """The columns of a users table that are personal and not kept."""
+    """The columns of a users table (or an events table) that are personal and not kept."""
     personal = {c.lower() for c in config.personal_columns}
     kept = {c.lower() for c in config.keep_personal_columns}
     return [c for c in columns if c != USER and c.lower() in personal and c.lower() not in kept]
@@ -120,12 +125,18 @@ def deidentify(dataset: Dataset, config: PrivacyConfig) -> tuple[Dataset, dict[s
     logs (what was dropped; never any id).
     """
     interactions, users = dataset.interactions, dataset.users
-    summary: dict[str, object] = {"pseudonymised": False, "dropped_columns": []}
+    dropped: list[str] = []
     if users is not None:
-        dropped = personal_columns(users.columns, config)
-        if dropped:
-            users = users.drop(columns=dropped)
-            summary["dropped_columns"] = dropped
+        personal = personal_columns(users.columns, config)
+        if personal:
+            users = users.drop(columns=personal)
+            dropped += personal
+    # An events log may carry them too (the e-mail or IP address of each event), next to the pseudonymised id.
+    personal = [c for c in personal_columns(interactions.columns, config) if c not in EVENT_COLUMNS]
+    if personal:
+        interactions = interactions.drop(columns=personal)
+        dropped += [f"interactions.{c}" for c in personal]
+    summary: dict[str, object] = {"pseudonymised": False, "dropped_columns": dropped}
     if config.pseudonymise_users:
         key = pseudonym_key(config)
         interactions = interactions.assign(**{USER: pseudonymise_ids(interactions[USER], key)})

@@ -18,6 +18,7 @@ from recforge.privacy import (
     DEFAULT_KEY_ENV,
     PrivacyConfig,
     apply_privacy,
+    deidentify,
     personal_columns,
     pseudonymise_id,
     pseudonymise_ids,
@@ -76,6 +77,22 @@ def test_personal_columns_are_dropped_unless_kept() -> None:
     assert summary["dropped_columns"] == ["Email", "zip_code"]
     kept, _ = apply_privacy(_dataset(), PrivacyConfig(keep_personal_columns=["zip_code"]), set())
     assert kept.users is not None and "zip_code" in kept.users.columns and "Email" not in kept.users.columns
+
+
+def test_personal_columns_of_the_events_are_dropped_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # They stayed next to the pseudonymised id, and were cached with it in Prefect's result storage.
+    monkeypatch.setenv("RECFORGE_PSEUDONYM_KEY", "k" * 32)
+    dataset = _dataset()
+    events = dataset.interactions.assign(email="alice@example.com", IP_Address="10.0.0.7", device="phone")
+    config = PrivacyConfig(pseudonymise_users=True, personal_columns=["email", "ip_address", "rating", "timestamp"])
+    protected, summary = deidentify(dataclasses.replace(dataset, interactions=events), config)
+    assert protected.interactions.columns.tolist() == [*dataset.interactions.columns, "device"]
+    assert summary["dropped_columns"] == ["Email", "interactions.email", "interactions.IP_Address"]
+    assert protected.interactions["user_id"].str.startswith("p_").all()
+    kept, _ = deidentify(
+        dataclasses.replace(dataset, interactions=events), PrivacyConfig(keep_personal_columns=["email"])
+    )
+    assert "email" in kept.interactions.columns and "IP_Address" not in kept.interactions.columns
 
 
 def test_pseudonymised_and_erased_users(monkeypatch: pytest.MonkeyPatch) -> None:
