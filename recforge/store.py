@@ -290,6 +290,8 @@ erasures_table = Table(
 
 DATA_TABLES = (runs_table, metrics_table, recommendations_table, features_table, champions_table)
 CHAMPION_VIEW_NAME = "champion_recommendations"
+# Advisory lock key (PostgreSQL) between forget_user and the writes of user rows: see Store._lock_erasures.
+ERASURES_LOCK = "recforge.erasures"
 
 
 def _champion_view_select() -> Select[Any]:
@@ -1086,6 +1088,11 @@ class Store:
         naive_as_of = to_naive_utc(as_of)
         ids = features[id_column].astype(str).to_numpy(dtype=object)
         with self._transaction(conn) as conn:
+            # Always first, whatever the entity: every transaction takes its locks in the same order.
+            self._lock_erasures(conn, exclusive=False)
+            # Two runs of one date would each delete the rows the other has not committed, and both runs' rows
+            # would stay (PostgreSQL; SQLite writes one transaction at a time).
+            self._lock_key(conn, f"recforge.features/{naive_as_of.isoformat()}/{entity}")
             self._require_run(conn, run_id)
             conn.execute(
                 delete(features_table).where(
@@ -1096,6 +1103,10 @@ class Store:
                     features_table.c.entity == entity,
                 )
             )
+            if entity == "user":
+                erased = self._erased_among(conn, ids)
+                if erased.any():
+                    features, ids = features[~erased], ids[~erased]
             return _bulk_insert(
                 conn,
                 features_table,
@@ -1118,7 +1129,9 @@ class Store:
 
         ``recommendations`` has columns model, user_id, rank (1-based), item_id, score. One transaction
         deletes that ``as_of``'s rows for these models, inserts the new ones and replaces the champion row
-        (when ``champion`` is given): a rerun never duplicates; a failure leaves the previous rows in place.
+        (when ``champion`` is given; without one, a champion row naming one of these models is deleted, as its
+        rows are): a rerun never duplicates; a failure leaves the previous rows in place. Rows of users
+        forgotten meanwhile (table erasures) are left out.
         On PostgreSQL the rows go in by binary COPY; publishes of the same ``as_of`` and model take turns,
         others (other dates, other models) run side by side.
         """
@@ -1157,27 +1170,50 @@ class Store:
             with self.engine.begin() as own:
                 pg_partitions.ensure_date_partition(own, naive_as_of)
         with self._transaction(conn) as conn:
-            self._lock_publication(conn, naive_as_of, published_models, champion is not None)
+            # The date's champion row vouches for the rows its run published: when these replace them and no
+            # champion comes with them (none passed the guard rails), it goes too, or the view would serve rows
+            # nothing chose under the old decision. (Read before the locks: they are taken in one fixed order.)
+            unvouched = champion is None and self._champion_model_at(conn, naive_as_of) in published_models
+            self._lock_erasures(conn, exclusive=False)
+            self._lock_publication(conn, naive_as_of, published_models, champion is not None or unvouched)
             self._require_run(conn, run_id)
             constants = {"as_of": naive_as_of, "run_id": run_id}
-            if conn.dialect.name == "postgresql":
+            postgresql = conn.dialect.name == "postgresql"
+            if published_models and not postgresql:
+                # Row-level deletes of this as_of and these models only: publishes of other dates or models
+                # proceed side by side. First, so that SQLite's write lock is held when the erasures are read.
+                conn.execute(
+                    delete(recommendations_table).where(
+                        recommendations_table.c.as_of == naive_as_of,
+                        recommendations_table.c.model.in_(published_models),
+                    )
+                )
+            erased = self._erased_among(conn, columns["user_id"])
+            if erased.any():
+                # A user forgotten while this run trained (it had loaded their events): none of their rows.
+                kept = np.flatnonzero(~erased)
+                columns = {name: _take(values, kept) for name, values in columns.items()}
+                models = pd.Series(_take(models, kept))
+            if postgresql:
                 inserted = _publish_partitions(conn, naive_as_of, models, columns, constants)
             else:
-                if published_models:
-                    # Row-level deletes of this as_of and these models only: publishes of other dates or
-                    # models proceed side by side.
-                    conn.execute(
-                        delete(recommendations_table).where(
-                            recommendations_table.c.as_of == naive_as_of,
-                            recommendations_table.c.model.in_(published_models),
-                        )
-                    )
                 inserted = _bulk_insert(conn, recommendations_table, columns, constants)
             if published_models:
                 self._record_publications(conn, run_id, naive_as_of, models)
             if champion is not None:
                 self._replace_champion(conn, run_id, naive_as_of, champion)
+            elif unvouched:
+                conn.execute(
+                    delete(champions_table).where(
+                        champions_table.c.as_of == naive_as_of, champions_table.c.model.in_(published_models)
+                    )
+                )
         return inserted
+
+    @staticmethod
+    def _champion_model_at(conn: Connection, naive_as_of: datetime) -> str | None:
+        """The model of ``as_of``'s champion row, if it has one."""
+        return conn.execute(select(champions_table.c.model).where(champions_table.c.as_of == naive_as_of)).scalar()
 
     @staticmethod
     def _record_publications(conn: Connection, run_id: str, naive_as_of: datetime, models: pd.Series) -> None:
@@ -1287,7 +1323,8 @@ class Store:
         """Delete a user's published rows (recommendations, features) and record the erasure; returns rows per table.
 
         One transaction. The ``erasures`` row makes every later run drop the user's events on ingest
-        (:meth:`erased_users`), so no model trained after this contains them. Forgetting twice is harmless.
+        (:meth:`erased_users`), so no model trained after this contains them, and every later publish drop their
+        rows (a run that loaded the events before the forget still publishes after it). Forgetting twice is harmless.
         """
         user = str(user_id)
         if len(user) > MAX_ID_CHARS:  # PostgreSQL failed on it with a raw StringDataRightTruncation
@@ -1297,6 +1334,8 @@ class Store:
             )
         self.create_schema()
         with self.engine.begin() as conn:
+            # Waits for publishes in flight (their rows are then visible to the delete); later ones see the erasure.
+            self._lock_erasures(conn, exclusive=True)
             deleted = {
                 name: conn.execute(delete(table).where(rows)).rowcount
                 for name, (table, rows) in _user_rows(user).items()
@@ -1425,8 +1464,40 @@ class Store:
         if with_champion:
             keys.append(f"recforge.champions/{stamp}")
         for key in sorted(keys):
-            # A 64-bit hash of the key text; a collision only makes two publishes wait for each other.
+            Store._lock_key(conn, key)
+
+    @staticmethod
+    def _lock_key(conn: Connection, key: str) -> None:
+        """PostgreSQL: an exclusive transaction-scoped advisory lock named by ``key``; nothing on SQLite.
+
+        Every transaction takes its locks in one order (the erasures lock, a date's features, then its champion
+        and models in sorted key order), so no two transactions wait for each other in a cycle.
+        """
+        if conn.dialect.name == "postgresql":
+            # A 64-bit hash of the key text; a collision only makes two writers wait for each other.
             conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+
+    @staticmethod
+    def _lock_erasures(conn: Connection, *, exclusive: bool) -> None:
+        """PostgreSQL: ``forget_user`` (exclusive) and writes of user rows (shared) take turns.
+
+        A publish that began before a forget would otherwise commit the user's rows after the forget's delete
+        (which cannot see them uncommitted), and they would stay. Shared: publishes do not wait for each other.
+        Taken before the publication locks, in every transaction, so no two wait in a cycle. SQLite needs none:
+        a write transaction holds the database's write lock, so a forget waits for it and then sees its rows.
+        """
+        if conn.dialect.name != "postgresql":
+            return
+        lock = func.pg_advisory_xact_lock if exclusive else func.pg_advisory_xact_lock_shared
+        conn.execute(select(lock(func.hashtextextended(ERASURES_LOCK, 0))))
+
+    @staticmethod
+    def _erased_among(conn: Connection, user_ids: ColumnValues) -> np.ndarray:
+        """Which of ``user_ids`` (as stored: text) were forgotten (table erasures), as a boolean mask."""
+        erased = list(conn.execute(select(erasures_table.c.user_id)).scalars())
+        if not erased:
+            return np.zeros(len(user_ids), dtype=bool)
+        return np.asarray(pd.Series(user_ids, dtype=object).isin(erased), dtype=bool)
 
     def _unknown_run_message(self, run_id: str) -> str:
         return (

@@ -838,7 +838,7 @@ def test_failure_mid_publish_leaves_previous_rows(store: Store, run_id: str, mon
 
     # With the fault gone, the same publish goes through in chunks.
     monkeypatch.setattr(store_module, "CHUNK_ROWS", 2)
-    assert store.publish(run_id, AS_OF_1, new, None) == 4
+    assert store.publish(run_id, AS_OF_1, new, ChampionDecision("pop", "ndcg", 0.9, "second")) == 4
     assert store.read_recommendations("u1")["item_id"].tolist() == ["x", "y", "z"]
 
 
@@ -1215,3 +1215,85 @@ def test_recent_training_seconds_come_from_each_models_newest_finished_run_on_th
     }
     assert store.recent_training_seconds("toy", ["ease"], runs=0) == {}
     assert store.recent_training_seconds("nothing-yet", ["ease"]) == {}
+
+
+# -- erasures and champions across publishes --------------------------------------------------------------------
+
+
+def features_rows(store: Store) -> list[tuple[str, str, str]]:
+    """(run_id, entity, entity_id) of every stored feature row, sorted."""
+    t = features_table
+    with store.engine.connect() as conn:
+        return sorted(tuple(r) for r in conn.execute(select(t.c.run_id, t.c.entity, t.c.entity_id)))
+
+
+def test_a_publish_after_a_forget_leaves_the_forgotten_user_out(store: Store, run_id: str) -> None:
+    # The run loaded u1's events before the forget (training takes minutes): its rows came back, for good.
+    assert store.forget_user("u1") == {"recommendations": 0, "features": 0}
+    metrics = pd.DataFrame({"model": ["pop"], "metric": ["ndcg"], "k": [10], "value": [0.1], "split": ["s"]})
+    users = pd.DataFrame({"user_id": ["u1", "u2"], "age": [30.0, 40.0]})
+    items = pd.DataFrame({"item_id": ["u1"], "age": [1.0]})  # an item id that looks like the user's stays
+    written = store.publish_run(
+        run_id,
+        AS_OF_1,
+        metrics,
+        [("user", users, "user_id"), ("item", items, "item_id")],
+        recs("pop", {"u1": ["a", "b"], "u2": ["c"]}),
+        ChampionDecision("pop", "ndcg", 0.1, "r"),
+    )
+    assert written == {"model_metrics": 1, "features_user": 1, "features_item": 1, "recommendations": 1}
+    assert store.user_row_counts("u1") == {"recommendations": 0, "features": 0}
+    assert all_recommendations(store)["user_id"].tolist() == ["u2"]
+    assert features_rows(store) == [(run_id, "item", "u1"), (run_id, "user", "u2")]
+    assert store.publications()["model"].tolist() == ["pop"]
+
+
+def test_a_forget_waits_for_a_publish_in_flight_and_deletes_its_rows(
+    store: Store, run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL: the forget's delete cannot see the publish's uncommitted rows, which then stayed after it.
+    holding, release = hold_publish_open(monkeypatch, AS_OF_1)
+    with ThreadPoolExecutor(2) as pool:
+        publishing = pool.submit(store.publish, run_id, AS_OF_1, recs("pop", {"u1": ["a", "b"], "u2": ["c"]}), None)
+        assert holding.wait(30)
+        forgetting = pool.submit(store.forget_user, "u1")
+        time.sleep(1.0)
+        assert not forgetting.done()
+        release.set()
+        assert publishing.result(timeout=30) == 3
+        assert forgetting.result(timeout=30) == {"recommendations": 2, "features": 0}
+    assert all_recommendations(store)["user_id"].tolist() == ["u2"]
+
+
+def test_concurrent_publishes_of_a_date_leave_one_runs_features(
+    store: Store, run_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL: each run's delete missed the other's uncommitted feature rows, and both runs' rows stayed.
+    other = store.start_run(dataset="toy", source="toy.csv", as_of=AS_OF_1, parameters={}, flow_run_id=None)
+    metrics = pd.DataFrame({"model": ["pop"], "metric": ["ndcg"], "k": [10], "value": [0.1], "split": ["s"]})
+    users = [("user", pd.DataFrame({"user_id": ["u1"], "age": [30.0]}), "user_id")]
+    holding, release = hold_publish_open(monkeypatch, AS_OF_1)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(store.publish_run, run_id, AS_OF_1, metrics, users, recs("pop", {"u1": ["a"]}), None)
+        assert holding.wait(30)
+        second = pool.submit(store.publish_run, other, AS_OF_1, metrics, users, recs("pop", {"u1": ["b"]}), None)
+        time.sleep(1.0)
+        release.set()
+        first.result(timeout=30)
+        second.result(timeout=30)
+    assert features_rows(store) == [(other, "user", "u1")]
+    assert all_recommendations(store)["item_id"].tolist() == ["b"]
+
+
+def test_a_rerun_that_chooses_no_champion_takes_back_the_dates_champion_row(store: Store, run_id: str) -> None:
+    # backfill --force of the latest date: knn retrained, failed the guard rails, no champion chosen. Its new rows
+    # replaced the old ones while the champion row still named knn: the view served rows nothing had chosen.
+    store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["p"]}), ChampionDecision("pop", "ndcg", 0.2, "earlier"))
+    store.publish(run_id, AS_OF_2, recs("knn", {"u1": ["k"]}), ChampionDecision("knn", "ndcg", 0.4, "chosen"))
+    store.publish(run_id, AS_OF_2, recs("pop", {"u1": ["q"]}), None)  # another model: the champion stands
+    assert store.read_recommendations("u1")["item_id"].tolist() == ["k"]
+    rerun = store.start_run(dataset="toy", source="toy.csv", as_of=AS_OF_2, parameters={}, flow_run_id=None)
+    store.publish(rerun, AS_OF_2, recs("knn", {"u1": ["rejected"]}), None)
+    assert [(as_of, model) for as_of, model, *_ in champions_rows(store)] == [(AS_OF_1, "pop")]
+    assert store.read_recommendations("u1")["item_id"].tolist() == ["p"]  # the latest date with a champion
+    assert store.read_recommendations("u1", model="knn", as_of=AS_OF_2)["item_id"].tolist() == ["rejected"]
