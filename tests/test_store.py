@@ -260,7 +260,8 @@ def create_pre_alembic_schema(store: Store) -> None:
 def schema_diff(store: Store, target: MetaData) -> list[Any]:
     """Alembic's autogenerate comparison of the database with ``target`` (empty: they agree)."""
     with store.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"include_name": migrations.include_name})
+        opts = {"include_name": migrations.include_name, "version_table": migrations.VERSION_TABLE}
+        context = MigrationContext.configure(conn, opts=opts)
         return list(compare_metadata(context, target))
 
 
@@ -406,7 +407,7 @@ def test_create_schema_stamps_a_pre_alembic_database_and_keeps_its_rows(store_ur
     with store.engine.connect() as conn:
         before_runs = conn.execute(select(legacy.tables["runs"])).all()
     assert store.schema_revision() is None
-    assert "alembic_version" not in table_names(store)
+    assert migrations.VERSION_TABLE not in table_names(store)
 
     store.create_schema()
 
@@ -428,7 +429,7 @@ def test_create_schema_stamps_a_pre_alembic_database_and_keeps_its_rows(store_ur
 
 
 def test_create_schema_refuses_a_revision_it_does_not_know(store: Store) -> None:
-    version = table("alembic_version", column("version_num"))
+    version = table(migrations.VERSION_TABLE, column("version_num"))
     with store.engine.begin() as conn:
         conn.execute(update(version).values(version_num="9999"))
     with pytest.raises(RuntimeError, match=r"revision \['9999'\].*newer recforge"):
@@ -455,7 +456,7 @@ def test_create_schema_refuses_a_pre_alembic_database_of_another_version(store_u
         conn.execute(update(schema_version_table).values(version=2))
     with pytest.raises(RuntimeError, match=r"schema version\(s\) \[2\]"):
         store.create_schema()
-    assert "alembic_version" not in table_names(store)
+    assert migrations.VERSION_TABLE not in table_names(store)
     store.dispose()
 
 
@@ -469,6 +470,45 @@ def test_create_schema_leaves_unrelated_tables_alone(store_url: str) -> None:
     assert store.schema_revision() == migrations.head_revision()
     with store.engine.connect() as conn:
         assert conn.execute(select(other.c.id)).scalars().all() == [7]
+    store.dispose()
+
+
+def other_apps_alembic_version(store: Store, revision: str) -> None:
+    """Another application's Alembic version table (Alembic's default name) at ``revision``."""
+    with store.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": revision})
+
+
+@pytest.mark.parametrize("revision", ["3f2a9c1d7b4e", "0003", "0006"])
+def test_create_schema_shares_a_database_with_another_alembic_application(store_url: str, revision: str) -> None:
+    # Its revisions were taken for recforge's: "a newer recforge wrote it", or, for ids like recforge's, a schema
+    # assumed to be there ("no such table: recommendations").
+    store = Store(store_url)
+    other_apps_alembic_version(store, revision)
+    store.create_schema()
+    assert store.schema_revision() == migrations.head_revision()
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [revision]
+    assert [(op, t.name) for op, t in schema_diff(store, store_module.metadata)] == [
+        ("remove_table", "alembic_version")
+    ]
+    store.dispose()
+
+
+def test_create_schema_moves_the_revision_recforge_kept_in_alembic_version(store_url: str) -> None:
+    # recforge until 2026-12-08 kept its revision in Alembic's default table: such a database is upgraded in place.
+    store = Store(store_url)
+    migrate(store, "upgrade", "0005")
+    with store.engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {migrations.VERSION_TABLE}"))
+    other_apps_alembic_version(store, "0005")
+    store.create_schema()  # moved, then upgraded from 0005 in place
+    assert store.schema_revision() == migrations.head_revision()
+    assert "alembic_version" not in table_names(store)
+    assert schema_diff(store, store_module.metadata) == []
+    run_id = store.start_run(dataset="toy", source="toy.csv", as_of=AS_OF_1, parameters={}, flow_run_id=None)
+    assert store.latest_runs()["run_id"].tolist() == [run_id]
     store.dispose()
 
 

@@ -2,10 +2,16 @@
 
 ``Store.create_schema`` calls :func:`upgrade`, which brings any database to the newest revision (``alembic
 upgrade head``) inside the caller's transaction. Revisions live in ``versions/`` (``0001`` = the schema recforge
-created before it used Alembic); the revision a database is at is in its ``alembic_version`` table.
+created before it used Alembic); the revision a database is at is in its ``recforge_alembic_version`` table.
 
-A database that recforge created before Alembic (all its tables, ``schema_version`` holding 1, no
-``alembic_version``) is stamped at ``0001`` and then upgraded: its tables and rows are kept.
+That table is recforge's own, not Alembic's default ``alembic_version``: a database recforge publishes into may hold
+another application's tables and migrations too, whose revisions recforge took for its own ("a newer recforge wrote
+it"), or, when the ids looked alike (``0003``), for a schema that was not there. recforge until 2026-12-08 kept its
+revision in ``alembic_version``: such a database (recforge's tables present, a revision recforge knows there) has
+it moved to ``recforge_alembic_version`` on the next ``create_schema``.
+
+A database that recforge created before Alembic (all its tables, ``schema_version`` holding 1, no version
+table) is stamped at ``0001`` and then upgraded: its tables and rows are kept.
 
 Adding a schema change: write ``versions/NNNN_<what>.py`` (copy the newest one's header; set ``down_revision``
 to it), change the ``Table`` objects in ``recforge/store.py`` to match, and check the two agree with the test
@@ -28,12 +34,14 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, func, inspect, select, text
+from sqlalchemy import Connection, column, delete, func, inspect, select, table, text
 
 from recforge import pg_partitions
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent
-VERSION_TABLE = "alembic_version"
+VERSION_TABLE = "recforge_alembic_version"
+# Where recforge kept its revision until 2026-12-08 (Alembic's default), and other applications keep theirs.
+SHARED_VERSION_TABLE = "alembic_version"
 BASELINE_REVISION = "0001"
 # What a database made before Alembic holds: these tables, this view, and this row in schema_version.
 LEGACY_TABLES = ("runs", "model_metrics", "recommendations", "features", "champions", "schema_version")
@@ -73,8 +81,8 @@ def head_revision() -> str:
 
 
 def current_revisions(connection: Connection) -> tuple[str, ...]:
-    """The revision(s) the database is at; empty when it has no ``alembic_version`` table (or no row)."""
-    return tuple(MigrationContext.configure(connection).get_current_heads())
+    """The revision(s) the database is at; empty when it has no ``recforge_alembic_version`` table (or no row)."""
+    return tuple(MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_heads())
 
 
 def upgrade(connection: Connection, where: str) -> str:
@@ -82,7 +90,7 @@ def upgrade(connection: Connection, where: str) -> str:
 
     ``where`` names the database in error messages (a password-masked URL). Raises ``RuntimeError``, changing
     nothing, when the database holds a revision this recforge does not know (a newer recforge wrote it) or
-    recforge tables without ``alembic_version`` that are not the complete pre-Alembic schema.
+    recforge tables without a version table that are not the complete pre-Alembic schema.
     """
     config = alembic_config(connection=connection)
     if connection.dialect.name == "postgresql":
@@ -92,11 +100,37 @@ def upgrade(connection: Connection, where: str) -> str:
     tables = set(inspector.get_table_names())
     if VERSION_TABLE in tables:
         _require_known_revisions(connection, where)
+    elif SHARED_VERSION_TABLE in tables and "runs" in tables and (ours := _recforge_revisions_shared(connection)):
+        _move_shared_revisions(connection, config, ours)
     elif tables & set(LEGACY_TABLES):
         _require_legacy_schema(connection, tables, set(inspector.get_view_names()), where)
         command.stamp(config, BASELINE_REVISION)
     command.upgrade(config, "head")
     return head_revision()
+
+
+def _recforge_revisions_shared(connection: Connection) -> list[str]:
+    """The revisions in ``alembic_version`` that are recforge's (empty when any is not: another application's)."""
+    shared = table(SHARED_VERSION_TABLE, column("version_num"))
+    found = list(connection.execute(select(shared.c.version_num)).scalars())
+    script = ScriptDirectory(str(SCRIPT_LOCATION))
+    for revision in found:
+        try:
+            script.get_revision(revision)
+        except CommandError:
+            return []
+    return found
+
+
+def _move_shared_revisions(connection: Connection, config: Config, revisions: list[str]) -> None:
+    """Record ``revisions`` in recforge's own version table and take them out of ``alembic_version``, which is
+    dropped when nothing else is left in it."""
+    for revision in revisions:
+        command.stamp(config, revision)
+    shared = table(SHARED_VERSION_TABLE, column("version_num"))
+    connection.execute(delete(shared).where(shared.c.version_num.in_(revisions)))
+    if connection.execute(select(func.count()).select_from(shared)).scalar_one() == 0:
+        connection.execute(text(f"DROP TABLE {SHARED_VERSION_TABLE}"))
 
 
 def _require_known_revisions(connection: Connection, where: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
-from recforge.migrations import include_name
+from recforge.migrations import VERSION_TABLE, include_name
 from recforge.store import metadata
 
 config = context.config
@@ -23,6 +23,7 @@ def _run(connection: Connection) -> None:
         connection=connection,
         target_metadata=metadata,
         include_name=include_name,
+        version_table=VERSION_TABLE,
         # SQLite cannot ALTER most things: autogenerate should write batch (copy-and-move) operations for it.
         render_as_batch=connection.dialect.name == "sqlite",
     )
@@ -36,6 +37,7 @@ def run_offline() -> None:
         url=config.get_main_option("sqlalchemy.url"),
         target_metadata=metadata,
         literal_binds=True,
+        version_table=VERSION_TABLE,
         dialect_opts={"paramstyle": "named"},
     )
     with context.begin_transaction():

@@ -2,7 +2,7 @@
 champion_recommendations.
 
 This is the schema recforge created with ``metadata.create_all`` before it used Alembic (``schema_version`` = 1).
-A database made that way has no ``alembic_version`` table; ``recforge.migrations.upgrade`` recognises it and
+A database made that way has no Alembic version table; ``recforge.migrations.upgrade`` recognises it and
 stamps it at this revision instead of running it. So the DDL here must stay exactly what that code created:
 the same names, types, keys and indexes (PostgreSQL names the unnamed keys ``<table>_pkey``/``_fkey``).
 
