@@ -503,6 +503,7 @@ def test_create_schema_moves_the_revision_recforge_kept_in_alembic_version(store
     with store.engine.begin() as conn:
         conn.execute(text(f"DROP TABLE {migrations.VERSION_TABLE}"))
     other_apps_alembic_version(store, "0005")
+    assert store.schema_revision() == "0005"  # the read-only commands still see where it is
     store.create_schema()  # moved, then upgraded from 0005 in place
     assert store.schema_revision() == migrations.head_revision()
     assert "alembic_version" not in table_names(store)

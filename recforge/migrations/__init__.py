@@ -81,8 +81,19 @@ def head_revision() -> str:
 
 
 def current_revisions(connection: Connection) -> tuple[str, ...]:
-    """The revision(s) the database is at; empty when it has no ``recforge_alembic_version`` table (or no row)."""
-    return tuple(MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_heads())
+    """The revision(s) the database is at; empty when it has no recforge revision.
+
+    Read from ``recforge_alembic_version``, or from ``alembic_version`` where recforge kept it until 2026-12-08
+    (recforge's tables and a revision it knows there; moved by the next :func:`upgrade`), so the read-only
+    commands still read such a database.
+    """
+    own = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_heads()
+    if own:
+        return tuple(own)
+    tables = set(inspect(connection).get_table_names())
+    if SHARED_VERSION_TABLE in tables and "runs" in tables:
+        return tuple(_recforge_revisions_shared(connection))
+    return ()
 
 
 def upgrade(connection: Connection, where: str) -> str:
@@ -100,8 +111,8 @@ def upgrade(connection: Connection, where: str) -> str:
     tables = set(inspector.get_table_names())
     if VERSION_TABLE in tables:
         _require_known_revisions(connection, where)
-    elif SHARED_VERSION_TABLE in tables and "runs" in tables and (ours := _recforge_revisions_shared(connection)):
-        _move_shared_revisions(connection, config, ours)
+    elif ours := current_revisions(connection):  # kept in alembic_version by recforge until 2026-12-08
+        _move_shared_revisions(connection, config, list(ours))
     elif tables & set(LEGACY_TABLES):
         _require_legacy_schema(connection, tables, set(inspector.get_view_names()), where)
         command.stamp(config, BASELINE_REVISION)
