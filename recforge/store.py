@@ -290,6 +290,7 @@ erasures_table = Table(
 
 DATA_TABLES = (runs_table, metrics_table, recommendations_table, features_table, champions_table)
 CHAMPION_VIEW_NAME = "champion_recommendations"
+MAX_INTEGER = 2**31 - 1  # the largest value of an INTEGER column (rank, k) on PostgreSQL
 # Advisory lock key (PostgreSQL) between forget_user and the writes of user rows: see Store._lock_erasures.
 ERASURES_LOCK = "recforge.erasures"
 
@@ -656,14 +657,15 @@ def _require_fits(frame: pd.DataFrame, target: Table, columns: Sequence[str], wh
 
 
 def _int_array(series: pd.Series, name: str, what: str, *, minimum: int) -> np.ndarray:
-    """Integral values of ``series`` as an int64 array (floats like 3.0 accepted), all >= ``minimum``."""
+    """Integral values of ``series`` as an int64 array (floats like 3.0 accepted), ``minimum`` up to what the
+    INTEGER columns hold (2**31 - 1: a rank of 1e19 was stored as -2**63 on SQLite)."""
     values = pd.to_numeric(series, errors="coerce")
-    bad = values.isna() | (values != np.floor(values)) | (values < minimum)
+    bad = values.isna() | (values != np.floor(values)) | (values < minimum) | (values > MAX_INTEGER)
     if bad.any():
         shown = series[bad].head(5).tolist()
         raise ValueError(
-            f"{what} frame: column {name!r} must hold integers >= {minimum}; bad values {shown} at rows "
-            f"{series.index[bad][:5].tolist()}."
+            f"{what} frame: column {name!r} must hold integers from {minimum} to {MAX_INTEGER}; bad values {shown} "
+            f"at rows {series.index[bad][:5].tolist()}."
         )
     return values.astype("int64").to_numpy()
 
@@ -1003,7 +1005,14 @@ class Store:
         keyed = metrics.assign(_k_key=[k or 0 for k in k_values])
         _require_unique(keyed, ["model", "metric", "_k_key", "split"], what)
         _require_fits(metrics, metrics_table, ["model", "metric", "split"], what)
-        values = pd.to_numeric(metrics["value"], errors="coerce").astype("float64").tolist()
+        numbers = pd.to_numeric(metrics["value"], errors="coerce")
+        text = numbers.isna() & metrics["value"].notna()
+        if text.any():
+            raise ValueError(
+                f"{what} frame: column 'value' must hold numbers (or missing values, stored as NULL); bad rows:\n"
+                f"{metrics.loc[text].head(5).to_string()}"
+            )
+        values = numbers.astype("float64").tolist()
         # NaN (e.g. a metric undefined for an empty split) is stored as NULL: SQLite cannot keep NaN.
         values = [None if math.isnan(v) else v for v in values]
         models = metrics["model"].astype(str).tolist()
@@ -1069,11 +1078,12 @@ class Store:
             raise ValueError(f"entity must be one of {ENTITIES}, got {entity!r}")
         _require_columns(features, [id_column], what)
         _require_no_nulls(features, [id_column], what)
-        _require_unique(features, [id_column], what)
+        _require_unique(features[[id_column]].astype(str), [id_column], what)
         feature_columns = [c for c in features.columns if c != id_column]
         _require_fits(features[[id_column]].set_axis(["entity_id"], axis=1), features_table, ["entity_id"], what)
         names = pd.DataFrame({"feature": [str(c) for c in feature_columns]})
         _require_fits(names, features_table, ["feature"], f"{what} (column names)")
+        _require_unique(names, ["feature"], f"{what} (column names, as stored: text)")
         non_numeric = [
             c
             for c in feature_columns
@@ -1138,9 +1148,11 @@ class Store:
         what = "recommendations"
         _require_columns(recommendations, RECOMMENDATION_COLUMNS, what)
         _require_no_nulls(recommendations, RECOMMENDATION_COLUMNS, what)
-        _require_unique(recommendations, ["model", "user_id", "rank"], what)
         _require_fits(recommendations, recommendations_table, ["model", "user_id", "item_id"], what)
         ranks = _int_array(recommendations["rank"], "rank", what, minimum=1)
+        # As stored (text ids, integer ranks): user 7 and user "7" are one key.
+        stored_key = recommendations[["model", "user_id"]].astype(str).assign(rank=ranks)
+        _require_unique(stored_key, ["model", "user_id", "rank"], what)
         scores = pd.to_numeric(recommendations["score"], errors="coerce").astype("float64")
         if not np.isfinite(scores.to_numpy()).all():
             bad = recommendations.loc[~np.isfinite(scores.to_numpy())].head(5)
@@ -1307,6 +1319,8 @@ class Store:
                 .order_by(rec.c.rank)
             )
         if limit is not None:
+            if limit < 1:
+                raise ValueError(f"limit must be at least 1 (the number of top ranks to keep), got {limit}")
             stmt = stmt.limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()

@@ -894,6 +894,9 @@ def test_failure_mid_publish_leaves_previous_rows(store: Store, run_id: str, mon
         (lambda f: f.assign(score=[1.0, np.nan, 1.0]), "score"),
         (lambda f: f.assign(score=[1.0, np.inf, 1.0]), "score"),
         (lambda f: f.assign(item_id=["x" * 201, "y", "z"]), "longer than 200 characters"),
+        # Stored as text, 7 and "7" are one user: a raw IntegrityError before.
+        (lambda f: f.assign(user_id=pd.Series([7, 8, "7"], dtype=object), rank=[1, 1, 1]), "share a key"),
+        (lambda f: f.assign(rank=[1, 2, 1e19]), "integers from 1 to 2147483647"),  # stored as -2**63 on SQLite
     ],
 )
 def test_publish_rejects_bad_frames_without_touching_rows(store: Store, run_id: str, change: Any, message: str) -> None:
@@ -1338,3 +1341,20 @@ def test_a_rerun_that_chooses_no_champion_takes_back_the_dates_champion_row(stor
     assert [(as_of, model) for as_of, model, *_ in champions_rows(store)] == [(AS_OF_1, "pop")]
     assert store.read_recommendations("u1")["item_id"].tolist() == ["p"]  # the latest date with a champion
     assert store.read_recommendations("u1", model="knn", as_of=AS_OF_2)["item_id"].tolist() == ["rejected"]
+
+
+def test_metrics_features_and_reads_refuse_what_they_would_change(store: Store, run_id: str) -> None:
+    metrics = pd.DataFrame({"model": ["pop"] * 2, "metric": ["ndcg", "recall"], "k": [10, 10], "split": ["s"] * 2})
+    with pytest.raises(ValueError, match="must hold numbers") as info:  # was stored as NULL without a word
+        store.write_metrics(run_id, metrics.assign(value=[0.1, "n/a"]))
+    assert "recall" in str(info.value)
+    assert store.write_metrics(run_id, metrics.assign(value=[0.1, None])) == 2  # missing: NULL, as before
+    users = pd.DataFrame({"user_id": ["u1"], 1: [0.5], "1": [0.7]})
+    with pytest.raises(ValueError, match="as stored: text"):  # a raw IntegrityError before
+        store.write_features(run_id, AS_OF_1, "user", users, "user_id")
+    with pytest.raises(ValueError, match="share a key"):
+        store.write_features(run_id, AS_OF_1, "user", pd.DataFrame({"id": [7, "7"], "x": [1, 2]}), "id")
+    store.publish(run_id, AS_OF_1, recs("pop", {"u1": ["a", "b"]}), None)
+    with pytest.raises(ValueError, match="limit must be at least 1"):  # -1 returned every row
+        store.read_recommendations("u1", model="pop", limit=-1)
+    assert store.read_recommendations("u1", model="pop", limit=1)["item_id"].tolist() == ["a"]
