@@ -15,7 +15,7 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from recforge.config import (
@@ -134,6 +134,16 @@ def _parse_as_of(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--as-of expects an ISO date or datetime such as 1998-04-01 or 1998-04-01T06:00:00Z, got {text!r}"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _parse_before(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--before expects an ISO date or datetime such as 2026-11-01 or 2026-11-01T06:00:00Z, got {text!r}"
         ) from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
@@ -349,6 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--note", help="why (e.g. a ticket number); stored with the erasure record")
     forget.add_argument("--db-url", help="SQLAlchemy URL (default $RECFORGE_DB_URL or sqlite:///var/recforge.db)")
     _add_pseudonymised_option(forget)
+
+    prune = sub.add_parser(
+        "prune",
+        help="delete the published rows of old dates (recommendations, features, champion); runs and metrics stay",
+    )
+    cutoff = prune.add_mutually_exclusive_group(required=True)
+    cutoff.add_argument(
+        "--before", type=_parse_before, help="delete every as_of before this date or datetime (UTC unless given)"
+    )
+    cutoff.add_argument("--keep-days", type=_positive_int, help="delete every as_of older than this many days")
+    prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    prune.add_argument("--db-url", help="SQLAlchemy URL (default $RECFORGE_DB_URL or sqlite:///var/recforge.db)")
 
     runs = sub.add_parser("runs", help="list the latest runs (status, as_of, duration, champion, error)")
     runs.add_argument("--limit", type=_positive_int, default=10, help="runs to list (default 10)")
@@ -808,6 +830,30 @@ def _pseudonym_hint(store: Store, args: argparse.Namespace) -> str:
     return ""
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    store = _published_store(args.db_url, upgrade=not args.dry_run)
+    before = args.before if args.before is not None else datetime.now(UTC) - timedelta(days=args.keep_days)
+    result = store.prune(before, dry_run=args.dry_run)
+    cut = f"before {result.before:%Y-%m-%d %H:%M:%S} UTC"
+    if result.dates:
+        span = f"{result.dates[0]:%Y-%m-%d %H:%M}" + (
+            f" to {result.dates[-1]:%Y-%m-%d %H:%M}" if len(result.dates) > 1 else ""
+        )
+        print(
+            f"{'would delete' if args.dry_run else 'deleted'} {len(result.dates)} published date(s) {cut} ({span} "
+            f"UTC) in {store.url_masked}: {result.rows['recommendations']} recommendation and "
+            f"{result.rows['features']} feature rows, with their champions; run records and metrics stay"
+        )
+    else:
+        print(f"no published date {cut} in {store.url_masked} to delete")
+    if result.kept_served is not None:
+        print(
+            f"kept {result.kept_served:%Y-%m-%d %H:%M} UTC, older but the date the champion view serves (the latest "
+            "with a champion), so readers keep their recommendations"
+        )
+    return 0
+
+
 def cmd_forget(args: argparse.Namespace) -> int:
     from recforge.data.contract import DataError
     from recforge.privacy import PrivacyConfig, pseudonym_key, pseudonymise_id
@@ -1076,6 +1122,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "serve": cmd_serve,
         "recommendations": cmd_recommendations,
         "forget": cmd_forget,
+        "prune": cmd_prune,
         "models": cmd_models,
         "runs": cmd_runs,
     }

@@ -130,12 +130,25 @@ def ensure_date_partition(conn: Connection, naive_as_of: datetime) -> None:
     takes a lock that publishes of other new dates also need, so it must not be held while rows are written.
     An empty partition left by a publish that failed afterwards is harmless (and reused by the next).
     """
-    stamp = naive_as_of.isoformat()
     # Two publishes of one new as_of (other models) would both create it: one at a time.
-    conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(f"recforge.{PARENT}/{stamp}", 0))))
+    conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(date_lock_key(naive_as_of), 0))))
     if not _exists(conn, date_partition_name(naive_as_of)):
         create_date_partition(conn, naive_as_of)
         attach_date_partition(conn, naive_as_of)
+
+
+def date_lock_key(naive_as_of: datetime) -> str:
+    """The advisory lock key under which ``as_of``'s partition is created or dropped."""
+    return f"recforge.{PARENT}/{naive_as_of.isoformat()}"
+
+
+def drop_date_partition(conn: Connection, naive_as_of: datetime) -> None:
+    """Drop ``as_of``'s partition with every model's rows in it (``Store.prune``), if it exists.
+
+    Takes an ACCESS EXCLUSIVE lock on ``recommendations`` until the transaction ends: readers of every date wait
+    for the commit (keep the transaction short). The caller holds :func:`date_lock_key`'s lock.
+    """
+    execute_ddl(conn, f"DROP TABLE IF EXISTS {_quote(conn, date_partition_name(naive_as_of))}")
 
 
 def swap_in(conn: Connection, naive_as_of: datetime, models: Sequence[str]) -> None:

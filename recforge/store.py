@@ -24,7 +24,7 @@ import struct
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,25 @@ def mask_source(source: str) -> str:
     except ArgumentError:
         return source
     return parsed.render_as_string(hide_password=True) if parsed.password is not None else source
+
+
+@dataclass
+class PruneResult:
+    """What :meth:`Store.prune` deleted (or, in a dry run, would delete).
+
+    before: the cut-off. kept_served: the champion view's date when it is older and was kept. dates: the dates
+    pruned. rows: rows per table (recommendations, features). Times are UTC.
+    """
+
+    before: datetime
+    kept_served: datetime | None
+    dates: list[datetime] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=lambda: {"recommendations": 0, "features": 0})
+
+    def add(self, as_of: datetime, rows: Mapping[str, int]) -> None:
+        self.dates.append(as_of)
+        for table_name, count in rows.items():
+            self.rows[table_name] += int(count)
 
 
 @dataclass(frozen=True)
@@ -1332,6 +1351,64 @@ class Store:
             return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one()) for t in DATA_TABLES}
 
     # -- erasure --------------------------------------------------------------------------------------------
+
+    def prune(self, before: datetime, *, dry_run: bool = False) -> PruneResult:
+        """Delete what was published for every ``as_of`` before ``before``: recommendations, their publications
+        rows, the date's champion and its features. Run records and metrics stay (the history of runs).
+
+        The date the champion view serves (the latest with a champion) is kept whatever its age, so readers never
+        lose their recommendations to a prune. One short transaction per date, taking the locks a publish of that
+        date takes: a publish in flight finishes first; on PostgreSQL the date's partition is dropped, which
+        makes readers of any date wait for that transaction's commit (milliseconds). ``dry_run``: count only.
+        """
+        cutoff = to_naive_utc(before)
+        pub, champions = publications_table, champions_table
+        with self.engine.connect() as conn:
+            found = set(conn.execute(select(pub.c.as_of).where(pub.c.as_of < cutoff).distinct()).scalars())
+            found |= set(conn.execute(select(champions.c.as_of).where(champions.c.as_of < cutoff)).scalars())
+            served = conn.execute(select(func.max(champions.c.as_of))).scalar()
+        # Naive UTC, as the lock keys and partition names of a publish spell them.
+        dates = sorted(to_naive_utc(d) for d in found)
+        kept = to_naive_utc(served) if served is not None and to_naive_utc(served) in dates else None
+        result = PruneResult(before=cutoff.replace(tzinfo=UTC), kept_served=kept and kept.replace(tzinfo=UTC))
+        for naive_as_of in (d for d in dates if d != kept):
+            # A dry run only reads: a plain connection, rolled back when closed.
+            with self.engine.connect() if dry_run else self.engine.begin() as conn:
+                result.add(naive_as_of.replace(tzinfo=UTC), self._prune_date(conn, naive_as_of, dry_run))
+        return result
+
+    def _prune_date(self, conn: Connection, naive_as_of: datetime, dry_run: bool) -> dict[str, int]:
+        """Delete one date's published rows (see :meth:`prune`); returns rows per table."""
+        rec, pub, champions, feats = recommendations_table, publications_table, champions_table, features_table
+        if not dry_run:
+            models = sorted(conn.execute(select(pub.c.model).where(pub.c.as_of == naive_as_of)).scalars())
+            stamp = naive_as_of.isoformat()
+            for entity in ENTITIES:
+                self._lock_key(conn, f"recforge.features/{stamp}/{entity}")
+            keys = [f"recforge.champions/{stamp}", pg_partitions.date_lock_key(naive_as_of)]
+            keys += [f"recforge.recommendations/{stamp}/{model}" for model in models]
+            for key in sorted(keys):
+                self._lock_key(conn, key)
+        date_rows = rec.c.as_of == naive_as_of
+        deleted = {"recommendations": conn.execute(select(func.count()).select_from(rec).where(date_rows)).scalar_one()}
+        date_features = and_(
+            # Through the runs of this as_of: the primary key's leading run_id serves it (see write_features).
+            feats.c.run_id.in_(select(runs_table.c.run_id).where(runs_table.c.as_of == naive_as_of)),
+            feats.c.as_of == naive_as_of,
+        )
+        if dry_run:
+            deleted["features"] = conn.execute(
+                select(func.count()).select_from(feats).where(date_features)
+            ).scalar_one()
+            return deleted
+        if conn.dialect.name == "postgresql":
+            pg_partitions.drop_date_partition(conn, naive_as_of)
+        else:
+            conn.execute(delete(rec).where(date_rows))
+        deleted["features"] = conn.execute(delete(feats).where(date_features)).rowcount
+        conn.execute(delete(pub).where(pub.c.as_of == naive_as_of))
+        conn.execute(delete(champions).where(champions.c.as_of == naive_as_of))
+        return deleted
 
     def forget_user(self, user_id: str, note: str | None = None) -> dict[str, int]:
         """Delete a user's published rows (recommendations, features) and record the erasure; returns rows per table.

@@ -590,3 +590,36 @@ def test_backfill_on_a_deployment_needs_a_configured_server(capsys: pytest.Captu
         "--deployment recommend/nightly runs each date as a run of that deployment on a Prefect server, and none"
         in capsys.readouterr().err
     )
+
+
+def test_prune_command_counts_deletes_and_keeps_the_served_date(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pandas as pd
+
+    from recforge.store import ChampionDecision, Store
+
+    url = f"sqlite:///{tmp_path / 'rf.db'}"
+    store = Store(url)
+    store.create_schema()
+    for day, champion in ((1, "popularity"), (2, None), (3, None)):
+        as_of = datetime(2024, 3, day, tzinfo=UTC)
+        run_id = store.start_run(dataset="shop", source="s", as_of=as_of, parameters={}, flow_run_id=None)
+        rows = pd.DataFrame({"model": "popularity", "user_id": ["u1", "u2"], "rank": 1, "item_id": "a", "score": 1.0})
+        decision = ChampionDecision(champion, "ndcg", 0.1, "r") if champion else None
+        store.publish(run_id, as_of, rows, decision)
+    store.dispose()
+
+    assert main(["prune", "--before", "2024-03-03", "--dry-run", "--db-url", url]) == 0
+    out = capsys.readouterr().out
+    assert "would delete 1 published date(s) before 2024-03-03 00:00:00 UTC (2024-03-02 00:00 UTC)" in out, out
+    assert "2 recommendation and 0 feature rows" in out
+    assert "kept 2024-03-01 00:00 UTC" in out and "champion view serves" in out
+    assert Store(url).counts()["recommendations"] == 6
+    assert main(["prune", "--keep-days", "1", "--db-url", url]) == 0  # 2024 is long ago: all but the served date
+    assert "deleted 2 published date(s)" in capsys.readouterr().out
+    assert Store(url).publications()["as_of"].tolist() == [datetime(2024, 3, 1, tzinfo=UTC)]
+    assert main(["prune", "--before", "2024-03-02", "--db-url", url]) == 0
+    assert "no published date before 2024-03-02 00:00:00 UTC" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["prune", "--db-url", url])  # a cut-off is required: nothing is deleted by default

@@ -1358,3 +1358,40 @@ def test_metrics_features_and_reads_refuse_what_they_would_change(store: Store, 
     with pytest.raises(ValueError, match="limit must be at least 1"):  # -1 returned every row
         store.read_recommendations("u1", model="pop", limit=-1)
     assert store.read_recommendations("u1", model="pop", limit=1)["item_id"].tolist() == ["a"]
+
+
+# -- retention ----------------------------------------------------------------------------------------------------
+
+
+def test_prune_deletes_old_dates_but_the_one_the_view_serves(store: Store, run_id: str) -> None:
+    users = [("user", pd.DataFrame({"user_id": ["u1"], "age": [30.0]}), "user_id")]
+    metrics = pd.DataFrame({"model": ["pop"], "metric": ["ndcg"], "k": [10], "value": [0.1], "split": ["s"]})
+    runs = {}
+    for as_of, champion in ((AS_OF_1, "pop"), (AS_OF_2, "knn"), (AS_OF_3, None)):
+        runs[as_of] = store.start_run(dataset="toy", source="toy.csv", as_of=as_of, parameters={}, flow_run_id=None)
+        frame = pd.concat([recs("pop", {"u1": ["a", "b"]}), recs("knn", {"u1": ["k"]})])
+        decision = None if champion is None else ChampionDecision(champion, "ndcg", 0.1, "r")
+        store.publish_run(runs[as_of], as_of, metrics, users, frame, decision)
+    before = store.counts()
+    later = AS_OF_3 + timedelta(days=1)
+
+    planned = store.prune(later, dry_run=True)
+    assert planned.dates == [AS_OF_1, AS_OF_3]
+    assert planned.kept_served == AS_OF_2  # the latest date with a champion: the view's
+    assert planned.rows == {"recommendations": 6, "features": 2}
+    assert store.counts() == before
+
+    done = store.prune(later)
+    assert (done.dates, done.rows) == (planned.dates, planned.rows)
+    assert all_recommendations(store)["as_of"].unique().tolist() == [AS_OF_2]
+    assert store.publications()["as_of"].unique().tolist() == [AS_OF_2]
+    assert [row[0] for row in champions_rows(store)] == [AS_OF_2]
+    assert features_rows(store) == [(runs[AS_OF_2], "user", "u1")]
+    assert store.read_recommendations("u1")["item_id"].tolist() == ["k"]
+    assert len(store.latest_runs()) == 4 and len(store.metrics_for_run(runs[AS_OF_1])) == 1  # the history stays
+    if not store.is_sqlite:
+        assert not any(pg_partitions.date_partition_name(to_naive_utc(AS_OF_1)) in t for t in table_names(store))
+    # A pruned date can be published again (a backfill finds it unpublished), and a second prune finds nothing.
+    store.publish(runs[AS_OF_1], AS_OF_1, recs("pop", {"u1": ["c"]}), None)
+    assert store.read_recommendations("u1", model="pop", as_of=AS_OF_1)["item_id"].tolist() == ["c"]
+    assert store.prune(AS_OF_1).dates == []
