@@ -1350,7 +1350,7 @@ class Store:
         with self.engine.connect() as conn:
             return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one()) for t in DATA_TABLES}
 
-    # -- erasure --------------------------------------------------------------------------------------------
+    # -- retention ------------------------------------------------------------------------------------------
 
     def prune(self, before: datetime, *, dry_run: bool = False) -> PruneResult:
         """Delete what was published for every ``as_of`` before ``before``: recommendations, their publications
@@ -1409,6 +1409,8 @@ class Store:
         conn.execute(delete(pub).where(pub.c.as_of == naive_as_of))
         conn.execute(delete(champions).where(champions.c.as_of == naive_as_of))
         return deleted
+
+    # -- erasure --------------------------------------------------------------------------------------------
 
     def forget_user(self, user_id: str, note: str | None = None) -> dict[str, int]:
         """Delete a user's published rows (recommendations, features) and record the erasure; returns rows per table.
